@@ -1,0 +1,2 @@
+//! Board support for a Linux host (under construction).
+#![warn(missing_docs)]

@@ -1,0 +1,1 @@
+//! cbor (under construction).

@@ -1,0 +1,1 @@
+//! frame (under construction).

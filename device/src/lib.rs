@@ -1,0 +1,3 @@
+//! A no_std, allocation-free Matrix endpoint (under construction).
+#![no_std]
+#![warn(missing_docs)]

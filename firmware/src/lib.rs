@@ -1,0 +1,3 @@
+//! The lowband firmware application logic, generic over a board (under construction).
+#![no_std]
+#![warn(missing_docs)]

@@ -1,0 +1,2 @@
+//! The lowband gateway library: the pieces behind the `lowband` binary.
+#![warn(missing_docs)]
