@@ -1,5 +1,5 @@
 //! End-to-end tests: one binary.
 
-mod federation_direct;
+mod federation;
 mod harness;
 mod synapse_smoke;

@@ -69,7 +69,7 @@ impl Default for SynapseOpts {
             ca: None,
             presence: true,
             log_level: "INFO".into(),
-            start_timeout: Duration::from_secs(60),
+            start_timeout: Duration::from_secs(120),
             extra_config: Map::new(),
         }
     }
