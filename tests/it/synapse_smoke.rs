@@ -126,4 +126,32 @@ fn synapse_smoke() {
         .expect("nio answers");
     assert_eq!(who["ok"], false, "{who}");
     nio.finish();
+
+    // Batch mode with references to earlier results; failures are reported, not fatal.
+    let results = Nio::run(
+        &venv,
+        &hs.client_url(),
+        &[
+            json!({"op": "login", "user": "bob", "password": "pw-bob"}),
+            json!({"op": "create_room", "id": "r", "name": "batch"}),
+            json!({"op": "send", "room_id": "${r.room_id}", "body": "in ${r.room_id}"}),
+            json!({"op": "room_messages", "room_id": "${r.room_id}", "limit": 1}),
+            json!({"op": "send", "room_id": "${nope.room_id}", "body": "x"}),
+            json!({"op": "login", "client": "c", "user": "bob", "password": "wrong"}),
+        ],
+    )
+    .expect("nio batch");
+    assert_eq!(results.len(), 6);
+    let oks: Vec<bool> = results.iter().map(|r| r["ok"] == true).collect();
+    assert_eq!(oks, [true, true, true, true, false, false], "{results:?}");
+    let room = results[1]["room_id"].as_str().expect("room_id");
+    assert_eq!(
+        results[3]["chunk"][0]["content"]["body"],
+        format!("in {room}")
+    );
+    assert!(results[4]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("nope.room_id"));
+    assert_eq!(results[5]["status_code"], "M_FORBIDDEN", "{}", results[5]);
 }
