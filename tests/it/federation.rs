@@ -8,7 +8,8 @@ use lowband_tests::{require_peers, FederationPair, Nio, PairMode, TlsFront, Venv
 use serde_json::json;
 
 /// alice@a creates a room, invites bob@b, bob joins over federation, one message each way.
-fn invite_join_and_talk(venv: &Venv, pair: &FederationPair, tag: &str) {
+/// Returns the nio driver (clients "a" and "b" logged in) and the room id.
+fn invite_join_and_talk(venv: &Venv, pair: &FederationPair, tag: &str) -> (Nio, String) {
     let (alice, _) = pair.a.register_user("alice", "pw").expect("register alice");
     let (bob, _) = pair.b.register_user("bob", "pw").expect("register bob");
     assert!(alice.ends_with(pair.a.server_name()) && bob.ends_with(pair.b.server_name()));
@@ -53,7 +54,7 @@ fn invite_join_and_talk(venv: &Venv, pair: &FederationPair, tag: &str) {
     assert_eq!(seen["event"]["event_id"], pong["event_id"]);
     assert_eq!(seen["event"]["sender"], bob.as_str());
     eprintln!("{tag}: invite {t_invite:?}, join {t_join:?}, A->B {t_ab:?}, B->A {t_ba:?}");
-    nio.finish();
+    (nio, room)
 }
 
 #[test]
@@ -69,7 +70,8 @@ fn federation_direct() {
         pair.b.server_name(),
         t0.elapsed()
     );
-    invite_join_and_talk(&venv, &pair, "federation_direct");
+    let (nio, _) = invite_join_and_talk(&venv, &pair, "federation_direct");
+    nio.finish();
     eprintln!("federation_direct: total {:?}", t0.elapsed());
 }
 
@@ -93,7 +95,7 @@ fn federation_front() {
     }
     let front_a = TlsFront::for_server(&venv, &pair.a).expect("front a");
     let front_b = TlsFront::for_server(&venv, &pair.b).expect("front b");
-    invite_join_and_talk(&venv, &pair, "federation_front");
+    let (mut nio, room) = invite_join_and_talk(&venv, &pair, "federation_front");
     // Each server was reached (by the other) only through its front.
     for (name, front) in [("a", &front_a), ("b", &front_b)] {
         let reports = front.reports();
@@ -102,5 +104,25 @@ fn federation_front() {
             "no connection through front {name}: {reports:?}"
         );
     }
+
+    // Outage of the path to b: a message sent meanwhile arrives once the tunnel is back
+    // (Synapse retries the transaction; what a lowband link drop looks like to it).
+    front_b.stop();
+    let sent = nio
+        .step_ok(&json!({"op": "send", "client": "a", "room_id": room, "body": "during outage"}))
+        .expect("send during outage");
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    let _front_b = TlsFront::for_server(&venv, &pair.b).expect("front b again");
+    let seen = nio
+        .step_ok(&json!({"op": "wait_event", "client": "b", "room_id": room,
+                         "body": "during outage", "timeout_s": 30}))
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.a.log_tail(30)));
+    assert_eq!(seen["event"]["event_id"], sent["event_id"]);
+    eprintln!(
+        "federation_front: delivered {:?} after the tunnel came back",
+        t.elapsed()
+    );
+    nio.finish();
     eprintln!("federation_front: total {:?}", t0.elapsed());
 }

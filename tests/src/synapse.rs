@@ -80,6 +80,9 @@ impl Default for SynapseOpts {
 /// Client API (and federation, and media) on plain HTTP at [`Synapse::client_url`];
 /// SQLite database, media store, config and logs in its data dir. Registration is open without
 /// verification (see [`Synapse::register_user`]) and rate limits are effectively off.
+/// Outbound federation's per-destination back-off is set to 1 s, doubling up to 10 s
+/// (Synapse's default minimum is 10 minutes); override the whole `federation` section with
+/// [`SynapseOpts::extra_config`] (e.g. to raise `client_timeout`, 60 s, for slow links).
 #[derive(Debug)]
 pub struct Synapse {
     child: ChildGuard,
@@ -259,9 +262,9 @@ impl Synapse {
         }
     }
 
-    /// The advertised federation address 127.0.0.1:<port of the server name>: Synapse's own
-    /// TLS listener ([`Federation::Tls`]) or where a tunnel must listen ([`Federation::Front`]);
-    /// `None` for [`Federation::Off`].
+    /// The advertised federation address `127.0.0.1:P` (P: the port in the server name):
+    /// Synapse's own TLS listener ([`Federation::Tls`]) or where a tunnel must listen
+    /// ([`Federation::Front`]); `None` for [`Federation::Off`].
     pub fn federation_addr(&self) -> Option<SocketAddr> {
         self.fed_port
             .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
@@ -398,6 +401,13 @@ fn homeserver_config(p: HomeserverParts<'_>) -> anyhow::Result<Value> {
         // Federation peers are on loopback, which the default IP blocklist forbids.
         "ip_range_whitelist": ["127.0.0.0/8", "::1/128"],
         "allow_public_rooms_over_federation": true,
+        // Back off from an unreachable server for seconds, not minutes (default minimum 10m),
+        // so a tunnel that comes up late or a link that drops cannot stall a test for long.
+        "federation": {
+            "destination_min_retry_interval": "1s",
+            "destination_retry_multiplier": 2,
+            "destination_max_retry_interval": "10s",
+        },
         "enable_metrics": false,
         "url_preview_enabled": false,
         "presence": {"enabled": p.presence},
