@@ -93,16 +93,21 @@ fn federation_front() {
         );
         assert_ne!(hs.federation_backend(), addr);
     }
-    let front_a = TlsFront::for_server(&venv, &pair.a).expect("front a");
-    let front_b = TlsFront::for_server(&venv, &pair.b).expect("front b");
+    let mut front_a = TlsFront::for_server(&venv, &pair.a).expect("front a");
+    let mut front_b = TlsFront::for_server(&venv, &pair.b).expect("front b");
     let (mut nio, room) = invite_join_and_talk(&venv, &pair, "federation_front");
     // Each server was reached (by the other) only through its front.
-    for (name, front) in [("a", &front_a), ("b", &front_b)] {
+    for (name, front) in [("a", &mut front_a), ("b", &mut front_b)] {
         let reports = front.reports();
         assert!(
             reports.iter().any(|r| r["event"] == "open"),
             "no connection through front {name}: {reports:?}"
         );
+        let (conns, up, down) = front.totals().expect("front totals");
+        eprintln!(
+            "federation_front: to {name}: {conns} connections, {up} B requests, {down} B responses"
+        );
+        assert!(conns >= 1 && up > 0 && down > 0);
     }
 
     // Outage of the path to b: a message sent meanwhile arrives once the tunnel is back

@@ -7,7 +7,9 @@ Accepts TLS connections on LISTEN (presenting the certificate chain CERT_PEM), o
 connection to BACKEND for each and copies bytes both ways unchanged. Prints "listening" once
 bound, then one JSON line per accepted connection, {"conn": n, "event": "open"}, and one per
 finished connection, {"conn": n, "event": "close", "up": bytes client->backend, "down": bytes
-backend->client}. Exits when stdin reaches end-of-file.
+backend->client}. A line "stats" on stdin is answered with {"event": "stats", "conns": n, "up":
+total bytes client->backend, "down": total bytes backend->client} (open connections included).
+Exits when stdin reaches end-of-file.
 """
 import asyncio
 import json
@@ -20,13 +22,14 @@ def split_addr(text):
     return host.strip("[]"), int(port)
 
 
-async def pipe(reader, writer, counter, key):
+async def pipe(reader, writer, counters, key):
     try:
         while True:
             data = await reader.read(65536)
             if not data:
                 break
-            counter[key] += len(data)
+            for c in counters:
+                c[key] += len(data)
             writer.write(data)
             await writer.drain()
     except (ConnectionError, ssl.SSLError):
@@ -45,6 +48,7 @@ async def main(argv):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(argv[2], argv[3])
     conns = [0]
+    totals = {"up": 0, "down": 0}
 
     async def handle(c_reader, c_writer):
         conns[0] += 1
@@ -57,14 +61,20 @@ async def main(argv):
             c_writer.close()
             return
         await asyncio.gather(
-            pipe(c_reader, b_writer, counter, "up"), pipe(b_reader, c_writer, counter, "down")
+            pipe(c_reader, b_writer, (counter, totals), "up"),
+            pipe(b_reader, c_writer, (counter, totals), "down"),
         )
         print(json.dumps({"conn": n, "event": "close", **counter}), flush=True)
 
     server = await asyncio.start_server(handle, *listen, ssl=ctx)
     print("listening", flush=True)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.buffer.read)  # until EOF
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:  # EOF: the harness is done with us
+            break
+        if line.strip() == "stats":
+            print(json.dumps({"event": "stats", "conns": conns[0], **totals}), flush=True)
     server.close()
 
 

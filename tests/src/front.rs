@@ -2,9 +2,10 @@
 
 use core::net::SocketAddr;
 use core::time::Duration;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::sync::mpsc::{self, Receiver};
+use std::time::Instant;
 
 use crate::ca::LeafCert;
 use crate::env::{py_script, Venv};
@@ -88,6 +89,31 @@ impl TlsFront {
             .try_iter()
             .filter_map(|l| serde_json::from_str(&l).ok())
             .collect()
+    }
+
+    /// Connections accepted and bytes carried so far, `(conns, up, down)`: `up` towards the
+    /// backend, `down` back (TLS removed, HTTP framing included). Reports seen while waiting
+    /// for the answer are dropped.
+    pub fn totals(&mut self) -> anyhow::Result<(u64, u64, u64)> {
+        let stdin = self
+            .child
+            .stdin()
+            .ok_or_else(|| anyhow::anyhow!("tls_front: stopped"))?;
+        writeln!(stdin, "stats")?;
+        stdin.flush()?;
+        let end = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            let line = self.lines.recv_timeout(left)?;
+            let v: serde_json::Value = match serde_json::from_str(&line) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            if v["event"] == "stats" {
+                let n = |k: &str| v[k].as_u64().unwrap_or(0);
+                return Ok((n("conns"), n("up"), n("down")));
+            }
+        }
+        anyhow::bail!("tls_front on {}: no stats answer", self.listen)
     }
 
     /// Stop it (also done on drop).
