@@ -18,8 +18,12 @@ Any string value of the form "${label.a.b}" is replaced by that field of an earl
 
 Every result has: op, client, index, ok (bool), ms (elapsed); on failure also error and
 status_code (when the server answered). Operations and their extra result fields:
-  login        user, password, [url, device_id, device_name]       -> user_id, device_id, access_token
-  restore      user_id, access_token, [device_id, url]             -> user_id
+  login        user, password, [url, device_id, device_name, request_timeout_s]
+                                                                   -> user_id, device_id, access_token
+  restore      user_id, access_token, [device_id, url, request_timeout_s]  -> user_id
+               (login/restore start the client's session; url defaults to the command line's,
+               request_timeout_s (default 30) bounds each HTTP request of that client: raise
+               it, and the steps' timeout_s, for slow links)
   whoami                                                           -> user_id, device_id
   create_room  [name, topic, invite[], preset, is_direct, room_version, visibility, federate]
                                                                    -> room_id
@@ -108,11 +112,11 @@ def matches(event, want):
 class Session:
     """One nio AsyncClient plus every timeline event it has seen, by room."""
 
-    def __init__(self, url):
+    def __init__(self, url, request_timeout_s=DEFAULT_TIMEOUT_S):
         cfg = nio.AsyncClientConfig(
             store_sync_tokens=False,
             encryption_enabled=False,
-            request_timeout=DEFAULT_TIMEOUT_S,
+            request_timeout=request_timeout_s,
             max_timeouts=1,
         )
         self.client = nio.AsyncClient(url, config=cfg)
@@ -220,7 +224,10 @@ class Driver:
         if create:
             old = self.sessions.get(name)
             if old is None or step.get("url") not in (None, old.client.homeserver):
-                self.sessions[name] = Session(step.get("url", self.url))
+                self.sessions[name] = Session(
+                    step.get("url", self.url),
+                    float(step.get("request_timeout_s", DEFAULT_TIMEOUT_S)),
+                )
         if name not in self.sessions:
             raise StepError(f"client {name!r} has not logged in")
         return self.sessions[name]
