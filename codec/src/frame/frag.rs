@@ -322,6 +322,10 @@ impl<const N: usize> Slot<N> {
         for i in 0..count {
             let (off, len) = self.frags[i];
             let (off, len) = (usize::from(off), usize::from(len));
+            if len == 0 {
+                // An empty fragment has nothing to move (and its offset may lie behind `w`).
+                continue;
+            }
             // Fragments not yet placed all lie at or after `w`; rotating brings fragment i to
             // `w` and shifts those between right by `len`.
             self.buf[w..off + len].rotate_right(len);
@@ -598,6 +602,18 @@ mod tests {
         assert_eq!(r.handle_datagram(1, &[0xC0, 9, 9]), Ok(None));
         assert_eq!(r.handle_datagram(2, &[0xC3, 8]), Ok(Some(&[9, 9, 8][..])));
         assert_eq!(r.stats().collisions, 1);
+    }
+
+    #[test]
+    fn empty_fragments_reassemble() {
+        // Found by the fuzzer: an empty fragment whose offset ends up behind the write cursor.
+        let mut r = Reassembler::<1, 16>::new(1000);
+        assert_eq!(r.handle_datagram(0, &[0xC2]), Ok(None));
+        assert_eq!(r.handle_datagram(0, &[0xC0, 1, 2, 3]), Ok(None));
+        assert_eq!(r.handle_datagram(0, &[0xC5, 4]), Ok(Some(&[1, 2, 3, 4][..])));
+        assert_eq!(r.handle_datagram(0, &[0xC5, 9]), Ok(None));
+        assert_eq!(r.handle_datagram(0, &[0xC2, 8]), Ok(None));
+        assert_eq!(r.handle_datagram(0, &[0xC0]), Ok(Some(&[8, 9][..])));
     }
 
     #[test]
