@@ -20,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
             let n = encode(frame, true, &mut out).expect("capacity");
             assert!(n <= max_encoded_len(frame.len(), true));
             let mut c = Deframer::<256>::new();
-            let back = out[..n].iter().find_map(|&x| c.handle_byte(x).map(|r| r.map(|f| f == frame)));
+            let back = out[..n]
+                .iter()
+                .find_map(|&x| c.handle_byte(x).map(|r| r.map(|f| f == frame)));
             assert_eq!(back, Some(Ok(true)));
         }
     }

@@ -15,7 +15,7 @@
 //! ```text
 //! 0x00..=0xBF   an unfragmented packet, this byte is its first byte      (0 bytes overhead)
 //! 0b11TT_IIIL   a fragment header, followed by the fragment's bytes      (1 byte per datagram)
-//!                 TT  packet tag (0..=3), keeps up to 4 packets in flight apart
+//!                 TT  packet tag (0..=3, in turn), keeps consecutive packets apart
 //!                 III fragment index (0..=7)
 //!                 L   1 on the last fragment of the packet
 //! ```
@@ -33,7 +33,12 @@
 //! is the oldest. Integrity is not this layer's job: the link (LoRa's CRC, the serial FCS) drops
 //! damaged datagrams and the Noise AEAD rejects anything mixed up by a tag collision; the
 //! receiver still detects collisions it can see (a different fragment under an index already
-//! held, a fragment past the last one) and restarts the slot.
+//! held, a fragment past the last one) and restarts the slot, and it remembers a 16-bit check of
+//! each fragment of the last packet completed under each tag, so late duplicates of a finished
+//! packet are ignored rather than left to seed a stale partial. As tags are used in turn, a
+//! partial packet is abandoned as soon as a packet two tags later starts, long before its tag
+//! comes round again; so at most two fragmented packets per direction are reassembled
+//! concurrently (reordering across more than one packet loses the older one).
 
 /// Mask and value of the dispatch bits marking a fragment header.
 pub const HEADER_MARK: u8 = 0b1100_0000;
@@ -255,6 +260,8 @@ pub struct ReassemblyStats {
     pub collisions: u64,
     /// Packets dropped for exceeding the capacity.
     pub too_large: u64,
+    /// Partial packets abandoned because a packet two tags later started.
+    pub superseded: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -358,6 +365,12 @@ pub struct Reassembler<const SLOTS: usize, const N: usize> {
     slots: [Slot<N>; SLOTS],
     timeout_ms: u64,
     stats: ReassemblyStats,
+    /// Per tag, FCS16 of each fragment of the last packet completed under it, so late
+    /// duplicates of a finished packet are recognised instead of seeding a stale partial that a
+    /// later packet with the same tag could complete with foreign bytes.
+    done_fcs: [[u16; MAX_FRAGMENTS]; TAGS as usize],
+    /// Per tag, which entries of `done_fcs` are valid.
+    done_mask: [u8; TAGS as usize],
 }
 
 impl<const SLOTS: usize, const N: usize> Reassembler<SLOTS, N> {
@@ -372,6 +385,8 @@ impl<const SLOTS: usize, const N: usize> Reassembler<SLOTS, N> {
         let () = Self::CHECK;
         Self {
             slots: [Slot::EMPTY; SLOTS],
+            done_fcs: [[0; MAX_FRAGMENTS]; TAGS as usize],
+            done_mask: [0; TAGS as usize],
             timeout_ms,
             stats: ReassemblyStats {
                 datagrams: 0,
@@ -382,6 +397,7 @@ impl<const SLOTS: usize, const N: usize> Reassembler<SLOTS, N> {
                 evicted: 0,
                 collisions: 0,
                 too_large: 0,
+                superseded: 0,
             },
         }
     }
@@ -440,6 +456,20 @@ impl<const SLOTS: usize, const N: usize> Reassembler<SLOTS, N> {
             self.stats.packets += 1;
             return Ok(Some(body));
         }
+        let fcs = super::crc::fcs16(body);
+        let t = usize::from(tag);
+        let has_slot = self.slots.iter().any(|s| s.used && s.tag == tag);
+        if self.done_mask[t] & (1 << index) != 0 && self.done_fcs[t][usize::from(index)] == fcs {
+            let held = self
+                .slots
+                .iter()
+                .any(|s| s.used && s.tag == tag && s.seen & (1 << index) != 0);
+            if !has_slot || !held {
+                // A late copy of a fragment of the packet last completed under this tag.
+                self.stats.duplicates += 1;
+                return Ok(None);
+            }
+        }
         let i = self.slot_for(tag, now);
         let stats = &mut self.stats;
         let slot = &mut self.slots[i];
@@ -475,6 +505,12 @@ impl<const SLOTS: usize, const N: usize> Reassembler<SLOTS, N> {
         slot.used = false;
         stats.packets += 1;
         stats.reassembled += 1;
+        let mut mask = 0u8;
+        for k in 0..=slot.last.unwrap_or(0) {
+            self.done_fcs[t][usize::from(k)] = super::crc::fcs16(slot.body(k));
+            mask |= 1 << k;
+        }
+        self.done_mask[t] = mask;
         let len = slot.assemble();
         Ok(Some(&slot.buf[..len]))
     }
@@ -483,6 +519,16 @@ impl<const SLOTS: usize, const N: usize> Reassembler<SLOTS, N> {
     fn slot_for(&mut self, tag: u8, now: u64) -> usize {
         if let Some(i) = self.slots.iter().position(|s| s.used && s.tag == tag) {
             return i;
+        }
+        // Tags are used in turn: once a packet two tags on starts, a partial packet still under
+        // the tag two behind it has been overtaken by two others and is abandoned before its tag
+        // comes round again (which would let the next packet complete it with foreign bytes).
+        let behind = (tag + TAGS - 2) % TAGS;
+        for s in self.slots.iter_mut() {
+            if s.used && s.tag == behind {
+                s.used = false;
+                self.stats.superseded += 1;
+            }
         }
         let i = match self.slots.iter().position(|s| !s.used) {
             Some(i) => i,
@@ -610,7 +656,10 @@ mod tests {
         let mut r = Reassembler::<1, 16>::new(1000);
         assert_eq!(r.handle_datagram(0, &[0xC2]), Ok(None));
         assert_eq!(r.handle_datagram(0, &[0xC0, 1, 2, 3]), Ok(None));
-        assert_eq!(r.handle_datagram(0, &[0xC5, 4]), Ok(Some(&[1, 2, 3, 4][..])));
+        assert_eq!(
+            r.handle_datagram(0, &[0xC5, 4]),
+            Ok(Some(&[1, 2, 3, 4][..]))
+        );
         assert_eq!(r.handle_datagram(0, &[0xC5, 9]), Ok(None));
         assert_eq!(r.handle_datagram(0, &[0xC2, 8]), Ok(None));
         assert_eq!(r.handle_datagram(0, &[0xC0]), Ok(Some(&[8, 9][..])));
