@@ -29,4 +29,6 @@ pub mod serial;
 pub use frag::{
     Fragment, FragmentError, Fragmenter, Fragments, Reassembler, ReassemblyError, ReassemblyStats,
 };
-pub use serial::{encode, encoded_len, max_encoded_len, DeframeError, DeframeStats, Deframer};
+pub use serial::{
+    encode, encoded_len, max_encoded_len, DeframeError, DeframeStats, Deframer, EncodeError,
+};
