@@ -51,13 +51,12 @@
 //! | `0xf6` | (query value only) a key without `=` |
 //!
 //! Query key numbers first index the route's own query keys ([`Route::query_keys`]), then the
-//! global list [`query_keys()`]. Every text is carried with the form that is shortest (ties: the
-//! order of the table), so the encoding of a target is unique; the decoder re-encodes what it
+//! global list [`query_keys()`]. Every text is carried with the form that is shortest (ties, in
+//! this order: integer, negative integer, boolean, well-known string, text, packed,
+//! percent-decoded RFC 3986, percent-decoded JavaScript), so the encoding of a target is unique; the decoder re-encodes what it
 //! decoded and rejects any other byte string ([`Error::NonCanonical`]). Nothing is special-cased
 //! away: `access_token` is an ordinary key, percent-encoding and parameter order are kept byte
 //! for byte.
-#![allow(clippy::module_name_repetitions)]
-
 #[rustfmt::skip]
 mod table;
 
@@ -764,3 +763,69 @@ impl<'a> Rd<'a> {
 }
 
 mod item;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(method: &str, pq: &str) -> ([u8; 128], usize) {
+        let mut out = [0u8; 128];
+        let n = encode_target(method, pq, &mut out).unwrap();
+        (out, n)
+    }
+
+    #[test]
+    fn sync_target_bytes() {
+        let (b, n) = enc(
+            "GET",
+            "/_matrix/client/v3/sync?since=s72594_4483_1934&timeout=30000",
+        );
+        assert_eq!(
+            &b[..n],
+            &[
+                0x08, // route 0 (sync), own version
+                0x01, 0x4a, b's', 0x84, 0xb7, 0x92, b'_', 0xa3, 0x83, b'_', 0x8f,
+                0x8e, // since
+                0x04, 0x19, 0x75, 0x30, // timeout=30000
+            ]
+        );
+    }
+
+    #[test]
+    fn variant_and_literal_bytes() {
+        // r0 sync: variant marker 1 + VERSIONS index 0, then route 0.
+        let (b, n) = enc("GET", "/_matrix/client/r0/sync");
+        assert_eq!(&b[..n], &[0x01, 0x00]);
+        // Unknown path: literal marker, GET | prefix 1 << 3, rest as text.
+        let (b, n) = enc("GET", "/_matrix/client/v3/nope?x");
+        assert_eq!(
+            &b[..n],
+            &[0x00, 0x08, 0x64, b'n', b'o', b'p', b'e', 0x61, b'x', 0xf6]
+        );
+        // Unknown method: code 7 and its text.
+        let (b, n) = enc("BREW", "/pot");
+        assert_eq!(
+            &b[..n],
+            &[0x00, 0x07, 0x64, b'B', b'R', b'E', b'W', 0x64, b'/', b'p', b'o', b't']
+        );
+    }
+
+    #[test]
+    fn decode_rebuilds_text() {
+        let mut m = [0u8; 8];
+        let mut out = [0u8; 128];
+        let (method, n) = decode_target(&[0x09, 0x61, b'r', 0xc0, 0x01], &mut m, &mut out).unwrap();
+        assert_eq!(method, Method::Put);
+        assert_eq!(
+            &out[..n],
+            b"/_matrix/client/v3/rooms/r/send/m.room.message/1"
+        );
+        let (method, n) = decode_target(
+            &[0x00, 0x07, 0x64, b'B', b'R', b'E', b'W', 0x60],
+            &mut m,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!((method, &m[..4], n), (Method::Other(4), &b"BREW"[..], 0));
+    }
+}

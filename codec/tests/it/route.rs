@@ -620,3 +620,38 @@ proptest! {
         round_trip(&method, &pq);
     }
 }
+
+/// Typical request lines of a client and a server, with their encoded sizes.
+const TYPICAL: [(&str, &str); 16] = [
+    ("GET", "/_matrix/client/v3/sync?since=s72594_4483_1934&timeout=30000"),
+    ("GET", "/_matrix/client/v3/sync?filter=0&since=s72594_4483_1934_6_15_1_1_2_17_1&timeout=30000&set_presence=online"),
+    ("PUT", "/_matrix/client/v3/rooms/!abc:example.org/send/m.room.message/txn1"),
+    ("PUT", "/_matrix/client/v3/rooms/%21abcDEFghiJKL%3Aexample.org/send/m.room.encrypted/m1718000000000.0"),
+    ("PUT", "/_matrix/client/v3/rooms/!abc:example.org/typing/@alice:example.org"),
+    ("POST", "/_matrix/client/v3/rooms/!abc:example.org/receipt/m.read/$ev1:example.org"),
+    ("POST", "/_matrix/client/v3/rooms/!abc:example.org/read_markers"),
+    ("GET", "/_matrix/client/v3/rooms/!abc:example.org/messages?from=t47-72594_4483_1934&dir=b&limit=20"),
+    ("POST", "/_matrix/client/v3/login"),
+    ("POST", "/_matrix/client/v3/join/%23room%3Aexample.org?via=example.org"),
+    ("POST", "/_matrix/media/v3/upload?filename=cat.png"),
+    ("GET", "/_matrix/client/v1/media/download/example.org/AbCdEfGhIjKlMnOp"),
+    ("POST", "/_matrix/client/v3/keys/query"),
+    ("PUT", "/_matrix/federation/v1/send/1718000000000"),
+    ("GET", "/_matrix/federation/v1/make_join/!abc:example.org/@alice:example.org?ver=10&ver=11"),
+    ("GET", "/_matrix/client/r0/sync?since=s72594_4483_1934&timeout=30000"),
+];
+
+#[test]
+fn typical_request_figures() {
+    let (mut text_total, mut enc_total) = (0, 0);
+    for (m, t) in TYPICAL {
+        let enc = round_trip(m, t);
+        let text = m.len() + 1 + t.len();
+        println!("{:>4} -> {:>3} bytes  {m} {t}", text, enc.len());
+        text_total += text;
+        enc_total += enc.len();
+        assert!(enc.len() < text, "{t}: {} bytes", enc.len());
+    }
+    println!("total: {text_total} bytes of request lines -> {enc_total} bytes");
+    assert!(enc_total * 5 < text_total * 2);
+}
