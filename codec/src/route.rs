@@ -49,11 +49,13 @@
 //! | major 6 `n` | well-known string `n` ([`strings()`]: event types, receipt types...) |
 //! | `0xf4` / `0xf5` | text `false` / `true` |
 //! | `0xf6` | (query value only) a key without `=` |
+//! | `0xe0+i` (i < 20) | session string `i` ([`encode_target_with`]) |
+//! | `0xf8 0x20+i` item | the item's text followed by session string `i` |
 //!
 //! Query key numbers first index the route's own query keys ([`Route::query_keys`]), then the
 //! global list [`query_keys()`]. Every text is carried with the form that is shortest (ties, in
-//! this order: integer, negative integer, boolean, well-known string, text, packed,
-//! percent-decoded RFC 3986, percent-decoded JavaScript), so the encoding of a target is unique; the decoder re-encodes what it
+//! this order: integer, negative integer, boolean, well-known string, session string, text, packed,
+//! percent-decoded RFC 3986, percent-decoded JavaScript, session suffix), so the encoding of a target is unique; the decoder re-encodes what it
 //! decoded and rejects any other byte string ([`Error::NonCanonical`]). Nothing is special-cased
 //! away: `access_token` is an ordinary key, percent-encoding and parameter order are kept byte
 //! for byte.
@@ -66,6 +68,9 @@ pub use table::VERSION;
 
 /// Largest number of `{params}` in a template of the table.
 pub const MAX_PARAMS: usize = 4;
+
+/// Most session strings [`encode_target_with`] takes.
+pub const MAX_SESSION: usize = item::MAX_SESSION;
 
 /// Path version segments a template's version can be swapped for (a *version variant*).
 ///
@@ -272,6 +277,8 @@ pub enum Error {
     BadParam,
     /// A method text that is empty or longer than 255 bytes.
     BadMethod,
+    /// More than [`MAX_SESSION`] session strings.
+    Session,
 }
 
 impl fmt::Display for Error {
@@ -287,6 +294,7 @@ impl fmt::Display for Error {
             Error::ParamCount => "wrong number of path parameters",
             Error::BadParam => "path parameter contains '/' or '?'",
             Error::BadMethod => "method empty or too long",
+            Error::Session => "too many session strings",
         };
         f.write_str(s)
     }
@@ -435,12 +443,31 @@ fn emit_path<S: Sink>(
 ///
 /// `out.len() >= 2 * (method.len() + path_and_query.len()) + 16` is always enough.
 pub fn encode_target(method: &str, path_and_query: &str, out: &mut [u8]) -> Result<usize, Error> {
+    encode_target_with(&[], method, path_and_query, out)
+}
+
+/// [`encode_target`] with session strings both ends of the link agree on (own user id,
+/// homeserver name, joined room ids...; at most [`MAX_SESSION`], compared with the raw text).
+///
+/// A text equal to session string `i` is one byte (`0xe0 + i`); a text ending with it (other
+/// than by being it) is `0xf8 0x20+i` and the rest as a text item: `@bob:example.org` is 7
+/// bytes with `example.org` in the session. Both ends must use the same list, in the same
+/// order, or texts decode wrong; the session list is part of the link state, not of the table.
+pub fn encode_target_with(
+    session: &[&str],
+    method: &str,
+    path_and_query: &str,
+    out: &mut [u8],
+) -> Result<usize, Error> {
+    if session.len() > MAX_SESSION {
+        return Err(Error::Session);
+    }
     let mut w = Buf::new(out);
-    encode_into(method, path_and_query, &mut w)?;
+    encode_into(session, method, path_and_query, &mut w)?;
     Ok(w.n)
 }
 
-fn encode_into<S: Sink>(method: &str, pq: &str, s: &mut S) -> Result<(), Error> {
+fn encode_into<S: Sink>(session: &[&str], method: &str, pq: &str, s: &mut S) -> Result<(), Error> {
     let (path, query) = match pq.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (pq, None),
@@ -456,7 +483,7 @@ fn encode_into<S: Sink>(method: &str, pq: &str, s: &mut S) -> Result<(), Error> 
                 None => put_varint(s, ROUTE_BASE + u32::from(m.id.0))?,
             }
             for p in m.params() {
-                item::put_value(s, p.as_bytes(), item::Ctx::Param)?;
+                item::put_value(s, p.as_bytes(), item::Ctx::Param, session)?;
             }
             r.query_keys
         }
@@ -479,7 +506,12 @@ fn encode_into<S: Sink>(method: &str, pq: &str, s: &mut S) -> Result<(), Error> 
                 item::put_head(s, 3, method.len() as u64)?;
                 s.put(method.as_bytes())?;
             }
-            item::put_value(s, &path.as_bytes()[prefix.len()..], item::Ctx::Text)?;
+            item::put_value(
+                s,
+                &path.as_bytes()[prefix.len()..],
+                item::Ctx::Text,
+                session,
+            )?;
             &[]
         }
     };
@@ -489,17 +521,17 @@ fn encode_into<S: Sink>(method: &str, pq: &str, s: &mut S) -> Result<(), Error> 
                 Some((k, v)) => (k, Some(v)),
                 None => (seg, None),
             };
-            put_key(s, k, keys)?;
+            put_key(s, k, keys, session)?;
             match v {
                 None => s.put(&[item::NULL])?,
-                Some(v) => item::put_value(s, v.as_bytes(), item::Ctx::Query)?,
+                Some(v) => item::put_value(s, v.as_bytes(), item::Ctx::Query, session)?,
             }
         }
     }
     Ok(())
 }
 
-fn put_key<S: Sink>(s: &mut S, k: &str, keys: &[u8]) -> Result<(), Error> {
+fn put_key<S: Sink>(s: &mut S, k: &str, keys: &[u8], session: &[&str]) -> Result<(), Error> {
     let global = &table::QUERY_KEYS;
     if let Some(i) = keys
         .iter()
@@ -510,7 +542,7 @@ fn put_key<S: Sink>(s: &mut S, k: &str, keys: &[u8]) -> Result<(), Error> {
     if let Some(g) = global.iter().position(|g| *g == k) {
         return item::put_head(s, 0, (keys.len() + g) as u64);
     }
-    item::put_value(s, k.as_bytes(), item::Ctx::Text)
+    item::put_value(s, k.as_bytes(), item::Ctx::Text, session)
 }
 
 /// Decodes a target made by [`encode_target`]: writes the path and query into `out` and, for
@@ -524,6 +556,19 @@ pub fn decode_target(
     method_out: &mut [u8],
     out: &mut [u8],
 ) -> Result<(Method, usize), Error> {
+    decode_target_with(&[], bytes, method_out, out)
+}
+
+/// [`decode_target`] with the session strings of [`encode_target_with`].
+pub fn decode_target_with(
+    session: &[&str],
+    bytes: &[u8],
+    method_out: &mut [u8],
+    out: &mut [u8],
+) -> Result<(Method, usize), Error> {
+    if session.len() > MAX_SESSION {
+        return Err(Error::Session);
+    }
     let mut r = Rd { b: bytes, i: 0 };
     let mut w = Buf::new(out);
     let head = r.varint()?;
@@ -549,7 +594,7 @@ pub fn decode_target(
             }
         };
         w.put(prefix.as_bytes())?;
-        item::get_value(&mut r, &mut w, item::Ctx::Text)?;
+        item::get_value(&mut r, &mut w, item::Ctx::Text, session)?;
         (method, &[][..])
     } else {
         let (id, variant) = if head < ROUTE_BASE {
@@ -573,7 +618,7 @@ pub fn decode_target(
                 w.put(b"/")?;
             }
             if t.starts_with('{') {
-                item::get_value(&mut r, &mut w, item::Ctx::Param)?;
+                item::get_value(&mut r, &mut w, item::Ctx::Param, session)?;
             } else if let (3, Some(v)) = (i, variant) {
                 w.put(VERSIONS[usize::from(v)].as_bytes())?;
             } else {
@@ -590,12 +635,12 @@ pub fn decode_target(
                 w.put(b"&")?;
             }
             first = false;
-            get_key(&mut r, &mut w, keys)?;
+            get_key(&mut r, &mut w, keys, session)?;
             if r.peek() == Some(item::NULL) {
                 r.i += 1;
             } else {
                 w.put(b"=")?;
-                item::get_value(&mut r, &mut w, item::Ctx::Query)?;
+                item::get_value(&mut r, &mut w, item::Ctx::Query, session)?;
             }
         }
     }
@@ -610,14 +655,14 @@ pub fn decode_target(
         m => m.as_str().ok_or(Error::BadMethod)?,
     };
     let mut cmp = Cmp { exp: bytes, n: 0 };
-    encode_into(mname, text, &mut cmp)?;
+    encode_into(session, mname, text, &mut cmp)?;
     if cmp.n != bytes.len() {
         return Err(Error::NonCanonical);
     }
     Ok((method, n))
 }
 
-fn get_key(r: &mut Rd<'_>, w: &mut Buf<'_>, keys: &[u8]) -> Result<(), Error> {
+fn get_key(r: &mut Rd<'_>, w: &mut Buf<'_>, keys: &[u8], session: &[&str]) -> Result<(), Error> {
     if r.peek().map(|b| b >> 5) == Some(0) {
         let (_, k) = r.head()?;
         let global = &table::QUERY_KEYS;
@@ -627,7 +672,7 @@ fn get_key(r: &mut Rd<'_>, w: &mut Buf<'_>, keys: &[u8]) -> Result<(), Error> {
         };
         w.put(name.ok_or(Error::BadHeader)?.as_bytes())
     } else {
-        item::get_value(r, w, item::Ctx::Text)
+        item::get_value(r, w, item::Ctx::Text, session)
     }
 }
 

@@ -16,6 +16,12 @@ const M_PCT_RFC: u8 = 4;
 const M_PCT_JS: u8 = 5;
 const M_KNOWN: u8 = 6;
 const M_SIMPLE: u8 = 7;
+/// Two-byte simple value head: `0xf8 0x20+i` is "prefix item, then session string i".
+const SUFFIX: u8 = 0xf8;
+const SUFFIX_BASE: u8 = 0x20;
+
+/// Most session strings (they are simple values 0..=19, one byte each).
+pub(super) const MAX_SESSION: usize = 20;
 
 /// Where a text sits, which decides the forms it may take.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -34,6 +40,8 @@ enum Form {
     Nint(u64),
     Bool(bool),
     Known(u64),
+    Session(u8),
+    Suffix(u8),
     Text,
     Packed(usize),
     Pct(u8, usize),
@@ -214,8 +222,9 @@ fn pct_encode<S: Sink>(d: &[u8], rule: u8, s: &mut S) -> Result<(), Error> {
     Ok(())
 }
 
-/// The shortest form of `t` (ties: the earlier form in the table of the module docs).
-fn choose(t: &[u8], ctx: Ctx) -> Form {
+/// The shortest form of `t` and its size (ties: the earlier form in the order of the module
+/// docs).
+fn choose(t: &[u8], ctx: Ctx, session: &[&str]) -> (usize, Form) {
     let mut best = (usize::MAX, Form::Text);
     let mut consider = |size: usize, f: Form| {
         if size < best.0 {
@@ -238,6 +247,12 @@ fn choose(t: &[u8], ctx: Ctx) -> Form {
     if let Some(k) = table::STRINGS.iter().position(|k| k.as_bytes() == t) {
         consider(head_len(k as u64), Form::Known(k as u64));
     }
+    for (i, x) in session.iter().enumerate().take(MAX_SESSION) {
+        if !x.is_empty() && x.as_bytes() == t {
+            // INVARIANT: i < MAX_SESSION = 20.
+            consider(1, Form::Session(i as u8));
+        }
+    }
     consider(head_len(t.len() as u64) + t.len(), Form::Text);
     if t.is_ascii() && t.iter().any(u8::is_ascii_digit) {
         let mut c = Count(0);
@@ -254,16 +269,38 @@ fn choose(t: &[u8], ctx: Ctx) -> Form {
             }
         }
     }
-    best.1
+    for (i, x) in session.iter().enumerate().take(MAX_SESSION) {
+        if let Some(prefix) = t
+            .strip_suffix(x.as_bytes())
+            .filter(|p| !x.is_empty() && !p.is_empty())
+        {
+            // INVARIANT: i < MAX_SESSION = 20.
+            consider(2 + choose(prefix, Ctx::Text, &[]).0, Form::Suffix(i as u8));
+        }
+    }
+    best
 }
 
 /// Writes text `t` as an item in its shortest form for `ctx`.
-pub(super) fn put_value<S: Sink>(s: &mut S, t: &[u8], ctx: Ctx) -> Result<(), Error> {
-    match choose(t, ctx) {
+pub(super) fn put_value<S: Sink>(
+    s: &mut S,
+    t: &[u8],
+    ctx: Ctx,
+    session: &[&str],
+) -> Result<(), Error> {
+    match choose(t, ctx, session).1 {
         Form::Uint(v) => put_head(s, M_UINT, v),
         Form::Nint(v) => put_head(s, M_NINT, v),
         Form::Bool(b) => s.put(&[if b { TRUE } else { FALSE }]),
         Form::Known(k) => put_head(s, M_KNOWN, k),
+        Form::Session(i) => s.put(&[M_SIMPLE << 5 | i]),
+        Form::Suffix(i) => {
+            s.put(&[SUFFIX, SUFFIX_BASE + i])?;
+            let x = session
+                .get(usize::from(i))
+                .map_or(&b""[..], |x| x.as_bytes());
+            put_value(s, &t[..t.len() - x.len()], Ctx::Text, &[])
+        }
         Form::Text => {
             put_head(s, M_TEXT, t.len() as u64)?;
             s.put(t)
@@ -280,8 +317,21 @@ pub(super) fn put_value<S: Sink>(s: &mut S, t: &[u8], ctx: Ctx) -> Result<(), Er
 }
 
 /// Reads one item and writes its text to `s`.
-pub(super) fn get_value<S: Sink>(r: &mut Rd<'_>, s: &mut S, ctx: Ctx) -> Result<(), Error> {
+pub(super) fn get_value<S: Sink>(
+    r: &mut Rd<'_>,
+    s: &mut S,
+    ctx: Ctx,
+    session: &[&str],
+) -> Result<(), Error> {
     let scalars = ctx != Ctx::Text;
+    let session = &session[..session.len().min(MAX_SESSION)];
+    if r.peek() == Some(SUFFIX) {
+        r.i += 1;
+        let i = r.byte()?.checked_sub(SUFFIX_BASE).ok_or(Error::BadHeader)?;
+        let x = session.get(usize::from(i)).ok_or(Error::BadHeader)?;
+        get_value(r, s, Ctx::Text, &[])?;
+        return s.put(x.as_bytes());
+    }
     match r.head()? {
         (M_UINT, v) if scalars => put_dec(s, u128::from(v)),
         (M_NINT, v) if scalars => {
@@ -299,6 +349,10 @@ pub(super) fn get_value<S: Sink>(r: &mut Rd<'_>, s: &mut S, ctx: Ctx) -> Result<
             let k = usize::try_from(k).map_err(|_| Error::BadHeader)?;
             s.put(table::STRINGS.get(k).ok_or(Error::BadHeader)?.as_bytes())
         }
+        (M_SIMPLE, i @ 0..=19) => {
+            let i = usize::try_from(i).map_err(|_| Error::BadHeader)?;
+            s.put(session.get(i).ok_or(Error::BadHeader)?.as_bytes())
+        }
         (M_SIMPLE, 20) if scalars => s.put(b"false"),
         (M_SIMPLE, 21) if scalars => s.put(b"true"),
         _ => Err(Error::BadHeader),
@@ -313,7 +367,7 @@ mod tests {
     fn enc(t: &str, ctx: Ctx) -> ([u8; 64], usize) {
         let mut out = [0u8; 64];
         let mut w = Buf::new(&mut out);
-        put_value(&mut w, t.as_bytes(), ctx).unwrap();
+        put_value(&mut w, t.as_bytes(), ctx, &[]).unwrap();
         let n = w.n;
         (out, n)
     }
@@ -377,5 +431,25 @@ mod tests {
         // Lowercase hex is neither: kept as text.
         let (b, _) = enc("%3a", Ctx::Param);
         assert_eq!(b[0], 0x63);
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::super::Buf;
+    use super::*;
+
+    #[test]
+    fn session_strings() {
+        let session = ["example.org", "!abc:example.org"];
+        let mut out = [0u8; 32];
+        let mut w = Buf::new(&mut out);
+        put_value(&mut w, b"!abc:example.org", Ctx::Param, &session).unwrap();
+        put_value(&mut w, b"@alice:example.org", Ctx::Param, &session).unwrap();
+        let n = w.n;
+        assert_eq!(
+            &out[..n],
+            &[0xe1, 0xf8, 0x20, 0x67, b'@', b'a', b'l', b'i', b'c', b'e', b':']
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! version variants, literal fallback, byte budgets, malformed input.
 use core::fmt::Write as _;
 use lowband_codec::route::{
-    self, by_name, decode_target, encode_target, expand, lookup, routes, Api, Error, Method,
-    RouteId, VERSIONS,
+    self, by_name, decode_target, decode_target_with, encode_target, encode_target_with, expand,
+    lookup, routes, Api, Error, Method, RouteId, VERSIONS,
 };
 use proptest::prelude::*;
 
@@ -243,14 +243,18 @@ fn every_spec_endpoint_has_a_route() {
 
 /// Encodes `method` + `target`, decodes it back, asserts the exact text; returns the encoding.
 fn round_trip(method: &str, target: &str) -> Vec<u8> {
+    round_trip_with(&[], method, target)
+}
+
+fn round_trip_with(session: &[&str], method: &str, target: &str) -> Vec<u8> {
     let mut enc = vec![0u8; 2 * (method.len() + target.len()) + 16];
-    let n = encode_target(method, target, &mut enc)
+    let n = encode_target_with(session, method, target, &mut enc)
         .unwrap_or_else(|e| panic!("encode {method} {target}: {e:?}"));
     enc.truncate(n);
     let mut m = [0u8; 255];
     let mut out = vec![0u8; 8 * target.len() + 64];
-    let (dm, len) =
-        decode_target(&enc, &mut m, &mut out).unwrap_or_else(|e| panic!("decode {target}: {e:?}"));
+    let (dm, len) = decode_target_with(session, &enc, &mut m, &mut out)
+        .unwrap_or_else(|e| panic!("decode {target}: {e:?}"));
     let name = match dm {
         Method::Other(n) => core::str::from_utf8(&m[..usize::from(n)])
             .unwrap()
@@ -654,4 +658,75 @@ fn typical_request_figures() {
     }
     println!("total: {text_total} bytes of request lines -> {enc_total} bytes");
     assert!(enc_total * 5 < text_total * 2);
+}
+
+#[test]
+fn session_strings_shrink_identifiers() {
+    let session = ["example.org", "@alice:example.org", "!abc:example.org"];
+    let mut total = (0, 0);
+    for (m, t) in TYPICAL {
+        let plain = round_trip(m, t);
+        let with = round_trip_with(&session, m, t);
+        println!("{:>3} -> {:>3} bytes  {m} {t}", plain.len(), with.len());
+        assert!(with.len() <= plain.len());
+        total = (total.0 + plain.len(), total.1 + with.len());
+    }
+    println!(
+        "total: {} -> {} bytes with a 3-string session",
+        total.0, total.1
+    );
+    let typing = round_trip_with(
+        &session,
+        "PUT",
+        "/_matrix/client/v3/rooms/!abc:example.org/typing/@alice:example.org",
+    );
+    assert_eq!(typing, [0x0b, 0xe2, 0xe1]);
+    // Another user on the same server: prefix + server suffix.
+    let send = round_trip_with(
+        &session,
+        "PUT",
+        "/_matrix/client/v3/rooms/!xyz:example.org/send/m.room.message/txn1",
+    );
+    assert_eq!(send.len(), 1 + 2 + 1 + 5 + 1 + 5);
+    // The session must match: another list decodes to other text or fails.
+    let mut out = [0u8; 256];
+    let mut m = [0u8; 8];
+    let r = decode_target_with(&["x.org"], &typing, &mut m, &mut out);
+    assert_eq!(r, Err(Error::BadHeader));
+    let many = ["a"; 21];
+    assert_eq!(
+        encode_target_with(&many, "GET", "/", &mut out),
+        Err(Error::Session)
+    );
+    assert_eq!(
+        decode_target_with(&many, &[8], &mut m, &mut out),
+        Err(Error::Session)
+    );
+}
+
+proptest! {
+    #[test]
+    fn session_round_trips(
+        session in proptest::collection::vec("[a-z.:!@]{0,6}", 0..5),
+        pq in "/_matrix/client/v3/rooms/[a-z.:!@%0-9]{0,12}/send/[a-z.:!@]{0,8}/[a-z.:!@0-9]{0,8}(\\?[a-z.:!@=&]{0,20})?",
+    ) {
+        let session: Vec<&str> = session.iter().map(String::as_str).collect();
+        round_trip_with(&session, "PUT", &pq);
+    }
+
+    #[test]
+    fn random_bytes_with_session_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..48)) {
+        let session = ["example.org", "@alice:example.org"];
+        let (mut m, mut out) = ([0u8; 255], [0u8; 2048]);
+        if let Ok((dm, n)) = decode_target_with(&session, &bytes, &mut m, &mut out) {
+            let name = match dm {
+                Method::Other(k) => core::str::from_utf8(&m[..usize::from(k)]).unwrap().to_owned(),
+                dm => dm.as_str().unwrap().to_owned(),
+            };
+            let text = core::str::from_utf8(&out[..n]).unwrap().to_owned();
+            let mut enc = vec![0u8; 2 * (name.len() + text.len()) + 16];
+            let k = encode_target_with(&session, &name, &text, &mut enc).unwrap();
+            prop_assert_eq!(&enc[..k], &bytes[..]);
+        }
+    }
 }
