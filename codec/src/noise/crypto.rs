@@ -42,7 +42,9 @@ pub struct Keypair {
 
 impl core::fmt::Debug for Keypair {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Keypair").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("Keypair")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,7 +78,9 @@ impl Keypair {
     /// Noise `DH(self, pk)`. A non-contributory result (low-order peer key, all-zero output) is
     /// refused, as Noise §12.1 allows.
     pub fn dh(&self, pk: &PublicKey) -> Result<[u8; DHLEN], NoiseError> {
-        let shared = self.secret.diffie_hellman(&x25519_dalek::PublicKey::from(pk.0));
+        let shared = self
+            .secret
+            .diffie_hellman(&x25519_dalek::PublicKey::from(pk.0));
         if !shared.was_contributory() {
             return Err(NoiseError::InvalidPublicKey);
         }
@@ -240,7 +244,9 @@ impl CipherState {
     ) -> Result<usize, NoiseError> {
         match &self.k {
             None => {
-                let dst = out.get_mut(..plaintext.len()).ok_or(NoiseError::BufferTooSmall)?;
+                let dst = out
+                    .get_mut(..plaintext.len())
+                    .ok_or(NoiseError::BufferTooSmall)?;
                 dst.copy_from_slice(plaintext);
                 Ok(plaintext.len())
             }
@@ -273,7 +279,9 @@ impl CipherState {
     ) -> Result<usize, NoiseError> {
         match &self.k {
             None => {
-                let dst = out.get_mut(..ciphertext.len()).ok_or(NoiseError::BufferTooSmall)?;
+                let dst = out
+                    .get_mut(..ciphertext.len())
+                    .ok_or(NoiseError::BufferTooSmall)?;
                 dst.copy_from_slice(ciphertext);
                 Ok(ciphertext.len())
             }
@@ -396,7 +404,10 @@ mod tests {
     #[test]
     fn low_order_point_refused() {
         let kp = Keypair::from_secret([7; 32]);
-        assert_eq!(kp.dh(&PublicKey([0; 32])), Err(NoiseError::InvalidPublicKey));
+        assert_eq!(
+            kp.dh(&PublicKey([0; 32])),
+            Err(NoiseError::InvalidPublicKey)
+        );
     }
 
     #[test]
@@ -407,7 +418,10 @@ mod tests {
         assert_eq!(a.encrypt_with_ad(b"ad", b"hello", &mut ct), Ok(21));
         ct[0] ^= 1;
         let mut pt = [0u8; 5];
-        assert_eq!(b.decrypt_with_ad(b"ad", &ct, &mut pt), Err(NoiseError::Decrypt));
+        assert_eq!(
+            b.decrypt_with_ad(b"ad", &ct, &mut pt),
+            Err(NoiseError::Decrypt)
+        );
         assert_eq!(b.nonce(), 0);
         ct[0] ^= 1;
         assert_eq!(b.decrypt_with_ad(b"ad", &ct, &mut pt), Ok(5));

@@ -105,7 +105,13 @@ impl Pattern {
     pub fn responder_static_premessage(self) -> bool {
         matches!(
             self,
-            Pattern::N | Pattern::K | Pattern::X | Pattern::NK | Pattern::KK | Pattern::XK | Pattern::IK
+            Pattern::N
+                | Pattern::K
+                | Pattern::X
+                | Pattern::NK
+                | Pattern::KK
+                | Pattern::XK
+                | Pattern::IK
         )
     }
 
@@ -196,7 +202,11 @@ impl<H: NoiseHash> SymmetricState<H> {
     }
 
     /// `EncryptAndHash(plaintext)` into `out`; returns the written length.
-    pub fn encrypt_and_hash(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, NoiseError> {
+    pub fn encrypt_and_hash(
+        &mut self,
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, NoiseError> {
         let h = self.h;
         let n = self.cipher.encrypt_with_ad(&h, plaintext, out)?;
         self.mix_hash(&out[..n]);
@@ -204,7 +214,11 @@ impl<H: NoiseHash> SymmetricState<H> {
     }
 
     /// `DecryptAndHash(ciphertext)` into `out`; returns the plaintext length.
-    pub fn decrypt_and_hash(&mut self, ciphertext: &[u8], out: &mut [u8]) -> Result<usize, NoiseError> {
+    pub fn decrypt_and_hash(
+        &mut self,
+        ciphertext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, NoiseError> {
         let h = self.h;
         let n = self.cipher.decrypt_with_ad(&h, ciphertext, out)?;
         self.mix_hash(ciphertext);
@@ -391,7 +405,7 @@ impl<H: NoiseHash> HandshakeState<H> {
 
     /// Whether the next handshake message is ours to write.
     pub fn is_my_turn(&self) -> bool {
-        !self.is_finished() && ((self.msg % 2 == 0) == self.initiator)
+        !self.is_finished() && (self.msg.is_multiple_of(2) == self.initiator)
     }
 
     /// Whether this side is the initiator.
@@ -470,7 +484,11 @@ impl<H: NoiseHash> HandshakeState<H> {
 
     /// `ReadMessage(message, payload_buffer)`: processes the next handshake message and writes
     /// its payload into `payload_out`; returns the payload length.
-    pub fn read_message(&mut self, message: &[u8], payload_out: &mut [u8]) -> Result<usize, NoiseError> {
+    pub fn read_message(
+        &mut self,
+        message: &[u8],
+        payload_out: &mut [u8],
+    ) -> Result<usize, NoiseError> {
         if self.is_finished() || self.is_my_turn() {
             return Err(NoiseError::WrongState);
         }

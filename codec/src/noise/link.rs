@@ -83,8 +83,6 @@ pub const TRANSPORT_OVERHEAD: usize = TRANSPORT_HEADER_LEN + TAGLEN;
 const MIN_MSG2: usize = 48;
 /// How many ephemeral keys the responder draws at most to hit a free session id.
 const MAX_SESSION_ID_TRIES: u32 = 2048;
-/// How many 256-nonce jumps forward the receiver tries after a long loss burst.
-const MAX_NONCE_JUMPS: u64 = 3;
 const PROLOGUE_TAG: &[u8; 7] = b"lowband";
 
 /// A session id: 6 bits, 0..=63, assigned by the responder in msg2.
@@ -279,13 +277,17 @@ impl RetransmitConfig {
 /// Transport options, the same on both ends.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct TransportConfig {
-    /// Rekey the sending direction after this many packets (0 = only on demand).
-    pub rekey_after: u64,
+    /// Nonces per key epoch: each direction rekeys (Noise §11.3) every `rekey_interval`
+    /// packets, and an on-demand rekey skips to the next multiple. Must be equal on both ends.
+    pub rekey_interval: u64,
 }
 
 impl Default for TransportConfig {
+    /// 4096 packets per key (about 4 hours of airtime at 100 bit/s with 46-byte packets).
     fn default() -> Self {
-        TransportConfig { rekey_after: 1 << 16 }
+        TransportConfig {
+            rekey_interval: 4096,
+        }
     }
 }
 
@@ -403,7 +405,11 @@ impl Initiator {
     }
 
     /// msg1 into `out` if it is due (first call, or a timeout expired); `Ok(None)` if not due.
-    pub fn poll_transmit(&mut self, now_ms: u64, out: &mut [u8]) -> Result<Option<usize>, InitiatorError> {
+    pub fn poll_transmit(
+        &mut self,
+        now_ms: u64,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, InitiatorError> {
         let Some(due) = self.next_send_ms else {
             return Err(InitiatorError::TimedOut);
         };
@@ -446,7 +452,9 @@ impl Initiator {
             _ => return Err(InitiatorError::NotHandshake),
         }
         if packet.len() < MIN_MSG2 {
-            let r = packet.get(..REJECT_LEN).ok_or(NoiseError::MessageTooShort)?;
+            let r = packet
+                .get(..REJECT_LEN)
+                .ok_or(NoiseError::MessageTooShort)?;
             let theirs = LinkVersion {
                 protocol: r[1],
                 dict: u16::from_be_bytes([r[2], r[3]]),
@@ -551,7 +559,10 @@ pub struct ResponderConfig<'a> {
 impl ResponderConfig<'_> {
     /// Writes the unauthenticated reject for `code` into `out`; returns [`REJECT_LEN`].
     pub fn write_reject(&self, code: RejectCode, out: &mut [u8]) -> Result<usize, NoiseError> {
-        let v = self.versions.first().copied().unwrap_or(LinkVersion { protocol: 0, dict: 0 });
+        let v = self.versions.first().copied().unwrap_or(LinkVersion {
+            protocol: 0,
+            dict: 0,
+        });
         let d = v.dict.to_be_bytes();
         out.get_mut(..REJECT_LEN)
             .ok_or(NoiseError::BufferTooSmall)?
@@ -581,7 +592,9 @@ impl ResponderConfig<'_> {
             }
             if self.accept_kk {
                 for rs in self.allowed {
-                    if let Some(m) = self.try_msg1(LinkPattern::KK, &prologue, Some(*rs), msg, early_out) {
+                    if let Some(m) =
+                        self.try_msg1(LinkPattern::KK, &prologue, Some(*rs), msg, early_out)
+                    {
                         return self.admit(m, version, ok, early_out);
                     }
                 }
@@ -799,26 +812,35 @@ impl From<ReplayError> for TransportError {
 /// An established transport session (both directions), heap-free.
 ///
 /// Packets carry the low 8 bits of the nonce and the key epoch parity; see the module docs for
-/// the layout. The sender rekeys (Noise §11.3) every `rekey_after` packets or on
-/// [`rekey`](Self::rekey) and flips the epoch bit; the receiver follows by trying the next key
-/// when the bit flips, keeping the previous key for late packets, so losses and reordering
-/// across a rekey never desynchronise the peers. Nonces keep counting across rekeys, so one
-/// replay window covers all epochs. A packet that fails authentication changes nothing.
+/// the layout. Key epochs are tied to nonces: nonce `n` is sealed with the key of epoch
+/// `n / rekey_interval`, each epoch's key being `REKEY` of the previous one (Noise §11.3), and
+/// the header's epoch bit is that epoch's parity. An on-demand [`rekey`](Self::rekey) skips the
+/// sending nonce to the next epoch boundary. The receiver therefore always knows which key a
+/// nonce needs: it keeps the current and previous epoch keys and derives later ones (up to 16
+/// epochs ahead), so neither long loss bursts nor reordering across a rekey desynchronise the
+/// peers. One replay window covers all epochs. A packet that fails authentication changes
+/// nothing.
+///
+/// Call protocol: [`seal`](Self::seal) each outgoing payload, [`open`](Self::open) each
+/// incoming transport packet; no timers.
 #[derive(Debug)]
 pub struct Session {
     id: SessionId,
     tx: CipherState,
-    tx_epoch: bool,
-    tx_in_epoch: u64,
+    tx_epoch: u64,
     rx: CipherState,
     rx_prev: Option<CipherState>,
-    rx_epoch: bool,
+    rx_epoch: u64,
     window: ReplayWindow,
-    rekey_after: u64,
+    rekey_interval: u64,
     handshake_hash: [u8; HASHLEN],
 }
 
+/// The whole per-session transport state (both directions and the replay window).
 const _: () = assert!(core::mem::size_of::<Session>() <= 256);
+
+/// How many epochs ahead of the current one the receiver derives keys for.
+const MAX_EPOCHS_AHEAD: u64 = 16;
 
 impl Session {
     fn new(
@@ -831,13 +853,12 @@ impl Session {
         Session {
             id,
             tx,
-            tx_epoch: false,
-            tx_in_epoch: 0,
+            tx_epoch: 0,
             rx,
             rx_prev: None,
-            rx_epoch: false,
+            rx_epoch: 0,
             window: ReplayWindow::new(),
-            rekey_after: cfg.rekey_after,
+            rekey_interval: cfg.rekey_interval.max(1),
             handshake_hash,
         }
     }
@@ -857,19 +878,34 @@ impl Session {
         self.tx.nonce()
     }
 
-    /// Rekeys the sending direction now; the peer follows from the epoch bit.
+    /// The key epoch of the next packet sent.
+    pub fn tx_epoch(&self) -> u64 {
+        self.tx.nonce() / self.rekey_interval
+    }
+
+    /// Rekeys the sending direction now by moving to the next epoch (the skipped nonces are
+    /// never used); the peer follows from the nonce and epoch bit. A no-op when the next nonce
+    /// starts an epoch: its key has not been used yet.
     pub fn rekey(&mut self) {
-        self.tx.rekey();
-        self.tx_epoch = !self.tx_epoch;
-        self.tx_in_epoch = 0;
+        let n = self.tx.nonce();
+        if !n.is_multiple_of(self.rekey_interval) {
+            let next = (self.tx_epoch() + 1).saturating_mul(self.rekey_interval);
+            self.tx.set_nonce(next);
+        }
+        self.advance_tx();
+    }
+
+    fn advance_tx(&mut self) {
+        let want = self.tx_epoch();
+        while self.tx_epoch < want {
+            self.tx.rekey();
+            self.tx_epoch += 1;
+        }
     }
 
     /// Encrypts `payload` into a transport packet in `out`; returns its length
     /// (`payload.len() + 18`).
     pub fn seal(&mut self, payload: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
-        if self.rekey_after != 0 && self.tx_in_epoch >= self.rekey_after {
-            self.rekey();
-        }
         let n = self.tx.nonce();
         if n >= u64::MAX - 1 {
             return Err(TransportError::NonceExhausted);
@@ -877,15 +913,36 @@ impl Session {
         if out.len() < payload.len() + TRANSPORT_OVERHEAD {
             return Err(TransportError::BufferTooSmall);
         }
-        let header = [0x80 | (u8::from(self.tx_epoch) << 6) | self.id.0, n as u8];
+        self.advance_tx();
+        let epoch_bit = (self.tx_epoch & 1) as u8;
+        let header = [0x80 | (epoch_bit << 6) | self.id.0, n as u8];
         out[..2].copy_from_slice(&header);
         let len = self
             .tx
             .seal_at(n, &header, payload, &mut out[2..])
             .map_err(|_| TransportError::BufferTooSmall)?;
         self.tx.set_nonce(n + 1);
-        self.tx_in_epoch += 1;
         Ok(2 + len)
+    }
+
+    /// Candidate full nonces for the truncated `low`, most likely first: the nearest to the
+    /// next expected nonce, then 256, 512, 768 on (loss bursts), then the first matching
+    /// nonces of the next two epochs (on-demand rekeys skip nonces).
+    fn nonce_candidates(&self, low: u8) -> [Option<u64>; 6] {
+        let base = self.window.reconstruct(low);
+        let epoch_start = |k: u64| {
+            let s = (self.window.next_expected() / self.rekey_interval + k)
+                .checked_mul(self.rekey_interval)?;
+            s.checked_add(u64::from(low.wrapping_sub(s as u8)))
+        };
+        [
+            Some(base),
+            base.checked_add(256),
+            base.checked_add(512),
+            base.checked_add(768),
+            epoch_start(1),
+            epoch_start(2),
+        ]
     }
 
     /// Authenticates and decrypts a transport packet into `out`; returns the payload length.
@@ -902,57 +959,64 @@ impl Session {
         }
         let header = &packet[..2];
         let body = &packet[2..];
-        let epoch = packet[0] & 0x40 != 0;
-        let base = self.window.reconstruct(packet[1]);
-        // The nearest nonce first; after a loss burst of 128 or more packets the true nonce may
-        // be 256, 512 or 768 further on.
-        let base_check = self.window.check(base);
-        // Candidate keys: same parity -> current (or two rekeys on); flipped -> next or previous.
-        let next = self.rx.rekeyed();
-        let next2 = if epoch == self.rx_epoch { Some(next.rekeyed()) } else { None };
-        let keys: [Option<(&CipherState, RxKey)>; 2] = if epoch == self.rx_epoch {
-            [Some((&self.rx, RxKey::Current)), next2.as_ref().map(|k| (k, RxKey::SecondNext))]
-        } else {
-            [Some((&next, RxKey::Next)), self.rx_prev.as_ref().map(|k| (k, RxKey::Previous))]
+        let epoch_bit = u64::from(packet[0] >> 6 & 1);
+        let candidates = self.nonce_candidates(packet[1]);
+        let mut err = match self.window.check(self.window.reconstruct(packet[1])) {
+            Err(e) => e.into(),
+            Ok(()) => TransportError::Decrypt,
         };
-        let mut found = None;
-        'search: for j in 0..=MAX_NONCE_JUMPS {
-            let Some(n) = base.checked_add(j * 256) else { break };
-            if self.window.check(n).is_err() {
+        let mut tried = [u64::MAX; 6];
+        for (i, n) in candidates.into_iter().enumerate() {
+            let Some(n) = n else { continue };
+            if tried.contains(&n) || self.window.check(n).is_err() {
                 continue;
             }
-            for (key, which) in keys.iter().flatten() {
+            tried[i] = n;
+            let epoch = n / self.rekey_interval;
+            if epoch & 1 != epoch_bit {
+                continue;
+            }
+            if epoch + 1 < self.rx_epoch {
+                // The key of that epoch is erased (forward secrecy): as good as too old.
+                err = TransportError::TooOld;
+                continue;
+            }
+            if epoch > self.rx_epoch + MAX_EPOCHS_AHEAD {
+                continue;
+            }
+            let opened = if epoch == self.rx_epoch {
+                self.rx.open_at(n, header, body, out).is_ok()
+            } else if epoch + 1 == self.rx_epoch {
+                self.rx_prev
+                    .as_ref()
+                    .is_some_and(|k| k.open_at(n, header, body, out).is_ok())
+            } else {
+                let (prev, key) = self.derive_rx(epoch);
                 if key.open_at(n, header, body, out).is_ok() {
-                    found = Some((n, *which));
-                    break 'search;
+                    self.rx_prev = Some(prev);
+                    self.rx = key;
+                    self.rx_epoch = epoch;
+                    true
+                } else {
+                    false
                 }
+            };
+            if opened {
+                self.window.commit(n);
+                return Ok(body.len() - TAGLEN);
             }
         }
-        let Some((n, which)) = found else {
-            return Err(base_check.err().map_or(TransportError::Decrypt, Into::into));
-        };
-        self.window.commit(n);
-        match which {
-            RxKey::Current | RxKey::Previous => {}
-            RxKey::Next => {
-                self.rx_prev = Some(core::mem::replace(&mut self.rx, next));
-                self.rx_epoch = !self.rx_epoch;
-            }
-            RxKey::SecondNext => {
-                // INVARIANT: SecondNext is only a candidate when next2 was computed.
-                self.rx = next2.expect("computed with its candidate");
-                self.rx_prev = Some(next);
-            }
+        Err(err)
+    }
+
+    /// The receive keys of epochs `epoch - 1` and `epoch` (> current), derived by rekeying.
+    fn derive_rx(&self, epoch: u64) -> (CipherState, CipherState) {
+        let mut prev = self.rx.clone();
+        let mut key = self.rx.rekeyed();
+        for _ in self.rx_epoch + 1..epoch {
+            prev = key;
+            key = prev.rekeyed();
         }
-        Ok(body.len() - TAGLEN)
+        (prev, key)
     }
 }
-
-#[derive(Clone, Copy, Debug)]
-enum RxKey {
-    Current,
-    Next,
-    SecondNext,
-    Previous,
-}
-

@@ -74,7 +74,11 @@ impl ReplayWindow {
             }
             Some(h) if n > h => {
                 let shift = n - h;
-                self.bitmap = if shift >= Self::SIZE { 0 } else { self.bitmap << shift };
+                self.bitmap = if shift >= Self::SIZE {
+                    0
+                } else {
+                    self.bitmap << shift
+                };
                 self.bitmap |= 1;
                 self.highest = n;
             }
