@@ -11,7 +11,8 @@
 //!
 //! ```text
 //! transport   1 E s s s s s s | n n n n n n n n | ciphertext ... | tag (16)
-//!             E      key epoch parity (flips on every rekey, Noise §11.3)
+//!             E      parity of the key epoch = nonce / rekey_interval (Noise §11.3 REKEY
+//!                    at every epoch; an on-demand rekey skips to the next epoch's nonces)
 //!             ssssss SessionId 0..=63
 //!             n      low 8 bits of the 64-bit nonce (the receiver reconstructs the rest)
 //!             AD of the AEAD = these 2 header bytes, so they are authenticated.
