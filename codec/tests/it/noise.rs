@@ -1051,3 +1051,34 @@ fn python_link_peer_as_device() {
         peer.finish();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// replay window against a model
+
+proptest::proptest! {
+    /// The window accepts exactly the nonces a set-based model accepts: new ones no more than
+    /// 63 below the highest seen.
+    #[test]
+    fn replay_window_matches_model(steps in proptest::collection::vec((0u64..200, proptest::bool::ANY), 1..300)) {
+        use lowband_codec::noise::{ReplayError, ReplayWindow};
+        let mut w = ReplayWindow::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut highest: Option<u64> = None;
+        for (n, commit) in steps {
+            let model = if seen.contains(&n) && highest.is_some_and(|h| h - n < 64) {
+                Err(ReplayError::Replay)
+            } else if highest.is_some_and(|h| n + 64 <= h) {
+                Err(ReplayError::TooOld)
+            } else {
+                Ok(())
+            };
+            proptest::prop_assert_eq!(w.check(n), model, "nonce {}", n);
+            if model.is_ok() && commit {
+                w.commit(n);
+                seen.insert(n);
+                highest = Some(highest.map_or(n, |h| h.max(n)));
+            }
+            proptest::prop_assert_eq!(w.highest(), highest);
+        }
+    }
+}
