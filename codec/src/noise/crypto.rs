@@ -97,7 +97,7 @@ pub fn public_key(secret: &[u8; DHLEN]) -> PublicKey {
 pub trait NoiseHash {
     /// The name in the protocol name, e.g. `BLAKE2s`.
     const NAME: &'static str;
-    /// HASH(parts[0] || parts[1] || ...).
+    /// `HASH(parts[0] || parts[1] || ...)`.
     fn hash(parts: &[&[u8]]) -> [u8; HASHLEN];
 }
 

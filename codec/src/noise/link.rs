@@ -11,7 +11,8 @@
 //!
 //! ```text
 //! transport   1 E s s s s s s | n n n n n n n n | ciphertext ... | tag (16)
-//!             E      key epoch parity (flips on every rekey, Noise §11.3)
+//!             E      parity of the key epoch = nonce / rekey_interval (Noise §11.3 REKEY
+//!                    at every epoch; an on-demand rekey skips to the next epoch's nonces)
 //!             ssssss SessionId 0..=63
 //!             n      low 8 bits of the 64-bit nonce (the receiver reconstructs the rest)
 //!             AD of the AEAD = these 2 header bytes, so they are authenticated.
@@ -264,11 +265,13 @@ impl RetransmitConfig {
     /// Timers for a link of `bits_per_second`: the first timeout is twice the airtime of
     /// msg1 + msg2 (with `early_data` bytes each way) plus two seconds of processing slack.
     pub fn for_link_rate(bits_per_second: u32, early_data: usize) -> Self {
-        let bytes = (MAX_MSG2 - MAX_EARLY_DATA + 96 + 2 * early_data) as u64;
+        let status = usize::from(early_data > 0);
+        let bytes = (96 + 48 + 2 * early_data + status) as u64;
         let air = bytes * 8 * 1000 / u64::from(bits_per_second.max(1));
+        let rto = 2 * air + 2000;
         RetransmitConfig {
-            initial_rto_ms: 2 * air + 2000,
-            max_rto_ms: 8 * (2 * air + 2000),
+            initial_rto_ms: rto,
+            max_rto_ms: 8 * rto,
             max_sends: 6,
         }
     }
@@ -350,7 +353,9 @@ pub struct InitiatorConfig {
 /// [`InitiatorError::TimedOut`]); wake up at [`poll_timeout`](Self::poll_timeout); feed every
 /// handshake packet from the responder to [`handle_response`](Self::handle_response), which
 /// returns the [`Session`] once a valid msg2 arrives. Errors from forged or damaged packets
-/// leave the state as it was.
+/// leave the state as it was. Once the session is established, or on
+/// [`InitiatorError::Refused`]/[`InitiatorError::VersionMismatch`], drop the initiator; later
+/// copies of msg2 are duplicates to ignore.
 #[derive(Debug)]
 pub struct Initiator {
     hs: HandshakeState,
@@ -981,7 +986,7 @@ impl Session {
                 err = TransportError::TooOld;
                 continue;
             }
-            if epoch > self.rx_epoch + MAX_EPOCHS_AHEAD {
+            if epoch > self.rx_epoch.saturating_add(MAX_EPOCHS_AHEAD) {
                 continue;
             }
             let opened = if epoch == self.rx_epoch {
@@ -1018,5 +1023,67 @@ impl Session {
             key = prev.rekeyed();
         }
         (prev, key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_puts_the_zero_bit_first() {
+        let mut m = [0u8; 40];
+        for (i, b) in m.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        m[31] = 0x7f;
+        let orig = m;
+        rotate_out(&mut m);
+        assert_eq!(&m[..4], &[0x7f, 0, 1, 2]);
+        assert_eq!(&m[32..], &orig[32..]);
+        assert_eq!(classify(&m), Some(PacketKind::Handshake));
+        assert_eq!(
+            msg1_ephemeral(&m).map(|e| e.0.to_vec()),
+            Some(orig[..32].to_vec())
+        );
+        let mut back = [0u8; 40];
+        assert_eq!(rotate_in(&m, &mut back), Some(&orig[..]));
+    }
+
+    #[test]
+    fn prologue_and_reject_bytes() {
+        let v = LinkVersion {
+            protocol: 1,
+            dict: 0x0203,
+        };
+        assert_eq!(&v.prologue(), b"lowband\x01\x02\x03");
+        let kp = Keypair::from_secret([9; 32]);
+        let cfg = ResponderConfig {
+            local: &kp,
+            versions: &[v],
+            known_versions: &[],
+            allowed: &[],
+            accept_ik: true,
+            accept_kk: false,
+            transport: TransportConfig::default(),
+        };
+        let mut out = [0u8; 4];
+        assert_eq!(
+            cfg.write_reject(RejectCode::VersionMismatch, &mut out),
+            Ok(4)
+        );
+        assert_eq!(out, [3, 1, 2, 3]);
+        assert_eq!(
+            classify(&[0x80 | 0x40 | 5, 0]),
+            Some(PacketKind::Transport(SessionId(5)))
+        );
+    }
+
+    #[test]
+    fn retransmit_timers_for_100_bps() {
+        // 144 bytes at 100 bit/s = 11.52 s of airtime; RTO = 2 x 11.52 s + 2 s.
+        let r = RetransmitConfig::for_link_rate(100, 0);
+        assert_eq!(r.initial_rto_ms, 25_040);
+        assert_eq!(r.max_rto_ms, 200_320);
     }
 }

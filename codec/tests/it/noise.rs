@@ -906,3 +906,179 @@ fn session_state_is_small() {
     assert!(core::mem::size_of::<Initiator>() < 1024);
     let _ = NoiseError::Decrypt;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Python reimplementation of the link layer (noiseprotocol underneath)
+
+struct PyPeer {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl PyPeer {
+    fn spawn(py: &std::path::Path, args: &[String]) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/noise_peer.py");
+        let mut child = std::process::Command::new(py)
+            .arg(script)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        PyPeer {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        writeln!(self.stdin, "{}", hex::encode(bytes)).unwrap();
+    }
+
+    fn recv(&mut self) -> Vec<Vec<u8>> {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.stdout.read_line(&mut l).unwrap();
+        assert!(!l.is_empty(), "python peer exited");
+        l.split_whitespace()
+            .map(|h| hex::decode(h).unwrap())
+            .collect()
+    }
+
+    fn finish(mut self) {
+        drop(self.stdin);
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+/// Sends 12 transport packets (with an on-demand rekey) through the Python peer and checks its
+/// authenticated replies.
+fn link_transport_with_python(peer: &mut PyPeer, s: &mut Session) {
+    let mut pkt = [0u8; 128];
+    let mut out = [0u8; 128];
+    for i in 0..12 {
+        if i == 7 {
+            s.rekey();
+        }
+        let msg = format!("link {i}");
+        let n = s.seal(msg.as_bytes(), &mut pkt).unwrap();
+        peer.send(&pkt[..n]);
+        let got = peer.recv();
+        assert_eq!(got[0], msg.as_bytes());
+        assert_eq!(got[1].len(), 3 + msg.len() + link::TRANSPORT_OVERHEAD);
+        let m = s.open(&got[1], &mut out).unwrap();
+        assert_eq!(&out[..m], format!("py:{msg}").as_bytes());
+    }
+}
+
+#[test]
+fn python_link_peer_as_gateway() {
+    let Some(py) = python() else { return };
+    let k = keys();
+    for pattern in [LinkPattern::IK, LinkPattern::KK] {
+        let mut rng = StdRng::seed_from_u64(21);
+        let mut cfg = initiator_cfg(&k, pattern, V);
+        cfg.transport = TransportConfig { rekey_interval: 4 };
+        let mut peer = PyPeer::spawn(
+            &py,
+            &[
+                "link-responder".into(),
+                format!("{pattern:?}"),
+                hex::encode(k.gateway.secret_bytes()),
+                if pattern == LinkPattern::KK {
+                    hex::encode(k.device.public().0)
+                } else {
+                    "-".into()
+                },
+                V.protocol.to_string(),
+                V.dict.to_string(),
+                "4".into(),
+            ],
+        );
+        let init = Initiator::new(cfg, Some(Idempotent::new(b"GET /v3/sync")), &mut rng).unwrap();
+        peer.send(init.msg1());
+        assert_eq!(peer.recv()[0], b"GET /v3/sync");
+        let msg2 = peer.recv().remove(0);
+        let mut resp = [0u8; 64];
+        let (mut s, n) = init.handle_response(&msg2, &mut resp).unwrap();
+        assert_eq!(&resp[..n], b"py-0rtt-resp");
+        assert_eq!(peer.recv()[0], [s.id().get()]);
+        link_transport_with_python(&mut peer, &mut s);
+        peer.finish();
+    }
+}
+
+#[test]
+fn python_link_peer_as_device() {
+    let Some(py) = python() else { return };
+    let k = keys();
+    for pattern in [LinkPattern::IK, LinkPattern::KK] {
+        let mut rng = StdRng::seed_from_u64(22);
+        let mut rcfg = responder_cfg(&k);
+        rcfg.transport = TransportConfig { rekey_interval: 4 };
+        let mut peer = PyPeer::spawn(
+            &py,
+            &[
+                "link-initiator".into(),
+                format!("{pattern:?}"),
+                hex::encode(k.device.secret_bytes()),
+                hex::encode(k.gateway.public().0),
+                V.protocol.to_string(),
+                V.dict.to_string(),
+                "4".into(),
+            ],
+        );
+        let msg1 = peer.recv().remove(0);
+        assert_eq!(
+            msg1.len(),
+            if pattern == LinkPattern::IK { 96 } else { 48 } + 8
+        );
+        let mut early = [0u8; 64];
+        let m1 = rcfg.read_msg1(&msg1, &mut early).unwrap();
+        assert_eq!(m1.pattern(), pattern);
+        assert_eq!(&early[..m1.early_data_len()], b"py-early");
+        let want = SessionId::new(5).unwrap();
+        let mut gw = m1.accept(&mut rng, |id| id == want, b"ok").unwrap();
+        peer.send(gw.msg2());
+        assert_eq!(peer.recv()[0], b"ok");
+        assert_eq!(peer.recv()[0], [5]);
+        link_transport_with_python(&mut peer, &mut gw.session);
+        peer.finish();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// replay window against a model
+
+proptest::proptest! {
+    /// The window accepts exactly the nonces a set-based model accepts: new ones no more than
+    /// 63 below the highest seen.
+    #[test]
+    fn replay_window_matches_model(steps in proptest::collection::vec((0u64..200, proptest::bool::ANY), 1..300)) {
+        use lowband_codec::noise::{ReplayError, ReplayWindow};
+        let mut w = ReplayWindow::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut highest: Option<u64> = None;
+        for (n, commit) in steps {
+            let model = if seen.contains(&n) && highest.is_some_and(|h| h - n < 64) {
+                Err(ReplayError::Replay)
+            } else if highest.is_some_and(|h| n + 64 <= h) {
+                Err(ReplayError::TooOld)
+            } else {
+                Ok(())
+            };
+            proptest::prop_assert_eq!(w.check(n), model, "nonce {}", n);
+            if model.is_ok() && commit {
+                w.commit(n);
+                seen.insert(n);
+                highest = Some(highest.map_or(n, |h| h.max(n)));
+            }
+            proptest::prop_assert_eq!(w.highest(), highest);
+        }
+    }
+}
