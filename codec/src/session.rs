@@ -47,7 +47,7 @@ use crate::coap::{self, Endpoint, Received, Request, RequestHandle, SendError};
 use crate::noise::link::{
     classify, Initiator, InitiatorConfig, InitiatorError, LinkVersion, Msg1, PacketKind,
     RejectCode, ResponderConfig, ResponderError, ResponderSession, Session, SessionId,
-    TransportError,
+    TransportError, RESPONDER_EXPORT_LEN,
     REJECT_LEN, TRANSPORT_OVERHEAD,
 };
 use crate::noise::PublicKey;
@@ -354,6 +354,26 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         })
     }
 
+    /// Writes the session for persistence ([`ResponderSession::export`]; holds secret keys).
+    /// The CoAP endpoint's state is not included: requests in flight are retransmitted by
+    /// the client and Matrix transaction ids make them idempotent.
+    pub fn export(&self, out: &mut [u8; RESPONDER_EXPORT_LEN]) {
+        self.rs.export(out);
+    }
+
+    /// Restores a session written by [`export`](Self::export), with a fresh CoAP endpoint.
+    ///
+    /// # Errors
+    /// [`TransportError::Malformed`] for bytes that are not such an export.
+    pub fn import(bytes: &[u8], coap: coap::Config) -> Result<Self, TransportError> {
+        Ok(ServerSession {
+            rs: ResponderSession::import(bytes)?,
+            coap: Endpoint::new(coap),
+            msg2_due: false,
+            stats: SessionStats::default(),
+        })
+    }
+
     /// The session id.
     pub fn id(&self) -> SessionId {
         self.rs.session.id()
@@ -510,6 +530,20 @@ impl<A: Copy + PartialEq, const N: usize, const SLOTS: usize, const DEDUP: usize
     /// Removes every session (as a restart without persisted state would).
     pub fn clear(&mut self) {
         self.sessions.clear();
+    }
+
+    /// Adds a restored session (see [`ServerSession::import`]); replies go to `to` until the
+    /// peer is heard from.
+    ///
+    /// # Errors
+    /// Gives the session back when the table is full.
+    pub fn insert(
+        &mut self,
+        to: A,
+        s: ServerSession<SLOTS, DEDUP, OBS, MTU>,
+    ) -> Result<usize, ServerSession<SLOTS, DEDUP, OBS, MTU>> {
+        self.sessions.push((to, s)).map_err(|(_, s)| s)?;
+        Ok(self.sessions.len() - 1)
     }
 
     fn drop_packet(&mut self, why: ServerDrop) {

@@ -17,7 +17,8 @@ use lowband_codec::noise::link::{
     InitiatorConfig, LinkPattern, LinkVersion, ResponderConfig, RetransmitConfig, TransportConfig,
 };
 use lowband_codec::noise::Keypair;
-use lowband_codec::session::{self, Client, Server, SessionEvent};
+use lowband_codec::noise::link::RESPONDER_EXPORT_LEN;
+use lowband_codec::session::{self, Client, Server, ServerSession, SessionEvent};
 use lowband_linksim::{Dir, Endpoint, Link, LinkConfig, Pair};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -35,7 +36,7 @@ const SERVER_DEDUP: usize = 256;
 const PACKET: usize = session::max_packet_len(COAP_MTU);
 
 type SimClient = Client<ChaCha20Rng, SLOTS, DEDUP, 1, COAP_MTU>;
-type SimServer = Server<(), 1, SLOTS, SERVER_DEDUP, 1, COAP_MTU>;
+type SimServer = Server<u8, 2, SLOTS, SERVER_DEDUP, 1, COAP_MTU>;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -62,6 +63,13 @@ pub struct SimConfig {
     pub latency_ms: u64,
     /// Requests in flight at once (CoAP NSTART).
     pub nstart: u8,
+    /// After this many completed requests, stop issuing for `.1` ms (idle period).
+    pub idle: Option<(usize, u64)>,
+    /// After this many completed requests, the requester's address changes (NAT rebinding).
+    pub rebind: Option<usize>,
+    /// After this many completed requests, the responder restarts, keeping its sessions
+    /// (`true`, exported and imported) or losing them (`false`).
+    pub restart: Option<(usize, bool)>,
 }
 
 impl Default for SimConfig {
@@ -78,6 +86,9 @@ impl Default for SimConfig {
             size: 30,
             latency_ms: 0,
             nstart: 4,
+            idle: None,
+            rebind: None,
+            restart: None,
         }
     }
 }
@@ -101,6 +112,8 @@ pub struct SimReport {
     pub virtual_ms: u64,
     /// Handshakes the requester made.
     pub handshakes: u32,
+    /// Packets the responder addressed to where the requester no longer was.
+    pub misaddressed: usize,
 }
 
 impl SimReport {
@@ -182,11 +195,25 @@ struct Requester {
     completed: usize,
     failed: usize,
     last_resolved_ms: u64,
+    hold_at: Option<usize>,
+    hold_ms: u64,
+    hold_until: u64,
 }
 
 impl Requester {
     fn issue(&mut self, now: u64) {
-        while self.issued < self.total {
+        if self.hold_until > now {
+            return;
+        }
+        if let Some(at) = self.hold_at.filter(|&at| self.issued >= at) {
+            if self.completed < at {
+                return;
+            }
+            self.hold_at = None;
+            self.hold_until = now + self.hold_ms;
+            return;
+        }
+        while self.issued < self.total && self.hold_at.is_none_or(|at| self.issued < at) {
             let mut body = vec![0u8; self.size.max(4)];
             body[..4].copy_from_slice(&(self.issued as u32).to_be_bytes());
             let req = Request::con(Code::POST, Options::NONE, &body);
@@ -256,7 +283,8 @@ impl Endpoint for Requester {
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
-        let t = [self.client.poll_timeout(), self.link.reasm.poll_timeout()].into_iter().flatten().min();
+        let hold = (self.hold_until > 0).then_some(self.hold_until);
+        let t = [self.client.poll_timeout(), self.link.reasm.poll_timeout(), hold].into_iter().flatten().min();
         if !self.link.out.is_empty() {
             return Some(Duration::ZERO);
         }
@@ -265,6 +293,10 @@ impl Endpoint for Requester {
 
     fn handle_timeout(&mut self, now: Duration) {
         let now = ms(now);
+        if self.hold_until > 0 && now >= self.hold_until {
+            self.hold_until = 0;
+            self.issue(now);
+        }
         self.client.handle_timeout(now);
         self.link.reasm.handle_timeout(now);
         self.pump_events(now);
@@ -279,6 +311,10 @@ struct Responder {
     rng: ChaCha20Rng,
     link: Datagrams,
     seen: BTreeMap<u32, usize>,
+    /// The address the requester's packets come from now.
+    peer_addr: u8,
+    /// Packets the server addressed elsewhere (lost in a real network).
+    misaddressed: usize,
 }
 
 #[derive(Debug)]
@@ -293,8 +329,12 @@ impl Endpoint for Responder {
         let now = ms(now);
         if self.link.out.is_empty() {
             let mut buf = [0u8; PACKET];
-            if let Some(((), n)) = self.server.poll_transmit(now, &mut buf) {
-                self.link.push(&buf[..n]);
+            while let Some((to, n)) = self.server.poll_transmit(now, &mut buf) {
+                if to == self.peer_addr {
+                    self.link.push(&buf[..n]);
+                    break;
+                }
+                self.misaddressed += 1;
             }
         }
         self.link.out.pop_front()
@@ -315,7 +355,8 @@ impl Endpoint for Responder {
             transport: TransportConfig::default(),
         };
         let mut scratch = [0u8; PACKET];
-        let got = self.server.handle_packet(now, &cfg, &mut self.rng, (), &packet, &mut scratch);
+        let got =
+            self.server.handle_packet(now, &cfg, &mut self.rng, self.peer_addr, &packet, &mut scratch);
         if let Some((i, Some(Received::Request(req)))) = got {
             let n = req.payload.get(..4).map_or(u32::MAX, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
             *self.seen.entry(n).or_default() += 1;
@@ -342,6 +383,12 @@ impl Endpoint for Responder {
         self.server.handle_timeout(now);
         self.link.reasm.handle_timeout(now);
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    Rebind,
+    Restart(bool),
 }
 
 /// Transmission parameters of both ends for `cfg`'s link.
@@ -389,6 +436,9 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         completed: 0,
         failed: 0,
         last_resolved_ms: 0,
+        hold_at: cfg.idle.map(|(at, _)| at),
+        hold_ms: cfg.idle.map_or(0, |(_, ms)| ms),
+        hold_until: 0,
     };
     let responder = Responder {
         server: SimServer::new(coap_cfg(cfg.seed ^ 0xfeed)),
@@ -396,6 +446,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         rng: ChaCha20Rng::seed_from_u64(cfg.seed ^ 2),
         link: Datagrams::new(cfg.mtu, reasm_timeout),
         seen: BTreeMap::new(),
+        peer_addr: 0,
+        misaddressed: 0,
     };
     let link_cfg = LinkConfig {
         rate_bps: cfg.rate,
@@ -412,6 +464,44 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     // Generous cap: every request may use its whole deadline, one after the other.
     let cap = Duration::from_millis(params.default_deadline().saturating_mul(cfg.requests as u64 + 4));
     let total = cfg.requests;
+    let mut events: Vec<(usize, Event)> = Vec::new();
+    if let Some(at) = cfg.rebind {
+        events.push((at, Event::Rebind));
+    }
+    if let Some((at, keep)) = cfg.restart {
+        events.push((at, Event::Restart(keep)));
+    }
+    events.sort_by_key(|e| e.0);
+    for (at, ev) in events {
+        let _ = pair.drive_until(cap, |a: &Requester, _| a.resolved() >= at.min(total));
+        let b = &mut pair.b;
+        match ev {
+            Event::Rebind => b.peer_addr = b.peer_addr.wrapping_add(1),
+            Event::Restart(keep) => {
+                let coap = coap_cfg(cfg.seed ^ 0xbeef);
+                let mut saved = Vec::new();
+                if keep {
+                    for i in 0..b.server.len() {
+                        if let Some(s) = b.server.session(i) {
+                            let mut out = [0u8; RESPONDER_EXPORT_LEN];
+                            s.export(&mut out);
+                            saved.push(out);
+                        }
+                    }
+                }
+                // A new process: nothing but what was persisted survives.
+                b.server = SimServer::new(coap);
+                for bytes in saved {
+                    match ServerSession::import(&bytes, coap) {
+                        Ok(s) => {
+                            let _ = b.server.insert(b.peer_addr, s);
+                        }
+                        Err(e) => tracing::warn!(?e, "session not restored"),
+                    }
+                }
+            }
+        }
+    }
     let _ = pair.drive_until(cap, |a: &Requester, _| a.resolved() >= total);
     let a = &pair.a;
     let b = &pair.b;
@@ -427,5 +517,6 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         bytes_on_link,
         virtual_ms: a.last_resolved_ms,
         handshakes: a.client.stats().handshakes,
+        misaddressed: b.misaddressed,
     }
 }

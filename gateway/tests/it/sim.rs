@@ -28,3 +28,39 @@ fn budget_30_percent_loss_200_requests() {
     eprintln!("airtime ratio {ratio:.2}, time ratio {:.2}", lossy.virtual_ms as f64 / base.virtual_ms as f64);
     assert!(ratio <= 2.5, "airtime ratio {ratio}");
 }
+
+#[test]
+fn session_survives_address_change() {
+    let r = run(&SimConfig { requests: 12, rebind: Some(6), ..SimConfig::default() });
+    eprintln!("{} {r:?}", r.row());
+    assert_eq!(r.completed, 12, "{r:?}");
+    assert!(r.is_sound(), "{r:?}");
+    assert_eq!(r.handshakes, 1, "no new handshake after rebinding");
+}
+
+#[test]
+fn session_survives_hours_of_idle() {
+    let r = run(&SimConfig { requests: 8, idle: Some((4, 6 * 3600 * 1000)), ..SimConfig::default() });
+    eprintln!("{} {r:?}", r.row());
+    assert_eq!(r.completed, 8, "{r:?}");
+    assert!(r.virtual_ms > 6 * 3600 * 1000);
+    assert_eq!(r.handshakes, 1);
+}
+
+#[test]
+fn restarted_responder_with_persisted_state_keeps_the_session() {
+    let r = run(&SimConfig { requests: 12, nstart: 1, restart: Some((6, true)), ..SimConfig::default() });
+    eprintln!("{} {r:?}", r.row());
+    assert_eq!(r.completed, 12, "{r:?}");
+    assert!(r.is_sound(), "{r:?}");
+    assert_eq!(r.handshakes, 1, "the persisted session was resumed");
+}
+
+#[test]
+fn lost_session_rehandshakes_and_loses_nothing() {
+    let r = run(&SimConfig { requests: 12, restart: Some((6, false)), ..SimConfig::default() });
+    eprintln!("{} {r:?}", r.row());
+    assert_eq!(r.completed, 12, "{r:?}");
+    assert_eq!(r.unresolved, 0);
+    assert_eq!(r.handshakes, 2, "one new handshake");
+}
