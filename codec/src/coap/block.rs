@@ -69,7 +69,11 @@ impl BlockOpt {
         if szx == 7 || v >= 1 << 24 {
             return Err(BlockError::BadBlock);
         }
-        Ok(BlockOpt { num: v >> 4, more: v & 8 != 0, szx })
+        Ok(BlockOpt {
+            num: v >> 4,
+            more: v & 8 != 0,
+            szx,
+        })
     }
     /// Read option `number` (Block1 or Block2) from `opts`.
     ///
@@ -78,7 +82,11 @@ impl BlockOpt {
     pub fn from_options(opts: &Options<'_>, number: u16) -> Result<Option<Self>, BlockError> {
         match opts.first(number) {
             None => Ok(None),
-            Some(o) => o.as_uint().ok_or(BlockError::BadBlock).and_then(Self::from_uint).map(Some),
+            Some(o) => o
+                .as_uint()
+                .ok_or(BlockError::BadBlock)
+                .and_then(Self::from_uint)
+                .map(Some),
         }
     }
     /// The largest SZX whose blocks fit `room` bytes of payload (at least 0).
@@ -97,7 +105,11 @@ impl BlockOpt {
 ///
 /// # Errors
 /// [`BlockError::BadBlock`] if the block starts past the end of a non-empty body.
-pub fn block_slice(body: &[u8], want: Option<BlockOpt>, max_szx: u8) -> Result<(BlockOpt, &[u8]), BlockError> {
+pub fn block_slice(
+    body: &[u8],
+    want: Option<BlockOpt>,
+    max_szx: u8,
+) -> Result<(BlockOpt, &[u8]), BlockError> {
     let want = want.unwrap_or(BlockOpt::new(0, false, max_szx));
     let szx = want.szx.min(max_szx);
     let size = 16usize << szx;
@@ -122,7 +134,10 @@ pub fn transfer_key(code: Code, opts: &Options<'_>) -> u32 {
     };
     eat(code.0);
     for o in opts.iter() {
-        if matches!(o.number, opt::BLOCK1 | opt::BLOCK2 | opt::SIZE1 | opt::SIZE2 | opt::OBSERVE) {
+        if matches!(
+            o.number,
+            opt::BLOCK1 | opt::BLOCK2 | opt::SIZE1 | opt::SIZE2 | opt::OBSERVE
+        ) {
             continue;
         }
         for b in o.number.to_be_bytes() {
@@ -167,11 +182,24 @@ pub struct Reassembly<B> {
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Reassembly<B> {
     /// Idle reassembly over `buf`.
     pub fn new(buf: B) -> Self {
-        Reassembly { buf, len: 0, key: None, done: false }
+        Reassembly {
+            buf,
+            len: 0,
+            key: None,
+            done: false,
+        }
     }
     /// The transfer in progress (or just completed), if any.
     pub fn key(&self) -> Option<u32> {
         self.key
+    }
+    /// Whether the last transfer completed (the buffer may be reused for another key).
+    pub fn is_complete(&self) -> bool {
+        self.done
+    }
+    /// Free for a new transfer: idle or completed.
+    pub fn is_free(&self) -> bool {
+        self.key.is_none() || self.done
     }
     /// Capacity in bytes.
     pub fn capacity(&self) -> usize {
@@ -193,9 +221,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Reassembly<B> {
     /// # Errors
     /// [`BlockError::TooLarge`], [`BlockError::Incomplete`] (out of order, other transfer),
     /// [`BlockError::BadBlock`] (a middle block shorter than the block size).
-    pub fn put(&mut self, key: u32, blk: BlockOpt, payload: &[u8], size_hint: Option<u32>) -> Result<Progress, BlockError> {
+    pub fn put(
+        &mut self,
+        key: u32,
+        blk: BlockOpt,
+        payload: &[u8],
+        size_hint: Option<u32>,
+    ) -> Result<Progress, BlockError> {
         if size_hint.is_some_and(|s| s as usize > self.capacity()) {
-            self.reset();
+            if self.key == Some(key) {
+                self.reset();
+            }
             return Err(BlockError::TooLarge);
         }
         let off = blk.offset();
@@ -275,30 +311,66 @@ mod tests {
         // client asks 1 KiB block 0; server only does 32 B
         let (b, s) = block_slice(&body, Some(BlockOpt::new(0, false, 6)), 1).unwrap();
         assert_eq!((b, s.len()), (BlockOpt::new(0, true, 1), 32));
-        assert_eq!(block_slice(&body, Some(BlockOpt::new(2, false, 2)), 2), Err(BlockError::BadBlock));
+        assert_eq!(
+            block_slice(&body, Some(BlockOpt::new(2, false, 2)), 2),
+            Err(BlockError::BadBlock)
+        );
     }
 
     #[test]
     fn reassembly_order_duplicates_and_limits() {
         let mut r = Reassembly::new([0u8; 80]);
         let k = 1;
-        assert_eq!(r.put(k, BlockOpt::new(1, true, 1), &[1; 32], None), Err(BlockError::Incomplete));
-        assert_eq!(r.put(k, BlockOpt::new(0, true, 1), &[1; 32], None), Ok(Progress::More(BlockOpt::new(0, true, 1))));
-        assert_eq!(r.put(k, BlockOpt::new(0, true, 1), &[1; 32], None), Ok(Progress::More(BlockOpt::new(0, true, 1))));
-        assert_eq!(r.put(2, BlockOpt::new(1, true, 1), &[2; 32], None), Err(BlockError::Incomplete));
-        assert_eq!(r.put(k, BlockOpt::new(1, true, 1), &[2; 32], None), Ok(Progress::More(BlockOpt::new(1, true, 1))));
-        assert_eq!(r.put(k, BlockOpt::new(2, true, 1), &[3; 32], None), Err(BlockError::TooLarge));
-        assert_eq!(r.put(k, BlockOpt::new(0, true, 1), &[1; 32], Some(81)), Err(BlockError::TooLarge));
+        assert_eq!(
+            r.put(k, BlockOpt::new(1, true, 1), &[1; 32], None),
+            Err(BlockError::Incomplete)
+        );
+        assert_eq!(
+            r.put(k, BlockOpt::new(0, true, 1), &[1; 32], None),
+            Ok(Progress::More(BlockOpt::new(0, true, 1)))
+        );
+        assert_eq!(
+            r.put(k, BlockOpt::new(0, true, 1), &[1; 32], None),
+            Ok(Progress::More(BlockOpt::new(0, true, 1)))
+        );
+        assert_eq!(
+            r.put(2, BlockOpt::new(1, true, 1), &[2; 32], None),
+            Err(BlockError::Incomplete)
+        );
+        assert_eq!(
+            r.put(k, BlockOpt::new(1, true, 1), &[2; 32], None),
+            Ok(Progress::More(BlockOpt::new(1, true, 1)))
+        );
+        assert_eq!(
+            r.put(k, BlockOpt::new(2, true, 1), &[3; 32], None),
+            Err(BlockError::TooLarge)
+        );
+        assert_eq!(
+            r.put(k, BlockOpt::new(0, true, 1), &[1; 32], Some(81)),
+            Err(BlockError::TooLarge)
+        );
         r.put(k, BlockOpt::new(0, true, 1), &[1; 32], None).unwrap();
-        assert_eq!(r.put(k, BlockOpt::new(1, false, 1), &[2; 5], None), Ok(Progress::Done(37)));
+        assert_eq!(
+            r.put(k, BlockOpt::new(1, false, 1), &[2; 5], None),
+            Ok(Progress::Done(37))
+        );
         assert_eq!(r.body().len(), 37);
-        assert_eq!(r.put(k, BlockOpt::new(1, false, 1), &[2; 5], None), Ok(Progress::Done(37)));
+        assert_eq!(
+            r.put(k, BlockOpt::new(1, false, 1), &[2; 5], None),
+            Ok(Progress::Done(37))
+        );
     }
 
     #[test]
     fn request_tag_separates_transfers() {
-        let a = [Opt::str(opt::URI_PATH, "up"), Opt::bytes(opt::REQUEST_TAG, &[1])];
-        let b = [Opt::str(opt::URI_PATH, "up"), Opt::bytes(opt::REQUEST_TAG, &[2])];
+        let a = [
+            Opt::str(opt::URI_PATH, "up"),
+            Opt::bytes(opt::REQUEST_TAG, &[1]),
+        ];
+        let b = [
+            Opt::str(opt::URI_PATH, "up"),
+            Opt::bytes(opt::REQUEST_TAG, &[2]),
+        ];
         let a1 = [
             Opt::str(opt::URI_PATH, "up"),
             Opt::uint(opt::BLOCK1, 0x1a),

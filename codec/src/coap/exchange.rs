@@ -44,12 +44,17 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { params: TransmissionParams::default(), seed: 1, token_len: 2, extra_options: &[] }
+        Config {
+            params: TransmissionParams::default(),
+            seed: 1,
+            token_len: 2,
+            extra_options: &[],
+        }
     }
 }
 
 /// Identifies one of our requests from [`Endpoint::request`] to its response or failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestHandle(u32);
 
 /// What the application needs to answer a request: pass it to [`Endpoint::respond`].
@@ -187,7 +192,13 @@ pub struct Request<'a> {
 impl<'a> Request<'a> {
     /// A confirmable request with default deadline.
     pub fn con(code: Code, options: Options<'a>, payload: &'a [u8]) -> Self {
-        Request { confirmable: true, code, options, payload, timeout: None }
+        Request {
+            confirmable: true,
+            code,
+            options,
+            payload,
+            timeout: None,
+        }
     }
 }
 
@@ -256,7 +267,9 @@ impl<const MTU: usize> Slot<MTU> {
 enum DState {
     Free,
     /// CON request delivered to the app; ACK held back until `ack_at` hoping to piggyback.
-    Pending { ack_at: u64 },
+    Pending {
+        ack_at: u64,
+    },
     /// CON request acknowledged empty; a separate response is expected from the app.
     EmptyAcked,
     /// CON request answered piggybacked: `buf` is the cached ACK.
@@ -274,6 +287,7 @@ struct Dedup<const MTU: usize> {
     state: DState,
     mid: u16,
     token: Token,
+    since: u64,
     expires: u64,
     tx: bool,
     len: u16,
@@ -282,7 +296,16 @@ struct Dedup<const MTU: usize> {
 
 impl<const MTU: usize> Dedup<MTU> {
     fn free() -> Self {
-        Dedup { state: DState::Free, mid: 0, token: Token::EMPTY, expires: 0, tx: false, len: 0, buf: [0; MTU] }
+        Dedup {
+            state: DState::Free,
+            mid: 0,
+            token: Token::EMPTY,
+            since: 0,
+            expires: 0,
+            tx: false,
+            len: 0,
+            buf: [0; MTU],
+        }
     }
     fn is_request(&self) -> bool {
         !matches!(self.state, DState::Free | DState::AckedResponse)
@@ -323,10 +346,13 @@ fn known(cfg: &Config, n: u16) -> bool {
 }
 
 fn unknown_critical(cfg: &Config, o: &Options<'_>) -> bool {
-    o.iter().any(|o| opt::is_critical(o.number) && !known(cfg, o.number))
+    o.iter()
+        .any(|o| opt::is_critical(o.number) && !known(cfg, o.number))
 }
 
-impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize> Endpoint<SLOTS, DEDUP, OBS, MTU> {
+impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
+    Endpoint<SLOTS, DEDUP, OBS, MTU>
+{
     /// A fresh endpoint.
     pub fn new(cfg: Config) -> Self {
         let mut rng = cfg.seed ^ 0x9e37_79b9_7f4a_7c15;
@@ -379,14 +405,22 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
 
     fn alloc_token(&mut self) -> Token {
         let len = self.cfg.token_len.clamp(1, 8) as usize;
-        let mask = if len == 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 };
+        let mask = if len == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * len)) - 1
+        };
         loop {
             let v = self.next_token & mask;
             self.next_token = self.next_token.wrapping_add(1);
             let b = v.to_be_bytes();
             // INVARIANT: len <= 8.
             let t = Token::new(&b[8 - len..]).unwrap();
-            if !self.slots.iter().any(|s| s.state != SlotState::Free && s.token == t) {
+            if !self
+                .slots
+                .iter()
+                .any(|s| s.state != SlotState::Free && s.token == t)
+            {
                 return t;
             }
         }
@@ -399,7 +433,12 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     fn initial_interval(&mut self) -> u64 {
         let p = self.cfg.params;
         let span = p.max_initial_timeout() - p.ack_timeout;
-        p.ack_timeout + if span == 0 { 0 } else { self.rand() % (span + 1) }
+        p.ack_timeout
+            + if span == 0 {
+                0
+            } else {
+                self.rand() % (span + 1)
+            }
     }
 
     /// Queue a request; it goes out on the next [`Endpoint::poll_transmit`] once fewer than
@@ -410,14 +449,27 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     pub fn request(&mut self, now: u64, req: Request<'_>) -> Result<RequestHandle, SendError> {
         let i = self.free_slot().ok_or(SendError::NoSlot)?;
         let token = self.alloc_token();
-        let mtype = if req.confirmable { MsgType::Con } else { MsgType::Non };
-        let n = msg::emit_message(mtype, req.code, 0, &token, req.options.iter(), req.payload, &mut self.slots[i].buf)?;
+        let mtype = if req.confirmable {
+            MsgType::Con
+        } else {
+            MsgType::Non
+        };
+        let n = msg::emit_message(
+            mtype,
+            req.code,
+            0,
+            &token,
+            req.options.iter(),
+            req.payload,
+            &mut self.slots[i].buf,
+        )?;
         let observe = req.options.uint(opt::OBSERVE) == Some(REGISTER);
         let handle = self.next_handle;
         self.next_handle = self.next_handle.wrapping_add(1).max(1);
         let order = self.next_order;
         self.next_order = self.next_order.wrapping_add(1);
-        let deadline = now.saturating_add(req.timeout.unwrap_or(self.cfg.params.default_deadline()));
+        let deadline =
+            now.saturating_add(req.timeout.unwrap_or(self.cfg.params.default_deadline()));
         let s = &mut self.slots[i];
         s.state = SlotState::Queued;
         s.kind = Kind::Request { handle, observe };
@@ -439,9 +491,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     }
 
     fn slot_of(&self, h: RequestHandle) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|s| s.state != SlotState::Free && matches!(s.kind, Kind::Request { handle, .. } if handle == h.0))
+        self.slots.iter().position(|s| {
+            s.state != SlotState::Free
+                && matches!(s.kind, Kind::Request { handle, .. } if handle == h.0)
+        })
     }
 
     /// Forget request `h` (also ends an observation: the next notification is answered with
@@ -460,14 +513,27 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     pub fn outstanding(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| matches!(s.kind, Kind::Request { .. }) && matches!(s.state, SlotState::Queued | SlotState::Sent | SlotState::AwaitResponse))
+            .filter(|s| {
+                matches!(s.kind, Kind::Request { .. })
+                    && matches!(
+                        s.state,
+                        SlotState::Queued | SlotState::Sent | SlotState::AwaitResponse
+                    )
+            })
             .count()
     }
 
+    /// Outstanding interactions for NSTART (RFC 7252 §4.7): a CON not yet acknowledged, or a
+    /// NON request with neither response nor ACK, for at most ACK_TIMEOUT. A CON request
+    /// acknowledged empty is no longer outstanding, even though its response is awaited.
     fn in_flight_requests(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| matches!(s.kind, Kind::Request { .. }) && matches!(s.state, SlotState::Sent | SlotState::AwaitResponse))
+            .filter(|s| {
+                matches!(s.kind, Kind::Request { .. })
+                    && (s.state == SlotState::Sent
+                        || (s.state == SlotState::AwaitResponse && !s.con && s.next != u64::MAX))
+            })
             .count()
     }
 
@@ -476,7 +542,14 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     ///
     /// # Errors
     /// [`SendError::UnknownRequest`] if already answered or forgotten; encoding errors.
-    pub fn respond(&mut self, now: u64, to: &Responder, code: Code, options: Options<'_>, payload: &[u8]) -> Result<(), SendError> {
+    pub fn respond(
+        &mut self,
+        now: u64,
+        to: &Responder,
+        code: Code,
+        options: Options<'_>,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
         self.respond_with(now, to, code, options, &[], payload)
     }
 
@@ -485,29 +558,71 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     ///
     /// # Errors
     /// [`SendError::ObserverTableFull`] (then answer with a plain [`Endpoint::respond`]).
-    pub fn respond_observe(&mut self, now: u64, to: &Responder, resource: u16, code: Code, options: Options<'_>, payload: &[u8]) -> Result<(), SendError> {
+    pub fn respond_observe(
+        &mut self,
+        now: u64,
+        to: &Responder,
+        resource: u16,
+        code: Code,
+        options: Options<'_>,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
         self.observers
-            .register(Observer { resource, token: to.token, confirmable: to.con })
+            .register(Observer {
+                resource,
+                token: to.token,
+                confirmable: to.con,
+            })
             .map_err(|_| SendError::ObserverTableFull)?;
         let seq = self.observers.next_seq();
-        let r = self.respond_with(now, to, code, options, &[Opt::uint(opt::OBSERVE, seq)], payload);
+        let r = self.respond_with(
+            now,
+            to,
+            code,
+            options,
+            &[Opt::uint(opt::OBSERVE, seq)],
+            payload,
+        );
         if r.is_err() {
             self.observers.deregister(&to.token);
         }
         r
     }
 
-    fn respond_with(&mut self, now: u64, to: &Responder, code: Code, options: Options<'_>, extra: &[Opt<'_>], payload: &[u8]) -> Result<(), SendError> {
+    fn respond_with(
+        &mut self,
+        now: u64,
+        to: &Responder,
+        code: Code,
+        options: Options<'_>,
+        extra: &[Opt<'_>],
+        payload: &[u8],
+    ) -> Result<(), SendError> {
         let d = self
             .dedup
             .iter()
-            .position(|d| d.mid == to.mid && d.token == to.token && matches!(d.state, DState::Pending { .. } | DState::EmptyAcked | DState::NonSeen))
+            .position(|d| {
+                d.mid == to.mid
+                    && d.token == to.token
+                    && matches!(
+                        d.state,
+                        DState::Pending { .. } | DState::EmptyAcked | DState::NonSeen
+                    )
+            })
             .ok_or(SendError::UnknownRequest)?;
         let opts = merge(options, &[opt::OBSERVE], extra);
         match self.dedup[d].state {
             DState::Pending { .. } => {
                 let e = &mut self.dedup[d];
-                let n = msg::emit_message(MsgType::Ack, code, to.mid, &to.token, opts, payload, &mut e.buf)?;
+                let n = msg::emit_message(
+                    MsgType::Ack,
+                    code,
+                    to.mid,
+                    &to.token,
+                    opts,
+                    payload,
+                    &mut e.buf,
+                )?;
                 e.len = n as u16;
                 e.state = DState::Responded;
                 e.tx = true;
@@ -516,7 +631,11 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             st => {
                 let con = st == DState::EmptyAcked;
                 self.queue_out(now, Kind::Response, con, to.token, code, opts, payload)?;
-                self.dedup[d].state = if con { DState::SeparateSent } else { DState::NonSeen };
+                self.dedup[d].state = if con {
+                    DState::SeparateSent
+                } else {
+                    DState::NonSeen
+                };
                 if !con {
                     // A NON request is answered once; further duplicates are dropped.
                     self.dedup[d].token = Token::EMPTY;
@@ -527,10 +646,27 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn queue_out<'a>(&mut self, now: u64, kind: Kind, con: bool, token: Token, code: Code, opts: msg::Merge<'a, '_>, payload: &[u8]) -> Result<usize, SendError> {
+    fn queue_out<'a>(
+        &mut self,
+        now: u64,
+        kind: Kind,
+        con: bool,
+        token: Token,
+        code: Code,
+        opts: msg::Merge<'a, '_>,
+        payload: &[u8],
+    ) -> Result<usize, SendError> {
         let i = self.free_slot().ok_or(SendError::NoSlot)?;
         let mtype = if con { MsgType::Con } else { MsgType::Non };
-        let n = msg::emit_message(mtype, code, 0, &token, opts, payload, &mut self.slots[i].buf)?;
+        let n = msg::emit_message(
+            mtype,
+            code,
+            0,
+            &token,
+            opts,
+            payload,
+            &mut self.slots[i].buf,
+        )?;
         let order = self.next_order;
         self.next_order = self.next_order.wrapping_add(1);
         let s = &mut self.slots[i];
@@ -554,8 +690,17 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     ///
     /// # Errors
     /// [`SendError::NoSlot`] when some observer could not be notified; encoding errors.
-    pub fn notify(&mut self, now: u64, resource: u16, confirmable: bool, code: Code, options: Options<'_>, payload: &[u8]) -> Result<usize, SendError> {
-        let tokens: heapless::Vec<Token, OBS> = self.observers.of(resource).map(|o| o.token).collect();
+    pub fn notify(
+        &mut self,
+        now: u64,
+        resource: u16,
+        confirmable: bool,
+        code: Code,
+        options: Options<'_>,
+        payload: &[u8],
+    ) -> Result<usize, SendError> {
+        let tokens: heapless::Vec<Token, OBS> =
+            self.observers.of(resource).map(|o| o.token).collect();
         if tokens.is_empty() {
             return Ok(0);
         }
@@ -566,7 +711,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         for t in tokens {
             let opts = merge(options, &[opt::OBSERVE], &extra);
             let busy = self.slots.iter().position(|s| {
-                s.state != SlotState::Free && s.kind == (Kind::Notification { resource }) && s.token == t && s.con
+                s.state != SlotState::Free
+                    && s.kind == (Kind::Notification { resource })
+                    && s.token == t
+                    && s.con
             });
             if let (Some(i), true) = (busy, confirmable) {
                 let mid = self.alloc_mid();
@@ -584,7 +732,15 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
                 }
                 continue;
             }
-            match self.queue_out(now, Kind::Notification { resource }, confirmable, t, code, opts, payload) {
+            match self.queue_out(
+                now,
+                Kind::Notification { resource },
+                confirmable,
+                t,
+                code,
+                opts,
+                payload,
+            ) {
                 Ok(_) => sent += 1,
                 Err(e) => err = Some(e),
             }
@@ -622,17 +778,40 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     }
 
     fn alloc_dedup(&mut self, now: u64) -> Option<usize> {
-        if let Some(i) = self.dedup.iter().position(|d| d.state == DState::Free || d.expires <= now) {
+        if let Some(i) = self
+            .dedup
+            .iter()
+            .position(|d| d.state == DState::Free || d.expires <= now)
+        {
             return Some(i);
         }
-        // Evict the oldest acknowledged-response record: forgetting one can only cause a
-        // duplicate notification's ACK to become an RST... never a re-delivered request.
-        self.dedup
+        // Under pressure, forget first the oldest acknowledged response to us (its slot is
+        // gone, so a late duplicate can never be re-delivered), then the oldest answered
+        // request whose duplicate window has passed: no retransmission of it can still arrive
+        // after MAX_TRANSMIT_SPAN + MAX_LATENCY from its first reception (the rest of
+        // EXCHANGE_LIFETIME covers our ACK's journey, which is over by then too).
+        let p = self.cfg.params;
+        let window = p.max_transmit_span() + p.max_latency;
+        let acked = self
+            .dedup
             .iter()
             .enumerate()
             .filter(|(_, d)| d.state == DState::AckedResponse)
             .min_by_key(|(_, d)| d.expires)
-            .map(|(i, _)| i)
+            .map(|(i, _)| i);
+        acked.or_else(|| {
+            self.dedup
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| {
+                    matches!(
+                        d.state,
+                        DState::Responded | DState::SeparateSent | DState::NonSeen
+                    ) && d.since + window <= now
+                })
+                .min_by_key(|(_, d)| d.expires)
+                .map(|(i, _)| i)
+        })
     }
 
     /// Feed one received datagram. Returns a new request or a response for the application;
@@ -643,7 +822,11 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         self.handle_timeout(now);
         let r = match Repr::parse(data) {
             Ok(r) => r,
-            Err(ParseError::BadVersion) | Err(ParseError::Truncated) if data.len() < 4 || data[0] >> 6 != 1 => return None,
+            Err(ParseError::BadVersion) | Err(ParseError::Truncated)
+                if data.len() < 4 || data[0] >> 6 != 1 =>
+            {
+                return None
+            }
             Err(_) => {
                 if data[0] >> 6 == 1 && MsgType::from_bits(data[0] >> 4) == MsgType::Con {
                     self.queue_ctl(MsgType::Rst, u16::from_be_bytes([data[2], data[3]]));
@@ -683,11 +866,17 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
 
     fn on_request<'a>(&mut self, now: u64, r: Repr<'a>) -> Option<Received<'a>> {
         let con = r.mtype == MsgType::Con;
-        if let Some(d) = self.dedup.iter().position(|d| d.is_request() && d.mid == r.mid && d.expires > now) {
+        if let Some(d) = self
+            .dedup
+            .iter()
+            .position(|d| d.is_request() && d.mid == r.mid && d.expires > now)
+        {
             if con {
                 match self.dedup[d].state {
                     DState::Responded => self.dedup[d].tx = true,
-                    DState::EmptyAcked | DState::SeparateSent => self.queue_ctl(MsgType::Ack, r.mid),
+                    DState::EmptyAcked | DState::SeparateSent => {
+                        self.queue_ctl(MsgType::Ack, r.mid)
+                    }
                     _ => {}
                 }
             }
@@ -697,12 +886,20 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             if con {
                 if let Some(d) = self.alloc_dedup(now) {
                     let e = &mut self.dedup[d];
-                    let n = Repr { mtype: MsgType::Ack, code: Code::BAD_OPTION, mid: r.mid, token: r.token, options: Options::NONE, payload: &[] }
-                        .emit(&mut e.buf)
-                        .ok()?;
+                    let n = Repr {
+                        mtype: MsgType::Ack,
+                        code: Code::BAD_OPTION,
+                        mid: r.mid,
+                        token: r.token,
+                        options: Options::NONE,
+                        payload: &[],
+                    }
+                    .emit(&mut e.buf)
+                    .ok()?;
                     e.len = n as u16;
                     e.state = DState::Responded;
                     e.mid = r.mid;
+                    e.since = now;
                     e.token = r.token;
                     e.expires = now + self.cfg.params.exchange_lifetime();
                     e.tx = true;
@@ -717,20 +914,34 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         let e = &mut self.dedup[d];
         e.mid = r.mid;
         e.token = r.token;
+        e.since = now;
         e.tx = false;
         if con {
-            e.state = DState::Pending { ack_at: now + p.piggyback_wait };
+            e.state = DState::Pending {
+                ack_at: now + p.piggyback_wait,
+            };
             e.expires = now + p.exchange_lifetime();
         } else {
             e.state = DState::NonSeen;
             e.expires = now + p.non_lifetime();
         }
-        let observe = if matches!(r.code, Code::GET | Code::FETCH) { r.options.uint(opt::OBSERVE) } else { None };
-        if observe != Some(REGISTER) && self.observers.get(&r.token).is_some() && (observe == Some(DEREGISTER) || r.code == Code::GET) {
+        let observe = if matches!(r.code, Code::GET | Code::FETCH) {
+            r.options.uint(opt::OBSERVE)
+        } else {
+            None
+        };
+        if observe != Some(REGISTER)
+            && self.observers.get(&r.token).is_some()
+            && (observe == Some(DEREGISTER) || r.code == Code::GET)
+        {
             self.observers.deregister(&r.token);
         }
         Some(Received::Request(IncomingRequest {
-            responder: Responder { mid: r.mid, token: r.token, con },
+            responder: Responder {
+                mid: r.mid,
+                token: r.token,
+                con,
+            },
             code: r.code,
             options: r.options,
             payload: r.payload,
@@ -740,32 +951,41 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
 
     fn on_response<'a>(&mut self, now: u64, r: Repr<'a>) -> Option<Received<'a>> {
         let con = r.mtype == MsgType::Con;
-        let idx = if r.mtype == MsgType::Ack {
-            self.slots.iter().position(|s| {
-                s.state == SlotState::Sent && (s.mid == r.mid || s.prev_mid == Some(r.mid)) && s.token == r.token && matches!(s.kind, Kind::Request { .. })
-            })?
-        } else {
-            if con {
-                if self.dedup.iter().any(|d| d.state == DState::AckedResponse && d.mid == r.mid && d.expires > now) {
-                    self.queue_ctl(MsgType::Ack, r.mid);
-                    return None;
-                }
-            }
-            let found = self.slots.iter().position(|s| {
-                s.token == r.token
-                    && matches!(s.kind, Kind::Request { .. })
-                    && matches!(s.state, SlotState::Sent | SlotState::AwaitResponse | SlotState::Observing)
-            });
-            match found {
-                Some(i) => i,
-                None => {
-                    if con || r.options.first(opt::OBSERVE).is_some() {
-                        self.queue_ctl(MsgType::Rst, r.mid);
+        let idx =
+            if r.mtype == MsgType::Ack {
+                self.slots.iter().position(|s| {
+                    s.state == SlotState::Sent
+                        && (s.mid == r.mid || s.prev_mid == Some(r.mid))
+                        && s.token == r.token
+                        && matches!(s.kind, Kind::Request { .. })
+                })?
+            } else {
+                if con {
+                    if self.dedup.iter().any(|d| {
+                        d.state == DState::AckedResponse && d.mid == r.mid && d.expires > now
+                    }) {
+                        self.queue_ctl(MsgType::Ack, r.mid);
+                        return None;
                     }
-                    return None;
                 }
-            }
-        };
+                let found = self.slots.iter().position(|s| {
+                    s.token == r.token
+                        && matches!(s.kind, Kind::Request { .. })
+                        && matches!(
+                            s.state,
+                            SlotState::Sent | SlotState::AwaitResponse | SlotState::Observing
+                        )
+                });
+                match found {
+                    Some(i) => i,
+                    None => {
+                        if con || r.options.first(opt::OBSERVE).is_some() {
+                            self.queue_ctl(MsgType::Rst, r.mid);
+                        }
+                        return None;
+                    }
+                }
+            };
         if unknown_critical(&self.cfg, &r.options) {
             // RFC 7252 §5.4.1: reject (RST for CON, ignore otherwise); the request fails.
             if con {
@@ -774,7 +994,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             if let Kind::Request { handle, .. } = self.slots[idx].kind {
                 if self.slots[idx].state != SlotState::Observing {
                     self.slots[idx].state = SlotState::Free;
-                    self.push_event(Event::Failed { handle: RequestHandle(handle), error: RequestError::BadResponse });
+                    self.push_event(Event::Failed {
+                        handle: RequestHandle(handle),
+                        error: RequestError::BadResponse,
+                    });
                 }
             }
             return None;
@@ -785,18 +1008,27 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
                 let e = &mut self.dedup[d];
                 e.state = DState::AckedResponse;
                 e.mid = r.mid;
+                e.since = now;
                 e.token = r.token;
                 e.tx = false;
                 e.expires = now + self.cfg.params.exchange_lifetime();
             }
         }
         let s = &mut self.slots[idx];
-        let Kind::Request { handle, observe: wants_observe } = s.kind else {
+        let Kind::Request {
+            handle,
+            observe: wants_observe,
+        } = s.kind
+        else {
             return None;
         };
         let observe = r.options.uint(opt::OBSERVE);
         let mut last = true;
-        if let (true, Some(seq), true) = (wants_observe, observe, r.code.is_response() && r.code.class() == 2) {
+        if let (true, Some(seq), true) = (
+            wants_observe,
+            observe,
+            r.code.is_response() && r.code.class() == 2,
+        ) {
             if !s.fresh.accept(seq, now) {
                 return None;
             }
@@ -809,11 +1041,22 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         if last {
             s.state = SlotState::Free;
         }
-        Some(Received::Response(IncomingResponse { handle: RequestHandle(handle), code: r.code, options: r.options, payload: r.payload, observe, last }))
+        Some(Received::Response(IncomingResponse {
+            handle: RequestHandle(handle),
+            code: r.code,
+            options: r.options,
+            payload: r.payload,
+            observe,
+            last,
+        }))
     }
 
     fn on_empty_ack(&mut self, mid: u16) {
-        let Some(i) = self.slots.iter().position(|s| s.state == SlotState::Sent && (s.mid == mid || s.prev_mid == Some(mid))) else {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.state == SlotState::Sent && (s.mid == mid || s.prev_mid == Some(mid)))
+        else {
             return;
         };
         let s = &mut self.slots[i];
@@ -826,7 +1069,8 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
 
     fn on_rst(&mut self, mid: u16) {
         let Some(i) = self.slots.iter().position(|s| {
-            matches!(s.state, SlotState::Sent | SlotState::AwaitResponse) && (s.mid == mid || s.prev_mid == Some(mid))
+            matches!(s.state, SlotState::Sent | SlotState::AwaitResponse)
+                && (s.mid == mid || s.prev_mid == Some(mid))
         }) else {
             return;
         };
@@ -834,7 +1078,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         s.state = SlotState::Free;
         let (kind, token) = (s.kind, s.token);
         match kind {
-            Kind::Request { handle, .. } => self.push_event(Event::Failed { handle: RequestHandle(handle), error: RequestError::Reset }),
+            Kind::Request { handle, .. } => self.push_event(Event::Failed {
+                handle: RequestHandle(handle),
+                error: RequestError::Reset,
+            }),
             Kind::Notification { resource } => {
                 if self.observers.deregister(&token) {
                     self.push_event(Event::ObserverGone { resource, token });
@@ -859,7 +1106,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             if now >= s.deadline && s.state != SlotState::Observing {
                 s.state = SlotState::Free;
                 match kind {
-                    Kind::Request { handle, .. } => self.push_event(Event::Failed { handle: RequestHandle(handle), error: RequestError::Deadline }),
+                    Kind::Request { handle, .. } => self.push_event(Event::Failed {
+                        handle: RequestHandle(handle),
+                        error: RequestError::Deadline,
+                    }),
                     Kind::Response => self.push_event(Event::ResponseLost { token }),
                     Kind::Notification { resource } => {
                         if self.observers.deregister(&token) {
@@ -868,6 +1118,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
                     }
                 }
                 continue;
+            }
+            if s.state == SlotState::AwaitResponse && !s.con && now >= s.next {
+                // a NON request stops counting against NSTART after one ACK_TIMEOUT
+                s.next = u64::MAX;
             }
             if s.state == SlotState::Sent && now >= s.next {
                 if s.retransmits < max_rt {
@@ -878,7 +1132,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
                 } else {
                     s.state = SlotState::Free;
                     match kind {
-                        Kind::Request { handle, .. } => self.push_event(Event::Failed { handle: RequestHandle(handle), error: RequestError::Timeout }),
+                        Kind::Request { handle, .. } => self.push_event(Event::Failed {
+                            handle: RequestHandle(handle),
+                            error: RequestError::Timeout,
+                        }),
                         Kind::Response => self.push_event(Event::ResponseLost { token }),
                         Kind::Notification { resource } => {
                             // RFC 7641 §4.5: an unacknowledged CON notification ends the observation.
@@ -938,7 +1195,9 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state == SlotState::Queued && (room || !matches!(s.kind, Kind::Request { .. })))
+            .filter(|(_, s)| {
+                s.state == SlotState::Queued && (room || !matches!(s.kind, Kind::Request { .. }))
+            })
             .min_by_key(|(_, s)| s.order)
             .map(|(i, _)| i)?;
         let mid = self.alloc_mid();
@@ -957,7 +1216,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             s.next = now + interval;
         } else {
             match s.kind {
-                Kind::Request { .. } => s.state = SlotState::AwaitResponse,
+                Kind::Request { .. } => {
+                    s.state = SlotState::AwaitResponse;
+                    s.next = now + interval;
+                }
                 _ => s.state = SlotState::Free,
             }
         }
@@ -977,9 +1239,14 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     pub fn poll_timeout(&self) -> Option<u64> {
         let room = self.in_flight_requests() < usize::from(self.cfg.params.nstart.max(1));
         if !self.ctl.is_empty()
-            || self.dedup.iter().any(|d| d.tx && d.state == DState::Responded)
+            || self
+                .dedup
+                .iter()
+                .any(|d| d.tx && d.state == DState::Responded)
             || self.slots.iter().any(|s| {
-                (s.due && s.state == SlotState::Sent) || (s.state == SlotState::Queued && (room || !matches!(s.kind, Kind::Request { .. })))
+                (s.due && s.state == SlotState::Sent)
+                    || (s.state == SlotState::Queued
+                        && (room || !matches!(s.kind, Kind::Request { .. })))
             })
         {
             return Some(0);
@@ -990,6 +1257,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             match s.state {
                 SlotState::Free | SlotState::Observing => {}
                 SlotState::Sent => {
+                    at(s.next);
+                    at(s.deadline);
+                }
+                SlotState::AwaitResponse if !s.con && s.next != u64::MAX => {
                     at(s.next);
                     at(s.deadline);
                 }
@@ -1020,25 +1291,39 @@ mod tests {
 
     #[test]
     fn piggybacked_exchange_bytes() {
-        let mut c = Ep::new(Config { seed: 7, token_len: 1, ..Config::default() });
-        let mut s = Ep::new(Config { seed: 8, ..Config::default() });
+        let mut c = Ep::new(Config {
+            seed: 7,
+            token_len: 1,
+            ..Config::default()
+        });
+        let mut s = Ep::new(Config {
+            seed: 8,
+            ..Config::default()
+        });
         let path = [Opt::str(opt::URI_PATH, "temperature")];
-        let h = c.request(0, Request::con(Code::GET, Options::List(&path), &[])).unwrap();
+        let h = c
+            .request(0, Request::con(Code::GET, Options::List(&path), &[]))
+            .unwrap();
         let mut buf = [0u8; 64];
         let n = c.poll_transmit(0, &mut buf).unwrap();
         assert_eq!(n, 17);
         assert_eq!(&buf[5..17], b"\xbbtemperature");
         assert!(c.poll_transmit(0, &mut [0; 64]).is_none());
         let req = buf;
-        let Some(Received::Request(r)) = s.handle_datagram(10, &req[..n]) else { panic!() };
-        s.respond(10, &r.responder, Code::CONTENT, Options::NONE, b"22.5 C").unwrap();
+        let Some(Received::Request(r)) = s.handle_datagram(10, &req[..n]) else {
+            panic!()
+        };
+        s.respond(10, &r.responder, Code::CONTENT, Options::NONE, b"22.5 C")
+            .unwrap();
         let mut out = [0u8; 64];
         let m = s.poll_transmit(10, &mut out).unwrap();
         assert_eq!(out[0], 0x61);
         assert_eq!(out[1], 0x45);
         assert_eq!(&out[2..4], &req[2..4]);
         assert_eq!(m, 12);
-        let Some(Received::Response(resp)) = c.handle_datagram(20, &out[..m]) else { panic!() };
+        let Some(Received::Response(resp)) = c.handle_datagram(20, &out[..m]) else {
+            panic!()
+        };
         assert_eq!(resp.handle, h);
         assert_eq!(resp.payload, b"22.5 C");
         assert!(resp.last);

@@ -132,7 +132,10 @@ pub struct Token {
 
 impl Token {
     /// The empty token.
-    pub const EMPTY: Token = Token { len: 0, bytes: [0; 8] };
+    pub const EMPTY: Token = Token {
+        len: 0,
+        bytes: [0; 8],
+    };
 
     /// A token from bytes; `None` if longer than 8.
     pub fn new(b: &[u8]) -> Option<Self> {
@@ -141,7 +144,10 @@ impl Token {
         }
         let mut bytes = [0; 8];
         bytes[..b.len()].copy_from_slice(b);
-        Some(Token { len: b.len() as u8, bytes })
+        Some(Token {
+            len: b.len() as u8,
+            bytes,
+        })
     }
     /// A token from a number, big-endian, with leading zero bytes removed (0 gives 1 byte).
     pub fn from_u64(v: u64) -> Self {
@@ -309,15 +315,24 @@ pub struct Opt<'a> {
 impl<'a> Opt<'a> {
     /// A bytes option.
     pub const fn bytes(number: u16, v: &'a [u8]) -> Self {
-        Opt { number, value: OptValue::Bytes(v) }
+        Opt {
+            number,
+            value: OptValue::Bytes(v),
+        }
     }
     /// A uint option.
     pub const fn uint(number: u16, v: u32) -> Self {
-        Opt { number, value: OptValue::Uint(v) }
+        Opt {
+            number,
+            value: OptValue::Uint(v),
+        }
     }
     /// A string option.
     pub const fn str(number: u16, v: &'a str) -> Self {
-        Opt { number, value: OptValue::Bytes(v.as_bytes()) }
+        Opt {
+            number,
+            value: OptValue::Bytes(v.as_bytes()),
+        }
     }
     /// The value interpreted as a uint, if it is at most 4 bytes.
     pub fn as_uint(&self) -> Option<u32> {
@@ -514,7 +529,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if matches!(code.class(), 1 | 6 | 7) {
             return Err(ParseError::ReservedClass);
         }
-        let mut it = WireIter { rest: &b[4 + tkl..], last: 0 };
+        let mut it = WireIter {
+            rest: &b[4 + tkl..],
+            last: 0,
+        };
         for o in it.by_ref() {
             o?;
         }
@@ -565,7 +583,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
         let b = self.buf.as_ref();
         let start = (4 + (b[0] & 0x0f) as usize).min(b.len());
         let body = &b[start..];
-        let mut it = WireIter { rest: body, last: 0 };
+        let mut it = WireIter {
+            rest: body,
+            last: 0,
+        };
         for _ in it.by_ref() {}
         let rest = it.rest();
         let opt_len = body.len() - rest.len();
@@ -638,11 +659,23 @@ impl<'a> Repr<'a> {
     /// # Errors
     /// [`EmitError::BufferTooSmall`], [`EmitError::OptionOrder`], [`EmitError::OptionTooLong`].
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, EmitError> {
-        emit_message(self.mtype, self.code, self.mid, &self.token, self.options.iter(), self.payload, out)
+        emit_message(
+            self.mtype,
+            self.code,
+            self.mid,
+            &self.token,
+            self.options.iter(),
+            self.payload,
+            out,
+        )
     }
 }
 
-fn encoded_len<'a>(token: &Token, opts: impl Iterator<Item = Opt<'a>>, payload: &[u8]) -> Result<usize, EmitError> {
+fn encoded_len<'a>(
+    token: &Token,
+    opts: impl Iterator<Item = Opt<'a>>,
+    payload: &[u8],
+) -> Result<usize, EmitError> {
     let mut n = 4 + token.len();
     let mut last = 0u16;
     for o in opts {
@@ -714,7 +747,12 @@ pub fn emit_message<'a, I: Iterator<Item = Opt<'a>> + Clone>(
 /// (on equal numbers `base` comes first). Heap-free; used to add Observe, Block or
 /// Request-Tag options to a caller's options.
 pub fn merge<'a, 'b>(base: Options<'a>, skip: &'b [u16], extra: &'b [Opt<'a>]) -> Merge<'a, 'b> {
-    Merge { base: base.iter(), peeked: None, skip, extra }
+    Merge {
+        base: base.iter(),
+        peeked: None,
+        skip,
+        extra,
+    }
 }
 
 /// Iterator returned by [`merge`].
@@ -753,7 +791,10 @@ impl<'a> Iterator for Merge<'a, '_> {
 fn split_static(b: &[u8]) -> (&[u8], &[u8]) {
     let start = (4 + (b[0] & 0x0f) as usize).min(b.len());
     let body = &b[start..];
-    let mut it = WireIter { rest: body, last: 0 };
+    let mut it = WireIter {
+        rest: body,
+        last: 0,
+    };
     for _ in it.by_ref() {}
     let rest = it.rest();
     let opt_len = body.len() - rest.len();
@@ -793,7 +834,9 @@ pub struct OptionList<'a, const N: usize> {
 impl<'a, const N: usize> OptionList<'a, N> {
     /// Empty list.
     pub const fn new() -> Self {
-        OptionList { v: heapless::Vec::new() }
+        OptionList {
+            v: heapless::Vec::new(),
+        }
     }
     /// Add an option (any order); gives it back when full.
     ///
@@ -810,7 +853,11 @@ impl<'a, const N: usize> OptionList<'a, N> {
     ///
     /// # Errors
     /// The first option that did not fit.
-    pub fn extend_from(&mut self, opts: Options<'a>, keep: impl Fn(u16) -> bool) -> Result<(), Opt<'a>> {
+    pub fn extend_from(
+        &mut self,
+        opts: Options<'a>,
+        keep: impl Fn(u16) -> bool,
+    ) -> Result<(), Opt<'a>> {
         for o in opts.iter().filter(|o| keep(o.number)) {
             self.push(o)?;
         }
@@ -846,7 +893,8 @@ mod tests {
     #[test]
     fn parse_rfc_fig16() {
         let b = [
-            0x40, 0x01, 0x7d, 0x34, 0xbb, b't', b'e', b'm', b'p', b'e', b'r', b'a', b't', b'u', b'r', b'e',
+            0x40, 0x01, 0x7d, 0x34, 0xbb, b't', b'e', b'm', b'p', b'e', b'r', b'a', b't', b'u',
+            b'r', b'e',
         ];
         let r = Repr::parse(&b).unwrap();
         assert_eq!(r.mtype, MsgType::Con);
@@ -892,18 +940,51 @@ mod tests {
     #[test]
     fn bad_messages() {
         assert_eq!(Repr::parse(&[0x40, 0x01, 0]), Err(ParseError::Truncated));
-        assert_eq!(Repr::parse(&[0x80, 0x01, 0, 0]), Err(ParseError::BadVersion));
-        assert_eq!(Repr::parse(&[0x49, 0x01, 0, 0]), Err(ParseError::BadTokenLength));
-        assert_eq!(Repr::parse(&[0x42, 0x01, 0, 0, 1]), Err(ParseError::Truncated));
-        assert_eq!(Repr::parse(&[0x40, 0x01, 0, 0, 0xff]), Err(ParseError::EmptyPayload));
-        assert_eq!(Repr::parse(&[0x40, 0x01, 0, 0, 0xf1, 0]), Err(ParseError::BadOption));
-        assert_eq!(Repr::parse(&[0x40, 0x01, 0, 0, 0x1f]), Err(ParseError::BadOption));
-        assert_eq!(Repr::parse(&[0x40, 0x01, 0, 0, 0x12, 0]), Err(ParseError::BadOption));
-        assert_eq!(Repr::parse(&[0x60, 0x00, 0, 0, 0xff, 1]), Err(ParseError::NonEmptyEmpty));
-        assert_eq!(Repr::parse(&[0x61, 0x00, 0, 0, 1]), Err(ParseError::NonEmptyEmpty));
-        assert_eq!(Repr::parse(&[0x40, 0x21, 0, 0]), Err(ParseError::ReservedClass));
+        assert_eq!(
+            Repr::parse(&[0x80, 0x01, 0, 0]),
+            Err(ParseError::BadVersion)
+        );
+        assert_eq!(
+            Repr::parse(&[0x49, 0x01, 0, 0]),
+            Err(ParseError::BadTokenLength)
+        );
+        assert_eq!(
+            Repr::parse(&[0x42, 0x01, 0, 0, 1]),
+            Err(ParseError::Truncated)
+        );
+        assert_eq!(
+            Repr::parse(&[0x40, 0x01, 0, 0, 0xff]),
+            Err(ParseError::EmptyPayload)
+        );
+        assert_eq!(
+            Repr::parse(&[0x40, 0x01, 0, 0, 0xf1, 0]),
+            Err(ParseError::BadOption)
+        );
+        assert_eq!(
+            Repr::parse(&[0x40, 0x01, 0, 0, 0x1f]),
+            Err(ParseError::BadOption)
+        );
+        assert_eq!(
+            Repr::parse(&[0x40, 0x01, 0, 0, 0x12, 0]),
+            Err(ParseError::BadOption)
+        );
+        assert_eq!(
+            Repr::parse(&[0x60, 0x00, 0, 0, 0xff, 1]),
+            Err(ParseError::NonEmptyEmpty)
+        );
+        assert_eq!(
+            Repr::parse(&[0x61, 0x00, 0, 0, 1]),
+            Err(ParseError::NonEmptyEmpty)
+        );
+        assert_eq!(
+            Repr::parse(&[0x40, 0x21, 0, 0]),
+            Err(ParseError::ReservedClass)
+        );
         // 65535 + 1 overflow: delta 14 with 0xffff -> 65804
-        assert_eq!(Repr::parse(&[0x40, 0x01, 0, 0, 0xe0, 0xff, 0xff]), Err(ParseError::OptionNumberOverflow));
+        assert_eq!(
+            Repr::parse(&[0x40, 0x01, 0, 0, 0xe0, 0xff, 0xff]),
+            Err(ParseError::OptionNumberOverflow)
+        );
     }
 
     #[test]
@@ -914,16 +995,28 @@ mod tests {
         l.push(Opt::str(opt::URI_PATH, "y")).unwrap();
         let o = l.as_options();
         let mut out = [0u8; 32];
-        let r = Repr { options: o, ..Repr::empty(MsgType::Con, 0) };
-        let r = Repr { code: Code::GET, ..r };
+        let r = Repr {
+            options: o,
+            ..Repr::empty(MsgType::Con, 0)
+        };
+        let r = Repr {
+            code: Code::GET,
+            ..r
+        };
         let n = r.emit(&mut out).unwrap();
-        assert_eq!(&out[..n], &[0x40, 1, 0, 0, 0xb1, b'x', 0x01, b'y', 0x41, b'a']);
+        assert_eq!(
+            &out[..n],
+            &[0x40, 1, 0, 0, 0xb1, b'x', 0x01, b'y', 0x41, b'a']
+        );
     }
 
     #[test]
     fn unsorted_list_rejected() {
         let opts = [Opt::uint(12, 0), Opt::uint(11, 0)];
-        let r = Repr { options: Options::List(&opts), ..Repr::empty(MsgType::Con, 0) };
+        let r = Repr {
+            options: Options::List(&opts),
+            ..Repr::empty(MsgType::Con, 0)
+        };
         assert_eq!(r.emit(&mut [0; 16]), Err(EmitError::OptionOrder));
     }
 }

@@ -35,7 +35,9 @@ impl Freshness {
         let fresh = match self.last {
             None => true,
             Some((v1, t1)) => {
-                (v1 < v2 && v2 - v1 < 1 << 23) || (v1 > v2 && v1 - v2 > 1 << 23) || t2 > t1 + SEQ_WINDOW_MS
+                (v1 < v2 && v2 - v1 < 1 << 23)
+                    || (v1 > v2 && v1 - v2 > 1 << 23)
+                    || t2 > t1 + SEQ_WINDOW_MS
             }
         };
         if fresh {
@@ -73,7 +75,10 @@ impl<const N: usize> Observers<N> {
     /// Empty table; sequence numbers start at 2 (0 and 1 would look like register/deregister
     /// to a human reading a trace, nothing more).
     pub const fn new() -> Self {
-        Observers { list: heapless::Vec::new(), seq: 2 }
+        Observers {
+            list: heapless::Vec::new(),
+            seq: 2,
+        }
     }
     /// Register (or re-register: same token replaces) an observer.
     ///
@@ -136,10 +141,19 @@ mod tests {
     fn table() {
         let mut t: Observers<1> = Observers::new();
         let tok = Token::new(&[1]).unwrap();
-        let o = Observer { resource: 3, token: tok, confirmable: false };
+        let o = Observer {
+            resource: 3,
+            token: tok,
+            confirmable: false,
+        };
         t.register(o).unwrap();
         t.register(o).unwrap();
-        assert!(t.register(Observer { token: Token::new(&[2]).unwrap(), ..o }).is_err());
+        assert!(t
+            .register(Observer {
+                token: Token::new(&[2]).unwrap(),
+                ..o
+            })
+            .is_err());
         assert_eq!(t.of(3).count(), 1);
         assert_eq!(t.next_seq(), 2);
         assert!(t.deregister(&tok));

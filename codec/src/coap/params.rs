@@ -50,7 +50,8 @@ impl TransmissionParams {
     ///
     /// ACK_TIMEOUT = 1.25 × (2 × airtime(mtu) + 2 × extra_latency) + 250 ms, never below the
     /// RFC's 2 s. MAX_LATENCY is the airtime of four frames (one in flight, queueing behind
-    /// others) plus `extra_latency`, never below the RFC's 100 s.
+    /// others) plus `extra_latency`: the RFC's 100 s is an Internet worst case, while a lowband
+    /// link is one hop (pass the delay of any tunnel or satellite hop as `extra_latency`).
     pub fn for_link(bit_rate: u32, mtu: u16, extra_latency: u32) -> Self {
         let bit_rate = u64::from(bit_rate.max(1));
         let airtime = (u64::from(mtu) * 8 * 1000).div_ceil(bit_rate);
@@ -62,7 +63,7 @@ impl TransmissionParams {
             ack_random_factor_milli: 1_500,
             max_retransmit: 4,
             nstart: 1,
-            max_latency: (4 * airtime + extra).max(100_000),
+            max_latency: 4 * airtime + extra,
             processing_delay: ack_timeout,
             piggyback_wait: (ack_timeout / 4).min(airtime + 500),
         }
