@@ -12,14 +12,14 @@ use core::time::Duration;
 use std::collections::BTreeMap;
 
 use lowband_codec::coap::{self, Code, Options, Received, Request, RequestHandle, TransmissionParams};
-use lowband_codec::frame::{Fragmenter, Reassembler};
+use lowband_codec::frame::{self, Deframer, Fragmenter, Reassembler};
 use lowband_codec::noise::link::{
     InitiatorConfig, LinkPattern, LinkVersion, ResponderConfig, RetransmitConfig, TransportConfig,
 };
 use lowband_codec::noise::Keypair;
 use lowband_codec::noise::link::RESPONDER_EXPORT_LEN;
 use lowband_codec::session::{self, Client, Server, ServerSession, SessionEvent};
-use lowband_linksim::{Dir, Endpoint, Link, LinkConfig, Pair};
+use lowband_linksim::{Dir, Endpoint, Link, LinkConfig, Medium, Pair, StreamConfig, StreamLink};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
@@ -70,6 +70,9 @@ pub struct SimConfig {
     /// After this many completed requests, the responder restarts, keeping its sessions
     /// (`true`, exported and imported) or losing them (`false`).
     pub restart: Option<(usize, bool)>,
+    /// A serial byte stream with COBS + CRC framing instead of datagrams: `loss`, `dup` and
+    /// `corrupt` become per-frame rates of lost bytes, inserted bytes and flipped bits.
+    pub serial: bool,
 }
 
 impl Default for SimConfig {
@@ -89,6 +92,7 @@ impl Default for SimConfig {
             idle: None,
             rebind: None,
             restart: None,
+            serial: false,
         }
     }
 }
@@ -144,42 +148,100 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Splits link packets into datagrams of at most `mtu` bytes and reassembles them.
+/// How link packets travel: datagrams of at most `mtu` bytes (fragmented when larger), or
+/// a serial byte stream with COBS + CRC framing.
+#[derive(Debug)]
+enum Framing {
+    Datagrams { mtu: usize, frag: Fragmenter, reasm: Box<Reassembler<4, PACKET>> },
+    Serial { deframer: Box<Deframer<PACKET>> },
+}
+
+/// A framing with its queue of units waiting for the medium.
 #[derive(Debug)]
 struct Datagrams {
-    mtu: usize,
-    frag: Fragmenter,
-    reasm: Reassembler<4, PACKET>,
+    framing: Framing,
     out: std::collections::VecDeque<Vec<u8>>,
+    /// Packets reassembled or deframed, waiting for the session.
+    inbox: std::collections::VecDeque<Vec<u8>>,
 }
 
 impl Datagrams {
     fn new(mtu: usize, reassembly_timeout_ms: u64) -> Self {
         Datagrams {
-            mtu,
-            frag: Fragmenter::new(),
-            reasm: Reassembler::new(reassembly_timeout_ms),
+            framing: Framing::Datagrams {
+                mtu,
+                frag: Fragmenter::new(),
+                reasm: Box::new(Reassembler::new(reassembly_timeout_ms)),
+            },
             out: Default::default(),
+            inbox: Default::default(),
+        }
+    }
+
+    fn serial() -> Self {
+        Datagrams {
+            framing: Framing::Serial { deframer: Box::new(Deframer::new()) },
+            out: Default::default(),
+            inbox: Default::default(),
         }
     }
 
     fn push(&mut self, packet: &[u8]) {
-        match self.frag.fragment(packet, self.mtu) {
-            Ok(frags) => {
-                for f in frags {
-                    let mut d = vec![0u8; f.len()];
-                    if let Ok(n) = f.emit(&mut d) {
-                        d.truncate(n);
-                        self.out.push_back(d);
+        match &mut self.framing {
+            Framing::Datagrams { mtu, frag, .. } => match frag.fragment(packet, *mtu) {
+                Ok(frags) => {
+                    for f in frags {
+                        let mut d = vec![0u8; f.len()];
+                        if let Ok(n) = f.emit(&mut d) {
+                            d.truncate(n);
+                            self.out.push_back(d);
+                        }
                     }
                 }
+                Err(e) => tracing::warn!(?e, len = packet.len(), "packet not sent"),
+            },
+            Framing::Serial { .. } => {
+                let mut d = vec![0u8; frame::max_encoded_len(packet.len(), false)];
+                if let Ok(n) = frame::encode(packet, false, &mut d) {
+                    d.truncate(n);
+                    self.out.push_back(d);
+                }
             }
-            Err(e) => tracing::warn!(?e, len = packet.len(), "packet not sent"),
         }
     }
 
-    fn receive<'a>(&'a mut self, now: u64, d: &'a [u8]) -> Option<&'a [u8]> {
-        self.reasm.handle_datagram(now, d).ok().flatten()
+    fn receive(&mut self, now: u64, mut d: &[u8]) {
+        match &mut self.framing {
+            Framing::Datagrams { reasm, .. } => {
+                if let Ok(Some(p)) = reasm.handle_datagram(now, d) {
+                    self.inbox.push_back(p.to_vec());
+                }
+            }
+            Framing::Serial { deframer } => {
+                while !d.is_empty() {
+                    let used = deframer.handle_bytes(d);
+                    d = &d[used.max(1).min(d.len())..];
+                    while let Some(f) = deframer.poll_frame() {
+                        if let Ok(p) = f {
+                            self.inbox.push_back(p.to_vec());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<u64> {
+        match &self.framing {
+            Framing::Datagrams { reasm, .. } => reasm.poll_timeout(),
+            Framing::Serial { .. } => None,
+        }
+    }
+
+    fn handle_timeout(&mut self, now: u64) {
+        if let Framing::Datagrams { reasm, .. } = &mut self.framing {
+            reasm.handle_timeout(now);
+        }
     }
 }
 
@@ -266,17 +328,9 @@ impl Endpoint for Requester {
         if std::env::var_os("LOWBAND_SIM_TRACE").is_some() {
             eprintln!("{now} A<-B {} bytes", data.len());
         }
-        let Some(packet) = self.link.receive(now, data) else { return };
-        let packet = packet.to_vec();
-        let mut scratch = [0u8; COAP_MTU];
-        if let Some(Received::Response(r)) = self.client.handle_packet(now, &packet, &mut scratch) {
-            if std::env::var_os("LOWBAND_SIM_TRACE").is_some() {
-                eprintln!("{now} response {:?} last={}", r.handle, r.last);
-            }
-            if r.last && self.inflight.remove(&r.handle).is_some() {
-                self.completed += 1;
-                self.last_resolved_ms = now;
-            }
+        self.link.receive(now, data);
+        while let Some(packet) = self.link.inbox.pop_front() {
+            self.handle_packet(now, &packet);
         }
         self.pump_events(now);
         self.issue(now);
@@ -284,7 +338,7 @@ impl Endpoint for Requester {
 
     fn poll_timeout(&mut self) -> Option<Duration> {
         let hold = (self.hold_until > 0).then_some(self.hold_until);
-        let t = [self.client.poll_timeout(), self.link.reasm.poll_timeout(), hold].into_iter().flatten().min();
+        let t = [self.client.poll_timeout(), self.link.poll_timeout(), hold].into_iter().flatten().min();
         if !self.link.out.is_empty() {
             return Some(Duration::ZERO);
         }
@@ -298,8 +352,23 @@ impl Endpoint for Requester {
             self.issue(now);
         }
         self.client.handle_timeout(now);
-        self.link.reasm.handle_timeout(now);
+        self.link.handle_timeout(now);
         self.pump_events(now);
+    }
+}
+
+impl Requester {
+    fn handle_packet(&mut self, now: u64, packet: &[u8]) {
+        let mut scratch = [0u8; COAP_MTU];
+        if let Some(Received::Response(r)) = self.client.handle_packet(now, packet, &mut scratch) {
+            if std::env::var_os("LOWBAND_SIM_TRACE").is_some() {
+                eprintln!("{now} response {:?} last={}", r.handle, r.last);
+            }
+            if r.last && self.inflight.remove(&r.handle).is_some() {
+                self.completed += 1;
+                self.last_resolved_ms = now;
+            }
+        }
     }
 }
 
@@ -342,8 +411,32 @@ impl Endpoint for Responder {
 
     fn handle_receive(&mut self, now: Duration, data: &[u8]) {
         let now = ms(now);
-        let Some(packet) = self.link.receive(now, data) else { return };
-        let packet = packet.to_vec();
+        self.link.receive(now, data);
+        while let Some(packet) = self.link.inbox.pop_front() {
+            self.handle_packet(now, &packet);
+        }
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        if !self.link.out.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        [self.server.poll_timeout(), self.link.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(Duration::from_millis)
+    }
+
+    fn handle_timeout(&mut self, now: Duration) {
+        let now = ms(now);
+        self.server.handle_timeout(now);
+        self.link.handle_timeout(now);
+    }
+}
+
+impl Responder {
+    fn handle_packet(&mut self, now: u64, packet: &[u8]) {
         let versions = [self.keys.version];
         let cfg = ResponderConfig {
             local: &self.keys.local,
@@ -365,23 +458,6 @@ impl Endpoint for Responder {
                 let _ = s.coap().respond(now, &responder, Code::CHANGED, Options::NONE, &[]);
             }
         }
-    }
-
-    fn poll_timeout(&mut self) -> Option<Duration> {
-        if !self.link.out.is_empty() {
-            return Some(Duration::ZERO);
-        }
-        [self.server.poll_timeout(), self.link.reasm.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(Duration::from_millis)
-    }
-
-    fn handle_timeout(&mut self, now: Duration) {
-        let now = ms(now);
-        self.server.handle_timeout(now);
-        self.link.reasm.handle_timeout(now);
     }
 }
 
@@ -428,7 +504,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         .expect("msg1 with a fresh key");
     let requester = Requester {
         client,
-        link: Datagrams::new(cfg.mtu, reasm_timeout),
+        link: if cfg.serial { Datagrams::serial() } else { Datagrams::new(cfg.mtu, reasm_timeout) },
         total: cfg.requests,
         size: cfg.size,
         issued: 0,
@@ -444,7 +520,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         server: SimServer::new(coap_cfg(cfg.seed ^ 0xfeed)),
         keys: ResponderKeys { allowed: vec![device.public()], local: gateway, version },
         rng: ChaCha20Rng::seed_from_u64(cfg.seed ^ 2),
-        link: Datagrams::new(cfg.mtu, reasm_timeout),
+        link: if cfg.serial { Datagrams::serial() } else { Datagrams::new(cfg.mtu, reasm_timeout) },
         seen: BTreeMap::new(),
         peer_addr: 0,
         misaddressed: 0,
@@ -460,9 +536,38 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         mtu: Some(cfg.mtu),
         ..LinkConfig::default()
     };
-    let mut pair = Pair::new(requester, responder, Link::symmetric(link_cfg, cfg.seed));
     // Generous cap: every request may use its whole deadline, one after the other.
     let cap = Duration::from_millis(params.default_deadline().saturating_mul(cfg.requests as u64 + 4));
+    if cfg.serial {
+        // A byte stream: loss and corruption become bit errors, lost and inserted bytes.
+        let bits = 8.0 * (cfg.size as f64 + 30.0);
+        let stream = StreamConfig {
+            rate_bps: cfg.rate,
+            latency: Duration::from_millis(cfg.latency_ms),
+            bit_error_rate: cfg.corrupt / bits,
+            byte_loss: cfg.loss / (cfg.size as f64 + 30.0),
+            byte_insert: cfg.dup / (cfg.size as f64 + 30.0),
+            ..StreamConfig::default()
+        };
+        let pair = Pair::new(requester, responder, StreamLink::symmetric(stream, cfg.seed));
+        finish(cfg, pair, cap, coap_cfg, |l: &StreamLink| {
+            l.counters(Dir::AtoB).bytes_offered + l.counters(Dir::BtoA).bytes_offered
+        })
+    } else {
+        let pair = Pair::new(requester, responder, Link::symmetric(link_cfg, cfg.seed));
+        finish(cfg, pair, cap, coap_cfg, |l: &Link| {
+            l.counters(Dir::AtoB).bytes_on_link + l.counters(Dir::BtoA).bytes_on_link
+        })
+    }
+}
+
+fn finish<M: Medium>(
+    cfg: &SimConfig,
+    mut pair: Pair<Requester, Responder, M>,
+    cap: Duration,
+    coap_cfg: impl Fn(u64) -> coap::Config,
+    bytes: impl Fn(&M) -> u64,
+) -> SimReport {
     let total = cfg.requests;
     let mut events: Vec<(usize, Event)> = Vec::new();
     if let Some(at) = cfg.rebind {
@@ -506,8 +611,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     let a = &pair.a;
     let b = &pair.b;
     let duplicates_delivered = b.seen.values().map(|&n| n.saturating_sub(1)).sum();
-    let bytes_on_link =
-        pair.link.counters(Dir::AtoB).bytes_on_link + pair.link.counters(Dir::BtoA).bytes_on_link;
+    let bytes_on_link = bytes(&pair.link);
     SimReport {
         requests: total,
         completed: a.completed,
