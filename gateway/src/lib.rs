@@ -1,2 +1,3 @@
 //! The lowband gateway library: the pieces behind the `lowband` binary.
 #![warn(missing_docs)]
+pub mod plaincoap;

@@ -1,0 +1,2 @@
+//! Integration tests of the gateway: one binary.
+mod coap_interop;
