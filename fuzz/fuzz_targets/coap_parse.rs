@@ -10,10 +10,20 @@ use lowband_codec::coap::msg::{opt, Code, Opt, Options, Repr};
 use lowband_codec::coap::{block, uri};
 
 fuzz_target!(|data: &[u8]| {
-    let mut ep: Endpoint<3, 4, 2, 128> = Endpoint::new(Config { seed: 1, token_len: 1, ..Config::default() });
+    let mut ep: Endpoint<3, 4, 2, 128> = Endpoint::new(Config {
+        seed: 1,
+        token_len: 1,
+        ..Config::default()
+    });
     let o = [Opt::uint(opt::OBSERVE, 0), Opt::str(opt::URI_PATH, "s")];
     let _ = ep.request(0, Request::con(Code::GET, Options::List(&o), &[]));
-    let _ = ep.request(0, Request { confirmable: false, ..Request::con(Code::POST, Options::NONE, b"x") });
+    let _ = ep.request(
+        0,
+        Request {
+            confirmable: false,
+            ..Request::con(Code::POST, Options::NONE, b"x")
+        },
+    );
     let mut now = 0u64;
     let mut out = [0u8; 128];
     let mut rest = data;
@@ -36,7 +46,14 @@ fuzz_target!(|data: &[u8]| {
         match ep.handle_datagram(now, dg) {
             Some(Received::Request(r)) => {
                 if r.observe == Some(0) {
-                    let _ = ep.respond_observe(now, &r.responder, 1, Code::CONTENT, r.options, r.payload);
+                    let _ = ep.respond_observe(
+                        now,
+                        &r.responder,
+                        1,
+                        Code::CONTENT,
+                        r.options,
+                        r.payload,
+                    );
                 } else {
                     let _ = ep.respond(now, &r.responder, Code::CONTENT, Options::NONE, r.payload);
                 }

@@ -18,11 +18,20 @@ use lowband_codec::coap::block::{block_slice, transfer_key, BlockOpt, Progress, 
 use lowband_codec::coap::exchange::{Config, Endpoint, Event, Received, Request, RequestHandle};
 use lowband_codec::coap::msg::{opt, Code, Opt, OptionList, Options};
 use lowband_codec::coap::params::TransmissionParams;
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+extern crate alloc;
+
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use core::net::SocketAddr;
+use core::sync::atomic::{AtomicBool, Ordering};
+use core::time::Duration;
+use std::net::UdpSocket;
+use std::time::Instant;
+
+/// Options as (number, value) pairs, owned.
+type OwnedOptions = Vec<(u16, Vec<u8>)>;
+/// Called with each notification's payload; returns whether to keep observing.
+type OnNotification<'f> = Option<&'f mut dyn FnMut(&[u8]) -> bool>;
 
 /// The endpoint type used for plain CoAP: generous capacities, 1152-byte messages.
 pub type PlainEndpoint = Endpoint<16, 64, 8, 1152>;
@@ -63,11 +72,18 @@ pub enum PlainError {
 
 /// The 3000-byte body of `/big`: deterministic, printable.
 pub fn big_body() -> Vec<u8> {
-    (0..3000u32).map(|i| b"0123456789abcdefghijklmnopqrstuvwxyz"[(i * 7 % 36) as usize]).collect()
+    (0..3000u32)
+        .map(|i| b"0123456789abcdefghijklmnopqrstuvwxyz"[(i * 7 % 36) as usize])
+        .collect()
 }
 
 fn cfg(seed: u64) -> Config {
-    Config { params: TransmissionParams::default(), seed, token_len: 4, extra_options: &[] }
+    Config {
+        params: TransmissionParams::default(),
+        seed,
+        token_len: 4,
+        extra_options: &[],
+    }
 }
 
 struct Peer {
@@ -83,8 +99,8 @@ pub struct Server {
     stop: Arc<AtomicBool>,
 }
 
-impl std::fmt::Debug for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("Peer")
     }
 }
@@ -101,7 +117,11 @@ impl Server {
             return Err(PlainError::NotLoopback(addr));
         }
         let sock = UdpSocket::bind(addr)?;
-        Ok(Server { sock, obs_interval, stop: Arc::new(AtomicBool::new(false)) })
+        Ok(Server {
+            sock,
+            obs_interval,
+            stop: Arc::new(AtomicBool::new(false)),
+        })
     }
     /// The bound address.
     ///
@@ -137,16 +157,24 @@ impl Server {
                     wake = wake.min(w.max(t));
                 }
             }
-            self.sock.set_read_timeout(Some(Duration::from_millis(wake.saturating_sub(t).max(1))))?;
+            self.sock
+                .set_read_timeout(Some(Duration::from_millis(wake.saturating_sub(t).max(1))))?;
             match self.sock.recv_from(&mut buf) {
                 Ok((n, from)) => {
                     let t = now();
                     let peer = peers.entry(from).or_insert_with(|| {
                         seed += 1;
-                        Peer { ep: Box::new(PlainEndpoint::new(cfg(seed))), upload: Reassembly::new(vec![0; 4096]) }
+                        Peer {
+                            ep: Box::new(PlainEndpoint::new(cfg(seed))),
+                            upload: Reassembly::new(vec![0; 4096]),
+                        }
                     });
                     if let Some(Received::Request(r)) = peer.ep.handle_datagram(t, &buf[..n]) {
-                        let path = r.options.first(opt::URI_PATH).and_then(|o| o.as_bytes()).unwrap_or(b"");
+                        let path = r
+                            .options
+                            .first(opt::URI_PATH)
+                            .and_then(|o| o.as_bytes())
+                            .unwrap_or(b"");
                         tracing::debug!(?from, code = ?r.code, path = %String::from_utf8_lossy(path), "request");
                         let res = serve(peer, t, &r, path, &big, counter, &mut last_upload);
                         if let Err(e) = res {
@@ -154,7 +182,11 @@ impl Server {
                         }
                     }
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => return Err(e.into()),
             }
             let t = now();
@@ -163,7 +195,14 @@ impl Server {
                 next_obs = t + self.obs_interval.as_millis() as u64;
                 let payload = counter.to_string();
                 for p in peers.values_mut() {
-                    let _ = p.ep.notify(t, OBS, counter % 5 == 0, Code::CONTENT, Options::NONE, payload.as_bytes());
+                    let _ = p.ep.notify(
+                        t,
+                        OBS,
+                        counter.is_multiple_of(5),
+                        Code::CONTENT,
+                        Options::NONE,
+                        payload.as_bytes(),
+                    );
                 }
             }
             for (addr, p) in peers.iter_mut() {
@@ -191,12 +230,17 @@ fn serve(
     let ep = &mut peer.ep;
     let to = &r.responder;
     match (path, r.code) {
-        (b"echo", Code::POST | Code::PUT) => ep.respond(t, to, Code::CONTENT, Options::NONE, r.payload),
+        (b"echo", Code::POST | Code::PUT) => {
+            ep.respond(t, to, Code::CONTENT, Options::NONE, r.payload)
+        }
         (b"big", Code::GET) | (b"upload", Code::GET) => {
             let body: &[u8] = if path == b"big" { big } else { last_upload };
             match BlockOpt::from_options(&r.options, opt::BLOCK2).map(|w| block_slice(body, w, 6)) {
                 Ok(Ok((blk, chunk))) => {
-                    let o = [Opt::uint(opt::BLOCK2, blk.to_uint()), Opt::uint(opt::SIZE2, body.len() as u32)];
+                    let o = [
+                        Opt::uint(opt::BLOCK2, blk.to_uint()),
+                        Opt::uint(opt::SIZE2, body.len() as u32),
+                    ];
                     ep.respond(t, to, Code::CONTENT, Options::List(&o), chunk)
                 }
                 _ => ep.respond(t, to, Code::BAD_OPTION, Options::NONE, &[]),
@@ -211,10 +255,14 @@ fn serve(
             let key = transfer_key(r.code, &r.options);
             let cap = peer.upload.capacity() as u32;
             let size_opt = [Opt::uint(opt::SIZE1, cap)];
-            if peer.upload.key().is_some_and(|k| k != key) && !peer.upload.is_free() && blk.num == 0 {
+            if peer.upload.key().is_some_and(|k| k != key) && !peer.upload.is_free() && blk.num == 0
+            {
                 peer.upload.reset();
             }
-            match peer.upload.put(key, blk, r.payload, r.options.uint(opt::SIZE1)) {
+            match peer
+                .upload
+                .put(key, blk, r.payload, r.options.uint(opt::SIZE1))
+            {
                 Ok(Progress::More(b)) => {
                     let o = [Opt::uint(opt::BLOCK1, b.to_uint())];
                     ep.respond(t, to, Code::CONTINUE, Options::List(&o), &[])
@@ -229,7 +277,11 @@ fn serve(
                     ep.respond(t, to, Code::CHANGED, l.as_options(), msg.as_bytes())
                 }
                 Err(e) => {
-                    let o: &[Opt<'_>] = if e.code() == Code::REQUEST_ENTITY_TOO_LARGE { &size_opt } else { &[] };
+                    let o: &[Opt<'_>] = if e.code() == Code::REQUEST_ENTITY_TOO_LARGE {
+                        &size_opt
+                    } else {
+                        &[]
+                    };
                     ep.respond(t, to, e.code(), Options::List(o), &[])
                 }
             }
@@ -237,15 +289,26 @@ fn serve(
         (b"obs", Code::GET) => {
             let payload = counter.to_string();
             if r.observe == Some(0) {
-                match ep.respond_observe(t, to, OBS, Code::CONTENT, Options::NONE, payload.as_bytes()) {
-                    Err(lowband_codec::coap::SendError::ObserverTableFull) => ep.respond(t, to, Code::CONTENT, Options::NONE, payload.as_bytes()),
+                match ep.respond_observe(
+                    t,
+                    to,
+                    OBS,
+                    Code::CONTENT,
+                    Options::NONE,
+                    payload.as_bytes(),
+                ) {
+                    Err(lowband_codec::coap::SendError::ObserverTableFull) => {
+                        ep.respond(t, to, Code::CONTENT, Options::NONE, payload.as_bytes())
+                    }
                     other => other,
                 }
             } else {
                 ep.respond(t, to, Code::CONTENT, Options::NONE, payload.as_bytes())
             }
         }
-        (b"echo" | b"big" | b"obs" | b"upload", _) => ep.respond(t, to, Code::METHOD_NOT_ALLOWED, Options::NONE, &[]),
+        (b"echo" | b"big" | b"obs" | b"upload", _) => {
+            ep.respond(t, to, Code::METHOD_NOT_ALLOWED, Options::NONE, &[])
+        }
         _ => ep.respond(t, to, Code::NOT_FOUND, Options::NONE, &[]),
     }
 }
@@ -282,8 +345,16 @@ impl Client {
         }
         let sock = UdpSocket::bind(SocketAddr::new(server.ip(), 0))?;
         sock.connect(server)?;
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7);
-        Ok(Client { sock, ep: Box::new(PlainEndpoint::new(cfg(seed))), start: Instant::now(), szx: 2 })
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(7);
+        Ok(Client {
+            sock,
+            ep: Box::new(PlainEndpoint::new(cfg(seed))),
+            start: Instant::now(),
+            szx: 2,
+        })
     }
 
     fn now(&self) -> u64 {
@@ -301,7 +372,11 @@ impl Client {
 
     /// Send one request and wait for its response (or, with `f`, for notifications until `f`
     /// returns false). Returns code, options as (number, value) pairs and payload.
-    fn exchange(&mut self, req: Request<'_>, mut f: Option<&mut dyn FnMut(&[u8]) -> bool>) -> Result<(Code, Vec<(u16, Vec<u8>)>, Vec<u8>), PlainError> {
+    fn exchange(
+        &mut self,
+        req: Request<'_>,
+        mut f: OnNotification<'_>,
+    ) -> Result<(Code, OwnedOptions, Vec<u8>), PlainError> {
         let h: RequestHandle = self.ep.request(self.now(), req).map_err(PlainError::Send)?;
         let mut buf = vec![0u8; 2048];
         let give_up = Instant::now() + Duration::from_secs(60);
@@ -319,11 +394,22 @@ impl Client {
                 return Err(PlainError::Timeout);
             }
             let t = self.now();
-            let wait = self.ep.poll_timeout().map_or(200, |w| w.saturating_sub(t).clamp(1, 200));
-            self.sock.set_read_timeout(Some(Duration::from_millis(wait)))?;
+            let wait = self
+                .ep
+                .poll_timeout()
+                .map_or(200, |w| w.saturating_sub(t).clamp(1, 200));
+            self.sock
+                .set_read_timeout(Some(Duration::from_millis(wait)))?;
             let n = match self.sock.recv(&mut buf) {
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => return Err(e.into()),
             };
             let t = self.now();
@@ -331,7 +417,11 @@ impl Client {
                 if r.handle != h {
                     continue;
                 }
-                let opts = r.options.iter().map(|o| (o.number, o.as_bytes().unwrap_or(&[]).to_vec())).collect();
+                let opts = r
+                    .options
+                    .iter()
+                    .map(|o| (o.number, o.as_bytes().unwrap_or(&[]).to_vec()))
+                    .collect();
                 let payload = r.payload.to_vec();
                 if let Some(f) = f.as_mut() {
                     if !r.last && f(&payload) {
@@ -352,7 +442,12 @@ impl Client {
     ///
     /// # Errors
     /// [`PlainError`].
-    pub fn request(&mut self, code: Code, path: &str, payload: &[u8]) -> Result<Response, PlainError> {
+    pub fn request(
+        &mut self,
+        code: Code,
+        path: &str,
+        payload: &[u8],
+    ) -> Result<Response, PlainError> {
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let szx = self.szx;
         let block = 16usize << szx;
@@ -362,7 +457,8 @@ impl Client {
         let tag = [(self.now() & 0xff) as u8];
         let (mut code_out, mut opts, mut body) = loop {
             let (blk, chunk) = if payload.len() > block {
-                let (b, c) = block_slice(payload, Some(BlockOpt::new(num, false, szx)), szx).map_err(|e| PlainError::Peer(e.code()))?;
+                let (b, c) = block_slice(payload, Some(BlockOpt::new(num, false, szx)), szx)
+                    .map_err(|e| PlainError::Peer(e.code()))?;
                 (Some(b), c)
             } else {
                 (None, payload)
@@ -381,7 +477,10 @@ impl Client {
             match blk {
                 Some(b) if b.more && c == Code::CONTINUE => {
                     // the server may ask for smaller blocks: follow its SZX
-                    let ack = ro.iter().find(|x| x.0 == opt::BLOCK1).and_then(|x| lowband_codec::coap::msg::decode_uint(&x.1));
+                    let ack = ro
+                        .iter()
+                        .find(|x| x.0 == opt::BLOCK1)
+                        .and_then(|x| lowband_codec::coap::msg::decode_uint(&x.1));
                     let next_off = b.offset() + chunk.len();
                     match ack.and_then(|v| BlockOpt::from_uint(v).ok()) {
                         Some(a) if a.szx < szx => {
@@ -396,17 +495,26 @@ impl Client {
         };
         // Block2 download continuation (RFC 7959 §2.4)
         loop {
-            let b2 = opts.iter().find(|x| x.0 == opt::BLOCK2).and_then(|x| lowband_codec::coap::msg::decode_uint(&x.1)).and_then(|v| BlockOpt::from_uint(v).ok());
+            let b2 = opts
+                .iter()
+                .find(|x| x.0 == opt::BLOCK2)
+                .and_then(|x| lowband_codec::coap::msg::decode_uint(&x.1))
+                .and_then(|v| BlockOpt::from_uint(v).ok());
             let Some(b2) = b2 else { break };
             if !b2.more {
                 break;
             }
-            let next = BlockOpt::new(((b2.offset() + b2.size()) / b2.size()) as u32, false, b2.szx);
+            let next = BlockOpt::new(
+                ((b2.offset() + b2.size()) / b2.size()) as u32,
+                false,
+                b2.szx,
+            );
             let mut o: Vec<Opt<'_>> = segs.iter().map(|s| Opt::str(opt::URI_PATH, s)).collect();
             o.push(Opt::uint(opt::BLOCK2, next.to_uint()));
             o.sort_by_key(|x| x.number);
             exchanges += 1;
-            let (c, ro, rp) = self.exchange(Request::con(Code::GET, Options::List(&o), &[]), None)?;
+            let (c, ro, rp) =
+                self.exchange(Request::con(Code::GET, Options::List(&o), &[]), None)?;
             if c.class() != 2 {
                 return Err(PlainError::Peer(c));
             }
@@ -414,7 +522,11 @@ impl Client {
             code_out = c;
             opts = ro;
         }
-        Ok(Response { code: code_out, body, exchanges })
+        Ok(Response {
+            code: code_out,
+            body,
+            exchanges,
+        })
     }
 
     /// Observe `path` until `n` notifications (the first response included) have arrived;
@@ -431,7 +543,10 @@ impl Client {
             got.push(p.to_vec());
             got.len() < n
         };
-        let req = Request { timeout: Some(120_000), ..Request::con(Code::GET, Options::List(&o), &[]) };
+        let req = Request {
+            timeout: Some(120_000),
+            ..Request::con(Code::GET, Options::List(&o), &[])
+        };
         let (_, _, last) = self.exchange(req, Some(&mut f))?;
         if got.len() < n {
             got.push(last);

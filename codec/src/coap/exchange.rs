@@ -951,41 +951,41 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
 
     fn on_response<'a>(&mut self, now: u64, r: Repr<'a>) -> Option<Received<'a>> {
         let con = r.mtype == MsgType::Con;
-        let idx =
-            if r.mtype == MsgType::Ack {
-                self.slots.iter().position(|s| {
-                    s.state == SlotState::Sent
-                        && (s.mid == r.mid || s.prev_mid == Some(r.mid))
-                        && s.token == r.token
-                        && matches!(s.kind, Kind::Request { .. })
-                })?
-            } else {
-                if con {
-                    if self.dedup.iter().any(|d| {
-                        d.state == DState::AckedResponse && d.mid == r.mid && d.expires > now
-                    }) {
-                        self.queue_ctl(MsgType::Ack, r.mid);
-                        return None;
+        let idx = if r.mtype == MsgType::Ack {
+            self.slots.iter().position(|s| {
+                s.state == SlotState::Sent
+                    && (s.mid == r.mid || s.prev_mid == Some(r.mid))
+                    && s.token == r.token
+                    && matches!(s.kind, Kind::Request { .. })
+            })?
+        } else {
+            if con
+                && self
+                    .dedup
+                    .iter()
+                    .any(|d| d.state == DState::AckedResponse && d.mid == r.mid && d.expires > now)
+            {
+                self.queue_ctl(MsgType::Ack, r.mid);
+                return None;
+            }
+            let found = self.slots.iter().position(|s| {
+                s.token == r.token
+                    && matches!(s.kind, Kind::Request { .. })
+                    && matches!(
+                        s.state,
+                        SlotState::Sent | SlotState::AwaitResponse | SlotState::Observing
+                    )
+            });
+            match found {
+                Some(i) => i,
+                None => {
+                    if con || r.options.first(opt::OBSERVE).is_some() {
+                        self.queue_ctl(MsgType::Rst, r.mid);
                     }
+                    return None;
                 }
-                let found = self.slots.iter().position(|s| {
-                    s.token == r.token
-                        && matches!(s.kind, Kind::Request { .. })
-                        && matches!(
-                            s.state,
-                            SlotState::Sent | SlotState::AwaitResponse | SlotState::Observing
-                        )
-                });
-                match found {
-                    Some(i) => i,
-                    None => {
-                        if con || r.options.first(opt::OBSERVE).is_some() {
-                            self.queue_ctl(MsgType::Rst, r.mid);
-                        }
-                        return None;
-                    }
-                }
-            };
+            }
+        };
         if unknown_critical(&self.cfg, &r.options) {
             // RFC 7252 §5.4.1: reject (RST for CON, ignore otherwise); the request fails.
             if con {

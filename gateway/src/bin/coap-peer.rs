@@ -5,10 +5,10 @@
 //! coap-peer --insecure-plain-coap get|post|put 127.0.0.1:5683 /path [payload]
 //! coap-peer --insecure-plain-coap observe 127.0.0.1:5683 /path count
 //! ```
+use core::time::Duration;
 use lowband_codec::coap::Code;
 use lowband_gateway::plaincoap::{Client, Insecure, Server};
 use std::io::Write;
-use std::time::Duration;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

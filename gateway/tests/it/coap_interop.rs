@@ -4,22 +4,27 @@
 //! Peers: `coap-client-notls`/`coap-server-notls` from PATH (Debian `libcoap3-bin`), aiocoap
 //! from the venv in `LOWBAND_VENV` (default `<workspace>/.venv`, made by scripts/setup.sh).
 //! A test whose peer is missing prints why and passes without running.
+// The test binary has std and no `extern crate alloc`.
+#![allow(clippy::std_instead_of_alloc)]
 
+use core::net::SocketAddr;
+use core::sync::atomic::{AtomicBool, Ordering};
+use core::time::Duration;
 use lowband_codec::coap::Code;
 use lowband_gateway::plaincoap::{big_body, Client, Insecure, Server};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 fn insecure() -> Insecure {
     Insecure::i_understand_this_is_unauthenticated()
 }
 
+type Stop = std::sync::Arc<AtomicBool>;
+
 struct Running {
     addr: SocketAddr,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Stop,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -33,7 +38,12 @@ impl Drop for Running {
 }
 
 fn our_server(obs_ms: u64) -> Running {
-    let s = Server::bind(insecure(), "127.0.0.1:0".parse().unwrap(), Duration::from_millis(obs_ms)).unwrap();
+    let s = Server::bind(
+        insecure(),
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_millis(obs_ms),
+    )
+    .unwrap();
     let addr = s.local_addr().unwrap();
     let stop = s.stopper();
     let thread = Some(std::thread::spawn(move || s.run().unwrap()));
@@ -49,7 +59,11 @@ impl Drop for Proc {
 }
 
 fn on_path(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| PathBuf::from(d).join(tool)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| PathBuf::from(d).join(tool))
+        .find(|p| p.is_file())
 }
 
 fn libcoap(tool: &str) -> Option<PathBuf> {
@@ -68,13 +82,20 @@ fn aiocoap(tool: &str) -> Option<PathBuf> {
     if p.is_file() {
         Some(p)
     } else {
-        println!("SKIP: {} not found (set LOWBAND_VENV or run scripts/setup.sh)", p.display());
+        println!(
+            "SKIP: {} not found (set LOWBAND_VENV or run scripts/setup.sh)",
+            p.display()
+        );
         None
     }
 }
 
 fn run(cmd: &mut Command, secs: u64) -> Output {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -84,7 +105,11 @@ fn run(cmd: &mut Command, secs: u64) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn tmpfile(name: &str, body: &[u8]) -> PathBuf {
@@ -94,7 +119,11 @@ fn tmpfile(name: &str, body: &[u8]) -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn upload_body(n: usize) -> Vec<u8> {
@@ -103,12 +132,20 @@ fn upload_body(n: usize) -> Vec<u8> {
 
 #[test]
 fn libcoap_client_against_our_server() {
-    let Some(cc) = libcoap("coap-client-notls") else { return };
+    let Some(cc) = libcoap("coap-client-notls") else {
+        return;
+    };
     let srv = our_server(300);
     let uri = |p: &str| format!("coap://{}/{p}", srv.addr);
     // echo
-    let o = run(Command::new(&cc).args(["-m", "post", "-e", "hello lowband", &uri("echo")]), 20);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end(), "hello lowband");
+    let o = run(
+        Command::new(&cc).args(["-m", "post", "-e", "hello lowband", &uri("echo")]),
+        20,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        "hello lowband"
+    );
     // Block2: 3000 bytes in 64-byte blocks
     let o = run(Command::new(&cc).args(["-b", "64", &uri("big")]), 30);
     let got = String::from_utf8_lossy(&o.stdout);
@@ -116,17 +153,37 @@ fn libcoap_client_against_our_server() {
     // Block1: 3000 bytes up in 64-byte blocks, then read back with our client
     let body = upload_body(3000);
     let f = tmpfile("up", &body);
-    let o = run(Command::new(&cc).args(["-m", "post", "-b", "64", "-f"]).arg(&f).arg(uri("upload")), 30);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end(), "3000", "{}", text(&o));
+    let o = run(
+        Command::new(&cc)
+            .args(["-m", "post", "-b", "64", "-f"])
+            .arg(&f)
+            .arg(uri("upload")),
+        30,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        "3000",
+        "{}",
+        text(&o)
+    );
     let mut c = Client::connect(insecure(), srv.addr).unwrap();
     let r = c.request(Code::GET, "/upload", &[]).unwrap();
     assert_eq!(r.body, body);
     // too large: 4.13
     let f2 = tmpfile("huge", &upload_body(5000));
-    let o = run(Command::new(&cc).args(["-m", "post", "-b", "64", "-f"]).arg(&f2).arg(uri("upload")), 30);
+    let o = run(
+        Command::new(&cc)
+            .args(["-m", "post", "-b", "64", "-f"])
+            .arg(&f2)
+            .arg(uri("upload")),
+        30,
+    );
     assert!(text(&o).contains("4.13"), "{}", text(&o));
     // Observe: several notifications, increasing
-    let o = run(Command::new(&cc).args(["-s", "3", "-B", "5", &uri("obs")]), 10);
+    let o = run(
+        Command::new(&cc).args(["-s", "3", "-B", "5", &uri("obs")]),
+        10,
+    );
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     let digits: Vec<char> = out.chars().filter(|c| c.is_ascii_digit()).collect();
     assert!(digits.len() >= 4, "notifications: {out:?} {}", text(&o));
@@ -136,39 +193,85 @@ fn libcoap_client_against_our_server() {
 
 #[test]
 fn aiocoap_client_against_our_server() {
-    let Some(ac) = aiocoap("aiocoap-client") else { return };
+    let Some(ac) = aiocoap("aiocoap-client") else {
+        return;
+    };
     let srv = our_server(300);
     let uri = |p: &str| format!("coap://{}/{p}", srv.addr);
-    let o = run(Command::new(&ac).args(["-m", "POST", "--payload", "hello aiocoap", &uri("echo")]), 30);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end(), "hello aiocoap", "{}", text(&o));
+    let o = run(
+        Command::new(&ac).args(["-m", "POST", "--payload", "hello aiocoap", &uri("echo")]),
+        30,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        "hello aiocoap",
+        "{}",
+        text(&o)
+    );
     let o = run(Command::new(&ac).arg(uri("big")), 30);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end().as_bytes(), &big_body()[..], "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end().as_bytes(),
+        &big_body()[..],
+        "{}",
+        text(&o)
+    );
     // aiocoap sends Block1 for bodies above its 1024-byte block size
     let body = upload_body(3000);
     let f = tmpfile("aio-up", &body);
-    let o = run(Command::new(&ac).args(["-m", "POST", "--payload"]).arg(format!("@{}", f.display())).arg(uri("upload")), 30);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end(), "3000", "{}", text(&o));
+    let o = run(
+        Command::new(&ac)
+            .args(["-m", "POST", "--payload"])
+            .arg(format!("@{}", f.display()))
+            .arg(uri("upload")),
+        30,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        "3000",
+        "{}",
+        text(&o)
+    );
     let mut c = Client::connect(insecure(), srv.addr).unwrap();
     assert_eq!(c.request(Code::GET, "/upload", &[]).unwrap().body, body);
     // --observe prints only the first notification (upstream bug); it must be a number and
     // the observation must have been registered
     let o = run(Command::new(&ac).args(["--observe", &uri("obs")]), 4);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.trim().lines().next().is_some_and(|l| l.trim().parse::<u32>().is_ok()), "{}", text(&o));
+    assert!(
+        out.trim()
+            .lines()
+            .next()
+            .is_some_and(|l| l.trim().parse::<u32>().is_ok()),
+        "{}",
+        text(&o)
+    );
     let _ = std::fs::remove_file(f);
 }
 
 #[test]
 fn our_client_against_libcoap_server() {
-    let Some(cs) = libcoap("coap-server-notls") else { return };
+    let Some(cs) = libcoap("coap-server-notls") else {
+        return;
+    };
     let port = free_port();
-    let _srv = Proc(Command::new(cs).args(["-A", "127.0.0.1", "-p", &port.to_string(), "-d", "10"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let _srv = Proc(
+        Command::new(cs)
+            .args(["-A", "127.0.0.1", "-p", &port.to_string(), "-d", "10"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut c = Client::connect(insecure(), addr).unwrap();
     let r = c.request(Code::GET, "/", &[]).unwrap();
     assert_eq!(r.code, Code::CONTENT);
-    assert!(String::from_utf8_lossy(&r.body).contains("libcoap"), "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("libcoap"),
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
     // Block1 up in 64-byte blocks, Block2 down (server chooses the size)
     let body = upload_body(3000);
     let up = c.request(Code::PUT, "/example_data", &body).unwrap();
@@ -184,13 +287,24 @@ fn our_client_against_libcoap_server() {
 
 #[test]
 fn our_client_against_aiocoap_fileserver() {
-    let Some(fs) = aiocoap("aiocoap-fileserver") else { return };
+    let Some(fs) = aiocoap("aiocoap-fileserver") else {
+        return;
+    };
     let dir = std::env::temp_dir().join(format!("lowband-coap-fs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let body = upload_body(3000);
     std::fs::write(dir.join("big.txt"), &body).unwrap();
     let port = free_port();
-    let _srv = Proc(Command::new(fs).arg("--bind").arg(format!("127.0.0.1:{port}")).arg(&dir).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let _srv = Proc(
+        Command::new(fs)
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut c = Client::connect(insecure(), addr).unwrap();
     let mut r = None;
