@@ -1037,10 +1037,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             if con {
                 self.queue_ctl(MsgType::Rst, r.mid);
             }
-            if matches!(self.slots[idx].kind, Kind::Request { .. }) {
-                if self.slots[idx].state != SlotState::Observing {
-                    self.slots[idx].state = SlotState::Failed(RequestError::BadResponse);
-                }
+            if matches!(self.slots[idx].kind, Kind::Request { .. })
+                && self.slots[idx].state != SlotState::Observing
+            {
+                self.slots[idx].state = SlotState::Failed(RequestError::BadResponse);
             }
             return None;
         }
