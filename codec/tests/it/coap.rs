@@ -177,9 +177,12 @@ fn ep(seed: u64, p: TransmissionParams) -> Ep {
     })
 }
 
-fn drain(e: &mut Ep, now: u64) -> Vec<Vec<u8>> {
+fn drain<const S: usize, const D: usize, const O: usize, const M: usize>(
+    e: &mut Endpoint<S, D, O, M>,
+    now: u64,
+) -> Vec<Vec<u8>> {
     let mut v = Vec::new();
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; 2048];
     while let Some(n) = e.poll_transmit(now, &mut buf) {
         v.push(buf[..n].to_vec());
     }
@@ -1073,13 +1076,13 @@ fn full_dedup_table_drops_rather_than_redelivers() {
         delivered, 2,
         "third request dropped: no room to remember it"
     );
-    let acks = drain_small(&mut s, 0);
+    let acks = drain(&mut s, 0);
     assert_eq!(acks.len(), 2);
     // duplicates of the first two: answered from the cache, not delivered
     for (i, r) in reqs.iter().take(2).enumerate() {
         assert!(s.handle_datagram(1000, &with_payload(r, i as u8)).is_none());
     }
-    assert_eq!(drain_small(&mut s, 1000), acks);
+    assert_eq!(drain(&mut s, 1000), acks);
     // once the duplicate window of the oldest has passed, the third gets in
     let later = p.max_transmit_span() + p.max_latency;
     assert!(matches!(
@@ -1089,15 +1092,6 @@ fn full_dedup_table_drops_rather_than_redelivers() {
     assert!(s
         .handle_datagram(later + 1, &with_payload(&reqs[2], 2))
         .is_none());
-}
-
-fn drain_small(e: &mut Endpoint<2, 2, 1, 64>, now: u64) -> Vec<Vec<u8>> {
-    let mut v = Vec::new();
-    let mut buf = [0u8; 64];
-    while let Some(n) = e.poll_transmit(now, &mut buf) {
-        v.push(buf[..n].to_vec());
-    }
-    v
 }
 
 #[test]
