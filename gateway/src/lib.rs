@@ -2,4 +2,5 @@
 #![warn(missing_docs)]
 
 pub mod keys;
+pub mod plaincoap;
 pub mod sim;

@@ -143,15 +143,8 @@ pub fn transfer_key(code: Code, opts: &Options<'_>) -> u32 {
         for b in o.number.to_be_bytes() {
             eat(b);
         }
-        let tmp: [u8; 4];
-        let v: &[u8] = match o.value {
-            super::msg::OptValue::Bytes(b) => b,
-            super::msg::OptValue::Uint(u) => {
-                tmp = u.to_be_bytes();
-                let skip = tmp.iter().take_while(|&&x| x == 0).count();
-                &tmp[skip..]
-            }
-        };
+        let mut tmp = [0u8; 4];
+        let v = o.encoded_value(&mut tmp);
         eat(v.len() as u8);
         for &b in v {
             eat(b);

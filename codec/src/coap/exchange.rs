@@ -220,6 +220,9 @@ enum SlotState {
     AwaitResponse,
     /// Observation established; notifications flow.
     Observing,
+    /// The request failed; held until [`Endpoint::poll_event`] reports it, so that no
+    /// failure is ever lost to a full queue.
+    Failed(RequestError),
 }
 
 #[derive(Debug, Clone)]
@@ -339,7 +342,9 @@ pub type DeviceEndpoint = Endpoint<3, 4, 2, 128>;
 /// The gateway's per-device endpoint: 16 exchanges, 32 message IDs, 8 observers, 1152 bytes.
 pub type GatewayEndpoint = Endpoint<16, 32, 8, 1152>;
 
-const _: () = assert!(core::mem::size_of::<DeviceEndpoint>() <= 2560);
+// Measured: 1568 bytes on thumbv7m-none-eabi, 1608 on x86_64 (a device session must fit
+// 4 KiB together with the Noise state).
+const _: () = assert!(core::mem::size_of::<DeviceEndpoint>() <= 1664);
 
 fn known(cfg: &Config, n: u16) -> bool {
     opt::is_known(n) || cfg.extra_options.contains(&n)
@@ -507,6 +512,46 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             }
             None => false,
         }
+    }
+
+    /// End observation `h` proactively (RFC 7641 §3.6): the original GET is sent again with
+    /// `Observe: 1` and the same token; its response arrives as the final response of `h`.
+    ///
+    /// # Errors
+    /// [`SendError::UnknownRequest`] if `h` is not an established observation.
+    pub fn deregister(&mut self, now: u64, h: RequestHandle) -> Result<(), SendError> {
+        let i = self.slot_of(h).ok_or(SendError::UnknownRequest)?;
+        if self.slots[i].state != SlotState::Observing {
+            return Err(SendError::UnknownRequest);
+        }
+        let old = self.slots[i].buf;
+        let r = Repr::parse(&old[..self.slots[i].len as usize]).map_err(|_| SendError::Encoding)?;
+        let extra = [Opt::uint(opt::OBSERVE, DEREGISTER)];
+        let opts = merge(r.options, &[opt::OBSERVE], &extra);
+        let n = msg::emit_message(
+            r.mtype,
+            r.code,
+            0,
+            &r.token,
+            opts,
+            r.payload,
+            &mut self.slots[i].buf,
+        )?;
+        let order = self.next_order;
+        self.next_order = self.next_order.wrapping_add(1);
+        let deadline = now.saturating_add(self.cfg.params.default_deadline());
+        let s = &mut self.slots[i];
+        s.len = n as u16;
+        s.kind = Kind::Request {
+            handle: h.0,
+            observe: false,
+        };
+        s.state = SlotState::Queued;
+        s.order = order;
+        s.deadline = deadline;
+        s.retransmits = 0;
+        s.due = false;
+        Ok(())
     }
 
     /// Number of requests queued or awaiting a response (observations excluded).
@@ -770,7 +815,8 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
 
     fn push_event(&mut self, e: Event) {
         if self.events.is_full() {
-            // Failures matter more than anything else; drop the oldest non-failure if any.
+            // Only informational events queue here (request failures live in their slots):
+            // the oldest is dropped.
             self.events.pop_front();
         }
         // INVARIANT: not full after pop.
@@ -951,54 +997,50 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
 
     fn on_response<'a>(&mut self, now: u64, r: Repr<'a>) -> Option<Received<'a>> {
         let con = r.mtype == MsgType::Con;
-        let idx =
-            if r.mtype == MsgType::Ack {
-                self.slots.iter().position(|s| {
-                    s.state == SlotState::Sent
-                        && (s.mid == r.mid || s.prev_mid == Some(r.mid))
-                        && s.token == r.token
-                        && matches!(s.kind, Kind::Request { .. })
-                })?
-            } else {
-                if con {
-                    if self.dedup.iter().any(|d| {
-                        d.state == DState::AckedResponse && d.mid == r.mid && d.expires > now
-                    }) {
-                        self.queue_ctl(MsgType::Ack, r.mid);
-                        return None;
+        let idx = if r.mtype == MsgType::Ack {
+            self.slots.iter().position(|s| {
+                s.state == SlotState::Sent
+                    && (s.mid == r.mid || s.prev_mid == Some(r.mid))
+                    && s.token == r.token
+                    && matches!(s.kind, Kind::Request { .. })
+            })?
+        } else {
+            if con
+                && self
+                    .dedup
+                    .iter()
+                    .any(|d| d.state == DState::AckedResponse && d.mid == r.mid && d.expires > now)
+            {
+                self.queue_ctl(MsgType::Ack, r.mid);
+                return None;
+            }
+            let found = self.slots.iter().position(|s| {
+                s.token == r.token
+                    && matches!(s.kind, Kind::Request { .. })
+                    && matches!(
+                        s.state,
+                        SlotState::Sent | SlotState::AwaitResponse | SlotState::Observing
+                    )
+            });
+            match found {
+                Some(i) => i,
+                None => {
+                    if con || r.options.first(opt::OBSERVE).is_some() {
+                        self.queue_ctl(MsgType::Rst, r.mid);
                     }
+                    return None;
                 }
-                let found = self.slots.iter().position(|s| {
-                    s.token == r.token
-                        && matches!(s.kind, Kind::Request { .. })
-                        && matches!(
-                            s.state,
-                            SlotState::Sent | SlotState::AwaitResponse | SlotState::Observing
-                        )
-                });
-                match found {
-                    Some(i) => i,
-                    None => {
-                        if con || r.options.first(opt::OBSERVE).is_some() {
-                            self.queue_ctl(MsgType::Rst, r.mid);
-                        }
-                        return None;
-                    }
-                }
-            };
+            }
+        };
         if unknown_critical(&self.cfg, &r.options) {
             // RFC 7252 §5.4.1: reject (RST for CON, ignore otherwise); the request fails.
             if con {
                 self.queue_ctl(MsgType::Rst, r.mid);
             }
-            if let Kind::Request { handle, .. } = self.slots[idx].kind {
-                if self.slots[idx].state != SlotState::Observing {
-                    self.slots[idx].state = SlotState::Free;
-                    self.push_event(Event::Failed {
-                        handle: RequestHandle(handle),
-                        error: RequestError::BadResponse,
-                    });
-                }
+            if matches!(self.slots[idx].kind, Kind::Request { .. })
+                && self.slots[idx].state != SlotState::Observing
+            {
+                self.slots[idx].state = SlotState::Failed(RequestError::BadResponse);
             }
             return None;
         }
@@ -1078,10 +1120,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         s.state = SlotState::Free;
         let (kind, token) = (s.kind, s.token);
         match kind {
-            Kind::Request { handle, .. } => self.push_event(Event::Failed {
-                handle: RequestHandle(handle),
-                error: RequestError::Reset,
-            }),
+            Kind::Request { .. } => self.slots[i].state = SlotState::Failed(RequestError::Reset),
             Kind::Notification { resource } => {
                 if self.observers.deregister(&token) {
                     self.push_event(Event::ObserverGone { resource, token });
@@ -1098,7 +1137,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         let max_rt = self.cfg.params.max_retransmit;
         for i in 0..SLOTS {
             let s = &mut self.slots[i];
-            if s.state == SlotState::Free {
+            if matches!(s.state, SlotState::Free | SlotState::Failed(_)) {
                 continue;
             }
             let kind = s.kind;
@@ -1106,10 +1145,9 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             if now >= s.deadline && s.state != SlotState::Observing {
                 s.state = SlotState::Free;
                 match kind {
-                    Kind::Request { handle, .. } => self.push_event(Event::Failed {
-                        handle: RequestHandle(handle),
-                        error: RequestError::Deadline,
-                    }),
+                    Kind::Request { .. } => {
+                        self.slots[i].state = SlotState::Failed(RequestError::Deadline)
+                    }
                     Kind::Response => self.push_event(Event::ResponseLost { token }),
                     Kind::Notification { resource } => {
                         if self.observers.deregister(&token) {
@@ -1132,10 +1170,9 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
                 } else {
                     s.state = SlotState::Free;
                     match kind {
-                        Kind::Request { handle, .. } => self.push_event(Event::Failed {
-                            handle: RequestHandle(handle),
-                            error: RequestError::Timeout,
-                        }),
+                        Kind::Request { .. } => {
+                            self.slots[i].state = SlotState::Failed(RequestError::Timeout)
+                        }
                         Kind::Response => self.push_event(Event::ResponseLost { token }),
                         Kind::Notification { resource } => {
                             // RFC 7641 §4.5: an unacknowledged CON notification ends the observation.
@@ -1230,6 +1267,23 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     /// The next owned event, if any.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
+        let failed = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.state, SlotState::Failed(_)))
+            .min_by_key(|(_, s)| s.order)
+            .map(|(i, _)| i);
+        if let Some(i) = failed {
+            let s = &mut self.slots[i];
+            if let (SlotState::Failed(error), Kind::Request { handle, .. }) = (s.state, s.kind) {
+                s.state = SlotState::Free;
+                return Some(Event::Failed {
+                    handle: RequestHandle(handle),
+                    error,
+                });
+            }
+        }
         self.events.pop_front()
     }
 
@@ -1255,7 +1309,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
         for s in &self.slots {
             match s.state {
-                SlotState::Free | SlotState::Observing => {}
+                SlotState::Free | SlotState::Observing | SlotState::Failed(_) => {}
                 SlotState::Sent => {
                     at(s.next);
                     at(s.deadline);

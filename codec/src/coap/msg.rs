@@ -348,7 +348,7 @@ impl<'a> Opt<'a> {
             OptValue::Uint(_) => None,
         }
     }
-    fn encoded_value<'b>(&self, tmp: &'b mut [u8; 4]) -> &'b [u8]
+    pub(crate) fn encoded_value<'b>(&self, tmp: &'b mut [u8; 4]) -> &'b [u8]
     where
         'a: 'b,
     {
@@ -580,18 +580,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         p
     }
     fn split(&self) -> (&[u8], &[u8]) {
-        let b = self.buf.as_ref();
-        let start = (4 + (b[0] & 0x0f) as usize).min(b.len());
-        let body = &b[start..];
-        let mut it = WireIter {
-            rest: body,
-            last: 0,
-        };
-        for _ in it.by_ref() {}
-        let rest = it.rest();
-        let opt_len = body.len() - rest.len();
-        let payload = rest.get(1..).unwrap_or(&[]);
-        (&body[..opt_len], payload)
+        split_static(self.buf.as_ref())
     }
     /// The underlying buffer.
     pub fn into_inner(self) -> T {

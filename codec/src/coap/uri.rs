@@ -172,15 +172,7 @@ pub fn options_to_uri<W: Write>(
     }
     for (i, o) in options.all(opt::URI_QUERY).enumerate() {
         w.write_char(if i == 0 { '?' } else { '&' })?;
-        let v = o.as_bytes().unwrap_or(&[]);
-        for &c in v {
-            let ok = c.is_ascii_alphanumeric() || b"-._~!$'()*+,;=:@?".contains(&c);
-            if ok {
-                w.write_char(c as char)?;
-            } else {
-                write!(w, "%{c:02X}")?;
-            }
-        }
+        put_encoded(w, o.as_bytes().unwrap_or(&[]), b"?")?;
     }
     Ok(())
 }

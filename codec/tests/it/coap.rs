@@ -1,5 +1,7 @@
 //! coap: RFC 7252 vectors as exact bytes, bad-message rules, and two endpoints on virtual time
 //! over a seeded lossy, duplicating, reordering 100 bit/s link.
+// The test binary uses std and has no `extern crate alloc`.
+#![allow(clippy::std_instead_of_alloc)]
 
 use lowband_codec::coap::block::{block_slice, transfer_key, BlockOpt, Progress, Reassembly};
 use lowband_codec::coap::exchange::{
@@ -175,9 +177,12 @@ fn ep(seed: u64, p: TransmissionParams) -> Ep {
     })
 }
 
-fn drain(e: &mut Ep, now: u64) -> Vec<Vec<u8>> {
+fn drain<const S: usize, const D: usize, const O: usize, const M: usize>(
+    e: &mut Endpoint<S, D, O, M>,
+    now: u64,
+) -> Vec<Vec<u8>> {
     let mut v = Vec::new();
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; 2048];
     while let Some(n) = e.poll_transmit(now, &mut buf) {
         v.push(buf[..n].to_vec());
     }
@@ -496,7 +501,7 @@ fn run(
     out: &mut Outcome,
     limit: u64,
 ) -> u64 {
-    let mut pending = std::mem::take(&mut out.pending);
+    let mut pending = core::mem::take(&mut out.pending);
     let mut buf = [0u8; 256];
     loop {
         for (i, e) in eps.iter_mut().enumerate() {
@@ -726,7 +731,7 @@ fn virtual_time_observe_with_reordering() {
             }
             if registered && now >= next_notify && value < 20 {
                 value += 1;
-                let con = value % 4 == 0;
+                let con = value.is_multiple_of(4);
                 let n = s
                     .notify(now, 7, con, Code::CONTENT, Options::NONE, &[value])
                     .unwrap_or(0);
@@ -753,7 +758,7 @@ fn virtual_time_observe_with_reordering() {
                 spins = 0;
             }
             now = if t == 0 { now } else { t.max(now + 1) };
-            while let Some(e) = c.poll_event() {
+            if let Some(e) = c.poll_event() {
                 panic!("client event {e:?}");
             }
             let _ = s.poll_event();
@@ -1071,13 +1076,13 @@ fn full_dedup_table_drops_rather_than_redelivers() {
         delivered, 2,
         "third request dropped: no room to remember it"
     );
-    let acks = drain_small(&mut s, 0);
+    let acks = drain(&mut s, 0);
     assert_eq!(acks.len(), 2);
     // duplicates of the first two: answered from the cache, not delivered
     for (i, r) in reqs.iter().take(2).enumerate() {
         assert!(s.handle_datagram(1000, &with_payload(r, i as u8)).is_none());
     }
-    assert_eq!(drain_small(&mut s, 1000), acks);
+    assert_eq!(drain(&mut s, 1000), acks);
     // once the duplicate window of the oldest has passed, the third gets in
     let later = p.max_transmit_span() + p.max_latency;
     assert!(matches!(
@@ -1089,11 +1094,99 @@ fn full_dedup_table_drops_rather_than_redelivers() {
         .is_none());
 }
 
-fn drain_small(e: &mut Endpoint<2, 2, 1, 64>, now: u64) -> Vec<Vec<u8>> {
-    let mut v = Vec::new();
+#[test]
+fn no_failure_is_lost_when_many_fail_at_once() {
+    let p = TransmissionParams {
+        nstart: 8,
+        ..params_100()
+    };
+    let mut c: Endpoint<8, 2, 1, 64> = Endpoint::new(Config {
+        params: p,
+        seed: 4,
+        token_len: 1,
+        extra_options: &[],
+    });
+    let hs: Vec<RequestHandle> = (0..8)
+        .map(|_| {
+            let r = Request {
+                timeout: Some(1_000),
+                ..Request::con(Code::GET, Options::NONE, &[])
+            };
+            c.request(0, r).unwrap()
+        })
+        .collect();
     let mut buf = [0u8; 64];
-    while let Some(n) = e.poll_transmit(now, &mut buf) {
-        v.push(buf[..n].to_vec());
+    let mut sent = 0;
+    while c.poll_transmit(0, &mut buf).is_some() {
+        sent += 1;
     }
-    v
+    assert_eq!(sent, 8, "NSTART 8");
+    c.handle_timeout(1_000);
+    let mut failed: Vec<RequestHandle> = Vec::new();
+    while let Some(e) = c.poll_event() {
+        let Event::Failed {
+            handle,
+            error: RequestError::Deadline,
+        } = e
+        else {
+            panic!("{e:?}")
+        };
+        failed.push(handle);
+    }
+    assert_eq!(failed, hs, "all eight, in request order");
+    assert_eq!(c.outstanding(), 0);
+}
+
+#[test]
+fn proactive_deregistration_and_byte_budget() {
+    let p = params_100();
+    let mut c = ep(1, p);
+    let mut s = ep(2, p);
+    let o = [Opt::uint(opt::OBSERVE, 0), Opt::str(opt::URI_PATH, "s")];
+    let h = c
+        .request(0, Request::con(Code::GET, Options::List(&o), &[]))
+        .unwrap();
+    let reg = drain(&mut c, 0).remove(0);
+    // 4 header + 1 token + Observe 0 (1, empty uint) + Uri-Path "s" (2) = 8 bytes = 640 ms
+    assert_eq!(reg.len(), 8);
+    let Some(Received::Request(r)) = s.handle_datagram(0, &reg) else {
+        panic!()
+    };
+    s.respond_observe(0, &r.responder, 3, Code::CONTENT, Options::NONE, b"x")
+        .unwrap();
+    let first = drain(&mut s, 0).remove(0);
+    // ACK + token + Observe seq (1 + 1) + marker + 1 byte payload = 9 bytes
+    assert_eq!(first.len(), 9);
+    assert!(c.handle_datagram(1, &first).is_some());
+    assert_eq!(
+        s.notify(2, 3, false, Code::CONTENT, Options::NONE, b"y"),
+        Ok(1)
+    );
+    let note = drain(&mut s, 2).remove(0);
+    assert_eq!(
+        note.len(),
+        9,
+        "a NON notification costs 8 bytes plus payload"
+    );
+    assert!(c.handle_datagram(3, &note).is_some());
+    // deregister: the same GET with Observe 1 and the same token
+    c.deregister(4, h).unwrap();
+    let dereg = drain(&mut c, 4).remove(0);
+    assert_eq!(dereg.len(), 9);
+    assert_eq!(&dereg[4..5], &reg[4..5], "same token");
+    assert_eq!(&dereg[5..7], &[0x61, 0x01], "Observe: 1");
+    let Some(Received::Request(r)) = s.handle_datagram(5, &dereg) else {
+        panic!()
+    };
+    assert_eq!(r.observe, Some(1));
+    assert_eq!(s.observer_count(3), 0);
+    s.respond(5, &r.responder, Code::CONTENT, Options::NONE, b"z")
+        .unwrap();
+    let last = drain(&mut s, 5).remove(0);
+    let Some(Received::Response(x)) = c.handle_datagram(6, &last) else {
+        panic!()
+    };
+    assert_eq!((x.handle, x.last, x.payload), (h, true, &b"z"[..]));
+    // a late notification for the old token is now rejected
+    assert!(c.handle_datagram(7, &note).is_none());
 }
