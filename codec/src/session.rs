@@ -47,8 +47,7 @@ use crate::coap::{self, Endpoint, Received, Request, RequestHandle, SendError};
 use crate::noise::link::{
     classify, Initiator, InitiatorConfig, InitiatorError, LinkVersion, Msg1, PacketKind,
     RejectCode, ResponderConfig, ResponderError, ResponderSession, Session, SessionId,
-    TransportError, RESPONDER_EXPORT_LEN,
-    REJECT_LEN, TRANSPORT_OVERHEAD,
+    TransportError, REJECT_LEN, RESPONDER_EXPORT_LEN, TRANSPORT_OVERHEAD,
 };
 use crate::noise::PublicKey;
 
@@ -101,6 +100,9 @@ pub struct SessionStats {
     pub handshakes: u32,
 }
 
+// The variants differ by ~450 bytes; boxing is not an option without an allocator, and the
+// state lives once per session.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum ClientState {
     Handshaking(Initiator),
@@ -113,8 +115,7 @@ enum ClientState {
 /// Requests may be queued before the handshake completes; they are sent once it does. See the
 /// module docs for the call protocol. `R` supplies the ephemeral keys of every handshake.
 #[derive(Debug)]
-pub struct Client<R, const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
-{
+pub struct Client<R, const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize> {
     cfg: InitiatorConfig,
     rng: R,
     state: ClientState,
@@ -123,14 +124,23 @@ pub struct Client<R, const SLOTS: usize, const DEDUP: usize, const OBS: usize, c
     stats: SessionStats,
 }
 
-impl<R: RngCore + CryptoRng, const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
-    Client<R, SLOTS, DEDUP, OBS, MTU>
+impl<
+        R: RngCore + CryptoRng,
+        const SLOTS: usize,
+        const DEDUP: usize,
+        const OBS: usize,
+        const MTU: usize,
+    > Client<R, SLOTS, DEDUP, OBS, MTU>
 {
     /// Starts a session: builds msg1 (sent by the first [`poll_transmit`](Self::poll_transmit)).
     ///
     /// # Errors
     /// The Noise errors of building msg1 (for example an invalid pinned key).
-    pub fn new(cfg: InitiatorConfig, coap: coap::Config, mut rng: R) -> Result<Self, InitiatorError> {
+    pub fn new(
+        cfg: InitiatorConfig,
+        coap: coap::Config,
+        mut rng: R,
+    ) -> Result<Self, InitiatorError> {
         let init = Initiator::new(cfg.clone(), None, &mut rng)?;
         Ok(Client {
             cfg,
@@ -138,7 +148,10 @@ impl<R: RngCore + CryptoRng, const SLOTS: usize, const DEDUP: usize, const OBS: 
             state: ClientState::Handshaking(init),
             coap: Endpoint::new(coap),
             events: Deque::new(),
-            stats: SessionStats { handshakes: 1, ..SessionStats::default() },
+            stats: SessionStats {
+                handshakes: 1,
+                ..SessionStats::default()
+            },
         })
     }
 
@@ -218,7 +231,12 @@ impl<R: RngCore + CryptoRng, const SLOTS: usize, const DEDUP: usize, const OBS: 
                             self.state = ClientState::Established(session);
                             self.push(SessionEvent::Established(id));
                         }
-                        Err(e @ InitiatorError::Refused { authenticated: true, .. }) => {
+                        Err(
+                            e @ InitiatorError::Refused {
+                                authenticated: true,
+                                ..
+                            },
+                        ) => {
                             self.state = ClientState::Refused;
                             self.push(SessionEvent::Refused(e));
                         }
@@ -323,7 +341,8 @@ impl<R: RngCore + CryptoRng, const SLOTS: usize, const DEDUP: usize, const OBS: 
 
 /// One session on the responding side (a gateway's view of a device or tunnel).
 #[derive(Debug)]
-pub struct ServerSession<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize> {
+pub struct ServerSession<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
+{
     rs: ResponderSession,
     coap: Endpoint<SLOTS, DEDUP, OBS, MTU>,
     /// msg2 must be (re)sent.
@@ -350,7 +369,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             rs,
             coap: Endpoint::new(coap),
             msg2_due: true,
-            stats: SessionStats { handshakes: 1, ..SessionStats::default() },
+            stats: SessionStats {
+                handshakes: 1,
+                ..SessionStats::default()
+            },
         })
     }
 
@@ -504,12 +526,24 @@ pub struct Server<
     next: usize,
 }
 
-impl<A: Copy + PartialEq, const N: usize, const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
-    Server<A, N, SLOTS, DEDUP, OBS, MTU>
+impl<
+        A: Copy + PartialEq,
+        const N: usize,
+        const SLOTS: usize,
+        const DEDUP: usize,
+        const OBS: usize,
+        const MTU: usize,
+    > Server<A, N, SLOTS, DEDUP, OBS, MTU>
 {
     /// An empty server whose sessions use `coap` settings.
     pub fn new(coap: coap::Config) -> Self {
-        Server { sessions: Vec::new(), replies: Deque::new(), coap, drops: Deque::new(), next: 0 }
+        Server {
+            sessions: Vec::new(),
+            replies: Deque::new(),
+            coap,
+            drops: Deque::new(),
+            next: 0,
+        }
     }
 
     /// Number of sessions.
@@ -536,7 +570,8 @@ impl<A: Copy + PartialEq, const N: usize, const SLOTS: usize, const DEDUP: usize
     /// peer is heard from.
     ///
     /// # Errors
-    /// Gives the session back when the table is full.
+    /// Gives the session back when the table is full (heapless style: the caller keeps it).
+    #[allow(clippy::result_large_err)]
     pub fn insert(
         &mut self,
         to: A,
@@ -687,7 +722,10 @@ impl<A: Copy + PartialEq, const N: usize, const SLOTS: usize, const DEDUP: usize
         if !self.replies.is_empty() {
             return Some(0);
         }
-        self.sessions.iter().filter_map(|(_, s)| s.poll_timeout()).min()
+        self.sessions
+            .iter()
+            .filter_map(|(_, s)| s.poll_timeout())
+            .min()
     }
 
     /// Advances every session's timers.

@@ -8,16 +8,19 @@
 //! POSTs of `size` bytes; the responder's application counts how often it saw each one and
 //! answers 2.04 Changed with an empty body.
 
+use alloc::collections::{BTreeMap, VecDeque};
 use core::time::Duration;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
-use lowband_codec::coap::{self, Code, Options, Received, Request, RequestHandle, TransmissionParams};
+use lowband_codec::coap::{
+    self, Code, Options, Received, Request, RequestHandle, TransmissionParams,
+};
 use lowband_codec::frame::{self, Deframer, Fragmenter, Reassembler};
+use lowband_codec::noise::link::RESPONDER_EXPORT_LEN;
 use lowband_codec::noise::link::{
     InitiatorConfig, LinkPattern, LinkVersion, ResponderConfig, RetransmitConfig, TransportConfig,
 };
 use lowband_codec::noise::Keypair;
-use lowband_codec::noise::link::RESPONDER_EXPORT_LEN;
 use lowband_codec::session::{self, Client, Server, ServerSession, SessionEvent};
 use lowband_linksim::{Dir, Endpoint, Link, LinkConfig, Medium, Pair, StreamConfig, StreamLink};
 use rand_chacha::rand_core::SeedableRng;
@@ -152,17 +155,23 @@ fn ms(d: Duration) -> u64 {
 /// a serial byte stream with COBS + CRC framing.
 #[derive(Debug)]
 enum Framing {
-    Datagrams { mtu: usize, frag: Fragmenter, reasm: Box<Reassembler<4, PACKET>> },
-    Serial { deframer: Box<Deframer<PACKET>> },
+    Datagrams {
+        mtu: usize,
+        frag: Fragmenter,
+        reasm: Box<Reassembler<4, PACKET>>,
+    },
+    Serial {
+        deframer: Box<Deframer<PACKET>>,
+    },
 }
 
 /// A framing with its queue of units waiting for the medium.
 #[derive(Debug)]
 struct Datagrams {
     framing: Framing,
-    out: std::collections::VecDeque<Vec<u8>>,
+    out: VecDeque<Vec<u8>>,
     /// Packets reassembled or deframed, waiting for the session.
-    inbox: std::collections::VecDeque<Vec<u8>>,
+    inbox: VecDeque<Vec<u8>>,
 }
 
 impl Datagrams {
@@ -180,7 +189,9 @@ impl Datagrams {
 
     fn serial() -> Self {
         Datagrams {
-            framing: Framing::Serial { deframer: Box::new(Deframer::new()) },
+            framing: Framing::Serial {
+                deframer: Box::new(Deframer::new()),
+            },
             out: Default::default(),
             inbox: Default::default(),
         }
@@ -248,12 +259,12 @@ impl Datagrams {
 /// The requester: a session client issuing numbered requests.
 #[derive(Debug)]
 struct Requester {
-    client: SimClient,
+    client: Box<SimClient>,
     link: Datagrams,
     total: usize,
     size: usize,
     issued: usize,
-    inflight: std::collections::HashMap<RequestHandle, usize>,
+    inflight: HashMap<RequestHandle, usize>,
     completed: usize,
     failed: usize,
     last_resolved_ms: u64,
@@ -338,7 +349,10 @@ impl Endpoint for Requester {
 
     fn poll_timeout(&mut self) -> Option<Duration> {
         let hold = (self.hold_until > 0).then_some(self.hold_until);
-        let t = [self.client.poll_timeout(), self.link.poll_timeout(), hold].into_iter().flatten().min();
+        let t = [self.client.poll_timeout(), self.link.poll_timeout(), hold]
+            .into_iter()
+            .flatten()
+            .min();
         if !self.link.out.is_empty() {
             return Some(Duration::ZERO);
         }
@@ -375,7 +389,7 @@ impl Requester {
 /// The responder: a session server whose application counts deliveries.
 #[derive(Debug)]
 struct Responder {
-    server: SimServer,
+    server: Box<SimServer>,
     keys: ResponderKeys,
     rng: ChaCha20Rng,
     link: Datagrams,
@@ -448,14 +462,25 @@ impl Responder {
             transport: TransportConfig::default(),
         };
         let mut scratch = [0u8; PACKET];
-        let got =
-            self.server.handle_packet(now, &cfg, &mut self.rng, self.peer_addr, &packet, &mut scratch);
+        let got = self.server.handle_packet(
+            now,
+            &cfg,
+            &mut self.rng,
+            self.peer_addr,
+            packet,
+            &mut scratch,
+        );
         if let Some((i, Some(Received::Request(req)))) = got {
-            let n = req.payload.get(..4).map_or(u32::MAX, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            let n = req
+                .payload
+                .get(..4)
+                .map_or(u32::MAX, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
             *self.seen.entry(n).or_default() += 1;
             let responder = req.responder;
             if let Some(s) = self.server.session(i) {
-                let _ = s.coap().respond(now, &responder, Code::CHANGED, Options::NONE, &[]);
+                let _ = s
+                    .coap()
+                    .respond(now, &responder, Code::CHANGED, Options::NONE, &[]);
             }
         }
     }
@@ -477,8 +502,10 @@ pub fn params_for(cfg: &SimConfig) -> TransmissionParams {
         u32::try_from(cfg.latency_ms).unwrap_or(u32::MAX),
     );
     p.nstart = cfg.nstart.max(1);
-    // Lossy radio links: the RFC's 4 retransmissions fail 3% of requests at 30% loss.
-    p.max_retransmit = 8;
+    // Lossy radio links: the RFC's 4 retransmissions fail 3% of requests at 30% loss; 12 fail
+    // one in 6,000. The backoff doubles three times at most so the link does not idle.
+    p.max_retransmit = 12;
+    p.backoff_limit = 3;
     p
 }
 
@@ -487,9 +514,17 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     let mut rng = ChaCha20Rng::seed_from_u64(cfg.seed);
     let gateway = Keypair::generate(&mut rng);
     let device = Keypair::generate(&mut rng);
-    let version = LinkVersion { protocol: 1, dict: 1 };
+    let version = LinkVersion {
+        protocol: 1,
+        dict: 1,
+    };
     let params = params_for(cfg);
-    let coap_cfg = |seed| coap::Config { params, seed, token_len: 1, extra_options: &[] };
+    let coap_cfg = |seed| coap::Config {
+        params,
+        seed,
+        token_len: 1,
+        extra_options: &[],
+    };
     let init = InitiatorConfig {
         pattern: LinkPattern::IK,
         version,
@@ -500,11 +535,19 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     };
     let reasm_timeout = params.ack_timeout * 2;
     // INVARIANT: a freshly generated pinned key is valid, so building msg1 cannot fail.
-    let client = SimClient::new(init, coap_cfg(cfg.seed ^ 0x5eed), ChaCha20Rng::seed_from_u64(cfg.seed ^ 1))
-        .expect("msg1 with a fresh key");
+    let client = SimClient::new(
+        init,
+        coap_cfg(cfg.seed ^ 0x5eed),
+        ChaCha20Rng::seed_from_u64(cfg.seed ^ 1),
+    )
+    .expect("msg1 with a fresh key");
     let requester = Requester {
-        client,
-        link: if cfg.serial { Datagrams::serial() } else { Datagrams::new(cfg.mtu, reasm_timeout) },
+        client: Box::new(client),
+        link: if cfg.serial {
+            Datagrams::serial()
+        } else {
+            Datagrams::new(cfg.mtu, reasm_timeout)
+        },
         total: cfg.requests,
         size: cfg.size,
         issued: 0,
@@ -517,10 +560,18 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         hold_until: 0,
     };
     let responder = Responder {
-        server: SimServer::new(coap_cfg(cfg.seed ^ 0xfeed)),
-        keys: ResponderKeys { allowed: vec![device.public()], local: gateway, version },
+        server: Box::new(SimServer::new(coap_cfg(cfg.seed ^ 0xfeed))),
+        keys: ResponderKeys {
+            allowed: vec![device.public()],
+            local: gateway,
+            version,
+        },
         rng: ChaCha20Rng::seed_from_u64(cfg.seed ^ 2),
-        link: if cfg.serial { Datagrams::serial() } else { Datagrams::new(cfg.mtu, reasm_timeout) },
+        link: if cfg.serial {
+            Datagrams::serial()
+        } else {
+            Datagrams::new(cfg.mtu, reasm_timeout)
+        },
         seen: BTreeMap::new(),
         peer_addr: 0,
         misaddressed: 0,
@@ -537,7 +588,11 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         ..LinkConfig::default()
     };
     // Generous cap: every request may use its whole deadline, one after the other.
-    let cap = Duration::from_millis(params.default_deadline().saturating_mul(cfg.requests as u64 + 4));
+    let cap = Duration::from_millis(
+        params
+            .default_deadline()
+            .saturating_mul(cfg.requests as u64 + 4),
+    );
     if cfg.serial {
         // A byte stream: loss and corruption become bit errors, lost and inserted bytes.
         let bits = 8.0 * (cfg.size as f64 + 30.0);
@@ -549,7 +604,11 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             byte_insert: cfg.dup / (cfg.size as f64 + 30.0),
             ..StreamConfig::default()
         };
-        let pair = Pair::new(requester, responder, StreamLink::symmetric(stream, cfg.seed));
+        let pair = Pair::new(
+            requester,
+            responder,
+            StreamLink::symmetric(stream, cfg.seed),
+        );
         finish(cfg, pair, cap, coap_cfg, |l: &StreamLink| {
             l.counters(Dir::AtoB).bytes_offered + l.counters(Dir::BtoA).bytes_offered
         })
@@ -595,7 +654,7 @@ fn finish<M: Medium>(
                     }
                 }
                 // A new process: nothing but what was persisted survives.
-                b.server = SimServer::new(coap);
+                *b.server = SimServer::new(coap);
                 for bytes in saved {
                     match ServerSession::import(&bytes, coap) {
                         Ok(s) => {

@@ -1164,7 +1164,9 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             if s.state == SlotState::Sent && now >= s.next {
                 if s.retransmits < max_rt {
                     s.retransmits += 1;
-                    s.interval *= 2;
+                    if s.retransmits <= self.cfg.params.backoff_limit {
+                        s.interval *= 2;
+                    }
                     s.next = now + s.interval;
                     s.due = true;
                 } else {

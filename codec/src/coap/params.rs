@@ -23,6 +23,11 @@ pub struct TransmissionParams {
     pub max_latency: u64,
     /// PROCESSING_DELAY: how long a server may take before acknowledging.
     pub processing_delay: u64,
+    /// How many times the retransmission interval doubles at most (RFC 7252 §4.2's
+    /// exponential backoff, capped): on a lossy link an uncapped backoff leaves the link idle
+    /// for hours after a few losses; with NSTART > 1 the other exchanges keep it busy
+    /// meanwhile. `u8::MAX` is the RFC's uncapped backoff.
+    pub backoff_limit: u8,
     /// How long a server holds back an ACK hoping to piggyback the response (at most
     /// ACK_TIMEOUT/2; a separate response costs an extra 4-byte ACK plus its own ACK).
     pub piggyback_wait: u64,
@@ -39,6 +44,7 @@ impl Default for TransmissionParams {
             max_latency: 100_000,
             processing_delay: 2_000,
             piggyback_wait: 500,
+            backoff_limit: u8::MAX,
         }
     }
 }
@@ -66,6 +72,7 @@ impl TransmissionParams {
             max_latency: 4 * airtime + extra,
             processing_delay: ack_timeout,
             piggyback_wait: (ack_timeout / 4).min(airtime + 500),
+            backoff_limit: u8::MAX,
         }
     }
     /// Largest initial timeout: ACK_TIMEOUT × ACK_RANDOM_FACTOR.
@@ -74,11 +81,19 @@ impl TransmissionParams {
     }
     /// MAX_TRANSMIT_SPAN = ACK_TIMEOUT × (2^MAX_RETRANSMIT − 1) × ACK_RANDOM_FACTOR.
     pub fn max_transmit_span(&self) -> u64 {
-        self.max_initial_timeout() * ((1u64 << self.max_retransmit) - 1)
+        self.max_initial_timeout() * self.interval_sum(self.max_retransmit)
+    }
+
+    /// Σ over the first `n` intervals of their multiple of the initial timeout (2^i, capped
+    /// at 2^backoff_limit).
+    fn interval_sum(&self, n: u8) -> u64 {
+        (0..u32::from(n))
+            .map(|i| 1u64 << i.min(u32::from(self.backoff_limit)).min(62))
+            .sum()
     }
     /// MAX_TRANSMIT_WAIT = ACK_TIMEOUT × (2^(MAX_RETRANSMIT + 1) − 1) × ACK_RANDOM_FACTOR.
     pub fn max_transmit_wait(&self) -> u64 {
-        self.max_initial_timeout() * ((1u64 << (self.max_retransmit + 1)) - 1)
+        self.max_initial_timeout() * self.interval_sum(self.max_retransmit + 1)
     }
     /// EXCHANGE_LIFETIME = MAX_TRANSMIT_SPAN + 2 × MAX_LATENCY + PROCESSING_DELAY: how long
     /// a message ID must be remembered for deduplication.

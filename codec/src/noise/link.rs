@@ -918,7 +918,10 @@ impl Session {
     /// of the new epoch) and after handling received packets; [`import`](Self::import) moves
     /// the sending side to the next epoch, so no nonce sent after the export is ever reused.
     pub fn export(&self, out: &mut [u8; SESSION_EXPORT_LEN]) {
-        let mut w = Writer { out: &mut out[..], at: 0 };
+        let mut w = Writer {
+            out: &mut out[..],
+            at: 0,
+        };
         w.put(&[EXPORT_FORMAT, self.id.0]);
         w.put(&self.rekey_interval.to_be_bytes());
         for cs in [Some(&self.tx), Some(&self.rx), self.rx_prev.as_ref()] {
@@ -1242,8 +1245,20 @@ mod tests {
     fn export_import_resumes_without_nonce_reuse() {
         let cfg = TransportConfig { rekey_interval: 16 };
         let id = SessionId(3);
-        let mut a = Session::new(id, CipherState::new([1; 32]), CipherState::new([2; 32]), [0; 32], cfg);
-        let mut b = Session::new(id, CipherState::new([2; 32]), CipherState::new([1; 32]), [0; 32], cfg);
+        let mut a = Session::new(
+            id,
+            CipherState::new([1; 32]),
+            CipherState::new([2; 32]),
+            [0; 32],
+            cfg,
+        );
+        let mut b = Session::new(
+            id,
+            CipherState::new([2; 32]),
+            CipherState::new([1; 32]),
+            [0; 32],
+            cfg,
+        );
         let mut p = [0u8; 64];
         let mut o = [0u8; 64];
         for _ in 0..5 {
@@ -1256,7 +1271,10 @@ mod tests {
         let n = b.seal(b"lost", &mut p).unwrap();
         a.open(&p[..n], &mut o).unwrap();
         let mut b2 = Session::import(&saved).unwrap();
-        assert!(b2.next_nonce() >= b2.rekey_interval, "skipped to the next epoch");
+        assert!(
+            b2.next_nonce() >= b2.rekey_interval,
+            "skipped to the next epoch"
+        );
         let n = b2.seal(b"again", &mut p).unwrap();
         assert_ne!((p[0] >> 6) & 1, 0, "epoch bit flipped");
         let m = a.open(&p[..n], &mut o).unwrap();
