@@ -31,3 +31,4 @@ pub mod frame;
 pub mod noise;
 pub mod pack;
 pub mod route;
+pub mod session;

@@ -190,6 +190,18 @@ pub struct CipherState {
     n: u64,
 }
 
+impl CipherState {
+    /// Key and nonce, for persisting a session ([`super::link::Session::export`]).
+    pub(crate) fn parts(&self) -> (Option<[u8; 32]>, u64) {
+        (self.k, self.n)
+    }
+
+    /// Rebuilds a cipher state from [`parts`](Self::parts).
+    pub(crate) fn from_parts(k: Option<[u8; 32]>, n: u64) -> Self {
+        CipherState { k, n }
+    }
+}
+
 impl core::fmt::Debug for CipherState {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("CipherState")

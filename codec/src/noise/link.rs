@@ -780,6 +780,41 @@ impl ResponderSession {
         self.peer
     }
 
+    /// Writes the session for persistence: the peer's key, the versions and
+    /// [`Session::export`]. Holds secret keys: store it like a private key.
+    pub fn export(&self, out: &mut [u8; RESPONDER_EXPORT_LEN]) {
+        out[..DHLEN].copy_from_slice(&self.peer.0);
+        out[DHLEN] = self.version.protocol;
+        out[DHLEN + 1..DHLEN + 3].copy_from_slice(&self.version.dict.to_be_bytes());
+        let mut s = [0u8; SESSION_EXPORT_LEN];
+        self.session.export(&mut s);
+        out[DHLEN + 3..].copy_from_slice(&s);
+    }
+
+    /// Restores a session from [`export`](Self::export) (see [`Session::import`]). The
+    /// handshake is over: a msg1 seen after the restore starts a new session.
+    ///
+    /// # Errors
+    /// [`TransportError::Malformed`] for bytes that are not such an export.
+    pub fn import(bytes: &[u8]) -> Result<Self, TransportError> {
+        if bytes.len() != RESPONDER_EXPORT_LEN {
+            return Err(TransportError::Malformed);
+        }
+        let mut peer = [0u8; DHLEN];
+        peer.copy_from_slice(&bytes[..DHLEN]);
+        Ok(ResponderSession {
+            session: Session::import(&bytes[DHLEN + 3..])?,
+            msg2: Vec::new(),
+            // All zero is no valid ephemeral key: no msg1 will look like a retransmission.
+            initiator_e: PublicKey([0; DHLEN]),
+            peer: PublicKey(peer),
+            version: LinkVersion {
+                protocol: bytes[DHLEN],
+                dict: u16::from_be_bytes([bytes[DHLEN + 1], bytes[DHLEN + 2]]),
+            },
+        })
+    }
+
     /// The negotiated version.
     pub fn version(&self) -> LinkVersion {
         self.version
@@ -844,6 +879,14 @@ pub struct Session {
 /// The whole per-session transport state (both directions and the replay window).
 const _: () = assert!(core::mem::size_of::<Session>() <= 256);
 
+/// Length of [`Session::export`]'s output.
+pub const SESSION_EXPORT_LEN: usize = 1 + 1 + 8 + (1 + 32 + 8) * 3 + 8 + 8 + 8 + 8 + HASHLEN;
+
+const EXPORT_FORMAT: u8 = 1;
+
+/// Length of [`ResponderSession::export`]'s output.
+pub const RESPONDER_EXPORT_LEN: usize = DHLEN + 3 + SESSION_EXPORT_LEN;
+
 /// How many epochs ahead of the current one the receiver derives keys for.
 const MAX_EPOCHS_AHEAD: u64 = 16;
 
@@ -866,6 +909,83 @@ impl Session {
             rekey_interval: cfg.rekey_interval.max(1),
             handshake_hash,
         }
+    }
+
+    /// Writes the whole transport state for persistence (a gateway that restarts keeps its
+    /// sessions). The output holds secret keys: store it like a private key (mode 0600).
+    ///
+    /// Persist whenever [`tx_epoch`](Self::tx_epoch) changes (before sending the first packet
+    /// of the new epoch) and after handling received packets; [`import`](Self::import) moves
+    /// the sending side to the next epoch, so no nonce sent after the export is ever reused.
+    pub fn export(&self, out: &mut [u8; SESSION_EXPORT_LEN]) {
+        let mut w = Writer {
+            out: &mut out[..],
+            at: 0,
+        };
+        w.put(&[EXPORT_FORMAT, self.id.0]);
+        w.put(&self.rekey_interval.to_be_bytes());
+        for cs in [Some(&self.tx), Some(&self.rx), self.rx_prev.as_ref()] {
+            let (k, n) = cs.map_or((None, 0), CipherState::parts);
+            w.put(&[u8::from(k.is_some())]);
+            w.put(&k.unwrap_or([0; 32]));
+            w.put(&n.to_be_bytes());
+        }
+        let (highest, bitmap) = self.window.parts();
+        for v in [self.tx_epoch, self.rx_epoch, highest, bitmap] {
+            w.put(&v.to_be_bytes());
+        }
+        w.put(&self.handshake_hash);
+    }
+
+    /// Restores a session written by [`export`](Self::export). The sending side skips to the
+    /// start of its next key epoch (Noise §11.3 rekey), which the peer follows by itself.
+    ///
+    /// # Errors
+    /// [`TransportError::Malformed`] for bytes that are not an export of this format.
+    pub fn import(bytes: &[u8]) -> Result<Self, TransportError> {
+        if bytes.len() != SESSION_EXPORT_LEN || bytes[0] != EXPORT_FORMAT {
+            return Err(TransportError::Malformed);
+        }
+        let id = SessionId::new(bytes[1]).ok_or(TransportError::Malformed)?;
+        let mut r = Reader { b: &bytes[2..] };
+        let rekey_interval = r.u64();
+        let mut cs = [None, None, None];
+        for c in &mut cs {
+            let has = r.take(1)[0];
+            let mut k = [0u8; 32];
+            k.copy_from_slice(r.take(32));
+            let n = r.u64();
+            *c = match has {
+                0 => None,
+                1 => Some(CipherState::from_parts(Some(k), n)),
+                _ => return Err(TransportError::Malformed),
+            };
+        }
+        let [Some(tx), Some(rx), rx_prev] = cs else {
+            return Err(TransportError::Malformed);
+        };
+        let (tx_epoch, rx_epoch, highest, bitmap) = (r.u64(), r.u64(), r.u64(), r.u64());
+        let mut handshake_hash = [0u8; HASHLEN];
+        handshake_hash.copy_from_slice(r.take(HASHLEN));
+        if rekey_interval == 0 || tx.parts().1 / rekey_interval != tx_epoch {
+            return Err(TransportError::Malformed);
+        }
+        let mut s = Session {
+            id,
+            tx,
+            tx_epoch,
+            rx,
+            rx_prev,
+            rx_epoch,
+            window: ReplayWindow::from_parts(highest, bitmap),
+            rekey_interval,
+            handshake_hash,
+        };
+        // Nonces of the current epoch may have been used after the export: never reuse them.
+        let next = (s.tx_epoch + 1).saturating_mul(s.rekey_interval);
+        s.tx.set_nonce(next);
+        s.advance_tx();
+        Ok(s)
     }
 
     /// The session id assigned by the responder.
@@ -1026,6 +1146,40 @@ impl Session {
     }
 }
 
+/// Sequential writer into a fixed buffer (export only; sizes are constants).
+struct Writer<'a> {
+    out: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, b: &[u8]) {
+        // INVARIANT: export writes exactly SESSION_EXPORT_LEN bytes into a buffer of that size.
+        self.out[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+    }
+}
+
+/// Sequential reader over a buffer whose length was checked up front.
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        // INVARIANT: import checked the total length against SESSION_EXPORT_LEN.
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        h
+    }
+
+    fn u64(&mut self) -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8));
+        u64::from_be_bytes(a)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1085,5 +1239,53 @@ mod tests {
         let r = RetransmitConfig::for_link_rate(100, 0);
         assert_eq!(r.initial_rto_ms, 25_040);
         assert_eq!(r.max_rto_ms, 200_320);
+    }
+
+    #[test]
+    fn export_import_resumes_without_nonce_reuse() {
+        let cfg = TransportConfig { rekey_interval: 16 };
+        let id = SessionId(3);
+        let mut a = Session::new(
+            id,
+            CipherState::new([1; 32]),
+            CipherState::new([2; 32]),
+            [0; 32],
+            cfg,
+        );
+        let mut b = Session::new(
+            id,
+            CipherState::new([2; 32]),
+            CipherState::new([1; 32]),
+            [0; 32],
+            cfg,
+        );
+        let mut p = [0u8; 64];
+        let mut o = [0u8; 64];
+        for _ in 0..5 {
+            let n = b.seal(b"ping", &mut p).unwrap();
+            a.open(&p[..n], &mut o).unwrap();
+        }
+        let mut saved = [0u8; SESSION_EXPORT_LEN];
+        b.export(&mut saved);
+        // b sends more after the export, then "crashes".
+        let n = b.seal(b"lost", &mut p).unwrap();
+        a.open(&p[..n], &mut o).unwrap();
+        let mut b2 = Session::import(&saved).unwrap();
+        assert!(
+            b2.next_nonce() >= b2.rekey_interval,
+            "skipped to the next epoch"
+        );
+        let n = b2.seal(b"again", &mut p).unwrap();
+        assert_ne!((p[0] >> 6) & 1, 0, "epoch bit flipped");
+        let m = a.open(&p[..n], &mut o).unwrap();
+        assert_eq!(&o[..m], b"again");
+        // And the restored side still opens what a sends.
+        let n = a.seal(b"pong", &mut p).unwrap();
+        let m = b2.open(&p[..n], &mut o).unwrap();
+        assert_eq!(&o[..m], b"pong");
+        assert!(Session::import(&saved[..10]).is_err());
+        let mut bad = saved;
+        bad[0] = 9;
+        assert!(Session::import(&bad).is_err());
     }
 }

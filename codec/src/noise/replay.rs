@@ -34,6 +34,16 @@ impl ReplayWindow {
         }
     }
 
+    /// The raw state (highest nonce, bitmap), for persisting a session.
+    pub(crate) fn parts(&self) -> (u64, u64) {
+        (self.highest, self.bitmap)
+    }
+
+    /// Rebuilds a window from [`parts`](Self::parts).
+    pub(crate) fn from_parts(highest: u64, bitmap: u64) -> Self {
+        ReplayWindow { highest, bitmap }
+    }
+
     /// The highest accepted nonce, if any.
     pub fn highest(&self) -> Option<u64> {
         (self.bitmap != 0).then_some(self.highest)

@@ -7,3 +7,4 @@ mod frame;
 mod noise;
 mod pack;
 mod route;
+mod session;

@@ -1,0 +1,1393 @@
+//! The CoAP endpoint (RFC 7252 §4, §5; RFC 7641 §3-4): one sans-IO state machine for client
+//! and server roles towards one peer.
+//!
+//! # Call protocol
+//!
+//! ```text
+//!  datagram in ──► handle_datagram(now, bytes) ──► Option<Received>  (request / response,
+//!                                                    borrowed from `bytes`)
+//!  app         ──► request(now, ..) / respond(now, ..) / notify(now, ..) / cancel(..)
+//!  then always ──► poll_transmit(now, out) until None   (each Some(n): send out[..n])
+//!              ──► poll_event() until None              (failures, observers gone)
+//!              ──► poll_timeout()  = when to call handle_timeout(now) (or poll_transmit) next
+//! ```
+//!
+//! Requests and responses arrive through `handle_datagram`'s return value so that they can
+//! borrow the datagram: nothing is copied and nothing is allocated. Everything that happens
+//! because time passed (a request failing after MAX_RETRANSMIT or its deadline, an observer
+//! dropped because a notification was never acknowledged) is an owned [`Event`].
+//!
+//! Guarantees (tested with loss, duplication and reordering on virtual time): every request
+//! yields exactly one final response (observations: every fresh notification once) or exactly
+//! one [`Event::Failed`]; a duplicate CON request is answered from the cache of responses,
+//! never re-delivered, for EXCHANGE_LIFETIME. The peer's address is not the endpoint's
+//! business: one `Endpoint` per peer (per Noise session on lowband).
+//! <https://www.rfc-editor.org/rfc/rfc7252#section-4>
+
+use super::msg::{self, merge, opt, Code, MsgType, Opt, Options, ParseError, Repr, Token};
+use super::observe::{Freshness, Observer, Observers, DEREGISTER, REGISTER};
+use super::params::TransmissionParams;
+
+/// Endpoint configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Transmission parameters (see [`TransmissionParams::for_link`]).
+    pub params: TransmissionParams,
+    /// Seed for message IDs, tokens and timer randomisation (from the board's RNG).
+    pub seed: u64,
+    /// Token length for our requests, 1-8 bytes (every byte costs 80 ms at 100 bit/s; with
+    /// Noise underneath, tokens need not be unguessable).
+    pub token_len: u8,
+    /// Critical options the application understands beyond those in [`opt::is_known`].
+    pub extra_options: &'static [u16],
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            params: TransmissionParams::default(),
+            seed: 1,
+            token_len: 2,
+            extra_options: &[],
+        }
+    }
+}
+
+/// Identifies one of our requests from [`Endpoint::request`] to its response or failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestHandle(u32);
+
+/// What the application needs to answer a request: pass it to [`Endpoint::respond`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Responder {
+    mid: u16,
+    token: Token,
+    con: bool,
+}
+
+impl Responder {
+    /// The request's token.
+    pub fn token(&self) -> Token {
+        self.token
+    }
+}
+
+/// A request from the peer, borrowed from the datagram.
+#[derive(Debug, Clone, Copy)]
+pub struct IncomingRequest<'a> {
+    /// Answer with this.
+    pub responder: Responder,
+    /// Method.
+    pub code: Code,
+    /// Options as on the wire.
+    pub options: Options<'a>,
+    /// Payload.
+    pub payload: &'a [u8],
+    /// The Observe option: 0 register, 1 deregister (RFC 7641 §2).
+    pub observe: Option<u32>,
+}
+
+/// A response to one of our requests (or a notification), borrowed from the datagram.
+#[derive(Debug, Clone, Copy)]
+pub struct IncomingResponse<'a> {
+    /// The request it answers.
+    pub handle: RequestHandle,
+    /// Response code.
+    pub code: Code,
+    /// Options as on the wire.
+    pub options: Options<'a>,
+    /// Payload.
+    pub payload: &'a [u8],
+    /// Observe sequence number, for notifications.
+    pub observe: Option<u32>,
+    /// True when the exchange is over (no more notifications will be delivered for `handle`).
+    pub last: bool,
+}
+
+/// What [`Endpoint::handle_datagram`] hands to the application.
+#[derive(Debug, Clone, Copy)]
+pub enum Received<'a> {
+    /// A new request (duplicates are answered from the cache and not delivered).
+    Request(IncomingRequest<'a>),
+    /// A response or fresh notification.
+    Response(IncomingResponse<'a>),
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestError {
+    /// No acknowledgement after MAX_RETRANSMIT retransmissions.
+    Timeout,
+    /// The request's deadline passed before a response arrived.
+    Deadline,
+    /// The peer answered with RST.
+    Reset,
+    /// The peer's response carried a critical option we do not understand.
+    BadResponse,
+}
+
+/// Owned events; see [`Endpoint::poll_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A request failed; it will not produce a response.
+    Failed {
+        /// The request.
+        handle: RequestHandle,
+        /// Why.
+        error: RequestError,
+    },
+    /// An observer was removed because it reset or never acknowledged a notification.
+    ObserverGone {
+        /// The resource it observed.
+        resource: u16,
+        /// Its token.
+        token: Token,
+    },
+    /// A separate (CON) response of ours was never acknowledged.
+    ResponseLost {
+        /// Token of the request it answered.
+        token: Token,
+    },
+}
+
+/// Why a request, response or notification could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// Every exchange slot is busy.
+    NoSlot,
+    /// The message does not fit the endpoint's MTU.
+    TooBig,
+    /// Options not sorted, or similar.
+    Encoding,
+    /// `respond` for a request that is unknown, already answered or expired.
+    UnknownRequest,
+    /// The observer table is full.
+    ObserverTableFull,
+}
+
+impl From<msg::EmitError> for SendError {
+    fn from(e: msg::EmitError) -> Self {
+        match e {
+            msg::EmitError::BufferTooSmall => SendError::TooBig,
+            _ => SendError::Encoding,
+        }
+    }
+}
+
+/// A request to send.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// CON (retransmitted) or NON.
+    pub confirmable: bool,
+    /// Method.
+    pub code: Code,
+    /// Options (an `Observe: 0` option makes it an observation, RFC 7641 §3.1).
+    pub options: Options<'a>,
+    /// Payload.
+    pub payload: &'a [u8],
+    /// Fail after this many ms (default: [`TransmissionParams::default_deadline`]).
+    pub timeout: Option<u64>,
+}
+
+impl<'a> Request<'a> {
+    /// A confirmable request with default deadline.
+    pub fn con(code: Code, options: Options<'a>, payload: &'a [u8]) -> Self {
+        Request {
+            confirmable: true,
+            code,
+            options,
+            payload,
+            timeout: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Request { handle: u32, observe: bool },
+    Response,
+    Notification { resource: u16 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    /// Waiting for NSTART room (requests) or for the first transmission.
+    Queued,
+    /// CON sent, not yet acknowledged.
+    Sent,
+    /// Acknowledged (or NON sent): waiting for the (separate) response.
+    AwaitResponse,
+    /// Observation established; notifications flow.
+    Observing,
+    /// The request failed; held until [`Endpoint::poll_event`] reports it, so that no
+    /// failure is ever lost to a full queue.
+    Failed(RequestError),
+}
+
+#[derive(Debug, Clone)]
+struct Slot<const MTU: usize> {
+    state: SlotState,
+    kind: Kind,
+    con: bool,
+    due: bool,
+    mid: u16,
+    prev_mid: Option<u16>,
+    token: Token,
+    order: u32,
+    retransmits: u8,
+    interval: u64,
+    next: u64,
+    deadline: u64,
+    fresh: Freshness,
+    len: u16,
+    buf: [u8; MTU],
+}
+
+impl<const MTU: usize> Slot<MTU> {
+    fn free() -> Self {
+        Slot {
+            state: SlotState::Free,
+            kind: Kind::Response,
+            con: false,
+            due: false,
+            mid: 0,
+            prev_mid: None,
+            token: Token::EMPTY,
+            order: 0,
+            retransmits: 0,
+            interval: 0,
+            next: 0,
+            deadline: u64::MAX,
+            fresh: Freshness::new(),
+            len: 0,
+            buf: [0; MTU],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DState {
+    Free,
+    /// CON request delivered to the app; ACK held back until `ack_at` hoping to piggyback.
+    Pending {
+        ack_at: u64,
+    },
+    /// CON request acknowledged empty; a separate response is expected from the app.
+    EmptyAcked,
+    /// CON request answered piggybacked: `buf` is the cached ACK.
+    Responded,
+    /// CON request answered separately: duplicates get an empty ACK.
+    SeparateSent,
+    /// NON request delivered (and maybe answered): duplicates are dropped.
+    NonSeen,
+    /// CON response to us (separate or notification) acknowledged: duplicates re-ACKed.
+    AckedResponse,
+}
+
+#[derive(Debug, Clone)]
+struct Dedup<const MTU: usize> {
+    state: DState,
+    mid: u16,
+    token: Token,
+    since: u64,
+    expires: u64,
+    tx: bool,
+    len: u16,
+    buf: [u8; MTU],
+}
+
+impl<const MTU: usize> Dedup<MTU> {
+    fn free() -> Self {
+        Dedup {
+            state: DState::Free,
+            mid: 0,
+            token: Token::EMPTY,
+            since: 0,
+            expires: 0,
+            tx: false,
+            len: 0,
+            buf: [0; MTU],
+        }
+    }
+    fn is_request(&self) -> bool {
+        !matches!(self.state, DState::Free | DState::AckedResponse)
+    }
+}
+
+/// A CoAP endpoint towards one peer, both client and server.
+///
+/// Capacities are in the type: `SLOTS` outgoing exchanges (requests in flight or queued,
+/// separate responses, notifications), `DEDUP` remembered incoming message IDs with their
+/// cached responses, `OBS` observers, `MTU` largest CoAP message in bytes. See the module
+/// documentation for the call protocol.
+#[derive(Debug)]
+pub struct Endpoint<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize> {
+    cfg: Config,
+    rng: u64,
+    next_mid: u16,
+    next_token: u64,
+    next_handle: u32,
+    next_order: u32,
+    slots: [Slot<MTU>; SLOTS],
+    dedup: [Dedup<MTU>; DEDUP],
+    ctl: heapless::Deque<(MsgType, u16), 4>,
+    events: heapless::Deque<Event, 4>,
+    observers: Observers<OBS>,
+}
+
+/// The device's endpoint: 3 exchanges, 4 remembered message IDs, 2 observers, 128-byte
+/// messages (blocks of 32 or 64 bytes plus options).
+pub type DeviceEndpoint = Endpoint<3, 4, 2, 128>;
+/// The gateway's per-device endpoint: 16 exchanges, 32 message IDs, 8 observers, 1152 bytes.
+pub type GatewayEndpoint = Endpoint<16, 32, 8, 1152>;
+
+// Measured: 1568 bytes on thumbv7m-none-eabi, 1608 on x86_64 (a device session must fit
+// 4 KiB together with the Noise state).
+const _: () = assert!(core::mem::size_of::<DeviceEndpoint>() <= 1664);
+
+fn known(cfg: &Config, n: u16) -> bool {
+    opt::is_known(n) || cfg.extra_options.contains(&n)
+}
+
+fn unknown_critical(cfg: &Config, o: &Options<'_>) -> bool {
+    o.iter()
+        .any(|o| opt::is_critical(o.number) && !known(cfg, o.number))
+}
+
+impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
+    Endpoint<SLOTS, DEDUP, OBS, MTU>
+{
+    /// A fresh endpoint.
+    pub fn new(cfg: Config) -> Self {
+        let mut rng = cfg.seed ^ 0x9e37_79b9_7f4a_7c15;
+        if rng == 0 {
+            rng = 1;
+        }
+        let mut e = Endpoint {
+            cfg,
+            rng,
+            next_mid: 0,
+            next_token: 0,
+            next_handle: 1,
+            next_order: 0,
+            slots: core::array::from_fn(|_| Slot::free()),
+            dedup: core::array::from_fn(|_| Dedup::free()),
+            ctl: heapless::Deque::new(),
+            events: heapless::Deque::new(),
+            observers: Observers::new(),
+        };
+        e.next_mid = e.rand() as u16;
+        e.next_token = e.rand();
+        e
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The transmission parameters in use.
+    pub fn params(&self) -> &TransmissionParams {
+        &self.cfg.params
+    }
+
+    fn rand(&mut self) -> u64 {
+        // xorshift64*
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn alloc_mid(&mut self) -> u16 {
+        let m = self.next_mid;
+        self.next_mid = self.next_mid.wrapping_add(1);
+        m
+    }
+
+    fn alloc_token(&mut self) -> Token {
+        let len = self.cfg.token_len.clamp(1, 8) as usize;
+        let mask = if len == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * len)) - 1
+        };
+        loop {
+            let v = self.next_token & mask;
+            self.next_token = self.next_token.wrapping_add(1);
+            let b = v.to_be_bytes();
+            // INVARIANT: len <= 8.
+            let t = Token::new(&b[8 - len..]).unwrap();
+            if !self
+                .slots
+                .iter()
+                .any(|s| s.state != SlotState::Free && s.token == t)
+            {
+                return t;
+            }
+        }
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        self.slots.iter().position(|s| s.state == SlotState::Free)
+    }
+
+    fn initial_interval(&mut self) -> u64 {
+        let p = self.cfg.params;
+        let span = p.max_initial_timeout() - p.ack_timeout;
+        p.ack_timeout
+            + if span == 0 {
+                0
+            } else {
+                self.rand() % (span + 1)
+            }
+    }
+
+    /// Queue a request; it goes out on the next [`Endpoint::poll_transmit`] once fewer than
+    /// NSTART interactions are outstanding.
+    ///
+    /// # Errors
+    /// [`SendError::NoSlot`], [`SendError::TooBig`], [`SendError::Encoding`].
+    pub fn request(&mut self, now: u64, req: Request<'_>) -> Result<RequestHandle, SendError> {
+        let i = self.free_slot().ok_or(SendError::NoSlot)?;
+        let token = self.alloc_token();
+        let mtype = if req.confirmable {
+            MsgType::Con
+        } else {
+            MsgType::Non
+        };
+        let n = msg::emit_message(
+            mtype,
+            req.code,
+            0,
+            &token,
+            req.options.iter(),
+            req.payload,
+            &mut self.slots[i].buf,
+        )?;
+        let observe = req.options.uint(opt::OBSERVE) == Some(REGISTER);
+        let handle = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(1).max(1);
+        let order = self.next_order;
+        self.next_order = self.next_order.wrapping_add(1);
+        let deadline =
+            now.saturating_add(req.timeout.unwrap_or(self.cfg.params.default_deadline()));
+        let s = &mut self.slots[i];
+        s.state = SlotState::Queued;
+        s.kind = Kind::Request { handle, observe };
+        s.con = req.confirmable;
+        s.due = false;
+        s.prev_mid = None;
+        s.token = token;
+        s.order = order;
+        s.retransmits = 0;
+        s.deadline = deadline;
+        s.fresh = Freshness::new();
+        s.len = n as u16;
+        Ok(RequestHandle(handle))
+    }
+
+    /// The token our request `h` uses (for logs and for matching in tests).
+    pub fn token_of(&self, h: RequestHandle) -> Option<Token> {
+        self.slot_of(h).map(|i| self.slots[i].token)
+    }
+
+    fn slot_of(&self, h: RequestHandle) -> Option<usize> {
+        self.slots.iter().position(|s| {
+            s.state != SlotState::Free
+                && matches!(s.kind, Kind::Request { handle, .. } if handle == h.0)
+        })
+    }
+
+    /// Forget request `h` (also ends an observation: the next notification is answered with
+    /// RST, RFC 7641 §3.6). No event is produced. Returns whether it existed.
+    pub fn cancel(&mut self, h: RequestHandle) -> bool {
+        match self.slot_of(h) {
+            Some(i) => {
+                self.slots[i].state = SlotState::Free;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// End observation `h` proactively (RFC 7641 §3.6): the original GET is sent again with
+    /// `Observe: 1` and the same token; its response arrives as the final response of `h`.
+    ///
+    /// # Errors
+    /// [`SendError::UnknownRequest`] if `h` is not an established observation.
+    pub fn deregister(&mut self, now: u64, h: RequestHandle) -> Result<(), SendError> {
+        let i = self.slot_of(h).ok_or(SendError::UnknownRequest)?;
+        if self.slots[i].state != SlotState::Observing {
+            return Err(SendError::UnknownRequest);
+        }
+        let old = self.slots[i].buf;
+        let r = Repr::parse(&old[..self.slots[i].len as usize]).map_err(|_| SendError::Encoding)?;
+        let extra = [Opt::uint(opt::OBSERVE, DEREGISTER)];
+        let opts = merge(r.options, &[opt::OBSERVE], &extra);
+        let n = msg::emit_message(
+            r.mtype,
+            r.code,
+            0,
+            &r.token,
+            opts,
+            r.payload,
+            &mut self.slots[i].buf,
+        )?;
+        let order = self.next_order;
+        self.next_order = self.next_order.wrapping_add(1);
+        let deadline = now.saturating_add(self.cfg.params.default_deadline());
+        let s = &mut self.slots[i];
+        s.len = n as u16;
+        s.kind = Kind::Request {
+            handle: h.0,
+            observe: false,
+        };
+        s.state = SlotState::Queued;
+        s.order = order;
+        s.deadline = deadline;
+        s.retransmits = 0;
+        s.due = false;
+        Ok(())
+    }
+
+    /// Number of requests queued or awaiting a response (observations excluded).
+    pub fn outstanding(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                matches!(s.kind, Kind::Request { .. })
+                    && matches!(
+                        s.state,
+                        SlotState::Queued | SlotState::Sent | SlotState::AwaitResponse
+                    )
+            })
+            .count()
+    }
+
+    /// Outstanding interactions for NSTART (RFC 7252 §4.7): a CON not yet acknowledged, or a
+    /// NON request with neither response nor ACK, for at most ACK_TIMEOUT. A CON request
+    /// acknowledged empty is no longer outstanding, even though its response is awaited.
+    fn in_flight_requests(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                matches!(s.kind, Kind::Request { .. })
+                    && (s.state == SlotState::Sent
+                        || (s.state == SlotState::AwaitResponse && !s.con && s.next != u64::MAX))
+            })
+            .count()
+    }
+
+    /// Answer a request delivered by [`Endpoint::handle_datagram`]: piggybacked on the ACK
+    /// if it is still held back, else as a separate CON response (RFC 7252 §5.2).
+    ///
+    /// # Errors
+    /// [`SendError::UnknownRequest`] if already answered or forgotten; encoding errors.
+    pub fn respond(
+        &mut self,
+        now: u64,
+        to: &Responder,
+        code: Code,
+        options: Options<'_>,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        self.respond_with(now, to, code, options, &[], payload)
+    }
+
+    /// Accept an observation request (`observe == Some(0)`) of `resource`: register the
+    /// observer and answer with an Observe sequence number (RFC 7641 §4.1).
+    ///
+    /// # Errors
+    /// [`SendError::ObserverTableFull`] (then answer with a plain [`Endpoint::respond`]).
+    pub fn respond_observe(
+        &mut self,
+        now: u64,
+        to: &Responder,
+        resource: u16,
+        code: Code,
+        options: Options<'_>,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        self.observers
+            .register(Observer {
+                resource,
+                token: to.token,
+                confirmable: to.con,
+            })
+            .map_err(|_| SendError::ObserverTableFull)?;
+        let seq = self.observers.next_seq();
+        let r = self.respond_with(
+            now,
+            to,
+            code,
+            options,
+            &[Opt::uint(opt::OBSERVE, seq)],
+            payload,
+        );
+        if r.is_err() {
+            self.observers.deregister(&to.token);
+        }
+        r
+    }
+
+    fn respond_with(
+        &mut self,
+        now: u64,
+        to: &Responder,
+        code: Code,
+        options: Options<'_>,
+        extra: &[Opt<'_>],
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        let d = self
+            .dedup
+            .iter()
+            .position(|d| {
+                d.mid == to.mid
+                    && d.token == to.token
+                    && matches!(
+                        d.state,
+                        DState::Pending { .. } | DState::EmptyAcked | DState::NonSeen
+                    )
+            })
+            .ok_or(SendError::UnknownRequest)?;
+        let opts = merge(options, &[opt::OBSERVE], extra);
+        match self.dedup[d].state {
+            DState::Pending { .. } => {
+                let e = &mut self.dedup[d];
+                let n = msg::emit_message(
+                    MsgType::Ack,
+                    code,
+                    to.mid,
+                    &to.token,
+                    opts,
+                    payload,
+                    &mut e.buf,
+                )?;
+                e.len = n as u16;
+                e.state = DState::Responded;
+                e.tx = true;
+                Ok(())
+            }
+            st => {
+                let con = st == DState::EmptyAcked;
+                self.queue_out(now, Kind::Response, con, to.token, code, opts, payload)?;
+                self.dedup[d].state = if con {
+                    DState::SeparateSent
+                } else {
+                    DState::NonSeen
+                };
+                if !con {
+                    // A NON request is answered once; further duplicates are dropped.
+                    self.dedup[d].token = Token::EMPTY;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn queue_out<'a>(
+        &mut self,
+        now: u64,
+        kind: Kind,
+        con: bool,
+        token: Token,
+        code: Code,
+        opts: msg::Merge<'a, '_>,
+        payload: &[u8],
+    ) -> Result<usize, SendError> {
+        let i = self.free_slot().ok_or(SendError::NoSlot)?;
+        let mtype = if con { MsgType::Con } else { MsgType::Non };
+        let n = msg::emit_message(
+            mtype,
+            code,
+            0,
+            &token,
+            opts,
+            payload,
+            &mut self.slots[i].buf,
+        )?;
+        let order = self.next_order;
+        self.next_order = self.next_order.wrapping_add(1);
+        let s = &mut self.slots[i];
+        s.state = SlotState::Queued;
+        s.kind = kind;
+        s.con = con;
+        s.due = false;
+        s.prev_mid = None;
+        s.token = token;
+        s.order = order;
+        s.retransmits = 0;
+        s.deadline = now.saturating_add(self.cfg.params.exchange_lifetime());
+        s.len = n as u16;
+        Ok(i)
+    }
+
+    /// Send a notification of `resource` to each of its observers, with a new sequence number
+    /// (RFC 7641 §4.2). A notification still unacknowledged for an observer is replaced in
+    /// place, keeping its retransmission timer (§4.5.2): on a slow link only the newest state
+    /// travels. Returns how many observers were notified.
+    ///
+    /// # Errors
+    /// [`SendError::NoSlot`] when some observer could not be notified; encoding errors.
+    pub fn notify(
+        &mut self,
+        now: u64,
+        resource: u16,
+        confirmable: bool,
+        code: Code,
+        options: Options<'_>,
+        payload: &[u8],
+    ) -> Result<usize, SendError> {
+        let tokens: heapless::Vec<Token, OBS> =
+            self.observers.of(resource).map(|o| o.token).collect();
+        if tokens.is_empty() {
+            return Ok(0);
+        }
+        let seq = self.observers.next_seq();
+        let extra = [Opt::uint(opt::OBSERVE, seq)];
+        let mut sent = 0;
+        let mut err = None;
+        for t in tokens {
+            let opts = merge(options, &[opt::OBSERVE], &extra);
+            let busy = self.slots.iter().position(|s| {
+                s.state != SlotState::Free
+                    && s.kind == (Kind::Notification { resource })
+                    && s.token == t
+                    && s.con
+            });
+            if let (Some(i), true) = (busy, confirmable) {
+                let mid = self.alloc_mid();
+                let s = &mut self.slots[i];
+                match msg::emit_message(MsgType::Con, code, mid, &t, opts, payload, &mut s.buf) {
+                    Ok(n) => {
+                        s.len = n as u16;
+                        if s.state == SlotState::Sent {
+                            s.prev_mid = Some(s.mid);
+                            s.mid = mid;
+                        }
+                        sent += 1;
+                    }
+                    Err(e) => err = Some(e.into()),
+                }
+                continue;
+            }
+            match self.queue_out(
+                now,
+                Kind::Notification { resource },
+                confirmable,
+                t,
+                code,
+                opts,
+                payload,
+            ) {
+                Ok(_) => sent += 1,
+                Err(e) => err = Some(e),
+            }
+        }
+        match err {
+            Some(e) if sent == 0 => Err(e),
+            _ => Ok(sent),
+        }
+    }
+
+    /// Number of observers of `resource`.
+    pub fn observer_count(&self, resource: u16) -> usize {
+        self.observers.of(resource).count()
+    }
+
+    fn queue_ctl(&mut self, t: MsgType, mid: u16) {
+        if self.ctl.iter().any(|&(a, b)| a == t && b == mid) {
+            return;
+        }
+        // A full queue drops the oldest control message: the peer retransmits.
+        if self.ctl.is_full() {
+            self.ctl.pop_front();
+        }
+        // INVARIANT: not full after pop.
+        self.ctl.push_back((t, mid)).unwrap();
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.is_full() {
+            // Only informational events queue here (request failures live in their slots):
+            // the oldest is dropped.
+            self.events.pop_front();
+        }
+        // INVARIANT: not full after pop.
+        self.events.push_back(e).unwrap();
+    }
+
+    fn alloc_dedup(&mut self, now: u64) -> Option<usize> {
+        if let Some(i) = self
+            .dedup
+            .iter()
+            .position(|d| d.state == DState::Free || d.expires <= now)
+        {
+            return Some(i);
+        }
+        // Under pressure, forget first the oldest acknowledged response to us (its slot is
+        // gone, so a late duplicate can never be re-delivered), then the oldest answered
+        // request whose duplicate window has passed: no retransmission of it can still arrive
+        // after MAX_TRANSMIT_SPAN + MAX_LATENCY from its first reception (the rest of
+        // EXCHANGE_LIFETIME covers our ACK's journey, which is over by then too).
+        let p = self.cfg.params;
+        let window = p.max_transmit_span() + p.max_latency;
+        let acked = self
+            .dedup
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.state == DState::AckedResponse)
+            .min_by_key(|(_, d)| d.expires)
+            .map(|(i, _)| i);
+        acked.or_else(|| {
+            self.dedup
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| {
+                    matches!(
+                        d.state,
+                        DState::Responded | DState::SeparateSent | DState::NonSeen
+                    ) && d.since + window <= now
+                })
+                .min_by_key(|(_, d)| d.expires)
+                .map(|(i, _)| i)
+        })
+    }
+
+    /// Feed one received datagram. Returns a new request or a response for the application;
+    /// duplicates, ACKs, RSTs and bad messages are handled inside (RFC 7252 §4.2, §4.3:
+    /// a CON with a format error is answered with RST, anything else bad is ignored; §5.4.1:
+    /// unknown critical options in a CON request get 4.02 Bad Option).
+    pub fn handle_datagram<'a>(&mut self, now: u64, data: &'a [u8]) -> Option<Received<'a>> {
+        self.handle_timeout(now);
+        let r = match Repr::parse(data) {
+            Ok(r) => r,
+            Err(ParseError::BadVersion) | Err(ParseError::Truncated)
+                if data.len() < 4 || data[0] >> 6 != 1 =>
+            {
+                return None
+            }
+            Err(_) => {
+                if data[0] >> 6 == 1 && MsgType::from_bits(data[0] >> 4) == MsgType::Con {
+                    self.queue_ctl(MsgType::Rst, u16::from_be_bytes([data[2], data[3]]));
+                }
+                return None;
+            }
+        };
+        match r.mtype {
+            MsgType::Rst => {
+                if r.code.is_empty() {
+                    self.on_rst(r.mid);
+                }
+                None
+            }
+            MsgType::Ack if r.code.is_empty() => {
+                self.on_empty_ack(r.mid);
+                None
+            }
+            MsgType::Ack if r.code.is_response() => self.on_response(now, r),
+            MsgType::Ack => None,
+            MsgType::Con | MsgType::Non if r.code.is_empty() => {
+                // CoAP ping (RFC 7252 §4.3): answered with RST.
+                if r.mtype == MsgType::Con {
+                    self.queue_ctl(MsgType::Rst, r.mid);
+                }
+                None
+            }
+            MsgType::Con | MsgType::Non if r.code.is_request() => self.on_request(now, r),
+            MsgType::Con | MsgType::Non if r.code.is_response() => self.on_response(now, r),
+            MsgType::Con => {
+                self.queue_ctl(MsgType::Rst, r.mid);
+                None
+            }
+            MsgType::Non => None,
+        }
+    }
+
+    fn on_request<'a>(&mut self, now: u64, r: Repr<'a>) -> Option<Received<'a>> {
+        let con = r.mtype == MsgType::Con;
+        if let Some(d) = self
+            .dedup
+            .iter()
+            .position(|d| d.is_request() && d.mid == r.mid && d.expires > now)
+        {
+            if con {
+                match self.dedup[d].state {
+                    DState::Responded => self.dedup[d].tx = true,
+                    DState::EmptyAcked | DState::SeparateSent => {
+                        self.queue_ctl(MsgType::Ack, r.mid)
+                    }
+                    _ => {}
+                }
+            }
+            return None;
+        }
+        if unknown_critical(&self.cfg, &r.options) {
+            if con {
+                if let Some(d) = self.alloc_dedup(now) {
+                    let e = &mut self.dedup[d];
+                    let n = Repr {
+                        mtype: MsgType::Ack,
+                        code: Code::BAD_OPTION,
+                        mid: r.mid,
+                        token: r.token,
+                        options: Options::NONE,
+                        payload: &[],
+                    }
+                    .emit(&mut e.buf)
+                    .ok()?;
+                    e.len = n as u16;
+                    e.state = DState::Responded;
+                    e.mid = r.mid;
+                    e.since = now;
+                    e.token = r.token;
+                    e.expires = now + self.cfg.params.exchange_lifetime();
+                    e.tx = true;
+                }
+            }
+            return None;
+        }
+        // Without room to remember the request it must not be delivered: it could be delivered
+        // twice. Dropping it makes the peer retransmit later.
+        let d = self.alloc_dedup(now)?;
+        let p = self.cfg.params;
+        let e = &mut self.dedup[d];
+        e.mid = r.mid;
+        e.token = r.token;
+        e.since = now;
+        e.tx = false;
+        if con {
+            e.state = DState::Pending {
+                ack_at: now + p.piggyback_wait,
+            };
+            e.expires = now + p.exchange_lifetime();
+        } else {
+            e.state = DState::NonSeen;
+            e.expires = now + p.non_lifetime();
+        }
+        let observe = if matches!(r.code, Code::GET | Code::FETCH) {
+            r.options.uint(opt::OBSERVE)
+        } else {
+            None
+        };
+        if observe != Some(REGISTER)
+            && self.observers.get(&r.token).is_some()
+            && (observe == Some(DEREGISTER) || r.code == Code::GET)
+        {
+            self.observers.deregister(&r.token);
+        }
+        Some(Received::Request(IncomingRequest {
+            responder: Responder {
+                mid: r.mid,
+                token: r.token,
+                con,
+            },
+            code: r.code,
+            options: r.options,
+            payload: r.payload,
+            observe,
+        }))
+    }
+
+    fn on_response<'a>(&mut self, now: u64, r: Repr<'a>) -> Option<Received<'a>> {
+        let con = r.mtype == MsgType::Con;
+        let idx = if r.mtype == MsgType::Ack {
+            self.slots.iter().position(|s| {
+                s.state == SlotState::Sent
+                    && (s.mid == r.mid || s.prev_mid == Some(r.mid))
+                    && s.token == r.token
+                    && matches!(s.kind, Kind::Request { .. })
+            })?
+        } else {
+            if con
+                && self
+                    .dedup
+                    .iter()
+                    .any(|d| d.state == DState::AckedResponse && d.mid == r.mid && d.expires > now)
+            {
+                self.queue_ctl(MsgType::Ack, r.mid);
+                return None;
+            }
+            let found = self.slots.iter().position(|s| {
+                s.token == r.token
+                    && matches!(s.kind, Kind::Request { .. })
+                    && matches!(
+                        s.state,
+                        SlotState::Sent | SlotState::AwaitResponse | SlotState::Observing
+                    )
+            });
+            match found {
+                Some(i) => i,
+                None => {
+                    if con || r.options.first(opt::OBSERVE).is_some() {
+                        self.queue_ctl(MsgType::Rst, r.mid);
+                    }
+                    return None;
+                }
+            }
+        };
+        if unknown_critical(&self.cfg, &r.options) {
+            // RFC 7252 §5.4.1: reject (RST for CON, ignore otherwise); the request fails.
+            if con {
+                self.queue_ctl(MsgType::Rst, r.mid);
+            }
+            if matches!(self.slots[idx].kind, Kind::Request { .. })
+                && self.slots[idx].state != SlotState::Observing
+            {
+                self.slots[idx].state = SlotState::Failed(RequestError::BadResponse);
+            }
+            return None;
+        }
+        if con {
+            self.queue_ctl(MsgType::Ack, r.mid);
+            if let Some(d) = self.alloc_dedup(now) {
+                let e = &mut self.dedup[d];
+                e.state = DState::AckedResponse;
+                e.mid = r.mid;
+                e.since = now;
+                e.token = r.token;
+                e.tx = false;
+                e.expires = now + self.cfg.params.exchange_lifetime();
+            }
+        }
+        let s = &mut self.slots[idx];
+        let Kind::Request {
+            handle,
+            observe: wants_observe,
+        } = s.kind
+        else {
+            return None;
+        };
+        let observe = r.options.uint(opt::OBSERVE);
+        let mut last = true;
+        if let (true, Some(seq), true) = (
+            wants_observe,
+            observe,
+            r.code.is_response() && r.code.class() == 2,
+        ) {
+            if !s.fresh.accept(seq, now) {
+                return None;
+            }
+            s.state = SlotState::Observing;
+            s.deadline = u64::MAX;
+            last = false;
+        } else if s.state == SlotState::Observing && r.mtype == MsgType::Ack {
+            return None;
+        }
+        if last {
+            s.state = SlotState::Free;
+        }
+        Some(Received::Response(IncomingResponse {
+            handle: RequestHandle(handle),
+            code: r.code,
+            options: r.options,
+            payload: r.payload,
+            observe,
+            last,
+        }))
+    }
+
+    fn on_empty_ack(&mut self, mid: u16) {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.state == SlotState::Sent && (s.mid == mid || s.prev_mid == Some(mid)))
+        else {
+            return;
+        };
+        let s = &mut self.slots[i];
+        s.due = false;
+        match s.kind {
+            Kind::Request { .. } => s.state = SlotState::AwaitResponse,
+            Kind::Response | Kind::Notification { .. } => s.state = SlotState::Free,
+        }
+    }
+
+    fn on_rst(&mut self, mid: u16) {
+        let Some(i) = self.slots.iter().position(|s| {
+            matches!(s.state, SlotState::Sent | SlotState::AwaitResponse)
+                && (s.mid == mid || s.prev_mid == Some(mid))
+        }) else {
+            return;
+        };
+        let s = &mut self.slots[i];
+        s.state = SlotState::Free;
+        let (kind, token) = (s.kind, s.token);
+        match kind {
+            Kind::Request { .. } => self.slots[i].state = SlotState::Failed(RequestError::Reset),
+            Kind::Notification { resource } => {
+                if self.observers.deregister(&token) {
+                    self.push_event(Event::ObserverGone { resource, token });
+                }
+            }
+            Kind::Response => {}
+        }
+    }
+
+    /// Let time pass: retransmissions become due, requests past their deadline or out of
+    /// retransmissions fail, held-back ACKs go out empty. Called by `poll_transmit` and
+    /// `handle_datagram` too, so calling it separately is needed only to surface events.
+    pub fn handle_timeout(&mut self, now: u64) {
+        let max_rt = self.cfg.params.max_retransmit;
+        for i in 0..SLOTS {
+            let s = &mut self.slots[i];
+            if matches!(s.state, SlotState::Free | SlotState::Failed(_)) {
+                continue;
+            }
+            let kind = s.kind;
+            let token = s.token;
+            if now >= s.deadline && s.state != SlotState::Observing {
+                s.state = SlotState::Free;
+                match kind {
+                    Kind::Request { .. } => {
+                        self.slots[i].state = SlotState::Failed(RequestError::Deadline)
+                    }
+                    Kind::Response => self.push_event(Event::ResponseLost { token }),
+                    Kind::Notification { resource } => {
+                        if self.observers.deregister(&token) {
+                            self.push_event(Event::ObserverGone { resource, token });
+                        }
+                    }
+                }
+                continue;
+            }
+            if s.state == SlotState::AwaitResponse && !s.con && now >= s.next {
+                // a NON request stops counting against NSTART after one ACK_TIMEOUT
+                s.next = u64::MAX;
+            }
+            if s.state == SlotState::Sent && now >= s.next {
+                if s.retransmits < max_rt {
+                    s.retransmits += 1;
+                    if s.retransmits <= self.cfg.params.backoff_limit {
+                        s.interval *= 2;
+                    }
+                    s.next = now + s.interval;
+                    s.due = true;
+                } else {
+                    s.state = SlotState::Free;
+                    match kind {
+                        Kind::Request { .. } => {
+                            self.slots[i].state = SlotState::Failed(RequestError::Timeout)
+                        }
+                        Kind::Response => self.push_event(Event::ResponseLost { token }),
+                        Kind::Notification { resource } => {
+                            // RFC 7641 §4.5: an unacknowledged CON notification ends the observation.
+                            if self.observers.deregister(&token) {
+                                self.push_event(Event::ObserverGone { resource, token });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for i in 0..DEDUP {
+            match self.dedup[i].state {
+                DState::Pending { ack_at } if now >= ack_at => {
+                    self.dedup[i].state = DState::EmptyAcked;
+                    let mid = self.dedup[i].mid;
+                    self.queue_ctl(MsgType::Ack, mid);
+                }
+                DState::Free => {}
+                _ if now >= self.dedup[i].expires => {
+                    self.dedup[i].state = DState::Free;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next datagram to send, written to `out` (which should hold `MTU` bytes); `None`
+    /// when nothing is due. Call repeatedly until `None`.
+    #[must_use]
+    pub fn poll_transmit(&mut self, now: u64, out: &mut [u8]) -> Option<usize> {
+        self.handle_timeout(now);
+        if let Some(&(t, mid)) = self.ctl.front() {
+            if let Ok(n) = Repr::empty(t, mid).emit(out) {
+                self.ctl.pop_front();
+                return Some(n);
+            }
+        }
+        for d in self.dedup.iter_mut() {
+            if d.tx && d.state == DState::Responded && out.len() >= d.len as usize {
+                d.tx = false;
+                let n = d.len as usize;
+                out[..n].copy_from_slice(&d.buf[..n]);
+                return Some(n);
+            }
+        }
+        for s in self.slots.iter_mut() {
+            if s.due && s.state == SlotState::Sent && out.len() >= s.len as usize {
+                s.due = false;
+                let n = s.len as usize;
+                out[..n].copy_from_slice(&s.buf[..n]);
+                return Some(n);
+            }
+        }
+        let room = self.in_flight_requests() < usize::from(self.cfg.params.nstart.max(1));
+        let pick = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.state == SlotState::Queued && (room || !matches!(s.kind, Kind::Request { .. }))
+            })
+            .min_by_key(|(_, s)| s.order)
+            .map(|(i, _)| i)?;
+        let mid = self.alloc_mid();
+        let interval = self.initial_interval();
+        let s = &mut self.slots[pick];
+        let n = s.len as usize;
+        if out.len() < n {
+            return None;
+        }
+        s.mid = mid;
+        s.buf[2..4].copy_from_slice(&mid.to_be_bytes());
+        if s.con {
+            s.state = SlotState::Sent;
+            s.retransmits = 0;
+            s.interval = interval;
+            s.next = now + interval;
+        } else {
+            match s.kind {
+                Kind::Request { .. } => {
+                    s.state = SlotState::AwaitResponse;
+                    s.next = now + interval;
+                }
+                _ => s.state = SlotState::Free,
+            }
+        }
+        out[..n].copy_from_slice(&s.buf[..n]);
+        Some(n)
+    }
+
+    /// The next owned event, if any.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        let failed = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.state, SlotState::Failed(_)))
+            .min_by_key(|(_, s)| s.order)
+            .map(|(i, _)| i);
+        if let Some(i) = failed {
+            let s = &mut self.slots[i];
+            if let (SlotState::Failed(error), Kind::Request { handle, .. }) = (s.state, s.kind) {
+                s.state = SlotState::Free;
+                return Some(Event::Failed {
+                    handle: RequestHandle(handle),
+                    error,
+                });
+            }
+        }
+        self.events.pop_front()
+    }
+
+    /// When to call [`Endpoint::poll_transmit`] / [`Endpoint::handle_timeout`] next (absolute
+    /// ms). `Some(0)` means now: something is ready to send.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let room = self.in_flight_requests() < usize::from(self.cfg.params.nstart.max(1));
+        if !self.ctl.is_empty()
+            || self
+                .dedup
+                .iter()
+                .any(|d| d.tx && d.state == DState::Responded)
+            || self.slots.iter().any(|s| {
+                (s.due && s.state == SlotState::Sent)
+                    || (s.state == SlotState::Queued
+                        && (room || !matches!(s.kind, Kind::Request { .. })))
+            })
+        {
+            return Some(0);
+        }
+        let mut t: Option<u64> = None;
+        let mut at = |x: u64| t = Some(t.map_or(x, |t| t.min(x)));
+        for s in &self.slots {
+            match s.state {
+                SlotState::Free | SlotState::Observing | SlotState::Failed(_) => {}
+                SlotState::Sent => {
+                    at(s.next);
+                    at(s.deadline);
+                }
+                SlotState::AwaitResponse if !s.con && s.next != u64::MAX => {
+                    at(s.next);
+                    at(s.deadline);
+                }
+                _ => at(s.deadline),
+            }
+        }
+        for d in &self.dedup {
+            if let DState::Pending { ack_at } = d.state {
+                at(ack_at);
+            }
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Ep = Endpoint<2, 2, 1, 64>;
+
+    #[test]
+    fn device_size() {
+        // keep this figure in the report; the const assertion above bounds it
+        let n = core::mem::size_of::<DeviceEndpoint>();
+        assert!(n <= 2560, "{n}");
+    }
+
+    #[test]
+    fn piggybacked_exchange_bytes() {
+        let mut c = Ep::new(Config {
+            seed: 7,
+            token_len: 1,
+            ..Config::default()
+        });
+        let mut s = Ep::new(Config {
+            seed: 8,
+            ..Config::default()
+        });
+        let path = [Opt::str(opt::URI_PATH, "temperature")];
+        let h = c
+            .request(0, Request::con(Code::GET, Options::List(&path), &[]))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = c.poll_transmit(0, &mut buf).unwrap();
+        assert_eq!(n, 17);
+        assert_eq!(&buf[5..17], b"\xbbtemperature");
+        assert!(c.poll_transmit(0, &mut [0; 64]).is_none());
+        let req = buf;
+        let Some(Received::Request(r)) = s.handle_datagram(10, &req[..n]) else {
+            panic!()
+        };
+        s.respond(10, &r.responder, Code::CONTENT, Options::NONE, b"22.5 C")
+            .unwrap();
+        let mut out = [0u8; 64];
+        let m = s.poll_transmit(10, &mut out).unwrap();
+        assert_eq!(out[0], 0x61);
+        assert_eq!(out[1], 0x45);
+        assert_eq!(&out[2..4], &req[2..4]);
+        assert_eq!(m, 12);
+        let Some(Received::Response(resp)) = c.handle_datagram(20, &out[..m]) else {
+            panic!()
+        };
+        assert_eq!(resp.handle, h);
+        assert_eq!(resp.payload, b"22.5 C");
+        assert!(resp.last);
+        // duplicate request: cached response, not re-delivered
+        assert!(s.handle_datagram(30, &req[..n]).is_none());
+        let m2 = s.poll_transmit(30, &mut out).unwrap();
+        assert_eq!(m2, 12);
+        // duplicate response: ignored
+        assert!(c.handle_datagram(40, &out[..m2]).is_none());
+    }
+}

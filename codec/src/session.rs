@@ -1,0 +1,737 @@
+//! Secure CoAP sessions: the Noise link handshake, its transport and a CoAP endpoint composed
+//! into one sans-IO state machine per peer, for both roles.
+//!
+//! ```text
+//!   app ──request/respond──► coap::Endpoint ──datagram──► noise Session::seal ──► link packet
+//!   app ◄──Received──────── coap::Endpoint ◄──datagram── noise Session::open ◄── link packet
+//!                                                      (handshake packets: Initiator / Msg1)
+//! ```
+//!
+//! Link packets are what framing ([`crate::frame`]) carries: one per serial frame or datagram.
+//!
+//! # Sessions are named by id, not by address
+//!
+//! A [`Server`] finds a session from the session id in the transport header and the AEAD tag,
+//! never from the sender's address: the address a packet came from is only remembered as where
+//! to send the session's next packets, and only after the packet authenticated. A peer whose
+//! address or port changes (NAT rebinding, a radio that moved) keeps its session; idle periods
+//! cost nothing because no timer expires a session. Several sessions may share one 6-bit id
+//! (a gateway with more than 64 peers): the server tries each candidate's key, most recently
+//! used first; a wrong key fails authentication without changing any state.
+//!
+//! # A session that is truly lost
+//!
+//! A server that gets a transport packet for a session it does not know (it restarted without
+//! its state, or dropped the session) answers with a 4-byte reject carrying
+//! [`UNKNOWN_SESSION`]. The [`Client`] then handshakes again by itself and carries on: CoAP
+//! requests that were queued or unanswered stay in its endpoint and are sent on the new
+//! session with their original message ids, so nothing queued is lost. The reject is not
+//! authenticated (the server no longer has keys to authenticate it with); the worst a forger
+//! can do is cost one handshake, the same as dropping packets.
+//!
+//! # Call protocol (both roles)
+//!
+//! ```text
+//!  link packet in ──► handle_packet(now, .., packet, scratch) ──► Option<Received> (borrowed)
+//!  app            ──► request / respond / notify (through coap())
+//!  then always    ──► poll_transmit(now, out) until None; each Some: send out[..n]
+//!                 ──► poll_event() until None
+//!                 ──► at poll_timeout(): handle_timeout(now), then poll_transmit again
+//! ```
+
+use heapless::{Deque, Vec};
+
+use rand_core::{CryptoRng, RngCore};
+
+use crate::coap::{self, Endpoint, Received, Request, RequestHandle, SendError};
+use crate::noise::link::{
+    classify, Initiator, InitiatorConfig, InitiatorError, LinkVersion, Msg1, PacketKind,
+    RejectCode, ResponderConfig, ResponderError, ResponderSession, Session, SessionId,
+    TransportError, REJECT_LEN, RESPONDER_EXPORT_LEN, TRANSPORT_OVERHEAD,
+};
+use crate::noise::PublicKey;
+
+/// Reject code a server sends for a transport packet of a session it does not know.
+pub const UNKNOWN_SESSION: RejectCode = RejectCode::Other(5);
+
+/// Largest link packet a session of CoAP MTU `mtu` produces: the CoAP message plus the Noise
+/// transport header and tag, or a handshake message.
+pub const fn max_packet_len(mtu: usize) -> usize {
+    let t = mtu + TRANSPORT_OVERHEAD;
+    if t > crate::noise::link::MAX_MSG1 {
+        t
+    } else {
+        crate::noise::link::MAX_MSG1
+    }
+}
+
+/// What happened to a session, besides CoAP traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The handshake completed; requests flow.
+    Established(SessionId),
+    /// The server no longer knew our session; a new handshake started.
+    Rehandshake,
+    /// A handshake attempt gave up (msg1 unanswered); a fresh one started.
+    HandshakeRetry,
+    /// The server refused us in an authenticated msg2: nothing more will be sent.
+    Refused(InitiatorError),
+    /// An unauthenticated reject (unknown key, version mismatch, busy): reported, and the
+    /// handshake goes on being retried.
+    Rejected(InitiatorError),
+    /// A CoAP event (a request failed, an observer went away, ...).
+    Coap(coap::Event),
+}
+
+/// Counters of what a session dropped, for logs and metrics (never sent over the link).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Link packets sent.
+    pub packets_out: u64,
+    /// Link bytes sent.
+    pub bytes_out: u64,
+    /// Link packets received.
+    pub packets_in: u64,
+    /// Link bytes received.
+    pub bytes_in: u64,
+    /// Packets dropped: not authentic, replayed, malformed or for another session.
+    pub dropped: u64,
+    /// Handshakes started (the first included).
+    pub handshakes: u32,
+}
+
+// The variants differ by ~450 bytes; boxing is not an option without an allocator, and the
+// state lives once per session.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum ClientState {
+    Handshaking(Initiator),
+    Established(Session),
+    Refused,
+}
+
+/// The initiating side of a session (a device or a tunnel), towards one server.
+///
+/// Requests may be queued before the handshake completes; they are sent once it does. See the
+/// module docs for the call protocol. `R` supplies the ephemeral keys of every handshake.
+#[derive(Debug)]
+pub struct Client<R, const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize> {
+    cfg: InitiatorConfig,
+    rng: R,
+    state: ClientState,
+    coap: Endpoint<SLOTS, DEDUP, OBS, MTU>,
+    events: Deque<SessionEvent, 8>,
+    stats: SessionStats,
+}
+
+impl<
+        R: RngCore + CryptoRng,
+        const SLOTS: usize,
+        const DEDUP: usize,
+        const OBS: usize,
+        const MTU: usize,
+    > Client<R, SLOTS, DEDUP, OBS, MTU>
+{
+    /// Starts a session: builds msg1 (sent by the first [`poll_transmit`](Self::poll_transmit)).
+    ///
+    /// # Errors
+    /// The Noise errors of building msg1 (for example an invalid pinned key).
+    pub fn new(
+        cfg: InitiatorConfig,
+        coap: coap::Config,
+        mut rng: R,
+    ) -> Result<Self, InitiatorError> {
+        let init = Initiator::new(cfg.clone(), None, &mut rng)?;
+        Ok(Client {
+            cfg,
+            rng,
+            state: ClientState::Handshaking(init),
+            coap: Endpoint::new(coap),
+            events: Deque::new(),
+            stats: SessionStats {
+                handshakes: 1,
+                ..SessionStats::default()
+            },
+        })
+    }
+
+    /// Whether the handshake has completed.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, ClientState::Established(_))
+    }
+
+    /// The session id the server assigned, once established.
+    pub fn session_id(&self) -> Option<SessionId> {
+        match &self.state {
+            ClientState::Established(s) => Some(s.id()),
+            _ => None,
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// The CoAP endpoint, to respond to requests from the server or inspect it.
+    pub fn coap(&mut self) -> &mut Endpoint<SLOTS, DEDUP, OBS, MTU> {
+        &mut self.coap
+    }
+
+    /// Queues a request; it goes out once the session is established.
+    ///
+    /// # Errors
+    /// [`SendError`] when the endpoint has no room or the request does not fit its MTU.
+    pub fn request(&mut self, now: u64, req: Request<'_>) -> Result<RequestHandle, SendError> {
+        self.coap.request(now, req)
+    }
+
+    fn restart_handshake(&mut self, why: SessionEvent) {
+        match Initiator::new(self.cfg.clone(), None, &mut self.rng) {
+            Ok(init) => {
+                self.state = ClientState::Handshaking(init);
+                self.stats.handshakes += 1;
+                self.push(why);
+            }
+            Err(e) => {
+                self.state = ClientState::Refused;
+                self.push(SessionEvent::Refused(e));
+            }
+        }
+    }
+
+    fn push(&mut self, e: SessionEvent) {
+        if self.events.is_full() {
+            self.events.pop_front();
+        }
+        // INVARIANT: room was made above.
+        let _ = self.events.push_back(e);
+    }
+
+    /// Processes one link packet from the server. Requests from the server and responses to
+    /// ours are returned borrowed from `scratch` (which must hold `MTU` bytes).
+    pub fn handle_packet<'a>(
+        &mut self,
+        now: u64,
+        packet: &[u8],
+        scratch: &'a mut [u8],
+    ) -> Option<Received<'a>> {
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += packet.len() as u64;
+        match classify(packet) {
+            None => {
+                self.stats.dropped += 1;
+                None
+            }
+            Some(PacketKind::Handshake) => {
+                match &self.state {
+                    ClientState::Handshaking(init) => match init.handle_response(packet, scratch) {
+                        Ok((session, _)) => {
+                            let id = session.id();
+                            self.state = ClientState::Established(session);
+                            self.push(SessionEvent::Established(id));
+                        }
+                        Err(
+                            e @ InitiatorError::Refused {
+                                authenticated: true,
+                                ..
+                            },
+                        ) => {
+                            self.state = ClientState::Refused;
+                            self.push(SessionEvent::Refused(e));
+                        }
+                        Err(
+                            e @ (InitiatorError::Refused { .. }
+                            | InitiatorError::VersionMismatch { .. }),
+                        ) => {
+                            // Unauthenticated advice: report it, keep trying (a forger must
+                            // not be able to silence us with one packet).
+                            self.push(SessionEvent::Rejected(e));
+                        }
+                        Err(_) => self.stats.dropped += 1,
+                    },
+                    ClientState::Established(_) => {
+                        if packet.len() == REJECT_LEN
+                            && RejectCode::from_u8(packet[0]) == UNKNOWN_SESSION
+                        {
+                            self.restart_handshake(SessionEvent::Rehandshake);
+                        } else {
+                            // A late duplicate msg2 or a stray reject.
+                            self.stats.dropped += 1;
+                        }
+                    }
+                    ClientState::Refused => self.stats.dropped += 1,
+                }
+                None
+            }
+            Some(PacketKind::Transport(_)) => {
+                let ClientState::Established(session) = &mut self.state else {
+                    self.stats.dropped += 1;
+                    return None;
+                };
+                match session.open(packet, scratch) {
+                    Ok(n) => {
+                        let data: &'a [u8] = &scratch[..n];
+                        self.coap.handle_datagram(now, data)
+                    }
+                    Err(_) => {
+                        self.stats.dropped += 1;
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next link packet to send, written to `out` (at least [`max_packet_len`]`(MTU)`).
+    pub fn poll_transmit(&mut self, now: u64, out: &mut [u8]) -> Option<usize> {
+        let n = match &mut self.state {
+            ClientState::Refused => return None,
+            ClientState::Handshaking(init) => match init.poll_transmit(now, out) {
+                Ok(Some(n)) => n,
+                Ok(None) => return None,
+                Err(InitiatorError::TimedOut) => {
+                    self.restart_handshake(SessionEvent::HandshakeRetry);
+                    return self.poll_transmit(now, out);
+                }
+                Err(_) => return None,
+            },
+            ClientState::Established(session) => {
+                let mut buf = [0u8; MTU];
+                let m = self.coap.poll_transmit(now, &mut buf)?;
+                match session.seal(&buf[..m], out) {
+                    Ok(n) => n,
+                    Err(TransportError::NonceExhausted) => {
+                        self.restart_handshake(SessionEvent::Rehandshake);
+                        return None;
+                    }
+                    Err(_) => return None,
+                }
+            }
+        };
+        self.stats.packets_out += 1;
+        self.stats.bytes_out += n as u64;
+        Some(n)
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) (milliseconds, same clock as `now`).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match &self.state {
+            ClientState::Handshaking(init) => init.poll_timeout(),
+            ClientState::Established(_) => self.coap.poll_timeout(),
+            ClientState::Refused => None,
+        }
+    }
+
+    /// Advances timers.
+    pub fn handle_timeout(&mut self, now: u64) {
+        if let ClientState::Established(_) = self.state {
+            self.coap.handle_timeout(now);
+        }
+    }
+
+    /// The next event, CoAP events included.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        self.coap.poll_event().map(SessionEvent::Coap)
+    }
+}
+
+/// One session on the responding side (a gateway's view of a device or tunnel).
+#[derive(Debug)]
+pub struct ServerSession<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
+{
+    rs: ResponderSession,
+    coap: Endpoint<SLOTS, DEDUP, OBS, MTU>,
+    /// msg2 must be (re)sent.
+    msg2_due: bool,
+    stats: SessionStats,
+}
+
+impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
+    ServerSession<SLOTS, DEDUP, OBS, MTU>
+{
+    /// Accepts a msg1 (already checked against the allow list by
+    /// [`ResponderConfig::read_msg1`]) with a session id for which `is_free` says yes.
+    ///
+    /// # Errors
+    /// [`ResponderError::NoSessionId`] when no id could be drawn, Noise errors otherwise.
+    pub fn accept<R: RngCore + CryptoRng>(
+        msg1: Msg1,
+        rng: &mut R,
+        is_free: impl FnMut(SessionId) -> bool,
+        coap: coap::Config,
+    ) -> Result<Self, ResponderError> {
+        let rs = msg1.accept(rng, is_free, &[])?;
+        Ok(ServerSession {
+            rs,
+            coap: Endpoint::new(coap),
+            msg2_due: true,
+            stats: SessionStats {
+                handshakes: 1,
+                ..SessionStats::default()
+            },
+        })
+    }
+
+    /// Writes the session for persistence ([`ResponderSession::export`]; holds secret keys).
+    /// The CoAP endpoint's state is not included: requests in flight are retransmitted by
+    /// the client and Matrix transaction ids make them idempotent.
+    pub fn export(&self, out: &mut [u8; RESPONDER_EXPORT_LEN]) {
+        self.rs.export(out);
+    }
+
+    /// Restores a session written by [`export`](Self::export), with a fresh CoAP endpoint.
+    ///
+    /// # Errors
+    /// [`TransportError::Malformed`] for bytes that are not such an export.
+    pub fn import(bytes: &[u8], coap: coap::Config) -> Result<Self, TransportError> {
+        Ok(ServerSession {
+            rs: ResponderSession::import(bytes)?,
+            coap: Endpoint::new(coap),
+            msg2_due: false,
+            stats: SessionStats::default(),
+        })
+    }
+
+    /// The session id.
+    pub fn id(&self) -> SessionId {
+        self.rs.session.id()
+    }
+
+    /// The peer's static public key (its identity on the allow list).
+    pub fn peer(&self) -> PublicKey {
+        self.rs.peer()
+    }
+
+    /// The negotiated versions.
+    pub fn version(&self) -> LinkVersion {
+        self.rs.version()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Whether `packet` is a retransmission of the msg1 this session answered; if so the
+    /// cached msg2 is queued again, verbatim.
+    pub fn handle_retransmitted_msg1(&mut self, packet: &[u8]) -> bool {
+        let again = self.rs.is_retransmitted_msg1(packet);
+        if again {
+            self.msg2_due = true;
+        }
+        again
+    }
+
+    /// The CoAP endpoint, to respond and notify.
+    pub fn coap(&mut self) -> &mut Endpoint<SLOTS, DEDUP, OBS, MTU> {
+        &mut self.coap
+    }
+
+    /// Opens a transport packet of this session into `scratch`; returns the CoAP datagram's
+    /// length. Hand it to [`deliver`](Self::deliver).
+    ///
+    /// # Errors
+    /// [`TransportError::Decrypt`] when the packet is not this session's (try another
+    /// candidate), other [`TransportError`]s for replays and malformed packets. Nothing changes
+    /// on error.
+    pub fn open(&mut self, packet: &[u8], scratch: &mut [u8]) -> Result<usize, TransportError> {
+        let n = self.rs.session.open(packet, scratch)?;
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += packet.len() as u64;
+        // The initiator got msg2: it would not send transport packets otherwise.
+        self.msg2_due = false;
+        Ok(n)
+    }
+
+    /// Hands an opened CoAP datagram to the endpoint.
+    pub fn deliver<'a>(&mut self, now: u64, datagram: &'a [u8]) -> Option<Received<'a>> {
+        self.coap.handle_datagram(now, datagram)
+    }
+
+    /// The next link packet for this session's peer.
+    pub fn poll_transmit(&mut self, now: u64, out: &mut [u8]) -> Option<usize> {
+        let n = if self.msg2_due {
+            self.msg2_due = false;
+            let msg2 = self.rs.msg2();
+            let dst = out.get_mut(..msg2.len())?;
+            dst.copy_from_slice(msg2);
+            msg2.len()
+        } else {
+            let mut buf = [0u8; MTU];
+            let m = self.coap.poll_transmit(now, &mut buf)?;
+            self.rs.session.seal(&buf[..m], out).ok()?
+        };
+        self.stats.packets_out += 1;
+        self.stats.bytes_out += n as u64;
+        Some(n)
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.msg2_due {
+            return Some(0);
+        }
+        self.coap.poll_timeout()
+    }
+
+    /// Advances timers.
+    pub fn handle_timeout(&mut self, now: u64) {
+        self.coap.handle_timeout(now);
+    }
+
+    /// The next CoAP event.
+    pub fn poll_event(&mut self) -> Option<coap::Event> {
+        self.coap.poll_event()
+    }
+}
+
+/// Why a [`Server`] did not hand a packet to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerDrop {
+    /// Empty packet.
+    Empty,
+    /// A msg1 that was refused (answered with a reject where useful).
+    Refused(ResponderError),
+    /// A transport packet that no session could open.
+    Transport(TransportError),
+    /// A transport packet for a session id we do not have (answered with [`UNKNOWN_SESSION`]).
+    UnknownSession,
+    /// The session table is full.
+    Full,
+}
+
+/// A responder with up to `N` sessions, demultiplexed by session id and key, not by address.
+///
+/// `A` is whatever the caller uses to say where a packet came from and goes to (a socket
+/// address, a serial port index); it only decides where replies go.
+#[derive(Debug)]
+pub struct Server<
+    A,
+    const N: usize,
+    const SLOTS: usize,
+    const DEDUP: usize,
+    const OBS: usize,
+    const MTU: usize,
+> {
+    sessions: Vec<(A, ServerSession<SLOTS, DEDUP, OBS, MTU>), N>,
+    /// Handshake replies (rejects) waiting to go out.
+    replies: Deque<(A, [u8; REJECT_LEN]), 4>,
+    coap: coap::Config,
+    drops: Deque<ServerDrop, 8>,
+    /// Round-robin start for fairness in `poll_transmit`.
+    next: usize,
+}
+
+impl<
+        A: Copy + PartialEq,
+        const N: usize,
+        const SLOTS: usize,
+        const DEDUP: usize,
+        const OBS: usize,
+        const MTU: usize,
+    > Server<A, N, SLOTS, DEDUP, OBS, MTU>
+{
+    /// An empty server whose sessions use `coap` settings.
+    pub fn new(coap: coap::Config) -> Self {
+        Server {
+            sessions: Vec::new(),
+            replies: Deque::new(),
+            coap,
+            drops: Deque::new(),
+            next: 0,
+        }
+    }
+
+    /// Number of sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether there is no session.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// The session at `index` (stable until a session is removed).
+    pub fn session(&mut self, index: usize) -> Option<&mut ServerSession<SLOTS, DEDUP, OBS, MTU>> {
+        self.sessions.get_mut(index).map(|(_, s)| s)
+    }
+
+    /// Removes every session (as a restart without persisted state would).
+    pub fn clear(&mut self) {
+        self.sessions.clear();
+    }
+
+    /// Adds a restored session (see [`ServerSession::import`]); replies go to `to` until the
+    /// peer is heard from.
+    ///
+    /// # Errors
+    /// Gives the session back when the table is full (heapless style: the caller keeps it).
+    #[allow(clippy::result_large_err)]
+    pub fn insert(
+        &mut self,
+        to: A,
+        s: ServerSession<SLOTS, DEDUP, OBS, MTU>,
+    ) -> Result<usize, ServerSession<SLOTS, DEDUP, OBS, MTU>> {
+        self.sessions.push((to, s)).map_err(|(_, s)| s)?;
+        Ok(self.sessions.len() - 1)
+    }
+
+    fn drop_packet(&mut self, why: ServerDrop) {
+        if self.drops.is_full() {
+            self.drops.pop_front();
+        }
+        let _ = self.drops.push_back(why);
+    }
+
+    /// Why recent packets were dropped (oldest first), for logs and metrics.
+    pub fn poll_drop(&mut self) -> Option<ServerDrop> {
+        self.drops.pop_front()
+    }
+
+    fn queue_reject(&mut self, cfg: &ResponderConfig<'_>, from: A, code: RejectCode) {
+        let mut r = [0u8; REJECT_LEN];
+        if cfg.write_reject(code, &mut r).is_ok() && !self.replies.is_full() {
+            let _ = self.replies.push_back((from, r));
+        }
+    }
+
+    /// Processes one link packet from `from`. Returns the index of the session it belongs to
+    /// and, for transport packets, what CoAP made of it.
+    pub fn handle_packet<'a, R: RngCore + CryptoRng>(
+        &mut self,
+        now: u64,
+        cfg: &ResponderConfig<'_>,
+        rng: &mut R,
+        from: A,
+        packet: &[u8],
+        scratch: &'a mut [u8],
+    ) -> Option<(usize, Option<Received<'a>>)> {
+        match classify(packet) {
+            None => {
+                self.drop_packet(ServerDrop::Empty);
+                None
+            }
+            Some(PacketKind::Handshake) => {
+                if let Some(i) = self
+                    .sessions
+                    .iter_mut()
+                    .position(|(_, s)| s.handle_retransmitted_msg1(packet))
+                {
+                    self.sessions[i].0 = from;
+                    return Some((i, None));
+                }
+                let msg1 = match cfg.read_msg1(packet, scratch) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.queue_reject(cfg, from, e.reject_code());
+                        self.drop_packet(ServerDrop::Refused(e));
+                        return None;
+                    }
+                };
+                // A new handshake from a known peer replaces its old session.
+                let peer = msg1.peer();
+                if let Some(i) = self.sessions.iter().position(|(_, s)| s.peer() == peer) {
+                    self.sessions.swap_remove(i);
+                }
+                if self.sessions.is_full() {
+                    self.queue_reject(cfg, from, RejectCode::Busy);
+                    self.drop_packet(ServerDrop::Full);
+                    return None;
+                }
+                let sessions = &self.sessions;
+                // Prefer an unused id; share one only when all 64 are taken.
+                let crowded = sessions.len() >= 64;
+                let is_free = |id: SessionId| crowded || sessions.iter().all(|(_, s)| s.id() != id);
+                match ServerSession::accept(msg1, rng, is_free, self.coap) {
+                    Ok(s) => {
+                        // INVARIANT: not full, checked above.
+                        let _ = self.sessions.push((from, s));
+                        Some((self.sessions.len() - 1, None))
+                    }
+                    Err(e) => {
+                        self.drop_packet(ServerDrop::Refused(e));
+                        None
+                    }
+                }
+            }
+            Some(PacketKind::Transport(id)) => {
+                // Candidates with this id; the one last heard from `from` first.
+                let mut order: Vec<usize, N> = self
+                    .sessions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, s))| s.id() == id)
+                    .map(|(i, _)| i)
+                    .collect();
+                if order.is_empty() {
+                    self.queue_reject(cfg, from, UNKNOWN_SESSION);
+                    self.drop_packet(ServerDrop::UnknownSession);
+                    return None;
+                }
+                order.sort_by_key(|&i| self.sessions[i].0 != from);
+                let mut last = TransportError::Decrypt;
+                let mut hit = None;
+                for &i in &order {
+                    match self.sessions[i].1.open(packet, scratch) {
+                        Ok(n) => {
+                            hit = Some((i, n));
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                let Some((i, n)) = hit else {
+                    self.drop_packet(ServerDrop::Transport(last));
+                    return None;
+                };
+                let (addr, s) = &mut self.sessions[i];
+                // Authenticated: replies follow the peer to its new address.
+                *addr = from;
+                let data: &'a [u8] = &scratch[..n];
+                Some((i, s.deliver(now, data)))
+            }
+        }
+    }
+
+    /// The next link packet to send and where to.
+    pub fn poll_transmit(&mut self, now: u64, out: &mut [u8]) -> Option<(A, usize)> {
+        if let Some((to, r)) = self.replies.pop_front() {
+            let dst = out.get_mut(..REJECT_LEN)?;
+            dst.copy_from_slice(&r);
+            return Some((to, REJECT_LEN));
+        }
+        let n = self.sessions.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            let (to, s) = &mut self.sessions[i];
+            if let Some(len) = s.poll_transmit(now, out) {
+                self.next = (i + 1) % n;
+                return Some((*to, len));
+            }
+        }
+        None
+    }
+
+    /// Earliest timer of all sessions.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if !self.replies.is_empty() {
+            return Some(0);
+        }
+        self.sessions
+            .iter()
+            .filter_map(|(_, s)| s.poll_timeout())
+            .min()
+    }
+
+    /// Advances every session's timers.
+    pub fn handle_timeout(&mut self, now: u64) {
+        for (_, s) in self.sessions.iter_mut() {
+            s.handle_timeout(now);
+        }
+    }
+}

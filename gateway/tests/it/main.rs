@@ -1,0 +1,3 @@
+//! Integration tests of the gateway: one binary.
+mod coap_interop;
+mod sim;
