@@ -1,5 +1,8 @@
 //! The lowband gateway library: the pieces behind the `lowband` binary.
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod keys;
+pub mod logging;
+pub mod metrics;
 pub mod sim;
