@@ -569,6 +569,9 @@ impl HttpUrl {
             (h.to_string(), port)
         } else {
             match authority.rsplit_once(':') {
+                Some((h, _)) if h.contains(':') => {
+                    return Err("an IPv6 host must be in brackets".into())
+                }
                 Some((h, p)) => (h.to_string(), parse_port(p)?),
                 None => (authority.to_string(), default_port),
             }
@@ -639,10 +642,41 @@ fn read(p: &Path) -> Result<String, ConfigError> {
 }
 
 fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: origin.into(),
-        message: e.to_string().trim_end().to_string(),
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        // Not `e.to_string()`: that quotes the offending line, which may hold a secret pasted
+        // under a wrong key. Position plus message, with quoted values elided.
+        let at = match e.span() {
+            Some(span) => {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            }
+            None => String::new(),
+        };
+        ConfigError::Parse {
+            path: origin.into(),
+            message: format!("{at}{}", elide_quoted(e.message().trim_end())),
+        }
     })
+}
+
+/// Replaces the contents of every `"..."` in `msg` with `…`; backquoted names are kept.
+fn elide_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut inside = false;
+    for c in msg.chars() {
+        if c == '"' {
+            if inside {
+                out.push('…');
+            }
+            inside = !inside;
+            out.push(c);
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A key file setting: required, and not a key pasted in place of its path.
@@ -732,6 +766,25 @@ mod tests {
     }
 
     #[test]
+    fn parse_errors_do_not_quote_values() {
+        let text = "listen_udp = \"0.0.0.0:1\"\nprivate_key = \"SECRET1\"\n";
+        let e = ServeOptions::from_toml(text, "f").unwrap_err().to_string();
+        assert!(
+            e.contains("line 2, column 1") && e.contains("private_key"),
+            "{e}"
+        );
+        assert!(!e.contains("SECRET1"), "{e}");
+        let e = ServeOptions::from_toml("baud = \"SECRET2\"", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 1, column 8") && !e.contains("SECRET2"),
+            "{e}"
+        );
+        assert_eq!(elide_quoted("a \"b\" `c` \"d"), "a \"…\" `c` \"");
+    }
+
+    #[test]
     fn no_listener() {
         let o = ServeOptions {
             listen_udp: None,
@@ -754,6 +807,7 @@ mod tests {
             "http://example.org:0",
             "http://example.org:99999",
             "http://[::1",
+            "http://::1:8008",
         ] {
             let o = ServeOptions {
                 homeserver: Some(bad.into()),

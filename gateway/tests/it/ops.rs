@@ -23,8 +23,12 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
+fn temp_file_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("lowband-ops-{}-{name}", std::process::id()))
+}
+
 fn temp_file(name: &str, text: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("lowband-ops-{}-{name}", std::process::id()));
+    let p = temp_file_path(name);
     let mut f = std::fs::File::create(&p).unwrap();
     f.write_all(text.as_bytes()).unwrap();
     p
@@ -179,6 +183,7 @@ fn file_errors_are_clear() {
     let e = ServeConfig::load(Some(&p), ServeOptions::default())
         .unwrap_err()
         .to_string();
+    eprintln!("{e}");
     assert!(e.contains("homeserver_url") && e.contains("line 2"), "{e}");
 
     let p = temp_file(
@@ -188,6 +193,7 @@ fn file_errors_are_clear() {
     let e = ServeConfig::load(Some(&p), ServeOptions::default())
         .unwrap_err()
         .to_string();
+    eprintln!("{e}");
     assert!(e.contains("homeserver") && e.contains("http"), "{e}");
 
     let p = temp_file("nolisten.toml", "homeserver = \"http://x\"\nkey = \"k\"\n");
@@ -201,6 +207,9 @@ fn file_errors_are_clear() {
         ServeConfig::load(Some(&p), ServeOptions::default()),
         Err(ConfigError::Parse { .. })
     ));
+    for f in ["typo", "ftp", "nolisten", "badport"] {
+        let _ = std::fs::remove_file(temp_file_path(&format!("{f}.toml")));
+    }
 }
 
 /// A `MakeWriter` appending to a shared buffer.
