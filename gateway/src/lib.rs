@@ -3,6 +3,9 @@
 
 extern crate alloc;
 
+pub mod config;
 pub mod keys;
+pub mod logging;
+pub mod metrics;
 pub mod plaincoap;
 pub mod sim;

@@ -1,3 +1,4 @@
 //! Integration tests of the gateway: one binary.
 mod coap_interop;
+mod ops;
 mod sim;
