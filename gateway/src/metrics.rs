@@ -17,7 +17,6 @@
 //!
 //! Every series is exported from the start (at 0), so rates work from the first scrape.
 
-extern crate alloc;
 
 use alloc::sync::Arc;
 use core::fmt::Write as _;
