@@ -6,7 +6,7 @@
 //! string values, code = position). Output: `$OUT_DIR/dict_gen.rs` with the id->string tables,
 //! open-addressing hash tables for string->id and a fingerprint of everything on the wire.
 //! Deterministic: no HashMap, fixed hash function, inputs read in file order.
-use std::fmt::Write as _;
+use core::fmt::Write as _;
 use std::path::Path;
 
 /// FNV-1a, 32 bit. Must match `dict::hash`.
@@ -73,13 +73,18 @@ fn emit_u16(out: &mut String, name: &str, v: &[u16]) {
 
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-    let version: u16 = read(&dir, "version.txt").trim().parse().expect("version.txt: a u16");
+    let version: u16 = read(&dir, "version.txt")
+        .trim()
+        .parse()
+        .expect("version.txt: a u16");
 
     // Keys: MSC3079's numbers first, then the spec's other keys in frequency order.
     let mut keys: Vec<String> = Vec::new();
     for line in read(&dir, "msc3079-keys.tsv").lines().skip(1) {
         let mut f = line.split('\t');
-        let (Some(n), Some(k)) = (f.next(), f.next()) else { continue };
+        let (Some(n), Some(k)) = (f.next(), f.next()) else {
+            continue;
+        };
         let n: usize = n.trim().parse().expect("msc3079 integer");
         if keys.len() <= n {
             keys.resize(n + 1, String::new());
@@ -101,7 +106,10 @@ fn main() {
         assert!(!values.iter().any(|x| x == line), "duplicate value {line}");
         values.push(line.to_owned());
     }
-    assert!(values.len() <= 20 + 224, "value codes must fit simple values 0..19, 32..255");
+    assert!(
+        values.len() <= 20 + 224,
+        "value codes must fit simple values 0..19, 32..255"
+    );
 
     let mut fp: u64 = 0xcbf2_9ce4_8422_2325;
     fnv64(&mut fp, &version.to_le_bytes());
@@ -115,7 +123,10 @@ fn main() {
         fnv64(&mut fp, &[0]);
     }
     let deflate = std::fs::read(dir.join("deflate.dict")).expect("data/deflate.dict");
-    println!("cargo:rerun-if-changed={}", dir.join("deflate.dict").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        dir.join("deflate.dict").display()
+    );
     fnv64(&mut fp, &[2]);
     fnv64(&mut fp, &deflate);
 

@@ -2,9 +2,9 @@
 //! streaming transcoder against the naive pipeline (serde_json::Value <-> ciborium), both ways.
 //!
 //! `cargo bench -p lowband-codec --bench translate -- --warm-up-time 1 --measurement-time 3`
+use core::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lowband_codec::cbor::{decode_to_json, encode_json, Limits};
-use std::hint::black_box;
 use std::path::{Path, PathBuf};
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {

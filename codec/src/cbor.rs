@@ -58,7 +58,10 @@ pub struct Limits {
 
 impl Limits {
     /// Depth 64, 1 MiB input.
-    pub const DEFAULT: Limits = Limits { max_depth: MAX_DEPTH, max_input: 1 << 20 };
+    pub const DEFAULT: Limits = Limits {
+        max_depth: MAX_DEPTH,
+        max_input: 1 << 20,
+    };
 
     fn depth(&self) -> usize {
         if self.max_depth < MAX_DEPTH {
@@ -123,8 +126,7 @@ impl core::fmt::Display for Error {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for Error {}
+impl core::error::Error for Error {}
 
 // ---------------------------------------------------------------------------------------------
 // Output writer
@@ -146,7 +148,10 @@ impl W<'_> {
     #[inline]
     fn extend(&mut self, s: &[u8]) -> Result<(), Error> {
         let end = self.n.checked_add(s.len()).ok_or(Error::BufferTooSmall)?;
-        self.out.get_mut(self.n..end).ok_or(Error::BufferTooSmall)?.copy_from_slice(s);
+        self.out
+            .get_mut(self.n..end)
+            .ok_or(Error::BufferTooSmall)?
+            .copy_from_slice(s);
         self.n = end;
         Ok(())
     }
@@ -281,7 +286,11 @@ pub fn encode_json_with(
                     return Err(Error::TooDeep);
                 }
                 let map = c == b'{';
-                stack[depth] = EFrame { start: w.n, count: 0, map };
+                stack[depth] = EFrame {
+                    start: w.n,
+                    count: 0,
+                    map,
+                };
                 depth += 1;
                 w.push(if map { 0xa0 } else { 0x80 })?;
                 p = skip_ws(json, p + 1);
@@ -312,7 +321,11 @@ pub fn encode_json_with(
         loop {
             p = skip_ws(json, p);
             if depth == 0 {
-                return if p == json.len() { Ok(w.n) } else { Err(Error::TrailingData) };
+                return if p == json.len() {
+                    Ok(w.n)
+                } else {
+                    Err(Error::TrailingData)
+                };
             }
             let f = &mut stack[depth - 1];
             f.count += 1;
@@ -504,7 +517,10 @@ fn encode_string(
             w.extend(c.encode_utf8(&mut buf).as_bytes())?;
             k += 1 + used;
         } else {
-            let run_end = raw[k..].iter().position(|&b| b == b'\\').map_or(raw.len(), |x| k + x);
+            let run_end = raw[k..]
+                .iter()
+                .position(|&b| b == b'\\')
+                .map_or(raw.len(), |x| k + x);
             w.extend(&raw[k..run_end])?;
             k = run_end;
         }
@@ -577,7 +593,10 @@ fn encode_number(j: &[u8], p: usize, w: &mut W<'_>) -> Result<usize, Error> {
         let mut v: u64 = 0;
         let mut ok = true;
         for &d in digits {
-            match v.checked_mul(10).and_then(|v| v.checked_add(u64::from(d - b'0'))) {
+            match v
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u64::from(d - b'0')))
+            {
                 Some(n) => v = n,
                 None => {
                     ok = false;
@@ -727,7 +746,7 @@ pub enum Item<'a> {
 /// A pull reader over CBOR items with dictionary lookup; no allocation, no tree.
 ///
 /// The device reads a decoded body (e.g. a sync result) with it. Call protocol: call
-/// [`Reader::next`] for values and [`Reader::next_key`] for map keys (that resolves dictionary
+/// [`Reader::next_value`] for values and [`Reader::next_key`] for map keys (that resolves dictionary
 /// ids to names); containers are entered by reading their [`Item::Array`]/[`Item::Map`] head and
 /// then their items, or skipped whole with [`Reader::skip`]. The reader tracks nothing but its
 /// position, so the caller keeps the counts.
@@ -742,12 +761,22 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// A reader with the static dictionary and default limits.
     pub fn new(cbor: &'a [u8]) -> Self {
-        Reader { buf: cbor, pos: 0, dict: Some(&STATIC), max_depth: MAX_DEPTH }
+        Reader {
+            buf: cbor,
+            pos: 0,
+            dict: Some(&STATIC),
+            max_depth: MAX_DEPTH,
+        }
     }
 
     /// A reader with a chosen dictionary (or none: plain CBOR) and limits.
     pub fn with_dict(cbor: &'a [u8], dict: Option<&'static Dict>, limits: &Limits) -> Self {
-        Reader { buf: cbor, pos: 0, dict, max_depth: limits.depth() }
+        Reader {
+            buf: cbor,
+            pos: 0,
+            dict,
+            max_depth: limits.depth(),
+        }
     }
 
     /// Byte offset of the next item.
@@ -867,10 +896,12 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads the next item in value position; dictionary value codes become [`Item::Text`].
-    pub fn next(&mut self) -> Result<Item<'a>, Error> {
+    pub fn next_value(&mut self) -> Result<Item<'a>, Error> {
         match self.next_raw()? {
             Item::Simple(s) => match (self.dict, self.value_code(s)) {
-                (Some(d), Some(code)) => Ok(Item::Text(d.value_name(code).ok_or(Error::UnknownCode)?)),
+                (Some(d), Some(code)) => {
+                    Ok(Item::Text(d.value_name(code).ok_or(Error::UnknownCode)?))
+                }
                 _ => Err(Error::UnknownCode),
             },
             other => Ok(other),
@@ -927,9 +958,7 @@ impl<'a> Reader<'a> {
                 Item::Array(n) => Some(n.unwrap_or(u64::MAX)),
                 Item::Map(n) => Some(n.map_or(u64::MAX, |n| n.saturating_mul(2))),
                 Item::Tag(_) => {
-                    if remaining[depth] != u64::MAX {
-                        remaining[depth] += 1;
-                    }
+                    remaining[depth] = remaining[depth].saturating_add(1);
                     None
                 }
                 Item::TextChunks | Item::BytesChunks => {
@@ -949,7 +978,11 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads the chunks of an indefinite-length string up to its break, calling `f` per chunk.
-    fn chunks(&mut self, text: bool, mut f: impl FnMut(&'a [u8]) -> Result<(), Error>) -> Result<(), Error> {
+    fn chunks(
+        &mut self,
+        text: bool,
+        mut f: impl FnMut(&'a [u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         loop {
             let (major, ai, arg) = self.head()?;
             if major == 7 && ai == 31 {
@@ -1021,7 +1054,14 @@ fn write_escaped(w: &mut W<'_>, s: &[u8]) -> Result<(), Error> {
         w.extend(&s[start..i])?;
         if e == b'u' {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            w.extend(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]])?;
+            w.extend(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 15) as usize],
+            ])?;
         } else {
             w.extend(&[b'\\', e])?;
         }
@@ -1096,7 +1136,11 @@ pub fn decode_to_json_with(
         let item_pos = r.pos;
         let it = r.next_raw()?;
         if let Item::Break = it {
-            let f = if depth > 0 { stack[depth - 1] } else { return Err(Error::Malformed) };
+            let f = if depth > 0 {
+                stack[depth - 1]
+            } else {
+                return Err(Error::Malformed);
+            };
             if f.remaining != u64::MAX || (f.map && !f.key_next) {
                 return Err(Error::Malformed);
             }
@@ -1249,10 +1293,9 @@ pub fn decode_to_json_with(
                 depth += 1;
                 continue;
             }
-            Item::Bytes(_)
-            | Item::BytesChunks
-            | Item::Undefined
-            | Item::Tag(_) => return Err(Error::Unrepresentable),
+            Item::Bytes(_) | Item::BytesChunks | Item::Undefined | Item::Tag(_) => {
+                return Err(Error::Unrepresentable)
+            }
             Item::Break => return Err(Error::Malformed),
         }
         if value_done(&mut stack, &mut depth, &r)? {
@@ -1263,9 +1306,17 @@ pub fn decode_to_json_with(
 
 /// Accounts one finished value; returns true when the top-level item is complete.
 #[inline]
-fn value_done(stack: &mut [DFrame; MAX_DEPTH], depth: &mut usize, r: &Reader<'_>) -> Result<bool, Error> {
+fn value_done(
+    stack: &mut [DFrame; MAX_DEPTH],
+    depth: &mut usize,
+    r: &Reader<'_>,
+) -> Result<bool, Error> {
     if *depth == 0 {
-        return if r.is_at_end() { Ok(true) } else { Err(Error::TrailingData) };
+        return if r.is_at_end() {
+            Ok(true)
+        } else {
+            Err(Error::TrailingData)
+        };
     }
     let f = &mut stack[*depth - 1];
     if f.map {
@@ -1279,7 +1330,12 @@ fn value_done(stack: &mut [DFrame; MAX_DEPTH], depth: &mut usize, r: &Reader<'_>
 
 /// Does the map whose content starts at `f.in_start` hold the text key `name`?
 fn map_has_text_key(cbor: &[u8], f: &DFrame, name: &[u8], max_depth: usize) -> Result<bool, Error> {
-    let mut r = Reader { buf: cbor, pos: f.in_start, dict: None, max_depth };
+    let mut r = Reader {
+        buf: cbor,
+        pos: f.in_start,
+        dict: None,
+        max_depth,
+    };
     let mut left = f.count;
     while left > 0 {
         let key = r.next_raw()?;
@@ -1358,11 +1414,28 @@ mod tests {
         assert_eq!(&enc("-1").0[..1], &[0x20]);
         assert_eq!(&enc("1.5").0[..3], &[0xf9, 0x3e, 0x00]);
         assert_eq!(&enc("100000.0").0[..5], &[0xfa, 0x47, 0xc3, 0x50, 0x00]);
-        assert_eq!(&enc("1.1").0[..9], &[0xfb, 0x3f, 0xf1, 0x99, 0x99, 0x99, 0x99, 0x99, 0x9a]);
+        assert_eq!(
+            &enc("1.1").0[..9],
+            &[0xfb, 0x3f, 0xf1, 0x99, 0x99, 0x99, 0x99, 0x99, 0x9a]
+        );
         assert_eq!(&enc("-0").0[..4], &[0xc6, 0x62, b'-', b'0']);
-        assert_eq!(&enc("18446744073709551615").0[..9], &[0x1b, 255, 255, 255, 255, 255, 255, 255, 255]);
-        assert_eq!(&enc("-18446744073709551616").0[..9], &[0x3b, 255, 255, 255, 255, 255, 255, 255, 255]);
-        for j in ["-0", "1E5", "1e400", "123456789012345678901234567890", "-0.0", "5.960464477539063e-8", "[1,-2,3.25]"] {
+        assert_eq!(
+            &enc("18446744073709551615").0[..9],
+            &[0x1b, 255, 255, 255, 255, 255, 255, 255, 255]
+        );
+        assert_eq!(
+            &enc("-18446744073709551616").0[..9],
+            &[0x3b, 255, 255, 255, 255, 255, 255, 255, 255]
+        );
+        for j in [
+            "-0",
+            "1E5",
+            "1e400",
+            "123456789012345678901234567890",
+            "-0.0",
+            "5.960464477539063e-8",
+            "[1,-2,3.25]",
+        ] {
             assert!(roundtrip(j), "{j}");
         }
     }
@@ -1378,7 +1451,11 @@ mod tests {
 
     #[test]
     fn canonical_escapes() {
-        assert!(roundtrip(r#"{"a\"b":"\\\n\u0001\u001f\t\b\f\r","é":"😀\u007f"}"#.replace("\\u007f", "\u{7f}").as_str()));
+        assert!(roundtrip(
+            r#"{"a\"b":"\\\n\u0001\u001f\t\b\f\r","é":"😀\u007f"}"#
+                .replace("\\u007f", "\u{7f}")
+                .as_str()
+        ));
         let (c, n) = enc(r#""\u00e9\ud83d\ude00\/""#);
         assert_eq!(&c[..n], &[0x67, 0xc3, 0xa9, 0xf0, 0x9f, 0x98, 0x80, b'/']);
     }
@@ -1386,8 +1463,22 @@ mod tests {
     #[test]
     fn malformed_json() {
         let mut out = [0u8; 64];
-        for j in ["", "{", "[1,]", "{\"a\"}", "01", "1.", "\"\\ud800\"", "tru", "[1] x", "\"\x01\""] {
-            assert!(encode_json(j.as_bytes(), &mut out, &Limits::DEFAULT).is_err(), "{j:?}");
+        for j in [
+            "",
+            "{",
+            "[1,]",
+            "{\"a\"}",
+            "01",
+            "1.",
+            "\"\\ud800\"",
+            "tru",
+            "[1] x",
+            "\"\x01\"",
+        ] {
+            assert!(
+                encode_json(j.as_bytes(), &mut out, &Limits::DEFAULT).is_err(),
+                "{j:?}"
+            );
         }
     }
 
@@ -1398,23 +1489,48 @@ mod tests {
         assert_eq!(decode_to_json(&[0x1c], &mut out, &l), Err(Error::Reserved));
         assert_eq!(decode_to_json(&[0x1f], &mut out, &l), Err(Error::Malformed));
         assert_eq!(decode_to_json(&[0xff], &mut out, &l), Err(Error::Malformed));
-        assert_eq!(decode_to_json(&[0x82, 0x01], &mut out, &l), Err(Error::Truncated));
-        assert_eq!(decode_to_json(&[0x81, 0xff], &mut out, &l), Err(Error::Malformed));
-        assert_eq!(decode_to_json(&[0xa1, 0x40, 0x01], &mut out, &l), Err(Error::Unrepresentable));
-        assert_eq!(decode_to_json(&[0xf8, 0x18], &mut out, &l), Err(Error::Malformed));
-        assert_eq!(decode_to_json(&[0x01, 0x01], &mut out, &l), Err(Error::TrailingData));
-        assert_eq!(decode_to_json(&[0x62, 0xc3, 0x28], &mut out, &l), Err(Error::InvalidUtf8));
-        assert_eq!(decode_to_json(&[0x7f, 0x41, 0x00, 0xff], &mut out, &l), Err(Error::Malformed));
+        assert_eq!(
+            decode_to_json(&[0x82, 0x01], &mut out, &l),
+            Err(Error::Truncated)
+        );
+        assert_eq!(
+            decode_to_json(&[0x81, 0xff], &mut out, &l),
+            Err(Error::Malformed)
+        );
+        assert_eq!(
+            decode_to_json(&[0xa1, 0x40, 0x01], &mut out, &l),
+            Err(Error::Unrepresentable)
+        );
+        assert_eq!(
+            decode_to_json(&[0xf8, 0x18], &mut out, &l),
+            Err(Error::Malformed)
+        );
+        assert_eq!(
+            decode_to_json(&[0x01, 0x01], &mut out, &l),
+            Err(Error::TrailingData)
+        );
+        assert_eq!(
+            decode_to_json(&[0x62, 0xc3, 0x28], &mut out, &l),
+            Err(Error::InvalidUtf8)
+        );
+        assert_eq!(
+            decode_to_json(&[0x7f, 0x41, 0x00, 0xff], &mut out, &l),
+            Err(Error::Malformed)
+        );
     }
 
     #[test]
     fn text_key_wins_over_alias() {
         // {"type": "x", 2: "y"} and {2: "y", "type": "x"} -> {"type":"x"}
         let mut out = [0u8; 64];
-        let a = [0xa2, 0x64, b't', b'y', b'p', b'e', 0x61, b'x', 0x02, 0x61, b'y'];
+        let a = [
+            0xa2, 0x64, b't', b'y', b'p', b'e', 0x61, b'x', 0x02, 0x61, b'y',
+        ];
         let n = decode_to_json(&a, &mut out, &Limits::DEFAULT).unwrap();
         assert_eq!(&out[..n], br#"{"type":"x"}"#);
-        let b = [0xa2, 0x02, 0x61, b'y', 0x64, b't', b'y', b'p', b'e', 0x61, b'x'];
+        let b = [
+            0xa2, 0x02, 0x61, b'y', 0x64, b't', b'y', b'p', b'e', 0x61, b'x',
+        ];
         let n = decode_to_json(&b, &mut out, &Limits::DEFAULT).unwrap();
         assert_eq!(&out[..n], br#"{"type":"x"}"#);
     }
@@ -1430,9 +1546,15 @@ mod tests {
     #[test]
     fn depth_limit() {
         let mut out = [0u8; 256];
-        let l = Limits { max_depth: 3, max_input: 100 };
+        let l = Limits {
+            max_depth: 3,
+            max_input: 100,
+        };
         assert!(encode_json(b"[[[1]]]", &mut out, &l).is_ok());
         assert_eq!(encode_json(b"[[[[1]]]]", &mut out, &l), Err(Error::TooDeep));
-        assert_eq!(decode_to_json(&[0x81, 0x81, 0x81, 0x81, 0x01], &mut out, &l), Err(Error::TooDeep));
+        assert_eq!(
+            decode_to_json(&[0x81, 0x81, 0x81, 0x81, 0x01], &mut out, &l),
+            Err(Error::TooDeep)
+        );
     }
 }

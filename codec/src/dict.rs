@@ -47,8 +47,7 @@ impl core::fmt::Display for Error {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for Error {}
+impl core::error::Error for Error {}
 
 /// One dictionary: key and value tables plus the deflate preset.
 ///
@@ -174,6 +173,9 @@ mod tests {
     #[test]
     fn unknown_version_is_an_error() {
         assert!(for_version(VERSION).is_ok());
-        assert_eq!(for_version(VERSION + 1).unwrap_err(), Error::UnknownVersion(VERSION + 1));
+        assert_eq!(
+            for_version(VERSION + 1).unwrap_err(),
+            Error::UnknownVersion(VERSION + 1)
+        );
     }
 }

@@ -39,11 +39,16 @@ pub fn run(cmd: CodecCommand) -> Result<()> {
         CodecCommand::Encode { route, plain } => {
             if let Some(r) = route {
                 // The route table lives in `lowband_codec::route` (written in parallel).
-                bail!("--route {} {}: route encoding is not available in this build", r[0], r[1]);
+                bail!(
+                    "--route {} {}: route encoding is not available in this build",
+                    r[0],
+                    r[1]
+                );
             }
             let json = read_stdin()?;
             let out = if plain {
-                cbor::encode_vec(&json, &Limits::DEFAULT).map_err(|e| anyhow::anyhow!("encode: {e}"))?
+                cbor::encode_vec(&json, &Limits::DEFAULT)
+                    .map_err(|e| anyhow::anyhow!("encode: {e}"))?
             } else {
                 pack::pack_vec(&json).map_err(|e| anyhow::anyhow!("encode: {e}"))?
             };
@@ -65,7 +70,9 @@ pub fn run(cmd: CodecCommand) -> Result<()> {
 
 fn read_stdin() -> Result<Vec<u8>> {
     let mut v = Vec::new();
-    std::io::stdin().read_to_end(&mut v).context("reading stdin")?;
+    std::io::stdin()
+        .read_to_end(&mut v)
+        .context("reading stdin")?;
     Ok(v)
 }
 
@@ -158,7 +165,13 @@ pub fn stats(dirs: &[PathBuf], out: &mut impl Write) -> Result<bool> {
             tp += p;
         }
     }
-    let pct = |x: usize| if tj == 0 { 0.0 } else { 100.0 * x as f64 / tj as f64 };
+    let pct = |x: usize| {
+        if tj == 0 {
+            0.0
+        } else {
+            100.0 * x as f64 / tj as f64
+        }
+    };
     writeln!(
         out,
         "TOTAL\t{tj}\t{tc}\t{tp}\t{}",
@@ -177,7 +190,10 @@ mod tests {
 
     #[test]
     fn compact_keeps_string_whitespace() {
-        assert_eq!(compact(b" { \"a b\" : [1, \"\\\" x\"] }\n"), b"{\"a b\":[1,\"\\\" x\"]}");
+        assert_eq!(
+            compact(b" { \"a b\" : [1, \"\\\" x\"] }\n"),
+            b"{\"a b\":[1,\"\\\" x\"]}"
+        );
     }
 
     #[test]

@@ -1,8 +1,7 @@
 //! cbor tests: lossless round trips (value equality; byte identity for canonical JSON), RFC 8949
 //! Appendix A vectors, malformed input never panics.
 use lowband_codec::cbor::{
-    decode_to_json, decode_to_json_with, encode_json, encode_json_with, Error, Item, Limits,
-    Reader,
+    decode_to_json, decode_to_json_with, encode_json, encode_json_with, Error, Item, Limits, Reader,
 };
 use proptest::prelude::*;
 use serde_json::Value;
@@ -121,10 +120,9 @@ fn edge_values_round_trip_as_values() {
 
 #[test]
 fn number_literals_come_back_as_text() {
-    for c in ["[-0,1E5,1e400,123456789012345678901234567890,1.50,0.1,1.0,-2.5e-7]"] {
-        let back = dec(&enc(c.as_bytes()).unwrap()).unwrap();
-        assert_eq!(String::from_utf8(back).unwrap(), c);
-    }
+    let c = "[-0,1E5,1e400,123456789012345678901234567890,1.50,0.1,1.0,-2.5e-7]";
+    let back = dec(&enc(c.as_bytes()).unwrap()).unwrap();
+    assert_eq!(String::from_utf8(back).unwrap(), c);
 }
 
 #[test]
@@ -133,16 +131,25 @@ fn deep_nesting_within_limit_and_beyond() {
     assert_eq!(dec(&enc(ok.as_bytes()).unwrap()).unwrap(), ok.as_bytes());
     let deep = "[".repeat(65) + &"]".repeat(65);
     assert_eq!(enc(deep.as_bytes()), Err(Error::TooDeep));
-    let deep_cbor = vec![0x81u8; 65].into_iter().chain([0x01]).collect::<Vec<_>>();
+    let deep_cbor = vec![0x81u8; 65]
+        .into_iter()
+        .chain([0x01])
+        .collect::<Vec<_>>();
     assert_eq!(dec(&deep_cbor), Err(Error::TooDeep));
 }
 
 #[test]
 fn size_limit() {
-    let l = Limits { max_depth: 8, max_input: 4 };
+    let l = Limits {
+        max_depth: 8,
+        max_input: 4,
+    };
     let mut out = [0u8; 64];
     assert_eq!(encode_json(b"[1,2]", &mut out, &l), Err(Error::TooLarge));
-    assert_eq!(decode_to_json(&[0x85, 1, 2, 3, 4, 5], &mut out, &l), Err(Error::TooLarge));
+    assert_eq!(
+        decode_to_json(&[0x85, 1, 2, 3, 4, 5], &mut out, &l),
+        Err(Error::TooLarge)
+    );
 }
 
 #[test]
@@ -151,11 +158,17 @@ fn buffer_too_small_is_an_error() {
     let cb = enc(json).unwrap();
     for n in 0..cb.len() {
         let mut out = vec![0u8; n];
-        assert_eq!(encode_json(json, &mut out, &Limits::DEFAULT), Err(Error::BufferTooSmall));
+        assert_eq!(
+            encode_json(json, &mut out, &Limits::DEFAULT),
+            Err(Error::BufferTooSmall)
+        );
     }
     for n in 0..json.len() {
         let mut out = vec![0u8; n];
-        assert_eq!(decode_to_json(&cb, &mut out, &Limits::DEFAULT), Err(Error::BufferTooSmall));
+        assert_eq!(
+            decode_to_json(&cb, &mut out, &Limits::DEFAULT),
+            Err(Error::BufferTooSmall)
+        );
     }
 }
 
@@ -217,26 +230,34 @@ fn malformed_cbor_is_a_typed_error() {
 fn vector_tests(file: &[u8]) -> Vec<(String, Vec<u8>)> {
     let limits = Limits::DEFAULT;
     let mut r = Reader::with_dict(file, None, &limits);
-    let Item::Map(Some(n)) = r.next().unwrap() else { panic!("not a map") };
+    let Item::Map(Some(n)) = r.next_value().unwrap() else {
+        panic!("not a map")
+    };
     let mut out = Vec::new();
     for _ in 0..n {
         if r.next_key().unwrap() != Item::Text("tests") {
             r.skip().unwrap();
             continue;
         }
-        let Item::Array(Some(t)) = r.next().unwrap() else { panic!("tests") };
+        let Item::Array(Some(t)) = r.next_value().unwrap() else {
+            panic!("tests")
+        };
         for _ in 0..t {
-            let Item::Map(Some(m)) = r.next().unwrap() else { panic!("test") };
+            let Item::Map(Some(m)) = r.next_value().unwrap() else {
+                panic!("test")
+            };
             let (mut desc, mut enc) = (String::new(), None);
             for _ in 0..m {
                 match r.next_key().unwrap() {
                     Item::Text("description") => {
-                        if let Item::Text(d) = r.next().unwrap() {
+                        if let Item::Text(d) = r.next_value().unwrap() {
                             desc = d.to_owned();
                         }
                     }
                     Item::Text("encoded") => {
-                        let Item::Bytes(b) = r.next().unwrap() else { panic!("encoded") };
+                        let Item::Bytes(b) = r.next_value().unwrap() else {
+                            panic!("encoded")
+                        };
                         enc = Some(b.to_vec());
                     }
                     _ => r.skip().unwrap(),
@@ -313,8 +334,9 @@ fn rfc8949_appendix_a_vectors() {
             let desc = format!("{}: {desc}", f.display());
             // (ciborium cannot hold unassigned simple values: those are not JSON either.)
             // (ciborium reads `undefined` as null: JSON has no undefined.)
-            let reference: Option<ciborium::Value> =
-                ciborium::from_reader(encoded).ok().filter(|_| encoded != [0xf7]);
+            let reference: Option<ciborium::Value> = ciborium::from_reader(encoded)
+                .ok()
+                .filter(|_| encoded != [0xf7]);
             match reference.as_ref().and_then(to_json) {
                 Some(want) => {
                     let got = dec_plain(encoded).unwrap_or_else(|e| panic!("{desc}: {e:?}"));
@@ -337,17 +359,19 @@ fn rfc8949_appendix_a_vectors() {
 
 #[test]
 fn reader_walks_a_message_with_dictionary_names() {
-    let cb = enc(br#"{"type":"m.room.message","content":{"msgtype":"m.text","body":"hi"},"x":[1,-2]}"#).unwrap();
+    let cb =
+        enc(br#"{"type":"m.room.message","content":{"msgtype":"m.text","body":"hi"},"x":[1,-2]}"#)
+            .unwrap();
     let mut r = Reader::new(&cb);
-    assert_eq!(r.next().unwrap(), Item::Map(Some(3)));
+    assert_eq!(r.next_value().unwrap(), Item::Map(Some(3)));
     assert_eq!(r.next_key().unwrap(), Item::Text("type"));
-    assert_eq!(r.next().unwrap(), Item::Text("m.room.message"));
+    assert_eq!(r.next_value().unwrap(), Item::Text("m.room.message"));
     assert_eq!(r.next_key().unwrap(), Item::Text("content"));
     r.skip().unwrap();
     assert_eq!(r.next_key().unwrap(), Item::Text("x"));
-    assert_eq!(r.next().unwrap(), Item::Array(Some(2)));
-    assert_eq!(r.next().unwrap(), Item::Unsigned(1));
-    assert_eq!(r.next().unwrap(), Item::Negative(1));
+    assert_eq!(r.next_value().unwrap(), Item::Array(Some(2)));
+    assert_eq!(r.next_value().unwrap(), Item::Unsigned(1));
+    assert_eq!(r.next_value().unwrap(), Item::Negative(1));
     assert!(r.is_at_end());
 }
 
@@ -359,7 +383,9 @@ fn arb_json() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
         any::<String>().prop_map(Value::String),
         prop_oneof![
             Just("m.text"),

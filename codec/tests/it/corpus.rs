@@ -23,7 +23,9 @@ pub fn json_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 pub fn data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
 }
 
 /// The JSON text without insignificant whitespace.
@@ -70,7 +72,11 @@ fn totals(dir: &str) -> (usize, usize, usize, usize) {
         let unpacked = pack::unpack_vec(&packed).unwrap();
         assert_eq!(unpacked, back, "{}", f.display());
         if let Ok(d) = std::env::var("LOWBAND_DUMP_CBOR") {
-            let name = f.strip_prefix(data(dir)).unwrap().to_string_lossy().replace('/', "__");
+            let name = f
+                .strip_prefix(data(dir))
+                .unwrap()
+                .to_string_lossy()
+                .replace('/', "__");
             std::fs::create_dir_all(Path::new(&d).join(dir)).unwrap();
             std::fs::write(Path::new(&d).join(dir).join(name + ".cbor"), &cb).unwrap();
         }
@@ -85,7 +91,11 @@ fn totals(dir: &str) -> (usize, usize, usize, usize) {
 fn spec_corpus_round_trips_within_budget() {
     let (n, j, c, p) = totals("spec-corpus");
     let pct = |x: usize| 100.0 * x as f64 / j as f64;
-    println!("spec corpus: {n} files json {j} cbor {c} ({:.1}%) packed {p} ({:.1}%)", pct(c), pct(p));
+    println!(
+        "spec corpus: {n} files json {j} cbor {c} ({:.1}%) packed {p} ({:.1}%)",
+        pct(c),
+        pct(p)
+    );
     assert!(p * 100 <= j * 30, "spec corpus packed {p} > 30% of {j}");
 }
 
@@ -93,7 +103,11 @@ fn spec_corpus_round_trips_within_budget() {
 fn synapse_samples_round_trip_within_budget() {
     let (n, j, c, p) = totals("synapse");
     let pct = |x: usize| 100.0 * x as f64 / j as f64;
-    println!("synapse: {n} files json {j} cbor {c} ({:.1}%) packed {p} ({:.1}%)", pct(c), pct(p));
+    println!(
+        "synapse: {n} files json {j} cbor {c} ({:.1}%) packed {p} ({:.1}%)",
+        pct(c),
+        pct(p)
+    );
     assert!(p * 100 <= j * 25, "synapse packed {p} > 25% of {j}");
 }
 

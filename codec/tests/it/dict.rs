@@ -9,7 +9,11 @@ const RELEASED: &[(u16, u64)] = &[(1, 0x2c8b_e232_4c06_85d8)];
 #[test]
 fn version_pins_the_tables() {
     let row = RELEASED.iter().find(|(v, _)| *v == VERSION);
-    assert_eq!(row.map(|r| r.1), Some(FINGERPRINT), "dictionary data changed: bump data/version.txt and record {FINGERPRINT:#018x}");
+    assert_eq!(
+        row.map(|r| r.1),
+        Some(FINGERPRINT),
+        "dictionary data changed: bump data/version.txt and record {FINGERPRINT:#018x}"
+    );
 }
 
 #[test]
@@ -17,14 +21,22 @@ fn every_entry_looks_up_both_ways() {
     let mut keys = 0;
     for id in 0..STATIC.key_count() as u64 {
         if let Some(name) = STATIC.key_name(id) {
-            assert_eq!(STATIC.key_id(name.as_bytes()).map(u64::from), Some(id), "{name}");
+            assert_eq!(
+                STATIC.key_id(name.as_bytes()).map(u64::from),
+                Some(id),
+                "{name}"
+            );
             keys += 1;
         }
     }
     assert!(keys > 500, "{keys}");
     for code in 0..STATIC.value_count() as u64 {
         let v = STATIC.value_name(code).unwrap();
-        assert_eq!(STATIC.value_code(v.as_bytes()).map(u64::from), Some(code), "{v}");
+        assert_eq!(
+            STATIC.value_code(v.as_bytes()).map(u64::from),
+            Some(code),
+            "{v}"
+        );
     }
     assert!(STATIC.value_count() <= 244);
 }
@@ -32,7 +44,10 @@ fn every_entry_looks_up_both_ways() {
 #[test]
 fn unknown_version_is_rejected() {
     assert!(dict::for_version(VERSION).is_ok());
-    assert_eq!(dict::for_version(0xffff).unwrap_err(), dict::Error::UnknownVersion(0xffff));
+    assert_eq!(
+        dict::for_version(0xffff).unwrap_err(),
+        dict::Error::UnknownVersion(0xffff)
+    );
 }
 
 /// The deflate preset built from `data/deflate-seed.json`: every seed body encoded with the
@@ -44,7 +59,9 @@ pub fn build_deflate_dict() -> Vec<u8> {
     let mut out = Vec::new();
     for body in seed.as_array().unwrap() {
         let json = serde_json::to_vec(body).unwrap();
-        out.extend(lowband_codec::cbor::encode_vec(&json, &lowband_codec::cbor::Limits::DEFAULT).unwrap());
+        out.extend(
+            lowband_codec::cbor::encode_vec(&json, &lowband_codec::cbor::Limits::DEFAULT).unwrap(),
+        );
     }
     let cap = 32 * 1024;
     if out.len() > cap {

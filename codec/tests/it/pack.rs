@@ -23,7 +23,12 @@ fn big_body_is_deflated_and_comes_back() {
     let packed = pack::pack_vec(&json).unwrap();
     let plain = cbor::encode_vec(&json, &Limits::DEFAULT).unwrap();
     assert_eq!(packed[0], DEFLATE_MARK);
-    assert!(packed.len() * 3 < plain.len(), "{} vs {}", packed.len(), plain.len());
+    assert!(
+        packed.len() * 3 < plain.len(),
+        "{} vs {}",
+        packed.len(),
+        plain.len()
+    );
     assert_eq!(pack::unpack_vec(&packed).unwrap(), json);
     // Allocation-free path with exact scratch.
     let mut scratch = vec![0u8; pack::scratch_len(plain.len())];
@@ -31,7 +36,10 @@ fn big_body_is_deflated_and_comes_back() {
     let n = pack::unpack(&packed, &mut scratch, &mut out).unwrap();
     assert_eq!(&out[..n], &json[..]);
     let mut small = vec![0u8; pack::scratch_len(plain.len()) - 1];
-    assert_eq!(pack::unpack(&packed, &mut small, &mut out), Err(Error::ScratchTooSmall));
+    assert_eq!(
+        pack::unpack(&packed, &mut small, &mut out),
+        Err(Error::ScratchTooSmall)
+    );
 }
 
 #[test]
@@ -40,7 +48,10 @@ fn truncated_or_corrupt_stream_errors() {
     let mut scratch = vec![0u8; 64 * 1024];
     let mut out = vec![0u8; 64 * 1024];
     for cut in 1..packed.len() {
-        assert!(pack::unpack(&packed[..cut], &mut scratch, &mut out).is_err(), "cut {cut}");
+        assert!(
+            pack::unpack(&packed[..cut], &mut scratch, &mut out).is_err(),
+            "cut {cut}"
+        );
     }
     let mut bad = packed.clone();
     bad[1] ^= 0xff;
@@ -49,7 +60,13 @@ fn truncated_or_corrupt_stream_errors() {
 
 #[test]
 fn tiny_bodies_never_grow() {
-    for j in ["{}", "[]", "1", r#"{"a":"b"}"#, r#"{"errcode":"M_FORBIDDEN","error":"no"}"#] {
+    for j in [
+        "{}",
+        "[]",
+        "1",
+        r#"{"a":"b"}"#,
+        r#"{"errcode":"M_FORBIDDEN","error":"no"}"#,
+    ] {
         let p = pack::pack_vec(j.as_bytes()).unwrap();
         let c = cbor::encode_vec(j.as_bytes(), &Limits::DEFAULT).unwrap();
         assert_eq!(p, c, "{j}");
