@@ -450,6 +450,30 @@ proptest! {
     }
 
     #[test]
+    fn base64_like_strings_round_trip_as_text(
+        bytes in prop::collection::vec(any::<u8>(), 0..80),
+        url in any::<bool>(),
+        sigil in any::<bool>(),
+        junk in r"[A-Za-z0-9+/_$-]{0,70}",
+    ) {
+        let alphabet: &[u8] = if url {
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        } else {
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        };
+        let mut b64 = String::from(if sigil { "$" } else { "" });
+        for c in bytes.chunks(3) {
+            let v = c.iter().fold(0u32, |a, &x| (a << 8) | u32::from(x)) << (8 * (3 - c.len()));
+            for i in 0..=c.len() {
+                b64.push(alphabet[((v >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        let text = format!("[\"{b64}\",\"{junk}\"]");
+        let back = dec(&enc(text.as_bytes()).unwrap()).unwrap();
+        prop_assert_eq!(String::from_utf8(back).unwrap(), text);
+    }
+
+    #[test]
     fn plain_mode_round_trips(v in arb_json()) {
         let text = serde_json::to_vec(&v).unwrap();
         let mut cb = vec![0u8; text.len() * 3 + 16];
