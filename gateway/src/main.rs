@@ -1,6 +1,8 @@
 //! `lowband`: the gateway binary.
 use clap::{Parser, Subcommand};
 
+mod codec_cmd;
+
 /// lowband: Matrix over links as slow as 100 bit/s.
 #[derive(Debug, Parser)]
 #[command(name = "lowband", version, about)]
@@ -10,9 +12,15 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Translate Matrix JSON bodies to and from lowband's CBOR link form; measure corpora.
+    #[command(subcommand)]
+    Codec(codec_cmd::CodecCommand),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Codec(cmd) => codec_cmd::run(cmd),
+    }
 }
