@@ -2,4 +2,8 @@
 #![warn(missing_docs)]
 
 pub mod keys;
+pub mod serve;
 pub mod sim;
+pub mod transport;
+pub mod tunnel;
+pub mod wire;
