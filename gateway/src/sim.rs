@@ -11,15 +11,13 @@
 use core::time::Duration;
 use std::collections::BTreeMap;
 
-use lowband_codec::coap::{
-    self, Code, Options, Received, Request, RequestHandle, TransmissionParams,
-};
+use lowband_codec::coap::{self, Code, Options, Received, Request, RequestHandle, TransmissionParams};
 use lowband_codec::frame::{Fragmenter, Reassembler};
-use lowband_codec::noise::link::RESPONDER_EXPORT_LEN;
 use lowband_codec::noise::link::{
     InitiatorConfig, LinkPattern, LinkVersion, ResponderConfig, RetransmitConfig, TransportConfig,
 };
 use lowband_codec::noise::Keypair;
+use lowband_codec::noise::link::RESPONDER_EXPORT_LEN;
 use lowband_codec::session::{self, Client, Server, ServerSession, SessionEvent};
 use lowband_linksim::{Dir, Endpoint, Link, LinkConfig, Pair};
 use rand_chacha::rand_core::SeedableRng;
@@ -268,9 +266,7 @@ impl Endpoint for Requester {
         if std::env::var_os("LOWBAND_SIM_TRACE").is_some() {
             eprintln!("{now} A<-B {} bytes", data.len());
         }
-        let Some(packet) = self.link.receive(now, data) else {
-            return;
-        };
+        let Some(packet) = self.link.receive(now, data) else { return };
         let packet = packet.to_vec();
         let mut scratch = [0u8; COAP_MTU];
         if let Some(Received::Response(r)) = self.client.handle_packet(now, &packet, &mut scratch) {
@@ -288,14 +284,7 @@ impl Endpoint for Requester {
 
     fn poll_timeout(&mut self) -> Option<Duration> {
         let hold = (self.hold_until > 0).then_some(self.hold_until);
-        let t = [
-            self.client.poll_timeout(),
-            self.link.reasm.poll_timeout(),
-            hold,
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let t = [self.client.poll_timeout(), self.link.reasm.poll_timeout(), hold].into_iter().flatten().min();
         if !self.link.out.is_empty() {
             return Some(Duration::ZERO);
         }
@@ -353,9 +342,7 @@ impl Endpoint for Responder {
 
     fn handle_receive(&mut self, now: Duration, data: &[u8]) {
         let now = ms(now);
-        let Some(packet) = self.link.receive(now, data) else {
-            return;
-        };
+        let Some(packet) = self.link.receive(now, data) else { return };
         let packet = packet.to_vec();
         let versions = [self.keys.version];
         let cfg = ResponderConfig {
@@ -368,25 +355,14 @@ impl Endpoint for Responder {
             transport: TransportConfig::default(),
         };
         let mut scratch = [0u8; PACKET];
-        let got = self.server.handle_packet(
-            now,
-            &cfg,
-            &mut self.rng,
-            self.peer_addr,
-            &packet,
-            &mut scratch,
-        );
+        let got =
+            self.server.handle_packet(now, &cfg, &mut self.rng, self.peer_addr, &packet, &mut scratch);
         if let Some((i, Some(Received::Request(req)))) = got {
-            let n = req
-                .payload
-                .get(..4)
-                .map_or(u32::MAX, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            let n = req.payload.get(..4).map_or(u32::MAX, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
             *self.seen.entry(n).or_default() += 1;
             let responder = req.responder;
             if let Some(s) = self.server.session(i) {
-                let _ = s
-                    .coap()
-                    .respond(now, &responder, Code::CHANGED, Options::NONE, &[]);
+                let _ = s.coap().respond(now, &responder, Code::CHANGED, Options::NONE, &[]);
             }
         }
     }
@@ -435,17 +411,9 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     let mut rng = ChaCha20Rng::seed_from_u64(cfg.seed);
     let gateway = Keypair::generate(&mut rng);
     let device = Keypair::generate(&mut rng);
-    let version = LinkVersion {
-        protocol: 1,
-        dict: 1,
-    };
+    let version = LinkVersion { protocol: 1, dict: 1 };
     let params = params_for(cfg);
-    let coap_cfg = |seed| coap::Config {
-        params,
-        seed,
-        token_len: 1,
-        extra_options: &[],
-    };
+    let coap_cfg = |seed| coap::Config { params, seed, token_len: 1, extra_options: &[] };
     let init = InitiatorConfig {
         pattern: LinkPattern::IK,
         version,
@@ -456,12 +424,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     };
     let reasm_timeout = params.ack_timeout * 2;
     // INVARIANT: a freshly generated pinned key is valid, so building msg1 cannot fail.
-    let client = SimClient::new(
-        init,
-        coap_cfg(cfg.seed ^ 0x5eed),
-        ChaCha20Rng::seed_from_u64(cfg.seed ^ 1),
-    )
-    .expect("msg1 with a fresh key");
+    let client = SimClient::new(init, coap_cfg(cfg.seed ^ 0x5eed), ChaCha20Rng::seed_from_u64(cfg.seed ^ 1))
+        .expect("msg1 with a fresh key");
     let requester = Requester {
         client,
         link: Datagrams::new(cfg.mtu, reasm_timeout),
@@ -478,11 +442,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     };
     let responder = Responder {
         server: SimServer::new(coap_cfg(cfg.seed ^ 0xfeed)),
-        keys: ResponderKeys {
-            allowed: vec![device.public()],
-            local: gateway,
-            version,
-        },
+        keys: ResponderKeys { allowed: vec![device.public()], local: gateway, version },
         rng: ChaCha20Rng::seed_from_u64(cfg.seed ^ 2),
         link: Datagrams::new(cfg.mtu, reasm_timeout),
         seen: BTreeMap::new(),
@@ -502,11 +462,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     };
     let mut pair = Pair::new(requester, responder, Link::symmetric(link_cfg, cfg.seed));
     // Generous cap: every request may use its whole deadline, one after the other.
-    let cap = Duration::from_millis(
-        params
-            .default_deadline()
-            .saturating_mul(cfg.requests as u64 + 4),
-    );
+    let cap = Duration::from_millis(params.default_deadline().saturating_mul(cfg.requests as u64 + 4));
     let total = cfg.requests;
     let mut events: Vec<(usize, Event)> = Vec::new();
     if let Some(at) = cfg.rebind {
