@@ -143,6 +143,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             .flatten()
             .min()
             .unwrap_or(now + 60_000);
+        // Counters still to be written wake the loop too.
+        let wake = if st.stats_dirty { wake.min(now + 60) } else { wake };
         let sleep = tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now)));
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
@@ -376,7 +378,13 @@ impl State {
         if !http.path_and_query.starts_with('/') {
             return self.respond_error(now, i, &to, 400, "M_UNRECOGNIZED", "lowband: bad path");
         }
-        tracing::debug!(method = %http.method, path = %path_only(&http.path_and_query), "serve: request");
+        tracing::debug!(
+            method = %http.method,
+            path = %path_only(&http.path_and_query),
+            coap_options = req.options.iter().count(),
+            link_body = req.payload.len(),
+            "serve: request"
+        );
         // TODO(ops): count requests per route in Metrics.
         let client = self.http.clone();
         let base = self.homeserver.clone();
@@ -411,6 +419,7 @@ impl State {
                 )
             }
         };
+        tracing::debug!(status = d.response.status, http_body = d.response.body.len(), link_body = w.body.bytes.len(), "serve: response");
         let mut l: OptionList<'_, 12> = w.options();
         if w.body.bytes.len() <= BLOCK {
             let o = l.as_options();
