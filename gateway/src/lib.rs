@@ -1,6 +1,8 @@
 //! The lowband gateway library: the pieces behind the `lowband` binary.
 #![warn(missing_docs)]
 
+extern crate alloc;
+
 pub mod keys;
 pub mod serve;
 pub mod sim;

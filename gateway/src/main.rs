@@ -1,5 +1,5 @@
 //! `lowband`: the gateway binary.
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};

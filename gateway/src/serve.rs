@@ -15,10 +15,11 @@
 //! ACK when the homeserver is quick, else as a separate response (long-polling `/sync`).
 //! Bodies over one block travel block-wise: uploads as Block1 requests reassembled here, large
 //! responses kept under a [`wire::opt::BODY`] id and fetched block by block (RFC 7959).
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use alloc::collections::BTreeMap;
+use core::net::SocketAddr;
+use core::time::Duration;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -144,7 +145,11 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             .min()
             .unwrap_or(now + 60_000);
         // Counters still to be written wake the loop too.
-        let wake = if st.stats_dirty { wake.min(now + 60) } else { wake };
+        let wake = if st.stats_dirty {
+            wake.min(now + 60)
+        } else {
+            wake
+        };
         let sleep = tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now)));
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
@@ -419,7 +424,12 @@ impl State {
                 )
             }
         };
-        tracing::debug!(status = d.response.status, http_body = d.response.body.len(), link_body = w.body.bytes.len(), "serve: response");
+        tracing::debug!(
+            status = d.response.status,
+            http_body = d.response.body.len(),
+            link_body = w.body.bytes.len(),
+            "serve: response"
+        );
         let mut l: OptionList<'_, 12> = w.options();
         if w.body.bytes.len() <= BLOCK {
             let o = l.as_options();

@@ -9,7 +9,7 @@
 //! answers 2.04 Changed with an empty body.
 
 use core::time::Duration;
-use std::collections::BTreeMap;
+use alloc::collections::BTreeMap;
 
 use lowband_codec::coap::{self, Code, Options, Received, Request, RequestHandle, TransmissionParams};
 use lowband_codec::frame::{Fragmenter, Reassembler};
@@ -150,7 +150,7 @@ struct Datagrams {
     mtu: usize,
     frag: Fragmenter,
     reasm: Reassembler<4, PACKET>,
-    out: std::collections::VecDeque<Vec<u8>>,
+    out: alloc::collections::VecDeque<Vec<u8>>,
 }
 
 impl Datagrams {

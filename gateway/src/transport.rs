@@ -4,7 +4,7 @@
 //! handshake messages) in UDP datagrams of at most the link MTU, split with
 //! [`lowband_codec::frame`] fragmentation when a packet is larger (a CoAP message holding a
 //! 1 KiB block is). Times are u64 milliseconds since the process started.
-use std::collections::VecDeque;
+use alloc::collections::VecDeque;
 use std::time::Instant;
 
 use lowband_codec::coap::{self, TransmissionParams};

@@ -14,10 +14,11 @@
 //! Deadlines: a request may wait for its CoAP retransmission schedule; a long-polling `/sync`
 //! (`timeout=N` in the query) gets N ms more, so the link deadline always exceeds the
 //! homeserver's hold time plus airtime.
-use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use alloc::collections::BTreeMap;
+use core::convert::Infallible;
+use core::net::SocketAddr;
+use core::time::Duration;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -41,6 +42,9 @@ use crate::transport::{
 use crate::wire::{
     self, opt, take_token, Auth, HttpRequest, HttpResponse, TokenTable, WireRequest,
 };
+
+/// Options copied out of a datagram: (number, value).
+type OwnedOptions = Vec<(u16, Vec<u8>)>;
 
 type TunnelClient = Client<ChaCha20Rng, 16, 8, 1, COAP_MTU>;
 
@@ -84,7 +88,7 @@ struct Op {
     timeout_ms: u64,
     phase: Phase,
     auth_retried: bool,
-    first: Option<(Code, Vec<(u16, Vec<u8>)>)>,
+    first: Option<(Code, OwnedOptions)>,
     body: Vec<u8>,
     reply: oneshot::Sender<HttpResponse>,
 }

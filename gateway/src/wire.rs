@@ -21,7 +21,7 @@
 //!
 //! Custom option numbers are even (elective, RFC 7252 §5.4.1) and small (one-byte option
 //! deltas). <https://www.rfc-editor.org/rfc/rfc7252#section-5.4>
-use std::collections::BTreeMap;
+use alloc::collections::BTreeMap;
 
 use lowband_codec::coap::{Code, Opt, OptionList, Options};
 use lowband_codec::{pack, route};

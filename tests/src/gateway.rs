@@ -27,8 +27,15 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
             .to_path_buf();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "lowband-gateway", "-p", "lowband-linksim", "--bins"])
-            .current_dir(crate::workspace_root());
+        cmd.args([
+            "build",
+            "-p",
+            "lowband-gateway",
+            "-p",
+            "lowband-linksim",
+            "--bins",
+        ])
+        .current_dir(crate::workspace_root());
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
