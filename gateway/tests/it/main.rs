@@ -1,2 +1,3 @@
 //! Integration tests of the gateway: one binary.
+mod roles;
 mod sim;
