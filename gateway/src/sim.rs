@@ -407,7 +407,14 @@ pub fn params_for(cfg: &SimConfig) -> TransmissionParams {
 }
 
 /// Runs the simulation to the end (every request resolved, or a virtual-time cap).
+///
+/// Runs on a thread with a large stack: the session state machines are built by value.
 pub fn run(cfg: &SimConfig) -> SimReport {
+    let cfg = cfg.clone();
+    crate::transport::on_big_stack(move || run_here(&cfg))
+}
+
+fn run_here(cfg: &SimConfig) -> SimReport {
     let mut rng = ChaCha20Rng::seed_from_u64(cfg.seed);
     let gateway = Keypair::generate(&mut rng);
     let device = Keypair::generate(&mut rng);
