@@ -8,4 +8,8 @@ pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod plaincoap;
+pub mod serve;
 pub mod sim;
+pub mod transport;
+pub mod tunnel;
+pub mod wire;

@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary.
 
 mod federation;
+mod gateway_e2e;
 mod harness;
 mod synapse_smoke;

@@ -22,6 +22,7 @@ mod ca;
 mod env;
 mod federation;
 mod front;
+pub mod gateway;
 pub mod http;
 mod net;
 mod nio;
@@ -31,6 +32,7 @@ mod tmp;
 
 pub use ca::{LeafCert, TestCa};
 pub use env::{py_script, require_peers, workspace_root, Venv};
+pub use gateway::Gateway;
 pub use federation::{FederationPair, PairMode};
 pub use front::TlsFront;
 pub use net::{free_port, wait_for_port};

@@ -1,4 +1,5 @@
 //! Integration tests of the gateway: one binary.
 mod coap_interop;
 mod ops;
+mod roles;
 mod sim;

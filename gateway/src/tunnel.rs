@@ -1,0 +1,544 @@
+//! `lowband tunnel`: the gateway next to an unmodified Matrix client.
+//!
+//! An HTTP/1.1 server on `--listen-http`; every request is mapped ([`crate::wire`]) to one
+//! CoAP request over one secure session ([`Client`]) to `lowband serve`, and the answer comes
+//! back with the same status, body and the headers that matter. The access token is
+//! registered once per session under a small number ([`TokenTable`]).
+//!
+//! ```text
+//!  HTTP handler ──Cmd──► session task: Client::request ──► Datagrams ──► UDP ──► serve
+//!        ▲                     │ response (blocks reassembled)
+//!        └──oneshot────────────┘
+//! ```
+//!
+//! Deadlines: a request may wait for its CoAP retransmission schedule; a long-polling `/sync`
+//! (`timeout=N` in the query) gets N ms more, so the link deadline always exceeds the
+//! homeserver's hold time plus airtime.
+use alloc::collections::BTreeMap;
+use core::convert::Infallible;
+use core::net::SocketAddr;
+use core::time::Duration;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use lowband_codec::coap::{
+    self, BlockOpt, Code, Opt, OptionList, Options, Received, Request, RequestHandle,
+};
+use lowband_codec::noise::link::{InitiatorConfig, LinkPattern, TransportConfig};
+use lowband_codec::noise::{Keypair, PublicKey};
+use lowband_codec::session::{Client, SessionEvent};
+use rand_chacha::rand_core::{OsRng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::transport::{
+    now_ms, on_big_stack, Datagrams, LinkParams, BLOCK, BLOCK_SZX, COAP_MTU, PACKET, VERSION,
+};
+use crate::wire::{
+    self, opt, take_token, Auth, HttpRequest, HttpResponse, TokenTable, WireRequest,
+};
+
+/// Options copied out of a datagram: (number, value).
+type OwnedOptions = Vec<(u16, Vec<u8>)>;
+
+type TunnelClient = Client<ChaCha20Rng, 16, 8, 1, COAP_MTU>;
+
+/// `tunnel` settings.
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// HTTP address to listen on.
+    pub listen: SocketAddr,
+    /// `lowband serve`'s UDP address.
+    pub gateway: SocketAddr,
+    /// Its public key (pinned).
+    pub gateway_key: [u8; 32],
+    /// Our static key.
+    pub key: [u8; 32],
+    /// Link properties.
+    pub link: LinkParams,
+}
+
+#[derive(Debug)]
+struct Cmd {
+    req: HttpRequest,
+    token: Option<String>,
+    timeout_ms: u64,
+    reply: oneshot::Sender<HttpResponse>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Sending the request (whole, or Block1 number `n`).
+    Request(u32),
+    /// Fetching block `n` of kept response body `id`.
+    Fetch { id: u32, n: u32 },
+}
+
+#[derive(Debug)]
+struct Op {
+    wire: WireRequest,
+    token: Option<String>,
+    auth: Option<Auth>,
+    tag: u32,
+    timeout_ms: u64,
+    phase: Phase,
+    auth_retried: bool,
+    first: Option<(Code, OwnedOptions)>,
+    body: Vec<u8>,
+    reply: oneshot::Sender<HttpResponse>,
+}
+
+struct Session {
+    client: Box<TunnelClient>,
+    link: Datagrams,
+    tokens: TokenTable,
+    ops: BTreeMap<RequestHandle, Op>,
+    next_tag: u32,
+    established_once: bool,
+}
+
+/// Runs the tunnel until an I/O error.
+///
+/// # Errors
+/// Binding sockets, socket errors.
+pub async fn run(cfg: TunnelConfig) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(cfg.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, gateway = %cfg.gateway, "tunnel: listening");
+    let (tx, rx) = mpsc::unbounded_channel::<Cmd>();
+    let link_task = tokio::spawn(session_task(cfg.clone(), rx));
+    let default_deadline = cfg.link.transmission().default_deadline();
+    let http = async move {
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |r| handle_http(r, tx.clone(), default_deadline));
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
+                    tracing::debug!(%e, "tunnel: connection ended");
+                }
+            });
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), anyhow::Error>(())
+    };
+    tokio::select! {
+        r = http => r,
+        r = link_task => r?,
+    }
+}
+
+fn query_timeout(pq: &str) -> Option<u64> {
+    let (path, q) = pq.split_once('?')?;
+    if !path.ends_with("/sync") && !path.contains("/events") {
+        return None;
+    }
+    q.split('&')
+        .find_map(|kv| kv.strip_prefix("timeout="))
+        .and_then(|v| v.parse().ok())
+}
+
+async fn handle_http(
+    r: hyper::Request<Incoming>,
+    tx: mpsc::UnboundedSender<Cmd>,
+    default_deadline: u64,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let method = r.method().as_str().to_owned();
+    let pq = r
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let h = r.headers();
+    let get =
+        |n: hyper::header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let content_type = get(hyper::header::CONTENT_TYPE);
+    let (token, pq) = take_token(get(hyper::header::AUTHORIZATION).as_deref(), &pq);
+    let resp = match Limited::new(r.into_body(), wire::MAX_MEDIA).collect().await {
+        Err(_) => HttpResponse::matrix_error(413, "M_TOO_LARGE", "lowband: body too large"),
+        Ok(b) => {
+            let timeout_ms = default_deadline + query_timeout(&pq).unwrap_or(0);
+            let (reply, wait) = oneshot::channel();
+            let req = HttpRequest {
+                method,
+                path_and_query: pq,
+                content_type,
+                body: b.to_bytes().to_vec(),
+            };
+            if tx
+                .send(Cmd {
+                    req,
+                    token,
+                    timeout_ms,
+                    reply,
+                })
+                .is_err()
+            {
+                HttpResponse::matrix_error(502, "M_UNKNOWN", "lowband tunnel: link task stopped")
+            } else {
+                match tokio::time::timeout(Duration::from_millis(timeout_ms + 30_000), wait).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => HttpResponse::matrix_error(
+                        502,
+                        "M_UNKNOWN",
+                        "lowband tunnel: request dropped",
+                    ),
+                    Err(_) => HttpResponse::matrix_error(
+                        504,
+                        "M_UNKNOWN",
+                        "lowband tunnel: no answer over the link",
+                    ),
+                }
+            }
+        }
+    };
+    Ok(to_hyper(resp))
+}
+
+fn to_hyper(r: HttpResponse) -> hyper::Response<Full<Bytes>> {
+    let mut b = hyper::Response::builder().status(r.status);
+    for (n, v) in [
+        (hyper::header::CONTENT_TYPE, r.content_type),
+        (hyper::header::RETRY_AFTER, r.retry_after),
+        (hyper::header::LOCATION, r.location),
+        (hyper::header::CONTENT_DISPOSITION, r.content_disposition),
+    ] {
+        if let Some(v) = v {
+            b = b.header(n, v);
+        }
+    }
+    b.body(Full::new(Bytes::from(r.body))).unwrap_or_else(|_| {
+        let mut r = hyper::Response::new(Full::new(Bytes::from_static(
+            b"{\"errcode\":\"M_UNKNOWN\",\"error\":\"lowband: bad response\"}",
+        )));
+        *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+        r
+    })
+}
+
+async fn session_task(
+    cfg: TunnelConfig,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+) -> anyhow::Result<()> {
+    let bind: SocketAddr = if cfg.gateway.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let socket = UdpSocket::bind(bind).await?;
+    socket.connect(cfg.gateway).await?;
+    let link = cfg.link;
+    let init = InitiatorConfig {
+        pattern: LinkPattern::IK,
+        version: VERSION,
+        local: Keypair::from_secret(cfg.key),
+        remote: PublicKey(cfg.gateway_key),
+        retransmit: link.retransmit(),
+        transport: TransportConfig::default(),
+    };
+    let rng = ChaCha20Rng::from_entropy();
+    let seed = rand_core::RngCore::next_u64(&mut OsRng);
+    let client = on_big_stack(move || TunnelClient::new(init, link.coap(seed), rng).map(Box::new))
+        .map_err(|e| anyhow::anyhow!("tunnel: cannot start the handshake: {e:?}"))?;
+    let mut s = Session {
+        client,
+        link: Datagrams::new(link.mtu, 2 * link.transmission().ack_timeout),
+        tokens: TokenTable::default(),
+        ops: BTreeMap::new(),
+        next_tag: 0,
+        established_once: false,
+    };
+    let start = Instant::now();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let now = now_ms(start);
+        let wake = [s.client.poll_timeout(), s.link.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + 60_000);
+        let sleep = tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now)));
+        tokio::select! {
+            r = socket.recv(&mut buf) => match r {
+                Ok(n) => s.on_datagram(now_ms(start), &buf[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset) => {}
+                Err(e) => return Err(e.into()),
+            },
+            c = rx.recv() => match c {
+                Some(c) => s.start(now_ms(start), c),
+                None => return Ok(()),
+            },
+            () = sleep => {
+                let now = now_ms(start);
+                s.client.handle_timeout(now);
+                s.link.handle_timeout(now);
+            }
+        }
+        let now = now_ms(start);
+        s.events();
+        let mut out = vec![0u8; PACKET];
+        while let Some(n) = s.client.poll_transmit(now, &mut out) {
+            s.link.push(&out[..n]);
+        }
+        while let Some(d) = s.link.out.pop_front() {
+            if let Err(e) = socket.send(&d).await {
+                tracing::debug!(%e, "tunnel: send failed");
+            }
+        }
+        s.events();
+    }
+}
+
+impl Session {
+    fn start(&mut self, now: u64, c: Cmd) {
+        let wire = match WireRequest::encode(&c.req) {
+            Ok(w) => w,
+            Err(wire::WireError::TooLarge) => {
+                let _ = c.reply.send(HttpResponse::matrix_error(
+                    413,
+                    "M_TOO_LARGE",
+                    "lowband: body too large",
+                ));
+                return;
+            }
+            Err(e) => {
+                tracing::info!(%e, "tunnel: request not mapped");
+                let _ = c.reply.send(HttpResponse::matrix_error(
+                    400,
+                    "M_UNRECOGNIZED",
+                    "lowband: request not mapped",
+                ));
+                return;
+            }
+        };
+        let tag = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1);
+        let op = Op {
+            wire,
+            token: c.token,
+            auth: None,
+            tag,
+            timeout_ms: c.timeout_ms,
+            phase: Phase::Request(0),
+            auth_retried: false,
+            first: None,
+            body: Vec::new(),
+            reply: c.reply,
+        };
+        self.send(now, op);
+    }
+
+    /// Sends the next message of `op` (its phase says which).
+    fn send(&mut self, now: u64, mut op: Op) {
+        op.auth = op.token.as_deref().map(|t| self.tokens.auth_for(t));
+        let auth = op.auth.as_ref().map(Auth::to_bytes);
+        let r = {
+            let mut l: OptionList<'_, 12>;
+            let payload: &[u8];
+            match op.phase {
+                Phase::Request(n) => {
+                    l = op.wire.options(auth.as_deref());
+                    let body = &op.wire.body.bytes;
+                    if body.len() > BLOCK {
+                        let b = BlockOpt::new(n, (n as usize + 1) * BLOCK < body.len(), BLOCK_SZX);
+                        let end = (b.offset() + BLOCK).min(body.len());
+                        payload = body.get(b.offset()..end).unwrap_or(&[]);
+                        let _ = l.push(Opt::uint(opt::BLOCK1, b.to_uint()));
+                        let _ = l.push(Opt::uint(opt::UPLOAD, op.tag));
+                    } else {
+                        payload = body;
+                    }
+                }
+                Phase::Fetch { id, n } => {
+                    l = OptionList::new();
+                    let _ = l.push(Opt::uint(
+                        opt::BLOCK2,
+                        BlockOpt::new(n, false, BLOCK_SZX).to_uint(),
+                    ));
+                    let _ = l.push(Opt::uint(opt::BODY, id));
+                    payload = &[];
+                }
+            }
+            let req = Request {
+                confirmable: true,
+                code: Code::POST,
+                options: l.as_options(),
+                payload,
+                timeout: Some(op.timeout_ms),
+            };
+            self.client.request(now, req)
+        };
+        match r {
+            Ok(h) => {
+                self.ops.insert(h, op);
+            }
+            Err(e) => {
+                tracing::warn!(?e, "tunnel: request not queued");
+                let msg = match e {
+                    coap::SendError::NoSlot => "lowband tunnel: too many requests in flight",
+                    _ => "lowband tunnel: request too large for the link",
+                };
+                let _ = op
+                    .reply
+                    .send(HttpResponse::matrix_error(503, "M_UNKNOWN", msg));
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, now: u64, d: &[u8]) {
+        let Some(packet) = self.link.receive(now, d) else {
+            return;
+        };
+        let packet = packet.to_vec();
+        let mut scratch = vec![0u8; COAP_MTU];
+        let Some(Received::Response(r)) = self.client.handle_packet(now, &packet, &mut scratch)
+        else {
+            return;
+        };
+        if !r.last {
+            return;
+        }
+        let Some(mut op) = self.ops.remove(&r.handle) else {
+            return;
+        };
+        // The server knows our token number now.
+        if let Some(a) = &op.auth {
+            self.tokens.acknowledged(a);
+        }
+        // The server lost our token number: register again, once.
+        if r.code == Code::new(4, 12) && r.options.first(opt::AUTH).is_some() {
+            if let Some(Auth::Number(n)) = &op.auth {
+                self.tokens.forget(*n);
+            }
+            if !op.auth_retried {
+                op.auth_retried = true;
+                return self.send(now, op);
+            }
+        }
+        match op.phase {
+            Phase::Request(n) if r.code == Code::CONTINUE && op.wire.body.bytes.len() > BLOCK => {
+                op.phase = Phase::Request(n + 1);
+                return self.send(now, op);
+            }
+            Phase::Request(_) => {
+                let more = BlockOpt::from_options(&r.options, opt::BLOCK2)
+                    .ok()
+                    .flatten()
+                    .filter(|b| b.more);
+                if let (Some(b), Some(id)) = (more, r.options.uint(opt::BODY)) {
+                    let opts = owned_options(&r.options)
+                        .into_iter()
+                        .filter(|(n, _)| !matches!(*n, opt::BLOCK2 | opt::SIZE2 | opt::BODY));
+                    op.first = Some((r.code, opts.collect()));
+                    op.body = r.payload.to_vec();
+                    op.phase = Phase::Fetch { id, n: b.num + 1 };
+                    return self.send(now, op);
+                }
+                op.body = r.payload.to_vec();
+                op.first = Some((r.code, owned_options(&r.options)));
+            }
+            Phase::Fetch { id, n } => {
+                if r.code != Code::CONTENT {
+                    let _ = op.reply.send(HttpResponse::matrix_error(
+                        502,
+                        "M_UNKNOWN",
+                        "lowband: response body lost",
+                    ));
+                    return;
+                }
+                op.body.extend_from_slice(r.payload);
+                if BlockOpt::from_options(&r.options, opt::BLOCK2)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|b| b.more)
+                {
+                    op.phase = Phase::Fetch { id, n: n + 1 };
+                    return self.send(now, op);
+                }
+            }
+        }
+        let (code, opts) = op.first.take().unwrap_or((Code::new(5, 2), Vec::new()));
+        let list: Vec<Opt<'_>> = opts.iter().map(|(n, v)| Opt::bytes(*n, v)).collect();
+        let resp =
+            wire::decode_response(code, &Options::List(&list), &op.body).unwrap_or_else(|e| {
+                tracing::warn!(%e, "tunnel: undecodable response");
+                HttpResponse::matrix_error(
+                    502,
+                    "M_UNKNOWN",
+                    "lowband: undecodable response from the gateway",
+                )
+            });
+        let _ = op.reply.send(resp);
+    }
+
+    fn fail_all(&mut self, msg: &str, status: u16) {
+        for (h, op) in core::mem::take(&mut self.ops) {
+            self.client.coap().cancel(h);
+            let _ = op
+                .reply
+                .send(HttpResponse::matrix_error(status, "M_UNKNOWN", msg));
+        }
+    }
+
+    fn events(&mut self) {
+        while let Some(e) = self.client.poll_event() {
+            match e {
+                SessionEvent::Established(_) => {
+                    tracing::info!("tunnel: session established");
+                    if self.established_once {
+                        self.tokens.reset();
+                    }
+                    self.established_once = true;
+                }
+                SessionEvent::Rehandshake => {
+                    tracing::info!("tunnel: gateway lost our session; handshaking again");
+                    self.tokens.reset();
+                }
+                SessionEvent::Rejected(e) | SessionEvent::Refused(e) => {
+                    tracing::warn!(?e, "tunnel: the gateway refused this tunnel's key");
+                    self.fail_all(
+                        "lowband gateway refused this tunnel's key (not on its allow list)",
+                        502,
+                    );
+                }
+                SessionEvent::HandshakeRetry => {
+                    tracing::info!("tunnel: gateway not answering; retrying")
+                }
+                SessionEvent::Coap(coap::Event::Failed { handle, error }) => {
+                    if let Some(op) = self.ops.remove(&handle) {
+                        tracing::info!(?error, "tunnel: request failed on the link");
+                        let _ = op.reply.send(HttpResponse::matrix_error(
+                            504,
+                            "M_UNKNOWN",
+                            "lowband tunnel: no answer from the gateway over the link",
+                        ));
+                    }
+                }
+                SessionEvent::Coap(e) => tracing::debug!(?e, "tunnel: coap event"),
+            }
+        }
+    }
+}
+
+fn owned_options(o: &Options<'_>) -> Vec<(u16, Vec<u8>)> {
+    o.iter()
+        .map(|o| {
+            let v = match o.value {
+                coap::OptValue::Bytes(b) => b.to_vec(),
+                coap::OptValue::Uint(v) => {
+                    let b = v.to_be_bytes();
+                    let skip = b.iter().take_while(|&&x| x == 0).count();
+                    b[skip..].to_vec()
+                }
+            };
+            (o.number, v)
+        })
+        .collect()
+}
