@@ -83,6 +83,26 @@ pub trait Flash {
     fn write(&mut self, page: usize, offset: usize, data: &[u8]) -> Result<(), Self::Error>;
 }
 
+impl<F: Flash> Flash for &mut F {
+    type Error = F::Error;
+    const WRITE_ALIGN: usize = F::WRITE_ALIGN;
+    fn page_size(&self) -> usize {
+        (**self).page_size()
+    }
+    fn pages(&self) -> usize {
+        (**self).pages()
+    }
+    fn read(&mut self, page: usize, offset: usize, buf: &mut [u8]) -> Result<(), Self::Error> {
+        (**self).read(page, offset, buf)
+    }
+    fn erase(&mut self, page: usize) -> Result<(), Self::Error> {
+        (**self).erase(page)
+    }
+    fn write(&mut self, page: usize, offset: usize, data: &[u8]) -> Result<(), Self::Error> {
+        (**self).write(page, offset, data)
+    }
+}
+
 /// The user LED.
 pub trait Led {
     /// Turns the LED on (`true`) or off.
