@@ -2,4 +2,5 @@
 
 mod federation;
 mod harness;
+mod qemu;
 mod synapse_smoke;
