@@ -9,12 +9,14 @@
 //! collected line by line; stderr (QEMU's `-d guest_errors` log and panic reports) goes to
 //! `qemu.stderr` in the run directory.
 
+use alloc::sync::Arc;
+use core::net::Ipv4Addr;
 use core::time::Duration;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use lowband_codec::frame::{self, Deframer};
