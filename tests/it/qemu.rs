@@ -101,6 +101,20 @@ fn qemu_firmware_echoes_frames_and_persists_boots_across_kill() {
         "{:?}",
         q.diagnostics()
     );
+    // Stack high-water mark (the reserve is painted at reset): well inside the 8 KiB reserve.
+    let line = q
+        .diagnostics()
+        .into_iter()
+        .filter(|l| l.contains("stack high water"))
+        .next_back()
+        .expect("stack report");
+    let used: usize = line
+        .split_whitespace()
+        .nth(4)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    eprintln!("qemu firmware {line}");
+    assert!((256..4096).contains(&used), "{line}");
     assert_clean(&q);
 
     // Pull the power, twice: the boot counter lives in the emulated flash (a host file).

@@ -547,6 +547,32 @@ impl Sensor for SynthSensor {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Stack
+
+/// Bytes of the stack reserve used so far (high-water mark).
+///
+/// cortex-m-rt paints the reserve with `0xCCCC_CCCC` at reset (feature `paint-stack`); this
+/// scans up from the bottom to the first word the stack has touched. A word that happens to be
+/// written with the paint value makes the figure low by at most that word's distance.
+pub fn stack_used() -> usize {
+    extern "C" {
+        static _stack_start: u32;
+        static _stack_end: u32;
+    }
+    // Linker symbols: only their addresses are taken.
+    let (top, bottom) = (
+        core::ptr::addr_of!(_stack_start) as usize,
+        core::ptr::addr_of!(_stack_end) as usize,
+    );
+    let mut p = bottom;
+    // SAFETY: [bottom, top) is the stack reserve in SRAM, word aligned.
+    while p < top && unsafe { read_volatile(p as *const u32) } == 0xCCCC_CCCC {
+        p += 4;
+    }
+    top - p
+}
+
+// ---------------------------------------------------------------------------------------------
 // Faults
 
 #[panic_handler]

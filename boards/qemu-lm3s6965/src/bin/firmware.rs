@@ -8,7 +8,7 @@
 #![no_main]
 
 use cortex_m_rt::entry;
-use lowband_board_qemu_lm3s6965::{idle, init, log};
+use lowband_board_qemu_lm3s6965::{idle, init, log, stack_used};
 use lowband_firmware::{count_boot, Clock, Loopback, Settings, Store};
 
 #[entry]
@@ -24,14 +24,24 @@ fn main() -> ! {
         }
     };
     log!("boot {boots} at {} ms", parts.clock.now_ms());
-    let mut app = Loopback::new(Settings {
+    // In .bss rather than on the stack, so that scripts/firmware.sh counts it.
+    let settings = Settings {
         boots,
         ..Settings::default()
-    });
+    };
+    // INVARIANT: main runs once, so the singleton is free.
+    let app = cortex_m::singleton!(: Loopback = Loopback::new(settings)).unwrap();
+    let mut stack_peak = 0;
     loop {
         match app.poll(&mut parts) {
             Ok(0) => idle(), // until a byte arrives or 100 ms pass
-            Ok(_) => {}
+            Ok(_) => {
+                let used = stack_used();
+                if used > stack_peak {
+                    stack_peak = used;
+                    log!("stack high water {used} bytes");
+                }
+            }
             Err(e) => panic!("link: {e:?}"),
         }
     }
