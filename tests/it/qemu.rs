@@ -105,8 +105,7 @@ fn qemu_firmware_echoes_frames_and_persists_boots_across_kill() {
     let line = q
         .diagnostics()
         .into_iter()
-        .filter(|l| l.contains("stack high water"))
-        .next_back()
+        .rfind(|l| l.contains("stack high water"))
         .expect("stack report");
     let used: usize = line
         .split_whitespace()
