@@ -4,7 +4,7 @@
 use core::time::Duration;
 use std::time::Instant;
 
-use lowband_tests::qemu::{build_firmware, require_qemu, Qemu};
+use lowband_tests::qemu::{build_bin, build_firmware, require_qemu, Qemu};
 use lowband_tests::TempDir;
 
 const BOOT: Duration = Duration::from_secs(20);
@@ -186,5 +186,26 @@ fn qemu_firmware_panic_is_reported_and_exits() {
     assert!(
         err.contains("lowband: panic:") && err.contains("lowband-flash.bin"),
         "{err}"
+    );
+}
+
+#[test]
+fn qemu_stack_overflow_is_visible() {
+    if !require_qemu("qemu_stack_overflow_is_visible") {
+        return;
+    }
+    // The fixture recurses past the 8 KiB reserve. The stack sits below the statics, so the
+    // overflow leaves SRAM (QEMU's stellaris machines ignore bus errors but log them) instead of
+    // corrupting .bss silently; assert_clean in the other tests would see it.
+    let elf = build_bin("stack-overflow").expect("fixture");
+    let tmp = TempDir::new("qemu-overflow").expect("tmp");
+    let mut q = Qemu::start(&elf, tmp.path(), BOOT).expect("qemu");
+    q.wait_diagnostic("recursing", BOOT).expect("started");
+    let _ = q.wait_exit(Duration::from_secs(5));
+    let errs = q.guest_errors();
+    assert!(
+        errs.iter()
+            .any(|l| l.starts_with("Invalid write at addr 0x1FFF")),
+        "overflow not reported: {errs:#?}"
     );
 }

@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use lowband_codec::frame::{self, Deframer};
@@ -68,13 +68,31 @@ pub fn require_qemu(test: &str) -> bool {
 ///
 /// If cargo fails or reports no executable.
 pub fn build_firmware() -> anyhow::Result<PathBuf> {
-    static ELF: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    ELF.get_or_init(|| build().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow::anyhow!("building the firmware: {e}"))
+    build_bin("firmware")
 }
 
-fn build() -> anyhow::Result<PathBuf> {
+/// Builds a binary of `boards/qemu-lm3s6965` (`firmware`, or the `stack-overflow` fixture)
+/// once per test process and returns its ELF path.
+///
+/// # Errors
+///
+/// If cargo fails or reports no executable.
+pub fn build_bin(name: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: Mutex<Vec<(String, Result<PathBuf, String>)>> = Mutex::new(Vec::new());
+    // Held across the build: one cargo at a time, each binary built once.
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let r = match built.iter().find(|(n, _)| n == name) {
+        Some((_, r)) => r.clone(),
+        None => {
+            let r = build(name).map_err(|e| format!("{e:#}"));
+            built.push((name.to_string(), r.clone()));
+            r
+        }
+    };
+    r.map_err(|e| anyhow::anyhow!("building {name}: {e}"))
+}
+
+fn build(name: &str) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -90,7 +108,7 @@ fn build() -> anyhow::Result<PathBuf> {
             "--target",
             "thumbv7m-none-eabi",
             "--bin",
-            "firmware",
+            name,
             "--message-format=json-render-diagnostics",
         ])
         .arg("--manifest-path")
@@ -104,13 +122,13 @@ fn build() -> anyhow::Result<PathBuf> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "firmware" {
+        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == name {
             if let Some(exe) = msg["executable"].as_str() {
                 return Ok(PathBuf::from(exe));
             }
         }
     }
-    anyhow::bail!("cargo reported no firmware executable")
+    anyhow::bail!("cargo reported no {name} executable")
 }
 
 /// A running QEMU with the firmware, UART0 connected. Killed (SIGKILL) on drop.
