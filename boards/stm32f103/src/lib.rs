@@ -68,9 +68,11 @@ pub fn init() -> Parts<BluePill> {
 
     let tx = gpioa.pa9.into_alternate_push_pull(&mut gpioa.crh);
     let rx = gpioa.pa10;
-    let serial = dp
-        .USART1
-        .serial((tx, rx), Config::default().baudrate(115_200.bps()), &mut rcc);
+    let serial = dp.USART1.serial(
+        (tx, rx),
+        Config::default().baudrate(115_200.bps()),
+        &mut rcc,
+    );
     let (tx, rx) = serial.split();
 
     let mut led = gpioc.pc13.into_push_pull_output(&mut gpioc.crh);
