@@ -14,6 +14,8 @@
 #   FLASH_LIMIT, RAM_LIMIT             limits in bytes
 #   TOP=n                              largest symbols to list (default 10, 0 = none)
 #   SKIP_BUILD=1                       check existing builds
+#   LINT=1                             also cargo fmt --check and clippy -D warnings on the
+#                                      board crates (they are outside the root workspace)
 # ELFs: ${CARGO_TARGET_DIR:-target}/firmware[-<board>]/thumbv7m-none-eabi/release/firmware
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +40,11 @@ check_board() {
   local board=$1 dir elf sections symbols
   dir=$(target_dir "$board")
   elf=$dir/$TARGET/release/firmware
+  if [ "${LINT:-0}" = 1 ]; then
+    (cd "$ROOT/boards/$board" && cargo fmt -- --check) >&2 || { echo "firmware.sh: $board: cargo fmt" >&2; status=1; }
+    cargo clippy -q --release --target "$TARGET" --bins --manifest-path "$ROOT/boards/$board/Cargo.toml" \
+      --target-dir "$dir" -- -D warnings >&2 || { echo "firmware.sh: $board: clippy" >&2; status=1; }
+  fi
   if [ "${SKIP_BUILD:-0}" != 1 ]; then
     cargo build -q --release --target "$TARGET" --bin firmware \
       --manifest-path "$ROOT/boards/$board/Cargo.toml" --target-dir "$dir" >&2
