@@ -43,6 +43,58 @@ pub fn count_boot<F: Flash>(
     Ok(boots)
 }
 
+/// When to post the next sensor reading (sans-IO: the caller passes `now`).
+///
+/// # Call protocol
+///
+/// Sleep until [`poll_timeout`](Self::poll_timeout) (or less, for other work); then call
+/// [`handle_timeout`](Self::handle_timeout): `true` means post a reading now. After a
+/// `!interval` command call [`set_interval`](Self::set_interval). Readings keep their phase
+/// (no drift from late polls); readings missed by more than one interval are skipped, not
+/// posted in a burst (each costs airtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadingTimer {
+    next_ms: u64,
+    interval_ms: u64,
+}
+
+impl ReadingTimer {
+    /// First reading due at `first_ms` (e.g. right after joining the room), then every
+    /// `interval_s` seconds (at least 1).
+    pub const fn new(first_ms: u64, interval_s: u32) -> Self {
+        let s = if interval_s == 0 { 1 } else { interval_s };
+        ReadingTimer {
+            next_ms: first_ms,
+            interval_ms: s as u64 * 1000,
+        }
+    }
+
+    /// When the next reading is due, in clock milliseconds.
+    pub fn poll_timeout(&self) -> u64 {
+        self.next_ms
+    }
+
+    /// `true` if a reading is due at `now_ms`; schedules the next one.
+    pub fn handle_timeout(&mut self, now_ms: u64) -> bool {
+        if now_ms < self.next_ms {
+            return false;
+        }
+        self.next_ms += self.interval_ms;
+        if self.next_ms <= now_ms {
+            // More than one interval late: skip the missed readings, keep the phase.
+            let behind = (now_ms - self.next_ms) / self.interval_ms + 1;
+            self.next_ms += behind * self.interval_ms;
+        }
+        true
+    }
+
+    /// A new period from `!interval`: the next reading is one new interval after `now_ms`.
+    pub fn set_interval(&mut self, now_ms: u64, interval_s: u32) {
+        self.interval_ms = u64::from(interval_s.max(1)) * 1000;
+        self.next_ms = now_ms + self.interval_ms;
+    }
+}
+
 /// Largest frame payload the loopback accepts.
 pub const MAX_PAYLOAD: usize = 128;
 /// Prefix of an echoed frame.
@@ -183,6 +235,28 @@ mod tests {
     use super::*;
     use crate::board::Provisioned;
     use crate::store::ram::RamFlash;
+
+    #[test]
+    fn reading_timer_keeps_phase_and_skips_missed() {
+        let mut t = ReadingTimer::new(1_000, 60);
+        assert_eq!(t.poll_timeout(), 1_000);
+        assert!(!t.handle_timeout(999));
+        assert!(t.handle_timeout(1_250)); // 250 ms late: next stays on the 1 s + k·60 s grid
+        assert_eq!(t.poll_timeout(), 61_000);
+        assert!(!t.handle_timeout(60_999));
+        // Three intervals late: one reading now, the missed ones skipped.
+        assert!(t.handle_timeout(200_000));
+        assert_eq!(t.poll_timeout(), 241_000);
+        assert!(!t.handle_timeout(200_001));
+        t.set_interval(210_000, 5);
+        assert_eq!(t.poll_timeout(), 215_000);
+        assert!(t.handle_timeout(215_000));
+        assert_eq!(t.poll_timeout(), 220_000);
+        // A zero interval cannot make it spin.
+        let mut z = ReadingTimer::new(0, 0);
+        assert!(z.handle_timeout(0));
+        assert_eq!(z.poll_timeout(), 1_000);
+    }
 
     #[test]
     fn boot_counter_counts_and_keeps_the_rest() {

@@ -16,7 +16,7 @@
 //! * [`board`]: the hardware contract (link, clock, flash pages, LED, sensor, provisioned keys).
 //! * [`store`]: power-fail-safe A/B persistence on two flash pages.
 //! * [`command`]: the room commands (`!status`, `!led on|off`, `!interval N`) and their replies.
-//! * [`app`]: the boot sequence and the platform-proving loopback application.
+//! * [`app`]: the boot counter, the reading timer and the platform-proving loopback application.
 #![no_std]
 #![warn(missing_docs)]
 
