@@ -8,6 +8,9 @@
 //! directory and survive a restart. The firmware's diagnostics (semihosting stdout) are
 //! collected line by line; stderr (QEMU's `-d guest_errors` log and panic reports) goes to
 //! `qemu.stderr` in the run directory.
+//!
+//! Env: `LOWBAND_QEMU` names another QEMU binary; `LOWBAND_TRACE_PEERS=1` echoes the firmware's
+//! diagnostics; without QEMU the tests skip unless `LOWBAND_REQUIRE_PEERS` is set.
 
 use alloc::sync::Arc;
 use core::net::Ipv4Addr;
@@ -25,8 +28,13 @@ use crate::env::workspace_root;
 use crate::net::free_port;
 use crate::proc::ChildGuard;
 
-/// The QEMU binary.
-pub const QEMU: &str = "qemu-system-arm";
+/// The QEMU binary: env `LOWBAND_QEMU`, else `qemu-system-arm` on the PATH.
+pub fn qemu_bin() -> String {
+    std::env::var("LOWBAND_QEMU")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "qemu-system-arm".to_string())
+}
 
 /// Lines QEMU writes to stderr on every run that are not guest errors.
 const BENIGN_STDERR: &[&str] = &[
@@ -38,7 +46,7 @@ const BENIGN_STDERR: &[&str] = &[
 
 /// Whether `qemu-system-arm` can be run.
 pub fn qemu_available() -> bool {
-    Command::new(QEMU)
+    Command::new(qemu_bin())
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -53,11 +61,15 @@ pub fn require_qemu(test: &str) -> bool {
         return true;
     }
     if std::env::var_os("LOWBAND_REQUIRE_PEERS").is_some() {
-        panic!("{test}: LOWBAND_REQUIRE_PEERS is set but {QEMU} is missing (run scripts/setup.sh)");
+        panic!(
+            "{test}: LOWBAND_REQUIRE_PEERS is set but {} is missing (run scripts/setup.sh)",
+            qemu_bin()
+        );
     }
     eprintln!(
-        "SKIPPED {test}: {QEMU} is missing (run scripts/setup.sh); set LOWBAND_REQUIRE_PEERS=1 \
-         to make this a failure"
+        "SKIPPED {test}: {} is missing (run scripts/setup.sh); set LOWBAND_REQUIRE_PEERS=1 \
+         to make this a failure",
+        qemu_bin()
     );
     false
 }
@@ -158,7 +170,7 @@ impl Qemu {
             .create(true)
             .append(true)
             .open(&stderr_path)?;
-        let mut child = Command::new(QEMU)
+        let mut child = Command::new(qemu_bin())
             .args(["-machine", "lm3s6965evb", "-nographic", "-monitor", "none"])
             .arg("-serial")
             .arg(format!("tcp:127.0.0.1:{port},server=on,wait=on"))
@@ -171,7 +183,7 @@ impl Qemu {
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start {QEMU}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", qemu_bin()))?;
         let mut watchdog_cmd = Command::new("sh");
         watchdog_cmd
             .arg("-c")
