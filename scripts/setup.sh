@@ -24,6 +24,15 @@ if [ "${SKIP_APT:-0}" != 1 ]; then
   fi
 fi
 
+# --- firmware (scripts/firmware.sh, tests/it/qemu.rs): binutils' readelf for the ELF size check.
+if [ "${SKIP_APT:-0}" != 1 ] && ! command -v readelf >/dev/null; then
+  log "apt-get install binutils"
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q binutils >&2
+fi
+# --- end firmware
+
 # Python peers: a real homeserver, a real client, an independent CoAP stack and Noise.
 if ! "$VENV/bin/python" -c 'import synapse.app.homeserver, nio, aiocoap, noise.connection' 2>/dev/null; then
   log "creating $VENV (Synapse, matrix-nio, aiocoap, noiseprotocol)"

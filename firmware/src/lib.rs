@@ -1,3 +1,31 @@
-//! The lowband firmware application logic, generic over a board (under construction).
+//! The lowband firmware application, generic over a board.
+//!
+//! Everything here is `no_std`, allocation-free and host-testable; a board crate supplies the
+//! hardware through [`Board`] and its [`Parts`] (embassy style: the board's `init()` returns the
+//! pieces, the application takes them by value):
+//!
+//! ```text
+//!  boards/qemu-lm3s6965   boards/host   boards/stm32f103
+//!          \                  |               /
+//!           init() -> Parts<B: Board> { link, clock, flash, led, sensor, provisioned }
+//!                             |
+//!  firmware: Store (A/B pages) · boot counter · Command parser · Loopback app (today)
+//!            device Runner + Matrix app (next)
+//! ```
+//!
+//! * [`board`]: the hardware contract (link, clock, flash pages, LED, sensor, provisioned keys).
+//! * [`store`]: power-fail-safe A/B persistence on two flash pages.
+//! * [`command`]: the room commands (`!status`, `!led on|off`, `!interval N`) and their replies.
+//! * [`app`]: the boot counter, the reading timer and the platform-proving loopback application.
 #![no_std]
 #![warn(missing_docs)]
+
+pub mod app;
+pub mod board;
+pub mod command;
+pub mod store;
+
+pub use app::{count_boot, LoopError, Loopback};
+pub use board::{Board, Clock, Datagram, Flash, Led, Parts, Provisioned, Sensor};
+pub use command::{Command, CommandError, Settings};
+pub use store::{Store, StoreError};

@@ -3,4 +3,5 @@
 mod federation;
 mod gateway_e2e;
 mod harness;
+mod qemu;
 mod synapse_smoke;

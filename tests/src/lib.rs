@@ -27,6 +27,7 @@ pub mod http;
 mod net;
 mod nio;
 mod proc;
+pub mod qemu;
 mod synapse;
 mod tmp;
 
