@@ -17,7 +17,6 @@
 //!
 //! Every series is exported from the start (at 0), so rates work from the first scrape.
 
-
 use alloc::sync::Arc;
 use core::fmt::Write as _;
 use core::net::SocketAddr;

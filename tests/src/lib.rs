@@ -33,9 +33,9 @@ mod tmp;
 
 pub use ca::{LeafCert, TestCa};
 pub use env::{py_script, require_peers, workspace_root, Venv};
-pub use gateway::Gateway;
 pub use federation::{FederationPair, PairMode};
 pub use front::TlsFront;
+pub use gateway::Gateway;
 pub use net::{free_port, wait_for_port};
 pub use nio::Nio;
 pub use proc::{tail_file, ChildGuard};
