@@ -86,10 +86,10 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct LinkOptions {
     /// Link bit rate, bit/s (default: the serial baud rate, else 9600).
-    #[arg(long)]
+    #[arg(long, visible_alias = "link-rate")]
     pub rate_bps: Option<u64>,
     /// Largest datagram on the link, bytes (default 1024).
-    #[arg(long)]
+    #[arg(long, visible_alias = "link-mtu")]
     pub mtu: Option<usize>,
     /// One-way link latency on top of airtime, ms (default 0).
     #[arg(long)]

@@ -2,12 +2,14 @@
 use core::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
-use lowband_gateway::keys;
+use clap::{Parser, Subcommand};
+use lowband_gateway::config::{self, GatewayLink, ServeOptions, TunnelOptions};
+use lowband_gateway::metrics::{serve_metrics, Metrics};
 use lowband_gateway::serve::{self, ServeConfig};
 use lowband_gateway::sim::{self, SimConfig, SimReport};
 use lowband_gateway::transport::LinkParams;
 use lowband_gateway::tunnel::{self, TunnelConfig};
+use lowband_gateway::{keys, logging};
 
 mod codec_cmd;
 
@@ -19,23 +21,11 @@ struct Cli {
     command: Command,
 }
 
-/// The link both ends are configured for (they must agree).
-#[derive(Debug, Args, Clone, Copy)]
-struct LinkArgs {
-    /// Bit rate of the slowest hop in bit/s: sets the retransmission timers.
-    #[arg(long, default_value_t = 100)]
-    link_rate: u32,
-    /// Largest datagram on the link; bigger packets are fragmented (at most 8 pieces).
-    #[arg(long, default_value_t = 1280)]
-    link_mtu: usize,
-}
-
-impl LinkArgs {
-    fn params(self) -> LinkParams {
-        LinkParams {
-            rate: self.link_rate.max(1),
-            mtu: self.link_mtu.max(200),
-        }
+/// The transport's view of the configured link (the MTU is at least 200 bytes).
+fn link_params(l: config::LinkParams) -> LinkParams {
+    LinkParams {
+        rate: u32::try_from(l.rate_bps).unwrap_or(u32::MAX).max(1),
+        mtu: l.mtu.max(200),
     }
 }
 
@@ -44,42 +34,25 @@ enum Command {
     /// Translate Matrix JSON bodies to and from lowband's CBOR link form; measure corpora.
     #[command(subcommand)]
     Codec(codec_cmd::CodecCommand),
-    /// The gateway next to the homeserver: accepts sessions on UDP, forwards to the homeserver.
+    /// The gateway next to the homeserver: accepts sessions on UDP and/or a serial port,
+    /// forwards to the homeserver.
     Serve {
-        /// UDP address to listen on.
+        /// TOML configuration file (docs/serve.example.toml); flags override its settings.
         #[arg(long)]
-        listen_udp: SocketAddr,
-        /// The homeserver's client-server base URL (http://host:port); the only place requests go.
-        #[arg(long)]
-        homeserver: String,
-        /// This gateway's private key file (from `lowband keygen`).
-        #[arg(long)]
-        key: PathBuf,
-        /// Public key of a tunnel or device allowed in (repeat for each).
-        #[arg(long = "allow-key", required = true)]
-        allow_key: Vec<String>,
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        opts: ServeOptions,
         /// Write per-session link byte counters (JSON) to this file.
         #[arg(long)]
         stats_file: Option<PathBuf>,
-        #[command(flatten)]
-        link: LinkArgs,
     },
     /// The gateway next to a Matrix client: an HTTP server carrying requests to `serve`.
     Tunnel {
-        /// HTTP address to listen on (give this to the client as its homeserver).
+        /// TOML configuration file (docs/tunnel.example.toml); flags override its settings.
         #[arg(long)]
-        listen_http: SocketAddr,
-        /// `lowband serve`'s UDP address.
-        #[arg(long)]
-        gateway: SocketAddr,
-        /// `lowband serve`'s public key.
-        #[arg(long)]
-        gateway_key: String,
-        /// This tunnel's private key file.
-        #[arg(long)]
-        key: PathBuf,
+        config: Option<PathBuf>,
         #[command(flatten)]
-        link: LinkArgs,
+        opts: TunnelOptions,
     },
     /// Generates a static key pair: writes the private key (mode 0600), prints the public key.
     Keygen {
@@ -119,14 +92,20 @@ enum Command {
     },
 }
 
-fn init_tracing() {
-    // TODO(ops): replace with logging::init (redaction of tokens and keys, config file).
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOWBAND_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+fn init_logging() -> anyhow::Result<()> {
+    logging::init("info")?;
+    Ok(())
+}
+
+/// Starts the metrics endpoint when configured; returns the handle to record into.
+async fn start_metrics(addr: Option<SocketAddr>) -> anyhow::Result<Metrics> {
+    let m = Metrics::new();
+    if let Some(a) = addr {
+        serve_metrics(a, m.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics listener {a}: {e}"))?;
+    }
+    Ok(m)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -134,48 +113,59 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Codec(cmd) => codec_cmd::run(cmd),
         Command::Serve {
-            listen_udp,
-            homeserver,
-            key,
-            allow_key,
+            config,
+            opts,
             stats_file,
-            link,
         } => {
-            init_tracing();
-            let key = keys::read_secret(&key)?;
-            let allowed = allow_key
-                .iter()
-                .map(|k| keys::decode_key(k, "--allow-key"))
-                .collect::<Result<Vec<_>, _>>()?;
-            let cfg = ServeConfig {
-                listen: listen_udp,
-                homeserver,
-                key,
-                allowed,
-                link: link.params(),
-                stats_file,
-            };
-            // TODO(ops): config file, Metrics handle.
-            tokio::runtime::Runtime::new()?.block_on(serve::run(cfg))
+            init_logging()?;
+            let c = config::ServeConfig::load(config.as_deref(), opts)?;
+            let key = keys::read_secret(&c.key)?;
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let metrics = start_metrics(c.metrics).await?;
+                let cfg = ServeConfig {
+                    listen: c.listen_udp,
+                    serial: c.listen_serial.map(|p| (p, c.baud)),
+                    homeserver: c.homeserver.to_string(),
+                    key,
+                    allowed: c.allow_keys,
+                    link: link_params(c.link),
+                    stats_file,
+                    state_dir: c.state_dir,
+                    metrics,
+                };
+                serve::run(cfg).await
+            })
         }
-        Command::Tunnel {
-            listen_http,
-            gateway,
-            gateway_key,
-            key,
-            link,
-        } => {
-            init_tracing();
-            let key = keys::read_secret(&key)?;
-            let gateway_key = keys::decode_key(&gateway_key, "--gateway-key")?;
-            let cfg = TunnelConfig {
-                listen: listen_http,
-                gateway,
-                gateway_key,
-                key,
-                link: link.params(),
-            };
-            tokio::runtime::Runtime::new()?.block_on(tunnel::run(cfg))
+        Command::Tunnel { config, opts } => {
+            init_logging()?;
+            let c = config::TunnelConfig::load(config.as_deref(), opts)?;
+            let key = keys::read_secret(&c.key)?;
+            anyhow::ensure!(
+                c.listen_https.is_none(),
+                "listen_https is not supported by this tunnel yet; use listen_http"
+            );
+            let listen = c
+                .listen_http
+                .ok_or_else(|| anyhow::anyhow!("listen_http is required"))?;
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let metrics = start_metrics(c.metrics).await?;
+                let (gateway, gateway_serial) = match c.gateway {
+                    GatewayLink::Udp(a) => (a, None),
+                    GatewayLink::Serial { path, baud } => {
+                        (SocketAddr::from(([127, 0, 0, 1], 0)), Some((path, baud)))
+                    }
+                };
+                let cfg = TunnelConfig {
+                    listen,
+                    gateway,
+                    gateway_key: c.gateway_key,
+                    key,
+                    link: link_params(c.link),
+                    gateway_serial,
+                    metrics,
+                };
+                tunnel::run(cfg).await
+            })
         }
         Command::Keygen { out } => {
             let kp = lowband_codec::noise::Keypair::generate(&mut rand_core::OsRng);

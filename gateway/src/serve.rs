@@ -16,7 +16,7 @@
 //! Bodies over one block travel block-wise: uploads as Block1 requests reassembled here, large
 //! responses kept under a [`wire::opt::BODY`] id and fetched block by block (RFC 7959).
 use alloc::collections::BTreeMap;
-use core::net::SocketAddr;
+use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use core::time::Duration;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -29,14 +29,19 @@ use hyper_util::rt::TokioExecutor;
 use lowband_codec::coap::{
     BlockOpt, Code, IncomingRequest, Opt, OptionList, Options, Received, Responder,
 };
+use lowband_codec::noise::link::RESPONDER_EXPORT_LEN;
 use lowband_codec::noise::link::{ResponderConfig, TransportConfig};
 use lowband_codec::noise::{Keypair, PublicKey};
-use lowband_codec::session::Server;
+use lowband_codec::session::{Server, ServerSession};
 use rand_chacha::rand_core::{OsRng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::logging::redact_url;
+use crate::metrics::{Direction, Handshake, Metrics};
+use crate::persist::{Store, Tracker};
+use crate::serial::SerialLink;
 use crate::transport::{
     now_ms, on_big_stack, Datagrams, LinkParams, BLOCK, BLOCK_SZX, COAP_MTU, PACKET, VERSION,
 };
@@ -56,11 +61,20 @@ const BODY_TTL_MS: u64 = 600_000;
 /// Longest a homeserver request may take (long-polls included).
 const HTTP_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The peer address standing for the serial link (never a UDP source: port 0).
+pub const SERIAL_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+/// Where a restored session's replies go until its peer is heard from (nowhere).
+const RESTORED_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 1));
+/// Received-packet progress of a session is persisted at most this often.
+const PERSIST_PERIOD_MS: u64 = 1_000;
+
 /// `serve` settings.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// UDP address to listen on.
-    pub listen: SocketAddr,
+    /// UDP address to listen on, if any.
+    pub listen: Option<SocketAddr>,
+    /// Serial device and its speed (bit/s) carrying a link to one peer, if any.
+    pub serial: Option<(PathBuf, u32)>,
     /// The homeserver's base URL (`http://host:port`, no path).
     pub homeserver: String,
     /// Our static key.
@@ -71,6 +85,30 @@ pub struct ServeConfig {
     pub link: LinkParams,
     /// Where to write per-session byte counters (JSON), for tests and operators.
     pub stats_file: Option<PathBuf>,
+    /// Where sessions are persisted across restarts, if anywhere.
+    pub state_dir: Option<PathBuf>,
+    /// Counters for the metrics endpoint.
+    pub metrics: Metrics,
+}
+
+impl Default for ServeConfig {
+    /// No listener, no homeserver, nobody allowed: fill in what you need.
+    fn default() -> Self {
+        ServeConfig {
+            listen: None,
+            serial: None,
+            homeserver: String::new(),
+            key: [0; 32],
+            allowed: Vec::new(),
+            link: LinkParams {
+                rate: 9600,
+                mtu: 1024,
+            },
+            stats_file: None,
+            state_dir: None,
+            metrics: Metrics::new(),
+        }
+    }
 }
 
 /// A homeserver answer for a session's request.
@@ -101,6 +139,9 @@ struct State {
     homeserver: String,
     done_tx: mpsc::UnboundedSender<Done>,
     stats_dirty: bool,
+    metrics: Metrics,
+    store: Option<Store>,
+    tracker: Tracker,
 }
 
 /// Runs the gateway until an I/O error.
@@ -114,11 +155,58 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         uri.scheme_str() == Some("http") && uri.path() == "/",
         "--homeserver must be http://host:port (no path; https is not supported yet)"
     );
-    let socket = UdpSocket::bind(cfg.listen).await?;
-    tracing::info!(addr = %socket.local_addr()?, "serve: listening");
+    anyhow::ensure!(
+        cfg.listen.is_some() || cfg.serial.is_some(),
+        "serve needs a UDP listener and/or a serial port"
+    );
+    let socket = match cfg.listen {
+        Some(a) => {
+            let s = UdpSocket::bind(a).await?;
+            tracing::info!(addr = %s.local_addr()?, "serve: listening");
+            Some(s)
+        }
+        None => None,
+    };
+    let mut serial = match &cfg.serial {
+        Some((path, baud)) => {
+            let l = crate::serial::open(path, *baud)?;
+            tracing::info!(path = %path.display(), baud, "serve: serial link open");
+            Some(l)
+        }
+        None => None,
+    };
     let link = cfg.link;
     let seed = rand_core::RngCore::next_u64(&mut OsRng);
-    let server = on_big_stack(move || Box::new(GwServer::new(link.coap(seed))));
+    let mut server = on_big_stack(move || Box::new(GwServer::new(link.coap(seed))));
+    let store = match &cfg.state_dir {
+        Some(d) => Some(Store::open(d)?),
+        None => None,
+    };
+    let restored_to = if socket.is_none() {
+        SERIAL_ADDR
+    } else {
+        RESTORED_ADDR
+    };
+    if let Some(store) = &store {
+        for e in store.load() {
+            match ServerSession::import(&e, link.coap(seed ^ server.len() as u64)) {
+                Ok(s) => {
+                    let peer = s.peer();
+                    if !cfg.allowed.contains(&peer.0) {
+                        tracing::info!(
+                            "serve: persisted session of a key no longer allowed; dropped"
+                        );
+                        store.remove(&peer.0);
+                    } else if server.insert(restored_to, s).is_err() {
+                        tracing::warn!("serve: session table full; persisted session dropped");
+                    }
+                }
+                Err(e) => tracing::warn!(?e, "serve: persisted session unreadable; dropped"),
+            }
+        }
+        tracing::info!(sessions = server.len(), "serve: sessions restored");
+    }
+    cfg.metrics.set_sessions(server.len());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut st = State {
         server,
@@ -132,10 +220,15 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         homeserver,
         done_tx,
         stats_dirty: false,
+        metrics: cfg.metrics.clone(),
+        store,
+        tracker: Tracker::new(PERSIST_PERIOD_MS),
     };
     let start = Instant::now();
     let mut buf = vec![0u8; 65_536];
     let mut last_stats = Instant::now();
+    // Restored sessions count as written.
+    st.persist(0, false);
     loop {
         let now = now_ms(start);
         let wake = [st.server.poll_timeout()]
@@ -144,7 +237,12 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             .flatten()
             .min()
             .unwrap_or(now + 60_000);
-        // Counters still to be written wake the loop too.
+        // Counters and sessions still to be written wake the loop too.
+        let wake = if st.persist_pending() {
+            wake.min(now + PERSIST_PERIOD_MS)
+        } else {
+            wake
+        };
         let wake = if st.stats_dirty {
             wake.min(now + 60)
         } else {
@@ -152,13 +250,17 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         };
         let sleep = tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now)));
         tokio::select! {
-            r = socket.recv_from(&mut buf) => {
+            r = recv_udp(socket.as_ref(), &mut buf) => {
                 match r {
                     Ok((n, from)) => st.on_datagram(now_ms(start), from, &buf[..n]),
                     Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
+            d = recv_serial(serial.as_mut()) => match d {
+                Some(d) => st.on_datagram(now_ms(start), SERIAL_ADDR, &d),
+                None => anyhow::bail!("serve: the serial link stopped"),
+            },
             Some(d) = done_rx.recv() => st.on_done(now_ms(start), d),
             () = sleep => {
                 let now = now_ms(start);
@@ -168,7 +270,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                 }
             }
         }
-        st.flush(now_ms(start), &socket).await;
+        st.flush(now_ms(start), socket.as_ref(), serial.as_ref())
+            .await;
         if st.stats_dirty && last_stats.elapsed() >= Duration::from_millis(50) {
             if let Some(p) = &cfg.stats_file {
                 st.write_stats(p);
@@ -179,8 +282,28 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     }
 }
 
+/// The next UDP datagram, or never without a socket.
+async fn recv_udp(
+    socket: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => core::future::pending().await,
+    }
+}
+
+/// The next serial datagram (`None`: the link stopped), or never without a serial link.
+async fn recv_serial(serial: Option<&mut SerialLink>) -> Option<Vec<u8>> {
+    match serial {
+        Some(l) => l.rx.recv().await,
+        None => core::future::pending().await,
+    }
+}
+
 impl State {
     fn on_datagram(&mut self, now: u64, from: SocketAddr, d: &[u8]) {
+        self.metrics.link_packet(Direction::In, d.len());
         let reasm_timeout = 2 * self.link.transmission().ack_timeout;
         let mtu = self.link.mtu;
         let link = self
@@ -206,8 +329,26 @@ impl State {
             .server
             .handle_packet(now, &cfg, &mut self.rng, from, &packet, &mut scratch);
         while let Some(drop) = self.server.poll_drop() {
-            tracing::debug!(?drop, %from, "serve: packet dropped");
+            if let lowband_codec::session::ServerDrop::Refused(e) = drop {
+                self.metrics.handshake(Handshake::Refused);
+                tracing::info!(?e, %from, "serve: handshake refused");
+            } else {
+                tracing::debug!(?drop, %from, "serve: packet dropped");
+            }
         }
+        if let Some((i, None)) = &got {
+            if let Some(s) = self.server.session(*i) {
+                let st = s.stats();
+                // A new session: accepted, msg2 not yet sent (a retransmitted msg1 has).
+                if st.handshakes == 1 && st.packets_out == 0 {
+                    let peer = s.peer().0;
+                    self.metrics.handshake(Handshake::Ok);
+                    self.tracker.forget(&peer);
+                    tracing::info!(peer = %crate::keys::encode_key(&peer), "serve: handshake ok");
+                }
+            }
+        }
+        self.metrics.set_sessions(self.server.len());
         self.stats_dirty = true;
         if let Some((i, Some(Received::Request(req)))) = got {
             self.on_request(now, i, req);
@@ -385,17 +526,19 @@ impl State {
         }
         tracing::debug!(
             method = %http.method,
-            path = %path_only(&http.path_and_query),
+            path = %redact_url(path_only(&http.path_and_query)),
             coap_options = req.options.iter().count(),
             link_body = req.payload.len(),
             "serve: request"
         );
-        // TODO(ops): count requests per route in Metrics.
         let client = self.http.clone();
         let base = self.homeserver.clone();
         let tx = self.done_tx.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
+            let t0 = Instant::now();
             let response = forward(&client, &base, &http, token.as_deref()).await;
+            metrics.request(Some(response.status), t0.elapsed());
             let _ = tx.send(Done {
                 peer,
                 responder: to,
@@ -457,10 +600,11 @@ impl State {
             .insert(id, (w.body.bytes.clone(), now + BODY_TTL_MS));
     }
 
-    async fn flush(&mut self, now: u64, socket: &UdpSocket) {
+    async fn flush(&mut self, now: u64, socket: Option<&UdpSocket>, serial: Option<&SerialLink>) {
         let mut out = vec![0u8; PACKET];
         let reasm_timeout = 2 * self.link.transmission().ack_timeout;
         let mtu = self.link.mtu;
+        let mut queued = Vec::new();
         while let Some((to, n)) = self.server.poll_transmit(now, &mut out) {
             let link = self
                 .links
@@ -468,11 +612,26 @@ impl State {
                 .or_insert_with(|| Datagrams::new(mtu, reasm_timeout));
             link.push(&out[..n]);
             while let Some(d) = link.out.pop_front() {
+                queued.push((to, d));
+            }
+            self.stats_dirty = true;
+        }
+        // Sessions are written before their packets leave (a new tx epoch must be on disk
+        // before the first packet of it is sent).
+        self.persist(now, false);
+        for (to, d) in queued {
+            self.metrics.link_packet(Direction::Out, d.len());
+            if to == SERIAL_ADDR {
+                if let Some(l) = serial {
+                    let _ = l.tx.send(d);
+                }
+            } else if to == RESTORED_ADDR {
+                // A restored session not heard from yet: nowhere to send.
+            } else if let Some(socket) = socket {
                 if let Err(e) = socket.send_to(&d, to).await {
                     tracing::debug!(%e, %to, "serve: send failed");
                 }
             }
-            self.stats_dirty = true;
         }
         for i in 0..self.server.len() {
             if let Some(s) = self.server.session(i) {
@@ -481,6 +640,45 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Writes the sessions that are due (see [`Tracker`]); `force` writes all progress.
+    fn persist(&mut self, now: u64, force: bool) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let mut live = Vec::with_capacity(self.server.len());
+        for i in 0..self.server.len() {
+            let Some(s) = self.server.session(i) else {
+                continue;
+            };
+            let peer = s.peer().0;
+            let packets_in = s.stats().packets_in;
+            let mut e = [0u8; RESPONDER_EXPORT_LEN];
+            s.export(&mut e);
+            live.push(peer);
+            if self.tracker.due(now, &peer, &e, packets_in, force) {
+                match store.save(&peer, &e) {
+                    Ok(()) => self.tracker.saved(now, peer, &e, packets_in),
+                    Err(err) => tracing::warn!(%err, "serve: session not persisted"),
+                }
+            }
+        }
+        self.tracker.retain(&live);
+    }
+
+    /// Whether received-packet progress waits to be persisted.
+    fn persist_pending(&mut self) -> bool {
+        if self.store.is_none() {
+            return false;
+        }
+        let mut cur = Vec::with_capacity(self.server.len());
+        for i in 0..self.server.len() {
+            if let Some(s) = self.server.session(i) {
+                cur.push((s.peer().0, s.stats().packets_in));
+            }
+        }
+        self.tracker.has_pending(cur)
     }
 
     fn write_stats(&mut self, path: &std::path::Path) {

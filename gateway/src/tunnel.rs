@@ -18,6 +18,7 @@ use alloc::collections::BTreeMap;
 use core::convert::Infallible;
 use core::net::SocketAddr;
 use core::time::Duration;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -36,6 +37,8 @@ use rand_chacha::ChaCha20Rng;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::{Direction, Handshake, Metrics};
+use crate::serial::SerialLink;
 use crate::transport::{
     now_ms, on_big_stack, Datagrams, LinkParams, BLOCK, BLOCK_SZX, COAP_MTU, PACKET, VERSION,
 };
@@ -61,6 +64,61 @@ pub struct TunnelConfig {
     pub key: [u8; 32],
     /// Link properties.
     pub link: LinkParams,
+    /// A serial device (and its speed, bit/s) carrying the link instead of UDP.
+    pub gateway_serial: Option<(PathBuf, u32)>,
+    /// Counters for the metrics endpoint.
+    pub metrics: Metrics,
+}
+
+impl Default for TunnelConfig {
+    /// Loopback placeholders and zero keys: fill in what you need.
+    fn default() -> Self {
+        let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+        TunnelConfig {
+            listen: any,
+            gateway: any,
+            gateway_key: [0; 32],
+            key: [0; 32],
+            link: LinkParams {
+                rate: 9600,
+                mtu: 1024,
+            },
+            gateway_serial: None,
+            metrics: Metrics::new(),
+        }
+    }
+}
+
+/// What carries the link to `serve`: a connected UDP socket or a serial port.
+enum Uplink {
+    Udp(UdpSocket),
+    Serial(SerialLink),
+}
+
+impl Uplink {
+    async fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Uplink::Udp(s) => s.recv(buf).await,
+            Uplink::Serial(l) => match l.rx.recv().await {
+                Some(d) => {
+                    let n = d.len().min(buf.len());
+                    buf[..n].copy_from_slice(&d[..n]);
+                    Ok(n)
+                }
+                None => Err(std::io::Error::other("the serial link stopped")),
+            },
+        }
+    }
+
+    async fn send(&self, d: &[u8]) -> std::io::Result<()> {
+        match self {
+            Uplink::Udp(s) => s.send(d).await.map(|_| ()),
+            Uplink::Serial(l) => {
+                l.tx.send(d.to_vec())
+                    .map_err(|_| std::io::Error::other("the serial link stopped"))
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -100,6 +158,7 @@ struct Session {
     ops: BTreeMap<RequestHandle, Op>,
     next_tag: u32,
     established_once: bool,
+    metrics: Metrics,
 }
 
 /// Runs the tunnel until an I/O error.
@@ -108,16 +167,27 @@ struct Session {
 /// Binding sockets, socket errors.
 pub async fn run(cfg: TunnelConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, gateway = %cfg.gateway, "tunnel: listening");
+    match &cfg.gateway_serial {
+        Some((path, baud)) => {
+            tracing::info!(addr = %listener.local_addr()?, serial = %path.display(), baud, "tunnel: listening")
+        }
+        None => {
+            tracing::info!(addr = %listener.local_addr()?, gateway = %cfg.gateway, "tunnel: listening")
+        }
+    }
     let (tx, rx) = mpsc::unbounded_channel::<Cmd>();
     let link_task = tokio::spawn(session_task(cfg.clone(), rx));
     let default_deadline = cfg.link.transmission().default_deadline();
+    let metrics = cfg.metrics.clone();
     let http = async move {
         loop {
             let (stream, _) = listener.accept().await?;
             let tx = tx.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |r| handle_http(r, tx.clone(), default_deadline));
+                let svc = service_fn(move |r| {
+                    handle_http(r, tx.clone(), default_deadline, metrics.clone())
+                });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .await
@@ -149,7 +219,9 @@ async fn handle_http(
     r: hyper::Request<Incoming>,
     tx: mpsc::UnboundedSender<Cmd>,
     default_deadline: u64,
+    metrics: Metrics,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let t0 = Instant::now();
     let method = r.method().as_str().to_owned();
     let pq = r
         .uri()
@@ -199,6 +271,7 @@ async fn handle_http(
             }
         }
     };
+    metrics.request(Some(resp.status), t0.elapsed());
     Ok(to_hyper(resp))
 }
 
@@ -227,13 +300,19 @@ async fn session_task(
     cfg: TunnelConfig,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
 ) -> anyhow::Result<()> {
-    let bind: SocketAddr = if cfg.gateway.is_ipv4() {
-        "0.0.0.0:0".parse()?
-    } else {
-        "[::]:0".parse()?
+    let mut socket = match &cfg.gateway_serial {
+        Some((path, baud)) => Uplink::Serial(crate::serial::open(path, *baud)?),
+        None => {
+            let bind: SocketAddr = if cfg.gateway.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            };
+            let socket = UdpSocket::bind(bind).await?;
+            socket.connect(cfg.gateway).await?;
+            Uplink::Udp(socket)
+        }
     };
-    let socket = UdpSocket::bind(bind).await?;
-    socket.connect(cfg.gateway).await?;
     let link = cfg.link;
     let init = InitiatorConfig {
         pattern: LinkPattern::IK,
@@ -254,6 +333,7 @@ async fn session_task(
         ops: BTreeMap::new(),
         next_tag: 0,
         established_once: false,
+        metrics: cfg.metrics.clone(),
     };
     let start = Instant::now();
     let mut buf = vec![0u8; 65_536];
@@ -267,7 +347,10 @@ async fn session_task(
         let sleep = tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now)));
         tokio::select! {
             r = socket.recv(&mut buf) => match r {
-                Ok(n) => s.on_datagram(now_ms(start), &buf[..n]),
+                Ok(n) => {
+                    s.metrics.link_packet(Direction::In, n);
+                    s.on_datagram(now_ms(start), &buf[..n]);
+                }
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset) => {}
                 Err(e) => return Err(e.into()),
             },
@@ -288,6 +371,7 @@ async fn session_task(
             s.link.push(&out[..n]);
         }
         while let Some(d) = s.link.out.pop_front() {
+            s.metrics.link_packet(Direction::Out, d.len());
             if let Err(e) = socket.send(&d).await {
                 tracing::debug!(%e, "tunnel: send failed");
             }
@@ -492,6 +576,8 @@ impl Session {
             match e {
                 SessionEvent::Established(_) => {
                     tracing::info!("tunnel: session established");
+                    self.metrics.handshake(Handshake::Ok);
+                    self.metrics.set_sessions(1);
                     if self.established_once {
                         self.tokens.reset();
                     }
@@ -499,10 +585,12 @@ impl Session {
                 }
                 SessionEvent::Rehandshake => {
                     tracing::info!("tunnel: gateway lost our session; handshaking again");
+                    self.metrics.set_sessions(0);
                     self.tokens.reset();
                 }
                 SessionEvent::Rejected(e) | SessionEvent::Refused(e) => {
                     tracing::warn!(?e, "tunnel: the gateway refused this tunnel's key");
+                    self.metrics.handshake(Handshake::Refused);
                     self.fail_all(
                         "lowband gateway refused this tunnel's key (not on its allow list)",
                         502,

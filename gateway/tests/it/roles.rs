@@ -139,12 +139,13 @@ async fn tunnel_and_serve_carry_http() {
 
     let udp = free_udp();
     let serve_cfg = ServeConfig {
-        listen: udp,
+        listen: Some(udp),
         homeserver: format!("http://{hs_addr}"),
         key: gw.secret_bytes(),
         allowed: vec![tun.public().0],
         link: LINK,
         stats_file: None,
+        ..ServeConfig::default()
     };
     let serve_task = tokio::spawn(serve::run(serve_cfg.clone()));
     let http = free_tcp();
@@ -154,6 +155,7 @@ async fn tunnel_and_serve_carry_http() {
         gateway_key: gw.public().0,
         key: tun.secret_bytes(),
         link: LINK,
+        ..TunnelConfig::default()
     }));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base = format!("http://{http}");
@@ -239,6 +241,7 @@ async fn tunnel_and_serve_carry_http() {
         gateway_key: gw.public().0,
         key: stranger.secret_bytes(),
         link: LINK,
+        ..TunnelConfig::default()
     }));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = call(
