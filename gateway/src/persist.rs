@@ -12,7 +12,7 @@
 //! side to the next epoch, so nonces used after the last export are never reused; the
 //! [`Tracker`] decides when a session is due.
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use alloc::collections::BTreeMap;
@@ -38,6 +38,8 @@ impl Store {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        // An existing directory is tightened too: it holds secrets.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(Store {
             dir: dir.to_owned(),
         })
@@ -235,7 +237,6 @@ mod tests {
                 f.path().extension().is_some_and(|x| x == EXT) && f.metadata().unwrap().len() > 2
             })
             .unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600);
         s.remove(&[1; 32]);
         let _ = std::fs::remove_dir_all(&dir);
