@@ -3,6 +3,7 @@
 
 extern crate alloc;
 
+pub mod bench;
 pub mod config;
 pub mod keys;
 pub mod logging;
@@ -12,6 +13,7 @@ pub mod plaincoap;
 pub mod serial;
 pub mod serve;
 pub mod sim;
+pub mod table;
 pub mod transport;
 pub mod tunnel;
 pub mod wire;

@@ -9,7 +9,7 @@ use lowband_gateway::serve::{self, ServeConfig};
 use lowband_gateway::sim::{self, SimConfig, SimReport};
 use lowband_gateway::transport::LinkParams;
 use lowband_gateway::tunnel::{self, TunnelConfig};
-use lowband_gateway::{keys, logging};
+use lowband_gateway::{bench, keys, logging};
 
 mod codec_cmd;
 
@@ -54,6 +54,9 @@ enum Command {
         #[command(flatten)]
         opts: TunnelOptions,
     },
+    /// Measurements: load on one `serve` (requests/s, memory per idle session).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Generates a static key pair: writes the private key (mode 0600), prints the public key.
     Keygen {
         /// Where to write the private key (refuses to overwrite).
@@ -132,6 +135,7 @@ fn main() -> anyhow::Result<()> {
                     stats_file,
                     state_dir: c.state_dir,
                     metrics,
+                    max_sessions: serve::SESSIONS,
                 };
                 serve::run(cfg).await
             })
@@ -166,6 +170,10 @@ fn main() -> anyhow::Result<()> {
                 };
                 tunnel::run(cfg).await
             })
+        }
+        Command::Bench(cmd) => {
+            init_logging()?;
+            bench::run(cmd)
         }
         Command::Keygen { out } => {
             let kp = lowband_codec::noise::Keypair::generate(&mut rand_core::OsRng);

@@ -32,7 +32,7 @@ use lowband_codec::coap::{
 use lowband_codec::noise::link::RESPONDER_EXPORT_LEN;
 use lowband_codec::noise::link::{ResponderConfig, TransportConfig};
 use lowband_codec::noise::{Keypair, PublicKey};
-use lowband_codec::session::{Server, ServerSession};
+use lowband_codec::session::ServerSession;
 use rand_chacha::rand_core::{OsRng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tokio::net::UdpSocket;
@@ -42,19 +42,12 @@ use crate::logging::redact_url;
 use crate::metrics::{Direction, Handshake, Metrics};
 use crate::persist::{Store, Tracker};
 use crate::serial::SerialLink;
-use crate::transport::{
-    now_ms, on_big_stack, Datagrams, LinkParams, BLOCK, BLOCK_SZX, COAP_MTU, PACKET, VERSION,
-};
+use crate::table::SessionTable;
+use crate::transport::{now_ms, Datagrams, LinkParams, BLOCK, BLOCK_SZX, PACKET, VERSION};
 use crate::wire::{self, opt, Auth, HttpRequest, HttpResponse, TokenRegistry, WireResponse};
 
-/// Sessions one gateway holds.
-pub const SESSIONS: usize = 32;
-/// Exchange slots per session (requests in progress, separate responses).
-const SLOTS: usize = 16;
-/// Message ids remembered per session.
-const DEDUP: usize = 32;
-
-type GwServer = Server<SocketAddr, SESSIONS, SLOTS, DEDUP, 1, COAP_MTU>;
+/// Sessions one gateway holds by default ([`ServeConfig::max_sessions`]).
+pub const SESSIONS: usize = 1024;
 
 /// How long a large response body waits to be fetched.
 const BODY_TTL_MS: u64 = 600_000;
@@ -89,6 +82,8 @@ pub struct ServeConfig {
     pub state_dir: Option<PathBuf>,
     /// Counters for the metrics endpoint.
     pub metrics: Metrics,
+    /// Most sessions held at once; a handshake beyond gets a "busy" reject.
+    pub max_sessions: usize,
 }
 
 impl Default for ServeConfig {
@@ -107,6 +102,7 @@ impl Default for ServeConfig {
             stats_file: None,
             state_dir: None,
             metrics: Metrics::new(),
+            max_sessions: SESSIONS,
         }
     }
 }
@@ -128,7 +124,7 @@ struct Peer {
 }
 
 struct State {
-    server: Box<GwServer>,
+    server: SessionTable,
     key: Keypair,
     allowed: Vec<PublicKey>,
     rng: ChaCha20Rng,
@@ -177,7 +173,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     let link = cfg.link;
     let seed = rand_core::RngCore::next_u64(&mut OsRng);
-    let mut server = on_big_stack(move || Box::new(GwServer::new(link.coap(seed))));
+    let mut server = SessionTable::new(link.coap(seed), cfg.max_sessions);
     let store = match &cfg.state_dir {
         Some(d) => Some(Store::open(d)?),
         None => None,
@@ -197,7 +193,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                             "serve: persisted session of a key no longer allowed; dropped"
                         );
                         store.remove(&peer.0);
-                    } else if server.insert(restored_to, s).is_err() {
+                    } else if server.insert(restored_to, Box::new(s)).is_err() {
                         tracing::warn!("serve: session table full; persisted session dropped");
                     }
                 }

@@ -406,3 +406,30 @@ async fn without_state_a_restart_means_a_new_handshake() {
     assert_eq!(m2.snapshot().handshakes, [1, 0]);
     assert_eq!(tm.snapshot().handshakes, [2, 0]);
 }
+
+#[test]
+fn bench_load_runs_small() {
+    let o = lowband()
+        .args(["bench", "load", "--sessions", "5", "--requests", "60"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let get = |k: &str| -> f64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}\t")))
+            .unwrap_or_else(|| panic!("{k} missing: {out}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(get("sessions"), 5.0);
+    assert_eq!(get("requests_ok"), 60.0);
+    assert_eq!(get("requests_failed"), 0.0);
+    assert!(get("requests_per_s") > 0.0);
+    assert!(get("serve_rss_idle_sessions_kib") >= get("serve_rss_base_kib"));
+}
