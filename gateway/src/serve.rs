@@ -58,6 +58,8 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(300);
 pub const SERIAL_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
 /// Where a restored session's replies go until its peer is heard from (nowhere).
 const RESTORED_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 1));
+/// Datagrams taken from the socket in one loop turn after the first.
+const RECV_BATCH: usize = 31;
 /// Received-packet progress of a session is persisted at most this often.
 const PERSIST_PERIOD_MS: u64 = 1_000;
 
@@ -248,7 +250,19 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         tokio::select! {
             r = recv_udp(socket.as_ref(), &mut buf) => {
                 match r {
-                    Ok((n, from)) => st.on_datagram(now_ms(start), from, &buf[..n]),
+                    Ok((n, from)) => {
+                        st.on_datagram(now_ms(start), from, &buf[..n]);
+                        // Take what else is queued before flushing (fewer loop turns
+                        // under load).
+                        if let Some(sock) = &socket {
+                            for _ in 0..RECV_BATCH {
+                                let Ok((n, from)) = sock.try_recv_from(&mut buf) else {
+                                    break;
+                                };
+                                st.on_datagram(now_ms(start), from, &buf[..n]);
+                            }
+                        }
+                    }
                     Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -333,7 +347,7 @@ impl State {
             }
         }
         if let Some((i, None)) = &got {
-            if let Some(s) = self.server.session(*i) {
+            if let Some(s) = self.server.peek(*i) {
                 let st = s.stats();
                 // A new session: accepted, msg2 not yet sent (a retransmitted msg1 has).
                 if st.handshakes == 1 && st.packets_out == 0 {
@@ -388,7 +402,7 @@ impl State {
     }
 
     fn on_request(&mut self, now: u64, i: usize, req: IncomingRequest<'_>) {
-        let Some(peer) = self.server.session(i).map(|s| s.peer().0) else {
+        let Some(peer) = self.server.peek(i).map(|s| s.peer().0) else {
             return;
         };
         let mut p = self.peers.remove(&peer).unwrap_or_default();
@@ -544,9 +558,7 @@ impl State {
     }
 
     fn on_done(&mut self, now: u64, d: Done) {
-        let Some(i) = (0..self.server.len())
-            .find(|&i| self.server.session(i).is_some_and(|s| s.peer().0 == d.peer))
-        else {
+        let Some(i) = self.server.find_peer(&d.peer) else {
             tracing::info!("serve: session gone before its response");
             return;
         };
@@ -629,12 +641,8 @@ impl State {
                 }
             }
         }
-        for i in 0..self.server.len() {
-            if let Some(s) = self.server.session(i) {
-                while let Some(e) = s.poll_event() {
-                    tracing::debug!(?e, "serve: session event");
-                }
-            }
+        while let Some((_, e)) = self.server.poll_event() {
+            tracing::debug!(?e, "serve: session event");
         }
     }
 
@@ -645,7 +653,7 @@ impl State {
         };
         let mut live = Vec::with_capacity(self.server.len());
         for i in 0..self.server.len() {
-            let Some(s) = self.server.session(i) else {
+            let Some(s) = self.server.peek(i) else {
                 continue;
             };
             let peer = s.peer().0;
@@ -670,7 +678,7 @@ impl State {
         }
         let mut cur = Vec::with_capacity(self.server.len());
         for i in 0..self.server.len() {
-            if let Some(s) = self.server.session(i) {
+            if let Some(s) = self.server.peek(i) {
                 cur.push((s.peer().0, s.stats().packets_in));
             }
         }
@@ -680,7 +688,7 @@ impl State {
     fn write_stats(&mut self, path: &std::path::Path) {
         let mut m = serde_json::Map::new();
         for i in 0..self.server.len() {
-            if let Some(s) = self.server.session(i) {
+            if let Some(s) = self.server.peek(i) {
                 let st = s.stats();
                 m.insert(
                     crate::keys::encode_key(&s.peer().0),

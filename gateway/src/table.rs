@@ -32,10 +32,44 @@ pub const DEDUP: usize = 32;
 /// One responder session of `serve`.
 pub type GwSession = ServerSession<SLOTS, DEDUP, 1, COAP_MTU>;
 
+/// One session with what the table caches about it (kept inline so that scans over a
+/// thousand sessions touch one contiguous vector, not a thousand boxes).
+#[derive(Debug)]
+struct Entry {
+    /// Where replies go.
+    addr: SocketAddr,
+    /// Cached [`GwSession::id`].
+    id: SessionId,
+    /// Cached [`GwSession::poll_timeout`], valid while not `dirty`.
+    wake: Option<u64>,
+    /// Touched since its output was last drained: poll it.
+    dirty: bool,
+    /// May have CoAP events to report.
+    events: bool,
+    s: Box<GwSession>,
+}
+
+impl Entry {
+    fn new(addr: SocketAddr, s: Box<GwSession>) -> Entry {
+        Entry {
+            addr,
+            id: s.id(),
+            wake: None,
+            dirty: true,
+            events: true,
+            s,
+        }
+    }
+}
+
 /// Sessions, boxed, with where their replies go.
+///
+/// Per-packet work is proportional to the sessions the packet touches, not to all of them:
+/// only sessions marked dirty (handed a packet, a timeout, or lent out mutably) are polled
+/// for output, and their next timer is cached.
 #[derive(Debug)]
 pub struct SessionTable {
-    sessions: Vec<(SocketAddr, Box<GwSession>)>,
+    sessions: Vec<Entry>,
     max: usize,
     replies: VecDeque<(SocketAddr, [u8; REJECT_LEN])>,
     drops: VecDeque<ServerDrop>,
@@ -66,9 +100,38 @@ impl SessionTable {
         self.sessions.is_empty()
     }
 
-    /// The session at `index` (stable until a session is removed).
+    /// The session at `index` (stable until a session is removed), to respond or send on;
+    /// it is polled for output afterwards.
     pub fn session(&mut self, index: usize) -> Option<&mut GwSession> {
-        self.sessions.get_mut(index).map(|(_, s)| &mut **s)
+        self.sessions.get_mut(index).map(|e| {
+            e.dirty = true;
+            e.events = true;
+            &mut *e.s
+        })
+    }
+
+    /// The session at `index`, read-only (stats, peer, export).
+    pub fn peek(&self, index: usize) -> Option<&GwSession> {
+        self.sessions.get(index).map(|e| &*e.s)
+    }
+
+    /// Index of `peer`'s session.
+    pub fn find_peer(&self, peer: &[u8; 32]) -> Option<usize> {
+        self.sessions.iter().position(|e| e.s.peer().0 == *peer)
+    }
+
+    /// The next CoAP event of any session touched since the last call.
+    pub fn poll_event(&mut self) -> Option<(usize, coap::Event)> {
+        for (i, e) in self.sessions.iter_mut().enumerate() {
+            if !e.events {
+                continue;
+            }
+            match e.s.poll_event() {
+                Some(ev) => return Some((i, ev)),
+                None => e.events = false,
+            }
+        }
+        None
     }
 
     /// Adds a restored session; replies go to `to` until the peer is heard from.
@@ -80,7 +143,7 @@ impl SessionTable {
         if self.sessions.len() >= self.max {
             return Err(s);
         }
-        self.sessions.push((to, s));
+        self.sessions.push(Entry::new(to, s));
         Ok(self.sessions.len() - 1)
     }
 
@@ -123,9 +186,11 @@ impl SessionTable {
                 if let Some(i) = self
                     .sessions
                     .iter_mut()
-                    .position(|(_, s)| s.handle_retransmitted_msg1(packet))
+                    .position(|e| e.s.handle_retransmitted_msg1(packet))
                 {
-                    self.sessions[i].0 = from;
+                    let e = &mut self.sessions[i];
+                    e.addr = from;
+                    e.dirty = true;
                     return Some((i, None));
                 }
                 let msg1 = match cfg.read_msg1(packet, scratch) {
@@ -137,7 +202,7 @@ impl SessionTable {
                     }
                 };
                 let peer = msg1.peer();
-                if let Some(i) = self.sessions.iter().position(|(_, s)| s.peer() == peer) {
+                if let Some(i) = self.sessions.iter().position(|e| e.s.peer() == peer) {
                     self.sessions.swap_remove(i);
                 }
                 if self.sessions.len() >= self.max {
@@ -147,10 +212,10 @@ impl SessionTable {
                 }
                 let sessions = &self.sessions;
                 let crowded = sessions.len() >= 64;
-                let is_free = |id: SessionId| crowded || sessions.iter().all(|(_, s)| s.id() != id);
+                let is_free = |id: SessionId| crowded || sessions.iter().all(|e| e.id != id);
                 match ServerSession::accept(msg1, rng, is_free, self.coap) {
                     Ok(s) => {
-                        self.sessions.push((from, Box::new(s)));
+                        self.sessions.push(Entry::new(from, Box::new(s)));
                         Some((self.sessions.len() - 1, None))
                     }
                     Err(e) => {
@@ -164,7 +229,7 @@ impl SessionTable {
                     .sessions
                     .iter()
                     .enumerate()
-                    .filter(|(_, (_, s))| s.id() == id)
+                    .filter(|(_, e)| e.id == id)
                     .map(|(i, _)| i)
                     .collect();
                 if order.is_empty() {
@@ -172,11 +237,11 @@ impl SessionTable {
                     self.drop_packet(ServerDrop::UnknownSession);
                     return None;
                 }
-                order.sort_unstable_by_key(|&i| (self.sessions[i].0 != from, i));
+                order.sort_unstable_by_key(|&i| (self.sessions[i].addr != from, i));
                 let mut last = TransportError::Decrypt;
                 let mut hit = None;
                 for &i in &order {
-                    match self.sessions[i].1.open(packet, scratch) {
+                    match self.sessions[i].s.open(packet, scratch) {
                         Ok(n) => {
                             hit = Some((i, n));
                             break;
@@ -188,10 +253,12 @@ impl SessionTable {
                     self.drop_packet(ServerDrop::Transport(last));
                     return None;
                 };
-                let (addr, s) = &mut self.sessions[i];
-                *addr = from;
+                let e = &mut self.sessions[i];
+                e.addr = from;
+                e.dirty = true;
+                e.events = true;
                 let data: &'a [u8] = &scratch[..n];
-                Some((i, s.deliver(now, data)))
+                Some((i, e.s.deliver(now, data)))
             }
         }
     }
@@ -206,11 +273,17 @@ impl SessionTable {
         let n = self.sessions.len();
         for k in 0..n {
             let i = (self.next + k) % n;
-            let (to, s) = &mut self.sessions[i];
-            if let Some(len) = s.poll_transmit(now, out) {
-                self.next = (i + 1) % n;
-                return Some((*to, len));
+            let e = &mut self.sessions[i];
+            if !e.dirty {
+                continue;
             }
+            if let Some(len) = e.s.poll_transmit(now, out) {
+                self.next = (i + 1) % n;
+                return Some((e.addr, len));
+            }
+            // Drained: its timer is settled until it is touched again.
+            e.dirty = false;
+            e.wake = e.s.poll_timeout();
         }
         None
     }
@@ -222,14 +295,18 @@ impl SessionTable {
         }
         self.sessions
             .iter()
-            .filter_map(|(_, s)| s.poll_timeout())
+            .filter_map(|e| if e.dirty { Some(0) } else { e.wake })
             .min()
     }
 
-    /// Advances every session's timers.
+    /// Advances the timers of the sessions that are due.
     pub fn handle_timeout(&mut self, now: u64) {
-        for (_, s) in &mut self.sessions {
-            s.handle_timeout(now);
+        for e in &mut self.sessions {
+            if e.dirty || e.wake.is_some_and(|w| w <= now) {
+                e.s.handle_timeout(now);
+                e.dirty = true;
+                e.events = true;
+            }
         }
     }
 }
