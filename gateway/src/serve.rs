@@ -235,6 +235,12 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             .flatten()
             .min()
             .unwrap_or(now + 60_000);
+        // Live sessions may go to sleep: look at least once a second.
+        let wake = if st.server.len() > st.server.asleep() {
+            wake.min(now + 1_000)
+        } else {
+            wake
+        };
         // Counters and sessions still to be written wake the loop too.
         let wake = if st.persist_pending() {
             wake.min(now + PERSIST_PERIOD_MS)
@@ -282,6 +288,15 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         }
         st.flush(now_ms(start), socket.as_ref(), serial.as_ref())
             .await;
+        let slept = st.server.hibernate_idle(now_ms(start));
+        if slept > 0 {
+            st.forget_idle_links();
+            tracing::debug!(
+                slept,
+                asleep = st.server.asleep(),
+                "serve: sessions hibernated"
+            );
+        }
         if st.stats_dirty && last_stats.elapsed() >= Duration::from_millis(50) {
             if let Some(p) = &cfg.stats_file {
                 st.write_stats(p);
@@ -347,11 +362,9 @@ impl State {
             }
         }
         if let Some((i, None)) = &got {
-            if let Some(s) = self.server.peek(*i) {
-                let st = s.stats();
+            if let (Some(st), Some(peer)) = (self.server.stats(*i), self.server.peer(*i)) {
                 // A new session: accepted, msg2 not yet sent (a retransmitted msg1 has).
                 if st.handshakes == 1 && st.packets_out == 0 {
-                    let peer = s.peer().0;
                     self.metrics.handshake(Handshake::Ok);
                     self.tracker.forget(&peer);
                     tracing::info!(peer = %crate::keys::encode_key(&peer), "serve: handshake ok");
@@ -402,7 +415,7 @@ impl State {
     }
 
     fn on_request(&mut self, now: u64, i: usize, req: IncomingRequest<'_>) {
-        let Some(peer) = self.server.peek(i).map(|s| s.peer().0) else {
+        let Some(peer) = self.server.peer(i) else {
             return;
         };
         let mut p = self.peers.remove(&peer).unwrap_or_default();
@@ -646,6 +659,13 @@ impl State {
         }
     }
 
+    /// Drops the datagram state of addresses with nothing in flight (it is rebuilt on the
+    /// next datagram): idle peers then cost only their hibernated session.
+    fn forget_idle_links(&mut self) {
+        self.links
+            .retain(|_, l| l.poll_timeout().is_some() || !l.out.is_empty());
+    }
+
     /// Writes the sessions that are due (see [`Tracker`]); `force` writes all progress.
     fn persist(&mut self, now: u64, force: bool) {
         let Some(store) = &self.store else {
@@ -653,13 +673,14 @@ impl State {
         };
         let mut live = Vec::with_capacity(self.server.len());
         for i in 0..self.server.len() {
-            let Some(s) = self.server.peek(i) else {
+            let (Some(peer), Some(st)) = (self.server.peer(i), self.server.stats(i)) else {
                 continue;
             };
-            let peer = s.peer().0;
-            let packets_in = s.stats().packets_in;
+            let packets_in = st.packets_in;
             let mut e = [0u8; RESPONDER_EXPORT_LEN];
-            s.export(&mut e);
+            if !self.server.export(i, &mut e) {
+                continue;
+            }
             live.push(peer);
             if self.tracker.due(now, &peer, &e, packets_in, force) {
                 match store.save(&peer, &e) {
@@ -678,8 +699,8 @@ impl State {
         }
         let mut cur = Vec::with_capacity(self.server.len());
         for i in 0..self.server.len() {
-            if let Some(s) = self.server.peek(i) {
-                cur.push((s.peer().0, s.stats().packets_in));
+            if let (Some(p), Some(st)) = (self.server.peer(i), self.server.stats(i)) {
+                cur.push((p, st.packets_in));
             }
         }
         self.tracker.has_pending(cur)
@@ -688,10 +709,9 @@ impl State {
     fn write_stats(&mut self, path: &std::path::Path) {
         let mut m = serde_json::Map::new();
         for i in 0..self.server.len() {
-            if let Some(s) = self.server.peek(i) {
-                let st = s.stats();
+            if let (Some(p), Some(st)) = (self.server.peer(i), self.server.stats(i)) {
                 m.insert(
-                    crate::keys::encode_key(&s.peer().0),
+                    crate::keys::encode_key(&p),
                     serde_json::json!({
                         "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
                         "packets_in": st.packets_in, "packets_out": st.packets_out,
