@@ -9,7 +9,8 @@
 //! * requests/second over the measured phase (every session busy, one request in flight
 //!   each);
 //! * memory per idle session: `serve`'s resident set (`VmRSS` of `/proc/PID/status`) after
-//!   every session completed its handshake, minus before any, over the session count.
+//!   every session completed its handshake and went idle long enough to hibernate (see
+//!   [`crate::table`]), minus before any, over the session count.
 use alloc::sync::Arc;
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -45,6 +46,11 @@ pub enum BenchCommand {
         /// Requests in total over the measured phase, spread over the sessions.
         #[arg(long, default_value_t = 20_000)]
         requests: usize,
+        /// Run `serve` with glibc's `MALLOC_MMAP_THRESHOLD_=65536`: live session boxes
+        /// (~70 KB) come from mmap, so a session that hibernates gives its memory back to
+        /// the system (otherwise the allocator keeps it for reuse and RSS does not drop).
+        #[arg(long)]
+        mmap_sessions: bool,
     },
 }
 
@@ -54,8 +60,12 @@ pub enum BenchCommand {
 /// Set-up failures (files, sockets, the `serve` child).
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Load { sessions, requests } => {
-            let r = load(sessions.max(1), requests)?;
+        BenchCommand::Load {
+            sessions,
+            requests,
+            mmap_sessions,
+        } => {
+            let r = load(sessions.max(1), requests, mmap_sessions)?;
             println!("metric\tvalue");
             println!("sessions\t{}", r.sessions);
             println!("handshake_s\t{:.3}", r.handshake_s);
@@ -165,11 +175,12 @@ const BENCH_LINK: LinkParams = LinkParams {
     mtu: 1400,
 };
 
-/// Runs the load bench: `sessions` clients, `requests` requests in total.
+/// Runs the load bench: `sessions` clients, `requests` requests in total; `mmap_sessions`
+/// as the flag of [`BenchCommand::Load`].
 ///
 /// # Errors
 /// Set-up failures.
-pub fn load(sessions: usize, requests: usize) -> anyhow::Result<LoadReport> {
+pub fn load(sessions: usize, requests: usize, mmap_sessions: bool) -> anyhow::Result<LoadReport> {
     let dir = std::env::temp_dir().join(format!("lowband-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -196,6 +207,7 @@ pub fn load(sessions: usize, requests: usize) -> anyhow::Result<LoadReport> {
                 .arg("--config")
                 .arg(&cfg)
                 .env("LOWBAND_LOG", "warn")
+                .envs(mmap_sessions.then_some(("MALLOC_MMAP_THRESHOLD_", "65536")))
                 .stdin(std::process::Stdio::null())
                 .spawn()?,
         );
@@ -219,7 +231,9 @@ pub fn load(sessions: usize, requests: usize) -> anyhow::Result<LoadReport> {
         }
         ready.wait().await;
         let handshake_s = start.elapsed().as_secs_f64();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Long enough for the handshake-only sessions to hibernate (see `table`).
+        let quiet = 4 * BENCH_LINK.transmission().ack_timeout + 2_500;
+        tokio::time::sleep(Duration::from_millis(quiet)).await;
         let rss_idle = rss_kib(pid).unwrap_or(0);
         let t0 = Instant::now();
         go.wait().await;
