@@ -22,8 +22,11 @@
 //! token only advances with the final [`SyncUpdate::Since`] of a batch. A batch cut short by a
 //! lost frame or a reboot leaves the old token in place, so the gateway sends the same batch
 //! again; replayed items are idempotent: rooms, invites and counts are keyed by room id, events
-//! are de-duplicated by event id against the stored events and a window of `SEEN` recently
-//! evicted ids. The gateway keeps batches small enough for that window.
+//! are de-duplicated by event id against the stored events and a window of the last `SEEN`
+//! event ids that left storage (evicted, or removed with a left room) or were echoed for own
+//! sends. A replayed event is recognised as long as fewer than `SEEN` ids left storage between
+//! its own removal and its replay; a gateway whose uncommitted batches carry fewer than `SEEN`
+//! events + echoes + `EVENTS` per leave (16 at the defaults) stays within that.
 //!
 //! # Drop rules (what does not fit; never a panic)
 //!
@@ -541,7 +544,12 @@ impl<
                     }
                     return Applied::Duplicate;
                 };
-                self.rooms.remove(i);
+                let room = self.rooms.remove(i);
+                // A replay of the batch may carry these events again (and re-join first):
+                // keep them from being delivered twice.
+                for e in &room.events {
+                    self.remember(fnv1a64(e.id.as_str().as_bytes()));
+                }
                 Applied::Updated
             }
             SyncUpdate::Invited { room, inviter } => self.apply_invited(room, inviter),
