@@ -16,7 +16,57 @@
 //! 4 outbox entries of 180 bytes, 2 invites of 91 bytes, the since token and 128 bytes of
 //! dedupe digests. Compile-time assertions keep it at most 5120 bytes (5 KiB) on every target,
 //! within the firmware's 16 KiB static RAM budget. Its postcard record is at most
-//! [`DEFAULT_RECORD_MAX`] bytes (asserted by tests with every field full).
+//! [`DEFAULT_RECORD_MAX`] (5042) bytes; a state with every slot and string full measured 4912.
+//!
+//! # Boot sequence
+//!
+//! ```
+//! use lowband_device::{AbStore, BootCounter, DefaultSyncState, EphemeralRng, Flash, Page};
+//! use lowband_device::{SyncUpdate, DEFAULT_RECORD_MAX};
+//!
+//! /// Two RAM pages standing in for the board's flash driver.
+//! struct Ram([[u8; 6144]; 2]);
+//! impl Flash for Ram {
+//!     type Error = ();
+//!     fn read(&mut self, p: Page, buf: &mut [u8]) -> Result<(), ()> {
+//!         let n = buf.len().min(6144);
+//!         buf[..n].copy_from_slice(&self.0[p as usize][..n]);
+//!         Ok(())
+//!     }
+//!     fn write(&mut self, p: Page, data: &[u8]) -> Result<(), ()> {
+//!         self.0[p as usize] = [0xff; 6144];
+//!         self.0[p as usize][..data.len()].copy_from_slice(data);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let mut state_pages = AbStore::new(Ram([[0xff; 6144]; 2]));
+//! let mut boot_pages = AbStore::new(Ram([[0xff; 6144]; 2]));
+//! let mut scratch = [0u8; DEFAULT_RECORD_MAX];
+//! let seed = [0x42; 32]; // provisioned, per device
+//!
+//! // 1. Restore the state (or start empty).
+//! let restored = DefaultSyncState::load_from(&mut state_pages, &mut scratch).unwrap();
+//! let floor = restored.as_ref().map_or(0, |s| s.boot());
+//! // 2. Persist the next boot number BEFORE any handshake or transaction id.
+//! let boot = BootCounter::advance(&mut boot_pages, floor, &mut scratch).unwrap();
+//! let mut state = match restored {
+//!     Some(mut s) => {
+//!         s.begin_boot(boot.get()).unwrap();
+//!         s
+//!     }
+//!     None => DefaultSyncState::new(boot.get()),
+//! };
+//! // 3. The boot's one ephemeral-key generator (consumes the counter value).
+//! let _rng = EphemeralRng::new(&seed, boot);
+//!
+//! // The runner feeds sync items and sends the outbox; the application reads and writes.
+//! state.apply(SyncUpdate::Joined { room: "!r:example.org", short: Some(0) });
+//! state.apply(SyncUpdate::Since("s1"));
+//! let txn = state.send_text("!r:example.org", "t=21.5").unwrap();
+//! assert_eq!(state.next_outgoing().map(|o| o.txn), Some(txn));
+//! state.save_to(&mut state_pages, &mut scratch).unwrap();
+//! ```
 #![no_std]
 #![warn(missing_docs)]
 
@@ -30,8 +80,8 @@ pub use outbox::{Command, OutContent, Outgoing, SendError, TxnId};
 pub use persist::{AbStore, BootCounter, Flash, Page, PersistError, StoreError};
 pub use rng::EphemeralRng;
 pub use state::{
-    Applied, Body, BootError, Counters, Event, EventIn, Ignored, Invite, Room, RoomRef,
-    SyncState, SyncUpdate,
+    Applied, Body, BootError, Counters, Event, EventIn, Ignored, Invite, Room, RoomRef, SyncState,
+    SyncUpdate,
 };
 
 /// The sync state at the default capacities: 4 rooms, 4 events per room, 2 invites, 4 outbox
@@ -41,9 +91,9 @@ pub type DefaultSyncState = SyncState<4, 4, 2, 4, 16>;
 /// `size_of::<DefaultSyncState>()` on this target.
 pub const DEFAULT_SYNC_STATE_SIZE: usize = core::mem::size_of::<DefaultSyncState>();
 
-/// Upper bound of a [`DefaultSyncState`] record (header, postcard payload, CRC): postcard
-/// varints make the payload at most a few bytes per field larger than the struct.
-pub const DEFAULT_RECORD_MAX: usize = 6144;
+/// Upper bound of a [`DefaultSyncState`] record (header, postcard payload, CRC):
+/// [`SyncState::MAX_RECORD_LEN`] at the default capacities.
+pub const DEFAULT_RECORD_MAX: usize = DefaultSyncState::MAX_RECORD_LEN;
 
 const _: () = assert!(core::mem::size_of::<DefaultSyncState>() <= 5120);
 const _: () = assert!(core::mem::size_of::<state::Event>() <= 224);

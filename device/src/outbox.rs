@@ -160,7 +160,18 @@ mod tests {
 
     #[test]
     fn txn_parse_rejects_junk() {
-        for s in ["", "d", "d1", "d1.", "d.1", "x1.2", "d+1.2", "d1.-2", "d4294967296.0", "d1.2.3"] {
+        for s in [
+            "",
+            "d",
+            "d1",
+            "d1.",
+            "d.1",
+            "x1.2",
+            "d+1.2",
+            "d1.-2",
+            "d4294967296.0",
+            "d1.2.3",
+        ] {
             assert_eq!(TxnId::parse(s), None, "{s}");
         }
     }

@@ -14,7 +14,34 @@
 //! The sync state's payload is postcard (<https://postcard.jamesmunns.com/wire-format>), written
 //! with `postcard::to_slice` into the caller's buffer: no allocator.
 
-use crate::state::SyncState;
+use crate::outbox::{OUT_BODY_LEN, TXN_TEXT_LEN};
+use crate::state::{
+    SyncState, BODY_LEN, EVENT_ID_LEN, EVENT_TYPE_LEN, MSGTYPE_LEN, ROOM_ID_LEN, SINCE_LEN,
+    USER_ID_LEN,
+};
+use crate::text::{postcard_max, varint_len};
+
+const U16_MAX: usize = 3;
+const U32_MAX: usize = 5;
+const U64_MAX: usize = 10;
+const EVENT_MAX: usize = U32_MAX
+    + U64_MAX
+    + postcard_max(EVENT_ID_LEN)
+    + postcard_max(USER_ID_LEN)
+    + postcard_max(EVENT_TYPE_LEN)
+    + postcard_max(MSGTYPE_LEN)
+    + postcard_max(BODY_LEN)
+    + 1;
+const INVITE_MAX: usize = postcard_max(ROOM_ID_LEN) + postcard_max(USER_ID_LEN) + 1;
+// Txn id + command variant + the largest command (Message: room, type, content variant + bytes).
+const OUTGOING_MAX: usize = 2 * U32_MAX
+    + 1
+    + postcard_max(ROOM_ID_LEN)
+    + postcard_max(EVENT_TYPE_LEN)
+    + 1
+    + postcard_max(OUT_BODY_LEN);
+const COUNTERS_MAX: usize = 9 * U16_MAX;
+const _: () = assert!(TXN_TEXT_LEN < 128);
 
 /// Record format version; bump when the payload layout of any kind changes.
 pub const FORMAT_VERSION: u8 = 1;
@@ -108,6 +135,28 @@ impl<
         const SEEN: usize,
     > SyncState<ROOMS, EVENTS, INVITES, OUTBOX, SEEN>
 {
+    /// Upper bound of the record of any state of this type (every slot and string full, every
+    /// integer at its longest varint): the size of the scratch buffer and of a flash page.
+    pub const MAX_RECORD_LEN: usize = HEADER_LEN
+        + TRAILER_LEN
+        + 1
+        + postcard_max(SINCE_LEN)
+        + varint_len(ROOMS)
+        + ROOMS
+            * (postcard_max(ROOM_ID_LEN)
+                + 2 * U16_MAX
+                + U32_MAX
+                + varint_len(EVENTS)
+                + EVENTS * EVENT_MAX)
+        + varint_len(INVITES)
+        + INVITES * INVITE_MAX
+        + varint_len(OUTBOX)
+        + OUTBOX * OUTGOING_MAX
+        + varint_len(SEEN)
+        + SEEN * U64_MAX
+        + 3 * U32_MAX
+        + COUNTERS_MAX;
+
     /// Serialize into a record (generation 0) in `buf`; returns its length.
     pub fn save(&self, buf: &mut [u8]) -> Result<usize, PersistError> {
         self.save_generation(0, buf)
@@ -142,23 +191,32 @@ impl<
         Ok(s)
     }
 
-    /// Save into the older page of `store`.
+    /// Save into the older page of `store`; `scratch` must hold [`Self::MAX_RECORD_LEN`] bytes.
     pub fn save_to<F: Flash>(
         &self,
         store: &mut AbStore<F>,
         scratch: &mut [u8],
     ) -> Result<(), StoreError<F::Error>> {
+        if scratch.len() < Self::MAX_RECORD_LEN {
+            return Err(StoreError::Persist(PersistError::BufferTooSmall));
+        }
         store.store_with(KIND_SYNC_STATE, scratch, |gen, buf| {
             self.save_generation(gen, buf)
         })
     }
 
-    /// Load the newest valid state from `store`; `Ok(None)` if neither page holds one (first
+    /// Load the newest valid state from `store` (`scratch` of at least [`Self::MAX_RECORD_LEN`]
+    /// bytes); `Ok(None)` if neither page holds one (first
     /// boot, or both pages bad: start with [`SyncState::new`]).
     pub fn load_from<F: Flash>(
         store: &mut AbStore<F>,
         scratch: &mut [u8],
     ) -> Result<Option<Self>, StoreError<F::Error>> {
+        // A scratch too small to hold a valid record would make it look corrupt, and the
+        // caller would start afresh over good data: refuse instead.
+        if scratch.len() < Self::MAX_RECORD_LEN {
+            return Err(StoreError::Persist(PersistError::BufferTooSmall));
+        }
         match store.load(KIND_SYNC_STATE, scratch)? {
             None => Ok(None),
             Some(p) => Self::decode(p).map(Some).map_err(StoreError::Persist),
@@ -237,7 +295,12 @@ impl<F: Flash> AbStore<F> {
         self.flash
     }
 
-    fn generation_of(&mut self, page: Page, kind: u8, scratch: &mut [u8]) -> Result<Option<u32>, F::Error> {
+    fn generation_of(
+        &mut self,
+        page: Page,
+        kind: u8,
+        scratch: &mut [u8],
+    ) -> Result<Option<u32>, F::Error> {
         self.flash.read(page, scratch)?;
         Ok(open(scratch, kind).ok().map(|(g, _)| g))
     }
@@ -284,14 +347,20 @@ impl<F: Flash> AbStore<F> {
             None => self.scan(kind, scratch).map_err(StoreError::Flash)?,
         };
         let (target, generation) = match cur {
-            Some((p, g)) => (p.other(), g.checked_add(1).ok_or(StoreError::Persist(PersistError::Exhausted))?),
+            Some((p, g)) => (
+                p.other(),
+                g.checked_add(1)
+                    .ok_or(StoreError::Persist(PersistError::Exhausted))?,
+            ),
             None => (Page::A, 1),
         };
         let n = encode(generation, scratch).map_err(StoreError::Persist)?;
         self.flash
             .write(target, &scratch[..n])
             .map_err(StoreError::Flash)?;
-        self.flash.read(target, scratch).map_err(StoreError::Flash)?;
+        self.flash
+            .read(target, scratch)
+            .map_err(StoreError::Flash)?;
         match open(scratch, kind) {
             Ok((g, _)) if g == generation => {
                 self.current = Some(Some((target, generation)));

@@ -143,8 +143,7 @@ impl Event {
     }
     /// Raw CBOR content (custom events), if the gateway passed it through.
     pub fn content_cbor(&self) -> Option<&[u8]> {
-        (self.flags & flags::BODY_CBOR != 0 && !self.body.is_empty())
-            .then(|| self.body.as_slice())
+        (self.flags & flags::BODY_CBOR != 0 && !self.body.is_empty()).then(|| self.body.as_slice())
     }
     /// `origin_server_ts`, milliseconds since the Unix epoch.
     pub fn ts(&self) -> u64 {
@@ -399,10 +398,7 @@ fn event_id_of(id: &str) -> (EventId, bool) {
     }
     let mut t = EventId::new();
     // INVARIANT: 17 bytes fit EVENT_ID_LEN (48).
-    let _ = core::fmt::Write::write_fmt(
-        &mut t,
-        format_args!("~{:016x}", fnv1a64(id.as_bytes())),
-    );
+    let _ = core::fmt::Write::write_fmt(&mut t, format_args!("~{:016x}", fnv1a64(id.as_bytes())));
     (t, true)
 }
 

@@ -11,7 +11,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Up to `N` bytes (`N <= 255`) stored inline, with a one-byte length.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy)]
 pub struct Bytes<const N: usize> {
     len: u8,
     buf: [u8; N],
@@ -23,7 +23,10 @@ impl<const N: usize> Bytes<N> {
     /// Empty buffer.
     pub const fn new() -> Self {
         let () = Self::CAP_OK;
-        Self { len: 0, buf: [0; N] }
+        Self {
+            len: 0,
+            buf: [0; N],
+        }
     }
 
     /// Copy `data` in; `None` if it is longer than `N`.
@@ -56,6 +59,20 @@ impl<const N: usize> Bytes<N> {
     /// The capacity `N`.
     pub const fn capacity() -> usize {
         N
+    }
+}
+
+impl<const N: usize> PartialEq for Bytes<N> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<const N: usize> Eq for Bytes<N> {}
+
+impl<const N: usize> core::hash::Hash for Bytes<N> {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
     }
 }
 
@@ -206,6 +223,22 @@ impl<'de, const N: usize> Deserialize<'de> for Text<N> {
     }
 }
 
+/// Bytes of the postcard varint encoding of `v` (LEB128, 7 bits a byte).
+pub const fn varint_len(v: usize) -> usize {
+    let mut n = 1;
+    let mut v = v >> 7;
+    while v > 0 {
+        n += 1;
+        v >>= 7;
+    }
+    n
+}
+
+/// Largest postcard encoding of a [`Text<N>`] or [`Bytes<N>`]: length varint + bytes.
+pub const fn postcard_max(n: usize) -> usize {
+    varint_len(n) + n
+}
+
 /// The largest `i <= max` that is a char boundary of `s` (`s.len()` if it all fits).
 pub fn floor_char_boundary(s: &str, max: usize) -> usize {
     if s.len() <= max {
@@ -253,6 +286,23 @@ mod tests {
         assert!(write!(t, "d{}", 12).is_ok());
         assert!(t.write_str("abc").is_err());
         assert_eq!(t.as_str(), "d12");
+    }
+
+    #[test]
+    fn varint_lengths() {
+        assert_eq!(varint_len(0), 1);
+        assert_eq!(varint_len(127), 1);
+        assert_eq!(varint_len(128), 2);
+        assert_eq!(varint_len(u32::MAX as usize), 5);
+        assert_eq!(varint_len(u64::MAX as usize), 10);
+        let t = Text::<200>::exact(core::str::from_utf8(&[b'x'; 200]).unwrap_or(""))
+            .unwrap_or_default();
+        assert_eq!(t.len(), 200);
+        let mut buf = [0u8; 256];
+        assert_eq!(
+            postcard::to_slice(&t, &mut buf).map(|s| s.len()),
+            Ok(postcard_max(200))
+        );
     }
 
     #[test]

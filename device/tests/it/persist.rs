@@ -3,7 +3,9 @@
 use crate::flash::{PowerCut, RamFlash, PAGE};
 use crate::state::ev;
 use lowband_device::persist::{open, HEADER_LEN, KIND_SYNC_STATE, TRAILER_LEN};
-use lowband_device::state::{BODY_LEN, EVENT_ID_LEN, EVENT_TYPE_LEN, MSGTYPE_LEN, ROOM_ID_LEN, SINCE_LEN, USER_ID_LEN};
+use lowband_device::state::{
+    BODY_LEN, EVENT_ID_LEN, EVENT_TYPE_LEN, MSGTYPE_LEN, ROOM_ID_LEN, SINCE_LEN, USER_ID_LEN,
+};
 use lowband_device::{
     AbStore, Body, BootCounter, BootError, DefaultSyncState, EventIn, PersistError, RoomRef,
     SendError, StoreError, SyncState, SyncUpdate, TxnId, DEFAULT_RECORD_MAX,
@@ -79,8 +81,26 @@ fn full_state_record_fits_the_bound() {
         rec.len(),
         core::mem::size_of::<DefaultSyncState>()
     );
+    println!("DEFAULT_RECORD_MAX = {DEFAULT_RECORD_MAX}");
     assert!(rec.len() <= DEFAULT_RECORD_MAX, "{}", rec.len());
-    assert!(rec.len() > 4000, "the full state really is full: {}", rec.len());
+    // The bound is tight: only small varints (sequence numbers, digests) are below maximum.
+    assert!(DEFAULT_RECORD_MAX - rec.len() < 200, "{}", rec.len());
+    // A scratch below the bound is refused before it could make a good page look corrupt.
+    let mut store = AbStore::new(RamFlash::new());
+    let mut short = vec![0u8; DEFAULT_RECORD_MAX - 1];
+    assert_eq!(
+        s.save_to(&mut store, &mut short),
+        Err(StoreError::Persist(PersistError::BufferTooSmall))
+    );
+    assert_eq!(
+        DefaultSyncState::load_from(&mut store, &mut short),
+        Err(StoreError::Persist(PersistError::BufferTooSmall))
+    );
+    assert!(
+        rec.len() > 4000,
+        "the full state really is full: {}",
+        rec.len()
+    );
     // And an empty state is tiny.
     assert!(snapshot(&DefaultSyncState::new(1)).len() < 32);
     // Too small a buffer is an error, not a panic.
@@ -181,7 +201,14 @@ fn torn_write_falls_back_to_previous_page() {
     b.apply(SyncUpdate::Since("new"));
     let rec_len = snapshot(&b).len();
 
-    for cut in [0, 1, HEADER_LEN, rec_len / 2, rec_len - TRAILER_LEN, rec_len - 1] {
+    for cut in [
+        0,
+        1,
+        HEADER_LEN,
+        rec_len / 2,
+        rec_len - TRAILER_LEN,
+        rec_len - 1,
+    ] {
         let mut store = AbStore::new(RamFlash::new());
         a.save_to(&mut store, &mut scratch).expect("first save");
         store.flash_mut().cut_after = Some(cut);
@@ -227,13 +254,19 @@ fn ab_pages_alternate_and_newest_wins() {
     assert_eq!(open(&f.pages[1], KIND_SYNC_STATE).map(|(g, _)| g), Ok(4));
     let mut store = AbStore::new(f);
     let got = DefaultSyncState::load_from(&mut store, &mut scratch).expect("ok");
-    assert_eq!(got.and_then(|g| g.since().map(str::to_string)), Some("s4".into()));
+    assert_eq!(
+        got.and_then(|g| g.since().map(str::to_string)),
+        Some("s4".into())
+    );
     // Corrupt the newest page: the older one is used.
     let mut f = store.into_inner();
     f.pages[0][20] ^= 1;
     let mut store = AbStore::new(f);
     let got = DefaultSyncState::load_from(&mut store, &mut scratch).expect("ok");
-    assert_eq!(got.and_then(|g| g.since().map(str::to_string)), Some("s3".into()));
+    assert_eq!(
+        got.and_then(|g| g.since().map(str::to_string)),
+        Some("s3".into())
+    );
 }
 
 #[test]
@@ -242,11 +275,18 @@ fn boot_counter_persists_before_use_and_respects_floor() {
     let mut store = AbStore::new(RamFlash::new());
     let mut seen = vec![];
     for _ in 0..3 {
-        seen.push(BootCounter::advance(&mut store, 0, &mut scratch).expect("ok").get());
+        seen.push(
+            BootCounter::advance(&mut store, 0, &mut scratch)
+                .expect("ok")
+                .get(),
+        );
     }
     assert_eq!(seen, [1, 2, 3]);
     // Floor from a restored state that went further (counter pages lost or older).
-    assert_eq!(BootCounter::advance(&mut store, 10, &mut scratch).map(|b| b.get()), Ok(11));
+    assert_eq!(
+        BootCounter::advance(&mut store, 10, &mut scratch).map(|b| b.get()),
+        Ok(11)
+    );
     // A power cut while persisting: no number is handed out.
     store.flash_mut().cut_after = Some(5);
     assert_eq!(
@@ -254,10 +294,16 @@ fn boot_counter_persists_before_use_and_respects_floor() {
         Err(StoreError::Flash(PowerCut))
     );
     let mut store = AbStore::new(store.into_inner());
-    assert_eq!(BootCounter::advance(&mut store, 0, &mut scratch).map(|b| b.get()), Ok(12));
+    assert_eq!(
+        BootCounter::advance(&mut store, 0, &mut scratch).map(|b| b.get()),
+        Ok(12)
+    );
     // Lost counter pages: start over only above the floor.
     let mut fresh = AbStore::new(RamFlash::new());
-    assert_eq!(BootCounter::advance(&mut fresh, 12, &mut scratch).map(|b| b.get()), Ok(13));
+    assert_eq!(
+        BootCounter::advance(&mut fresh, 12, &mut scratch).map(|b| b.get()),
+        Ok(13)
+    );
     assert_eq!(
         BootCounter::advance(&mut fresh, 0, &mut [0u8; 8]),
         Err(StoreError::Persist(PersistError::BufferTooSmall))

@@ -220,7 +220,10 @@ fn check_invariants(s: &DefaultSyncState) {
     assert_eq!(s.unread(), unread);
     let inv: HashSet<&str> = s.invites().iter().map(|v| v.room()).collect();
     assert_eq!(inv.len(), s.invites().len(), "invites unique");
-    assert!(inv.iter().all(|r| s.room(r).is_none()), "no invite for a joined room");
+    assert!(
+        inv.iter().all(|r| s.room(r).is_none()),
+        "no invite for a joined room"
+    );
     let txns: HashSet<TxnId> = s.outgoing().iter().map(|o| o.txn).collect();
     assert_eq!(txns.len(), s.outgoing().len(), "txn ids unique");
 }

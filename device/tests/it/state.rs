@@ -124,7 +124,7 @@ fn cbor_content_that_does_not_fit_is_dropped_whole() {
     let mut s = DefaultSyncState::new(1);
     s.apply(joined("!a:x"));
     let small = [0xa1, 0x61, 0x74, 0x18, 0x2a]; // {"t": 42}
-    let big = vec![0x40; BODY_LEN + 1];
+    let big = [0x40; BODY_LEN + 1];
     for (id, c) in [("$s", &small[..]), ("$b", &big[..])] {
         s.apply(SyncUpdate::Event(EventIn {
             room: RoomRef::Id("!a:x"),
@@ -295,7 +295,7 @@ fn next_event_is_arrival_order_across_rooms_and_once() {
     s.apply(ev("!b:x", "$3", "three"));
     assert_eq!(s.unread(), 3);
     assert_eq!(s.peek_event().map(|(_, e)| e.id()), Some("$1"));
-    let got: Vec<(String, String)> = std::iter::from_fn(|| {
+    let got: Vec<(String, String)> = core::iter::from_fn(|| {
         s.next_event()
             .map(|(r, e)| (r.id().to_string(), e.body().unwrap_or("").to_string()))
     })
@@ -312,7 +312,10 @@ fn next_event_is_arrival_order_across_rooms_and_once() {
     // A room joined later starts with nothing unread, and new events are unread.
     s.apply(joined("!c:x"));
     s.apply(ev("!c:x", "$4", "four"));
-    assert_eq!(s.next_event().map(|(_, e)| e.id().to_string()), Some("$4".into()));
+    assert_eq!(
+        s.next_event().map(|(_, e)| e.id().to_string()),
+        Some("$4".into())
+    );
 }
 
 #[test]
@@ -344,7 +347,10 @@ fn short_room_numbers_name_one_room_each() {
         }),
         Applied::Updated
     );
-    assert_eq!(s.room("!a:x").map(|r| (r.highlight(), r.notification())), Some((1, 3)));
+    assert_eq!(
+        s.room("!a:x").map(|r| (r.highlight(), r.notification())),
+        Some((1, 3))
+    );
     // Reassigning number 2 to !a takes it away from !b.
     s.apply(SyncUpdate::Joined {
         room: "!a:x",
@@ -382,10 +388,17 @@ fn outbox_txn_ids_capacity_and_acknowledge() {
     assert_eq!(s.next_outgoing().map(|o| o.txn), Some(t0));
     assert_eq!(s.next_outgoing().map(|o| o.txn), Some(t0));
     match &s.next_outgoing().expect("head").cmd {
-        Command::Message { room, kind, content } => {
+        Command::Message {
+            room,
+            kind,
+            content,
+        } => {
             assert_eq!(room.as_str(), "!a:x");
             assert_eq!(kind.as_str(), "m.room.message");
-            assert_eq!(content, &OutContent::Text(lowband_device::text::Text::exact("hello").expect("fits")));
+            assert_eq!(
+                content,
+                &OutContent::Text(lowband_device::text::Text::exact("hello").expect("fits"))
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -428,9 +441,15 @@ fn echoed_own_event_is_not_delivered_back() {
         txn_id: tt.as_str(),
         event_id: Some("$mine"),
     });
-    assert_eq!(s.apply(ev("!a:x", "$mine", "reading 21.5")), Applied::Duplicate);
+    assert_eq!(
+        s.apply(ev("!a:x", "$mine", "reading 21.5")),
+        Applied::Duplicate
+    );
     assert_eq!(s.apply(ev("!a:x", "$theirs", "cmd")), Applied::Stored);
-    assert_eq!(s.next_event().map(|(_, e)| e.id().to_string()), Some("$theirs".into()));
+    assert_eq!(
+        s.next_event().map(|(_, e)| e.id().to_string()),
+        Some("$theirs".into())
+    );
 }
 
 #[test]
@@ -442,7 +461,10 @@ fn typing_is_coalesced_per_room() {
     assert_ne!(a, a2);
     assert_eq!(s.outgoing().len(), 2);
     assert_eq!(s.outgoing()[0].txn, a2);
-    assert!(matches!(s.outgoing()[0].cmd, Command::Typing { typing: false, .. }));
+    assert!(matches!(
+        s.outgoing()[0].cmd,
+        Command::Typing { typing: false, .. }
+    ));
     assert_eq!(s.outgoing()[1].txn, b);
     // An acknowledgement of the replaced one removes nothing.
     assert!(!s.acknowledge(a));
