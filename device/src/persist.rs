@@ -436,6 +436,26 @@ mod tests {
     }
 
     #[test]
+    fn empty_state_record_literal() {
+        let s = crate::DefaultSyncState::new(1);
+        let mut buf = [0u8; 64];
+        let n = s.save(&mut buf).unwrap_or(0);
+        let payload = [
+            0, // since: None
+            0, 0, 0, 0, // rooms, invites, outbox, seen: empty
+            1, // next_seq
+            1, // boot
+            0, // txn_seq
+            0, 0, 0, 0, 0, 0, 0, 0, 0, // counters
+        ];
+        assert_eq!(n, HEADER_LEN + payload.len() + TRAILER_LEN);
+        assert_eq!(&buf[..HEADER_LEN], &[1, KIND_SYNC_STATE, 0, 0, 0, 0, 17, 0]);
+        assert_eq!(&buf[HEADER_LEN..HEADER_LEN + 17], &payload);
+        let r = crate::DefaultSyncState::restore(&buf[..n]);
+        assert_eq!(r.map(|r| (r.boot(), r.since().is_none())), Ok((1, true)));
+    }
+
+    #[test]
     fn seal_layout_literal() {
         let mut buf = [0u8; 16];
         buf[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(b"hi");

@@ -470,3 +470,24 @@ fn typing_is_coalesced_per_room() {
     assert!(!s.acknowledge(a));
     assert_eq!(s.outgoing().len(), 2);
 }
+
+#[test]
+fn default_sizes_stay_in_budget() {
+    use core::mem::size_of;
+    use lowband_device::{Event, Invite, Outgoing, Room};
+    println!(
+        "size_of: DefaultSyncState {} Event {} Room<4> {} Outgoing {} Invite {}",
+        size_of::<DefaultSyncState>(),
+        size_of::<Event>(),
+        size_of::<Room<4>>(),
+        size_of::<Outgoing>(),
+        size_of::<Invite>()
+    );
+    assert!(size_of::<DefaultSyncState>() <= 5120);
+    assert_eq!(size_of::<Event>(), 224);
+    assert!(size_of::<Room<4>>() <= 4 * 224 + 80);
+    assert_eq!(size_of::<Outgoing>(), 180);
+    assert_eq!(size_of::<Invite>(), 91);
+    // State + one save/restore scratch buffer still leave room in a 16 KiB budget.
+    assert!(size_of::<DefaultSyncState>() + lowband_device::DEFAULT_RECORD_MAX <= 10 * 1024 + 64);
+}
