@@ -28,28 +28,35 @@
 //! struct Ram([[u8; 6144]; 2]);
 //! impl Flash for Ram {
 //!     type Error = ();
-//!     fn read(&mut self, p: Page, buf: &mut [u8]) -> Result<(), ()> {
-//!         let n = buf.len().min(6144);
-//!         buf[..n].copy_from_slice(&self.0[p as usize][..n]);
+//!     const WRITE_SIZE: usize = 4;
+//!     fn page_len(&self) -> usize {
+//!         6144
+//!     }
+//!     fn read(&mut self, p: Page, off: usize, buf: &mut [u8]) -> Result<(), ()> {
+//!         buf.copy_from_slice(&self.0[p as usize][off..off + buf.len()]);
 //!         Ok(())
 //!     }
-//!     fn write(&mut self, p: Page, data: &[u8]) -> Result<(), ()> {
+//!     fn erase(&mut self, p: Page) -> Result<(), ()> {
 //!         self.0[p as usize] = [0xff; 6144];
-//!         self.0[p as usize][..data.len()].copy_from_slice(data);
+//!         Ok(())
+//!     }
+//!     fn program(&mut self, p: Page, off: usize, data: &[u8]) -> Result<(), ()> {
+//!         self.0[p as usize][off..off + data.len()].copy_from_slice(data);
 //!         Ok(())
 //!     }
 //! }
 //!
 //! let mut state_pages = AbStore::new(Ram([[0xff; 6144]; 2]));
 //! let mut boot_pages = AbStore::new(Ram([[0xff; 6144]; 2]));
-//! let mut scratch = [0u8; DEFAULT_RECORD_MAX];
 //! let seed = [0x42; 32]; // provisioned, per device
 //!
-//! // 1. Restore the state (or start empty).
+//! // 1. Restore the state (or start empty). The scratch is needed only here, once; on
+//! //    memory-mapped flash use `state_pages.newest(..)` and `SyncState::restore(page)`.
+//! let mut scratch = [0u8; DEFAULT_RECORD_MAX];
 //! let restored = DefaultSyncState::load_from(&mut state_pages, &mut scratch).unwrap();
 //! let floor = restored.as_ref().map_or(0, |s| s.boot());
 //! // 2. Persist the next boot number BEFORE any handshake or transaction id.
-//! let boot = BootCounter::advance(&mut boot_pages, floor, &mut scratch).unwrap();
+//! let boot = BootCounter::advance(&mut boot_pages, floor).unwrap();
 //! let mut state = match restored {
 //!     Some(mut s) => {
 //!         s.begin_boot(boot.get()).unwrap();
@@ -65,7 +72,8 @@
 //! state.apply(SyncUpdate::Since("s1"));
 //! let txn = state.send_text("!r:example.org", "t=21.5").unwrap();
 //! assert_eq!(state.next_outgoing().map(|o| o.txn), Some(txn));
-//! state.save_to(&mut state_pages, &mut scratch).unwrap();
+//! // Saving streams to flash through a 64-byte buffer: no record-sized RAM.
+//! state.save_to(&mut state_pages).unwrap();
 //! ```
 #![no_std]
 #![warn(missing_docs)]
@@ -77,7 +85,7 @@ pub mod state;
 pub mod text;
 
 pub use outbox::{Command, OutContent, Outgoing, SendError, TxnId};
-pub use persist::{AbStore, BootCounter, Flash, Page, PersistError, StoreError};
+pub use persist::{AbStore, BootCounter, Flash, Found, Page, PersistError, StoreError};
 pub use rng::EphemeralRng;
 pub use state::{
     Applied, Body, BootError, Counters, Event, EventIn, Ignored, Invite, Room, RoomRef, SyncState,

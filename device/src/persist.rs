@@ -8,11 +8,16 @@
 //!
 //! with CRC-32 (IEEE 802.3, the zlib/PNG one) over everything before it. Erased flash (0xFF)
 //! fails the version check, a torn write fails the CRC. [`AbStore`] keeps two pages and always
-//! writes the one not holding the newest valid record, so a power cut during a write leaves the
-//! previous record readable; loading picks the valid record with the highest generation.
+//! erases and writes the one not holding the newest valid record, so a power cut during a save
+//! leaves the previous record readable; loading picks the valid record with the highest
+//! generation.
 //!
-//! The sync state's payload is postcard (<https://postcard.jamesmunns.com/wire-format>), written
-//! with `postcard::to_slice` into the caller's buffer: no allocator.
+//! The sync state's payload is postcard (<https://postcard.jamesmunns.com/wire-format>), no
+//! allocator: [`SyncState::save`] / [`SyncState::restore`] work on a caller's buffer, and
+//! [`SyncState::save_to`] streams the record to flash through a [`CHUNK_LEN`]-byte buffer
+//! (postcard `serialize_with_flavor`), so periodic saves cost no record-sized RAM. Loading
+//! needs the record contiguous: a scratch buffer once at boot, or nothing on memory-mapped
+//! flash ([`AbStore::newest`], then `restore` on the mapped page).
 
 use crate::outbox::{OUT_BODY_LEN, TXN_TEXT_LEN};
 use crate::state::{
@@ -57,15 +62,42 @@ pub const KIND_BOOT_COUNTER: u8 = 2;
 
 /// CRC-32 (IEEE, reflected, polynomial 0xEDB88320), bitwise: no table in flash or RAM.
 pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
+    let mut c = Crc32::new();
+    c.update(data);
+    c.finish()
+}
+
+/// Incremental [`crc32`], for records streamed to or from flash in chunks.
+#[derive(Clone, Copy, Debug)]
+pub struct Crc32(u32);
+
+impl Crc32 {
+    /// Start.
+    pub const fn new() -> Self {
+        Self(!0)
     }
-    !crc
+    /// Feed bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        let mut crc = self.0;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                let mask = (crc & 1).wrapping_neg();
+                crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+            }
+        }
+        self.0 = crc;
+    }
+    /// The checksum of everything fed.
+    pub const fn finish(self) -> u32 {
+        !self.0
+    }
+}
+
+impl Default for Crc32 {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Why a record could not be written or read.
@@ -81,8 +113,12 @@ pub enum PersistError {
     Corrupt,
     /// The payload did not decode (capacities of the reader smaller than the writer's).
     Decode,
-    /// The boot counter reached `u32::MAX`.
+    /// The boot counter (or a page generation) reached `u32::MAX`.
     Exhausted,
+    /// The record does not fit the flash page.
+    PageTooSmall,
+    /// The flash's `WRITE_SIZE` is 0 or does not divide [`CHUNK_LEN`].
+    WriteSize,
 }
 
 /// Write a record around a payload already placed at `buf[HEADER_LEN..HEADER_LEN + len]`;
@@ -191,39 +227,32 @@ impl<
         Ok(s)
     }
 
-    /// Save into the older page of `store`; `scratch` must hold [`Self::MAX_RECORD_LEN`] bytes.
-    pub fn save_to<F: Flash>(
-        &self,
-        store: &mut AbStore<F>,
-        scratch: &mut [u8],
-    ) -> Result<(), StoreError<F::Error>> {
-        if scratch.len() < Self::MAX_RECORD_LEN {
-            return Err(StoreError::Persist(PersistError::BufferTooSmall));
-        }
-        store.store_with(KIND_SYNC_STATE, scratch, |gen, buf| {
-            self.save_generation(gen, buf)
+    /// Save into the older page of `store`, streamed: postcard writes through a
+    /// [`CHUNK_LEN`]-byte buffer straight to flash, so saving needs no record-sized RAM.
+    pub fn save_to<F: Flash>(&self, store: &mut AbStore<F>) -> Result<(), StoreError<F::Error>> {
+        let len = postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
+            .map_err(|_| StoreError::Persist(PersistError::BufferTooSmall))?;
+        store.store_stream(KIND_SYNC_STATE, len, |w| {
+            // Flash errors are kept in the writer; postcard only sees "buffer full".
+            let _ = postcard::serialize_with_flavor(self, Sink(w));
         })
     }
 
-    /// Load the newest valid state from `store` (`scratch` of at least [`Self::MAX_RECORD_LEN`]
-    /// bytes); `Ok(None)` if neither page holds one (first
-    /// boot, or both pages bad: start with [`SyncState::new`]).
+    /// Load the newest valid state from `store`; `Ok(None)` if neither page holds one (first
+    /// boot, or both pages bad: start with [`SyncState::new`]). `scratch` must hold the record
+    /// ([`Self::MAX_RECORD_LEN`] always does); a smaller one is an error, never taken for a
+    /// missing state. On memory-mapped flash, [`AbStore::newest`] and [`SyncState::restore`] on
+    /// the mapped page need no scratch at all.
     pub fn load_from<F: Flash>(
         store: &mut AbStore<F>,
         scratch: &mut [u8],
     ) -> Result<Option<Self>, StoreError<F::Error>> {
-        // A scratch too small to hold a valid record would make it look corrupt, and the
-        // caller would start afresh over good data: refuse instead.
-        if scratch.len() < Self::MAX_RECORD_LEN {
-            return Err(StoreError::Persist(PersistError::BufferTooSmall));
-        }
         match store.load(KIND_SYNC_STATE, scratch)? {
             None => Ok(None),
             Some(p) => Self::decode(p).map(Some).map_err(StoreError::Persist),
         }
     }
 }
-
 /// One of the two pages of an [`AbStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Page {
@@ -243,14 +272,25 @@ impl Page {
     }
 }
 
-/// Two flash pages (or page groups) reserved for one kind of record.
+/// Size of the buffer records are streamed through (on the stack, during a store or a scan).
+pub const CHUNK_LEN: usize = 64;
+
+/// Two flash pages (or page groups) reserved for one kind of record, in the shape of NOR
+/// flash: erase a page to 0xFF, program aligned runs of bytes, read anywhere.
 pub trait Flash {
     /// The driver's error.
     type Error: core::fmt::Debug;
-    /// Fill `buf` from the start of `page` (`buf.len()` at most the page size).
-    fn read(&mut self, page: Page, buf: &mut [u8]) -> Result<(), Self::Error>;
-    /// Erase `page` and program `data` at its start. May be cut short by a power loss.
-    fn write(&mut self, page: Page, data: &[u8]) -> Result<(), Self::Error>;
+    /// Program granularity: every `program` gets an offset and a length that are multiples of
+    /// it (the last run is padded with 0xFF). Must divide [`CHUNK_LEN`].
+    const WRITE_SIZE: usize = 1;
+    /// Bytes in each page.
+    fn page_len(&self) -> usize;
+    /// Fill `buf` from `page` at `offset`.
+    fn read(&mut self, page: Page, offset: usize, buf: &mut [u8]) -> Result<(), Self::Error>;
+    /// Erase `page` (all bytes 0xFF). May be cut short by a power loss.
+    fn erase(&mut self, page: Page) -> Result<(), Self::Error>;
+    /// Program `data` at `offset` of an erased `page`. May be cut short by a power loss.
+    fn program(&mut self, page: Page, offset: usize, data: &[u8]) -> Result<(), Self::Error>;
 }
 
 /// Why an [`AbStore`] operation failed.
@@ -264,16 +304,108 @@ pub enum StoreError<E> {
     Verify,
 }
 
+/// Where the newest valid record of a kind is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// Page holding it.
+    pub page: Page,
+    /// Its generation.
+    pub generation: u32,
+    /// Whole record length (header, payload, CRC).
+    pub len: usize,
+}
+
+/// Streams one record to flash: header, payload pushed by the caller, CRC; programs in
+/// [`CHUNK_LEN`] runs.
+#[derive(Debug)]
+pub struct RecordWriter<'a, F: Flash> {
+    flash: &'a mut F,
+    page: Page,
+    offset: usize,
+    written: usize,
+    buf: [u8; CHUNK_LEN],
+    fill: usize,
+    crc: Crc32,
+    err: Option<F::Error>,
+}
+
+impl<F: Flash> RecordWriter<'_, F> {
+    /// Append bytes to the record (after a flash error, further bytes are ignored).
+    pub fn push(&mut self, mut data: &[u8]) {
+        if self.err.is_some() {
+            return;
+        }
+        self.crc.update(data);
+        self.written += data.len();
+        while !data.is_empty() {
+            let n = (CHUNK_LEN - self.fill).min(data.len());
+            self.buf[self.fill..self.fill + n].copy_from_slice(&data[..n]);
+            self.fill += n;
+            data = &data[n..];
+            if self.fill == CHUNK_LEN {
+                self.flush();
+                if self.err.is_some() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.fill == 0 || self.err.is_some() {
+            self.fill = 0;
+            return;
+        }
+        let w = F::WRITE_SIZE.max(1);
+        let padded = self.fill.div_ceil(w) * w;
+        self.buf[self.fill..padded].fill(0xff);
+        if let Err(e) = self
+            .flash
+            .program(self.page, self.offset, &self.buf[..padded])
+        {
+            self.err = Some(e);
+        }
+        self.offset += padded;
+        self.fill = 0;
+    }
+
+    fn failed(&self) -> bool {
+        self.err.is_some()
+    }
+}
+
+/// postcard output flavor writing into a [`RecordWriter`].
+struct Sink<'w, 'a, F: Flash>(&'w mut RecordWriter<'a, F>);
+
+impl<F: Flash> postcard::ser_flavors::Flavor for Sink<'_, '_, F> {
+    type Output = ();
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.push(data);
+        if self.0.failed() {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        Ok(())
+    }
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// A/B record store over a [`Flash`]: writes alternate between the pages, reads take the
 /// newest valid record.
 ///
-/// Call protocol: [`AbStore::load`] (or any store call, which scans first) finds the current
-/// page; [`AbStore::store_with`] writes the other page with generation + 1 and reads it back.
+/// Call protocol: [`AbStore::newest`] / [`AbStore::load`] (or any store, which scans first)
+/// finds the current page; [`AbStore::store_stream`] erases and writes the other page with
+/// generation + 1 and verifies it by reading it back. The page holding the newest valid record
+/// is never erased.
 #[derive(Debug)]
 pub struct AbStore<F> {
     flash: F,
-    /// `None`: not scanned yet. `Some(None)`: no valid page. `Some(Some(p, g))`: newest.
-    current: Option<Option<(Page, u32)>>,
+    /// `None`: not scanned yet. `Some(None)`: no valid page. `Some(Some(found))`: newest.
+    current: Option<Option<Found>>,
 }
 
 impl<F: Flash> AbStore<F> {
@@ -295,84 +427,151 @@ impl<F: Flash> AbStore<F> {
         self.flash
     }
 
-    fn generation_of(
-        &mut self,
-        page: Page,
-        kind: u8,
-        scratch: &mut [u8],
-    ) -> Result<Option<u32>, F::Error> {
-        self.flash.read(page, scratch)?;
-        Ok(open(scratch, kind).ok().map(|(g, _)| g))
+    /// Check the record of `kind` on `page` by streaming it through the CRC: its generation and
+    /// length, or `None` if the page holds no valid record of that kind.
+    fn check(&mut self, page: Page, kind: u8) -> Result<Option<(u32, usize)>, F::Error> {
+        let mut head = [0u8; HEADER_LEN];
+        self.flash.read(page, 0, &mut head)?;
+        if head[0] != FORMAT_VERSION || head[1] != kind {
+            return Ok(None);
+        }
+        let len = usize::from(u16::from_le_bytes([head[6], head[7]]));
+        let total = HEADER_LEN + len + TRAILER_LEN;
+        if total > self.flash.page_len() {
+            return Ok(None);
+        }
+        let mut crc = Crc32::new();
+        crc.update(&head);
+        let mut buf = [0u8; CHUNK_LEN];
+        let mut off = HEADER_LEN;
+        while off < HEADER_LEN + len {
+            let n = (HEADER_LEN + len - off).min(CHUNK_LEN);
+            self.flash.read(page, off, &mut buf[..n])?;
+            crc.update(&buf[..n]);
+            off += n;
+        }
+        let mut trailer = [0u8; TRAILER_LEN];
+        self.flash.read(page, off, &mut trailer)?;
+        if u32::from_le_bytes(trailer) != crc.finish() {
+            return Ok(None);
+        }
+        let generation = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
+        Ok(Some((generation, total)))
     }
 
-    fn scan(&mut self, kind: u8, scratch: &mut [u8]) -> Result<Option<(Page, u32)>, F::Error> {
-        let a = self.generation_of(Page::A, kind, scratch)?;
-        let b = self.generation_of(Page::B, kind, scratch)?;
+    /// Find the newest valid record of `kind` (scanning both pages, no scratch needed).
+    pub fn newest(&mut self, kind: u8) -> Result<Option<Found>, F::Error> {
+        let a = self.check(Page::A, kind)?;
+        let b = self.check(Page::B, kind)?;
+        let found = |page, (generation, len)| Found {
+            page,
+            generation,
+            len,
+        };
         let cur = match (a, b) {
-            (Some(a), Some(b)) if b > a => Some((Page::B, b)),
-            (Some(a), _) => Some((Page::A, a)),
-            (None, Some(b)) => Some((Page::B, b)),
+            (Some(a), Some(b)) if b.0 > a.0 => Some(found(Page::B, b)),
+            (Some(a), _) => Some(found(Page::A, a)),
+            (None, Some(b)) => Some(found(Page::B, b)),
             (None, None) => None,
         };
         self.current = Some(cur);
         Ok(cur)
     }
 
-    /// The payload of the newest valid record of `kind`, read into `scratch` (which must hold
-    /// the largest record); `None` if neither page is valid.
+    /// The payload of the newest valid record of `kind`, read into `scratch`; `None` if neither
+    /// page is valid. A `scratch` shorter than the record is an error.
     pub fn load<'s>(
         &mut self,
         kind: u8,
         scratch: &'s mut [u8],
     ) -> Result<Option<&'s [u8]>, StoreError<F::Error>> {
-        let Some((page, _)) = self.scan(kind, scratch).map_err(StoreError::Flash)? else {
+        let Some(found) = self.newest(kind).map_err(StoreError::Flash)? else {
             return Ok(None);
         };
-        self.flash.read(page, scratch).map_err(StoreError::Flash)?;
-        let (_, payload) = open(scratch, kind).map_err(StoreError::Persist)?;
+        let buf = scratch
+            .get_mut(..found.len)
+            .ok_or(StoreError::Persist(PersistError::BufferTooSmall))?;
+        self.flash
+            .read(found.page, 0, buf)
+            .map_err(StoreError::Flash)?;
+        // Checked again in RAM: what is decoded is exactly what the CRC covered.
+        let (_, payload) = open(buf, kind).map_err(StoreError::Persist)?;
         Ok(Some(payload))
     }
 
-    /// Write a new record of `kind`: `encode(generation, scratch)` writes the whole record
-    /// (e.g. with [`seal`]) and returns its length. The page holding the newest valid record
-    /// is never touched.
-    pub fn store_with(
+    /// Write a new record of `kind` with a payload of exactly `len` bytes, which `write` pushes
+    /// into the [`RecordWriter`] (in any number of pieces).
+    pub fn store_stream(
         &mut self,
         kind: u8,
-        scratch: &mut [u8],
-        encode: impl FnOnce(u32, &mut [u8]) -> Result<usize, PersistError>,
+        len: usize,
+        write: impl FnOnce(&mut RecordWriter<'_, F>),
     ) -> Result<(), StoreError<F::Error>> {
+        let perr = StoreError::Persist;
+        if F::WRITE_SIZE == 0 || !CHUNK_LEN.is_multiple_of(F::WRITE_SIZE) {
+            return Err(perr(PersistError::WriteSize));
+        }
+        let len16 = u16::try_from(len).map_err(|_| perr(PersistError::PageTooSmall))?;
+        if HEADER_LEN + len + TRAILER_LEN > self.flash.page_len() {
+            return Err(perr(PersistError::PageTooSmall));
+        }
         let cur = match self.current {
             Some(c) => c,
-            None => self.scan(kind, scratch).map_err(StoreError::Flash)?,
+            None => self.newest(kind).map_err(StoreError::Flash)?,
         };
         let (target, generation) = match cur {
-            Some((p, g)) => (
-                p.other(),
-                g.checked_add(1)
-                    .ok_or(StoreError::Persist(PersistError::Exhausted))?,
+            Some(f) => (
+                f.page.other(),
+                f.generation
+                    .checked_add(1)
+                    .ok_or(perr(PersistError::Exhausted))?,
             ),
             None => (Page::A, 1),
         };
-        let n = encode(generation, scratch).map_err(StoreError::Persist)?;
-        self.flash
-            .write(target, &scratch[..n])
-            .map_err(StoreError::Flash)?;
-        self.flash
-            .read(target, scratch)
-            .map_err(StoreError::Flash)?;
-        match open(scratch, kind) {
-            Ok((g, _)) if g == generation => {
-                self.current = Some(Some((target, generation)));
+        self.flash.erase(target).map_err(StoreError::Flash)?;
+        let mut w = RecordWriter {
+            flash: &mut self.flash,
+            page: target,
+            offset: 0,
+            written: 0,
+            buf: [0; CHUNK_LEN],
+            fill: 0,
+            crc: Crc32::new(),
+            err: None,
+        };
+        let mut head = [FORMAT_VERSION, kind, 0, 0, 0, 0, 0, 0];
+        head[2..6].copy_from_slice(&generation.to_le_bytes());
+        head[6..8].copy_from_slice(&len16.to_le_bytes());
+        w.push(&head);
+        write(&mut w);
+        if w.err.is_none() && w.written != HEADER_LEN + len {
+            // The payload writer disagreed with its announced length: do not seal it.
+            return Err(perr(PersistError::BufferTooSmall));
+        }
+        let crc = w.crc.finish();
+        w.push(&crc.to_le_bytes());
+        w.flush();
+        if let Some(e) = w.err {
+            return Err(StoreError::Flash(e));
+        }
+        match self.check(target, kind).map_err(StoreError::Flash)? {
+            Some((g, _)) if g == generation => {
+                self.current = Some(Some(Found {
+                    page: target,
+                    generation,
+                    len: HEADER_LEN + len + TRAILER_LEN,
+                }));
                 Ok(())
             }
             _ => Err(StoreError::Verify),
         }
     }
-}
 
-/// Scratch bytes a boot-counter record needs.
-pub const BOOT_RECORD_LEN: usize = HEADER_LEN + 4 + TRAILER_LEN;
+    /// Write a new record of `kind` holding `payload`.
+    pub fn store_bytes(&mut self, kind: u8, payload: &[u8]) -> Result<(), StoreError<F::Error>> {
+        self.store_stream(kind, payload.len(), |w| w.push(payload))
+    }
+}
 
 /// The boot number of this run, persisted before it is returned.
 ///
@@ -392,17 +591,13 @@ pub struct BootCounter {
 }
 
 impl BootCounter {
-    /// Read the stored counter, persist the next value, return it.
+    /// Read the stored counter, persist the next value, return it. Needs no scratch buffer.
     pub fn advance<F: Flash>(
         store: &mut AbStore<F>,
         floor: u32,
-        scratch: &mut [u8],
     ) -> Result<Self, StoreError<F::Error>> {
-        if scratch.len() < BOOT_RECORD_LEN {
-            return Err(StoreError::Persist(PersistError::BufferTooSmall));
-        }
-        let scratch = &mut scratch[..BOOT_RECORD_LEN];
-        let stored = match store.load(KIND_BOOT_COUNTER, scratch)? {
+        let mut rec = [0u8; HEADER_LEN + 4 + TRAILER_LEN];
+        let stored = match store.load(KIND_BOOT_COUNTER, &mut rec)? {
             Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
             Some(_) => return Err(StoreError::Persist(PersistError::Decode)),
             None => 0,
@@ -411,10 +606,7 @@ impl BootCounter {
             .max(floor)
             .checked_add(1)
             .ok_or(StoreError::Persist(PersistError::Exhausted))?;
-        store.store_with(KIND_BOOT_COUNTER, scratch, |gen, buf| {
-            buf[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&value.to_le_bytes());
-            seal(buf, KIND_BOOT_COUNTER, gen, 4)
-        })?;
+        store.store_bytes(KIND_BOOT_COUNTER, &value.to_le_bytes())?;
         Ok(Self { value })
     }
 

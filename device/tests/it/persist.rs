@@ -6,6 +6,7 @@ use lowband_device::persist::{open, HEADER_LEN, KIND_SYNC_STATE, TRAILER_LEN};
 use lowband_device::state::{
     BODY_LEN, EVENT_ID_LEN, EVENT_TYPE_LEN, MSGTYPE_LEN, ROOM_ID_LEN, SINCE_LEN, USER_ID_LEN,
 };
+use lowband_device::Page;
 use lowband_device::{
     AbStore, Body, BootCounter, BootError, DefaultSyncState, EventIn, PersistError, RoomRef,
     SendError, StoreError, SyncState, SyncUpdate, TxnId, DEFAULT_RECORD_MAX,
@@ -85,17 +86,25 @@ fn full_state_record_fits_the_bound() {
     assert!(rec.len() <= DEFAULT_RECORD_MAX, "{}", rec.len());
     // The bound is tight: only small varints (sequence numbers, digests) are below maximum.
     assert!(DEFAULT_RECORD_MAX - rec.len() < 200, "{}", rec.len());
-    // A scratch below the bound is refused before it could make a good page look corrupt.
-    let mut store = AbStore::new(RamFlash::new());
-    let mut short = vec![0u8; DEFAULT_RECORD_MAX - 1];
-    assert_eq!(
-        s.save_to(&mut store, &mut short),
-        Err(StoreError::Persist(PersistError::BufferTooSmall))
-    );
+    // Streamed save: the flash record is byte for byte the buffer record (generation 1).
+    let mut store = AbStore::new(RamFlash::<8>::new());
+    s.save_to(&mut store).expect("streams");
+    let f = store.into_inner();
+    assert_eq!(f.pages[0][2..6], [1, 0, 0, 0]);
+    assert_eq!(f.pages[0][..2], rec[..2]);
+    assert_eq!(f.pages[0][6..rec.len() - 4], rec[6..rec.len() - 4]);
+    // The padding after the record stays erased.
+    assert!(f.pages[0][rec.len()..].iter().all(|&b| b == 0xff));
+    // A scratch shorter than the record is refused, never taken for "no state".
+    let mut store = AbStore::new(f);
+    let mut short = vec![0u8; rec.len() - 1];
     assert_eq!(
         DefaultSyncState::load_from(&mut store, &mut short),
         Err(StoreError::Persist(PersistError::BufferTooSmall))
     );
+    let mut exact = vec![0u8; rec.len()];
+    let got = DefaultSyncState::load_from(&mut store, &mut exact).expect("loads");
+    assert_eq!(got.map(|g| snapshot(&g)), Some(rec.clone()));
     assert!(
         rec.len() > 4000,
         "the full state really is full: {}",
@@ -146,12 +155,12 @@ fn restore_rejects_corruption_and_smaller_capacities() {
 
 #[test]
 fn outbox_survives_reboot_with_same_txn_ids() {
-    let mut flash = AbStore::new(RamFlash::new());
-    let mut boots = AbStore::new(RamFlash::new());
-    let mut scratch = vec![0u8; PAGE];
+    let mut flash = AbStore::new(RamFlash::<1>::new());
+    let mut boots = AbStore::new(RamFlash::<1>::new());
+    let mut scratch = vec![0u8; DEFAULT_RECORD_MAX];
 
     // Boot 1.
-    let b1 = BootCounter::advance(&mut boots, 0, &mut scratch).expect("boot 1");
+    let b1 = BootCounter::advance(&mut boots, 0).expect("boot 1");
     assert_eq!(b1.get(), 1);
     let mut s = DefaultSyncState::new(b1.get());
     s.apply(SyncUpdate::Joined {
@@ -164,7 +173,7 @@ fn outbox_survives_reboot_with_same_txn_ids() {
     let t1 = s.send_text("!a:x", "t=21.6").expect("t1");
     let (_, e) = s.next_event().expect("cmd");
     assert_eq!(e.body(), Some("set led on"));
-    s.save_to(&mut flash, &mut scratch).expect("saved");
+    s.save_to(&mut flash).expect("saved");
     // t0 was sent and acknowledged, t2 queued, but power fails before the next save.
     assert!(s.acknowledge(t0));
     let lost = s.send_text("!a:x", "t=21.7").expect("lost");
@@ -175,7 +184,7 @@ fn outbox_survives_reboot_with_same_txn_ids() {
         .expect("flash ok")
         .expect("a state");
     assert_eq!(r.send_text("!a:x", "x"), Err(SendError::NotBooted));
-    let b2 = BootCounter::advance(&mut boots, r.boot(), &mut scratch).expect("boot 2");
+    let b2 = BootCounter::advance(&mut boots, r.boot()).expect("boot 2");
     assert_eq!(b2.get(), 2);
     assert_eq!(r.begin_boot(1), Err(BootError::NotIncreasing));
     r.begin_boot(b2.get()).expect("increasing");
@@ -194,26 +203,21 @@ fn outbox_survives_reboot_with_same_txn_ids() {
 
 #[test]
 fn torn_write_falls_back_to_previous_page() {
-    let mut scratch = vec![0u8; PAGE];
+    let mut scratch = vec![0u8; DEFAULT_RECORD_MAX];
     let mut a = DefaultSyncState::new(1);
     a.apply(SyncUpdate::Since("old"));
-    let mut b = a.clone();
+    let mut b = full_state();
     b.apply(SyncUpdate::Since("new"));
     let rec_len = snapshot(&b).len();
 
-    for cut in [
-        0,
-        1,
-        HEADER_LEN,
-        rec_len / 2,
-        rec_len - TRAILER_LEN,
-        rec_len - 1,
-    ] {
-        let mut store = AbStore::new(RamFlash::new());
-        a.save_to(&mut store, &mut scratch).expect("first save");
+    let mut cuts: Vec<usize> = vec![0, 1, HEADER_LEN, rec_len - TRAILER_LEN, rec_len - 1];
+    cuts.extend((1..rec_len).step_by(97));
+    for cut in cuts {
+        let mut store = AbStore::new(RamFlash::<4>::new());
+        a.save_to(&mut store).expect("first save");
         store.flash_mut().cut_after = Some(cut);
         assert_eq!(
-            b.save_to(&mut store, &mut scratch),
+            b.save_to(&mut store),
             Err(StoreError::Flash(PowerCut)),
             "cut {cut}"
         );
@@ -224,19 +228,20 @@ fn torn_write_falls_back_to_previous_page() {
             .expect("previous page valid");
         assert_eq!(got.since(), Some("old"), "cut {cut}");
         // The next save goes to the torn page, not over the good one.
-        b.save_to(&mut store, &mut scratch).expect("retry");
+        b.save_to(&mut store).expect("retry");
         let mut store = AbStore::new(store.into_inner());
         let got = DefaultSyncState::load_from(&mut store, &mut scratch)
             .expect("flash ok")
             .expect("new page");
         assert_eq!(got.since(), Some("new"));
+        assert_eq!(got.rooms().len(), 4);
     }
 }
 
 #[test]
 fn ab_pages_alternate_and_newest_wins() {
-    let mut scratch = vec![0u8; PAGE];
-    let mut store = AbStore::new(RamFlash::new());
+    let mut scratch = vec![0u8; DEFAULT_RECORD_MAX];
+    let mut store = AbStore::new(RamFlash::<1>::new());
     assert_eq!(
         DefaultSyncState::load_from(&mut store, &mut scratch).expect("ok"),
         None
@@ -245,71 +250,92 @@ fn ab_pages_alternate_and_newest_wins() {
     for i in 0..5 {
         let tok = format!("s{i}");
         s.apply(SyncUpdate::Since(&tok));
-        s.save_to(&mut store, &mut scratch).expect("save");
+        s.save_to(&mut store).expect("save");
     }
+    let found = store.newest(KIND_SYNC_STATE).expect("ok").expect("found");
+    assert_eq!((found.page, found.generation), (Page::A, 5));
+    assert_eq!(found.len, snapshot(&s).len());
     let f = store.into_inner();
-    assert_eq!(f.writes, 5);
+    assert_eq!(f.erases, 5);
     // Generations 1..5 alternate A, B, A, B, A.
     assert_eq!(open(&f.pages[0], KIND_SYNC_STATE).map(|(g, _)| g), Ok(5));
     assert_eq!(open(&f.pages[1], KIND_SYNC_STATE).map(|(g, _)| g), Ok(4));
-    let mut store = AbStore::new(f);
-    let got = DefaultSyncState::load_from(&mut store, &mut scratch).expect("ok");
-    assert_eq!(
-        got.and_then(|g| g.since().map(str::to_string)),
-        Some("s4".into())
-    );
+    // Memory-mapped flash: restore straight from the page, no scratch.
+    let mapped = DefaultSyncState::restore(&f.pages[0]).expect("valid");
+    assert_eq!(mapped.since(), Some("s4"));
     // Corrupt the newest page: the older one is used.
-    let mut f = store.into_inner();
-    f.pages[0][20] ^= 1;
+    let mut f = f;
+    f.pages[0][12] ^= 1;
     let mut store = AbStore::new(f);
     let got = DefaultSyncState::load_from(&mut store, &mut scratch).expect("ok");
     assert_eq!(
         got.and_then(|g| g.since().map(str::to_string)),
         Some("s3".into())
     );
+    // A boot-counter record is not a state, and vice versa.
+    let mut f = store.into_inner();
+    f.pages = [vec![0xff; PAGE], vec![0xff; PAGE]];
+    let mut store = AbStore::new(f);
+    BootCounter::advance(&mut store, 0).expect("ok");
+    assert_eq!(
+        DefaultSyncState::load_from(&mut store, &mut scratch).expect("ok"),
+        None
+    );
+}
+
+#[test]
+fn write_size_must_divide_the_chunk() {
+    let mut store = AbStore::new(RamFlash::<3>::new());
+    assert_eq!(
+        DefaultSyncState::new(1).save_to(&mut store),
+        Err(StoreError::Persist(PersistError::WriteSize))
+    );
+    let mut store = AbStore::new(RamFlash::<64>::new());
+    DefaultSyncState::new(1)
+        .save_to(&mut store)
+        .expect("64 divides 64");
+    assert_eq!(
+        store.store_stream(KIND_SYNC_STATE, 3, |w| w.push(b"ab")),
+        Err(StoreError::Persist(PersistError::BufferTooSmall)),
+        "announced length not met: not sealed"
+    );
+    assert_eq!(
+        store.store_bytes(KIND_SYNC_STATE, &vec![0; PAGE]),
+        Err(StoreError::Persist(PersistError::PageTooSmall))
+    );
 }
 
 #[test]
 fn boot_counter_persists_before_use_and_respects_floor() {
-    let mut scratch = [0u8; 32];
-    let mut store = AbStore::new(RamFlash::new());
+    let mut store = AbStore::new(RamFlash::<1>::new());
     let mut seen = vec![];
     for _ in 0..3 {
-        seen.push(
-            BootCounter::advance(&mut store, 0, &mut scratch)
-                .expect("ok")
-                .get(),
-        );
+        seen.push(BootCounter::advance(&mut store, 0).expect("ok").get());
     }
     assert_eq!(seen, [1, 2, 3]);
     // Floor from a restored state that went further (counter pages lost or older).
     assert_eq!(
-        BootCounter::advance(&mut store, 10, &mut scratch).map(|b| b.get()),
+        BootCounter::advance(&mut store, 10).map(|b| b.get()),
         Ok(11)
     );
     // A power cut while persisting: no number is handed out.
-    store.flash_mut().cut_after = Some(5);
-    assert_eq!(
-        BootCounter::advance(&mut store, 0, &mut scratch),
-        Err(StoreError::Flash(PowerCut))
-    );
-    let mut store = AbStore::new(store.into_inner());
-    assert_eq!(
-        BootCounter::advance(&mut store, 0, &mut scratch).map(|b| b.get()),
-        Ok(12)
-    );
+    for cut in 0..16 {
+        store.flash_mut().cut_after = Some(cut);
+        assert_eq!(
+            BootCounter::advance(&mut store, 0),
+            Err(StoreError::Flash(PowerCut))
+        );
+        store = AbStore::new(store.into_inner());
+    }
+    assert_eq!(BootCounter::advance(&mut store, 0).map(|b| b.get()), Ok(12));
     // Lost counter pages: start over only above the floor.
-    let mut fresh = AbStore::new(RamFlash::new());
+    let mut fresh = AbStore::new(RamFlash::<1>::new());
     assert_eq!(
-        BootCounter::advance(&mut fresh, 12, &mut scratch).map(|b| b.get()),
+        BootCounter::advance(&mut fresh, 12).map(|b| b.get()),
         Ok(13)
     );
     assert_eq!(
-        BootCounter::advance(&mut fresh, 0, &mut [0u8; 8]),
-        Err(StoreError::Persist(PersistError::BufferTooSmall))
-    );
-    assert_eq!(
-        BootCounter::advance(&mut fresh, u32::MAX, &mut scratch),
+        BootCounter::advance(&mut fresh, u32::MAX),
         Err(StoreError::Persist(PersistError::Exhausted))
     );
 }

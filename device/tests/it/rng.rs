@@ -5,8 +5,8 @@ use lowband_device::{AbStore, BootCounter, EphemeralRng};
 use rand_core::RngCore;
 
 fn boot_to(n: u32) -> BootCounter {
-    let mut store = AbStore::new(RamFlash::new());
-    BootCounter::advance(&mut store, n - 1, &mut [0u8; 32]).expect("ram flash")
+    let mut store = AbStore::new(RamFlash::<1>::new());
+    BootCounter::advance(&mut store, n - 1).expect("ram flash")
 }
 
 fn first_64(seed: &[u8; 32], boot: u32) -> [u8; 64] {
