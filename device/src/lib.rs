@@ -18,6 +18,13 @@
 //! within the firmware's 16 KiB static RAM budget. Its postcard record is at most
 //! [`DEFAULT_RECORD_MAX`] (5042) bytes; a state with every slot and string full measured 4912.
 //!
+//! Stack, estimated from thumbv7m assembly at opt-level "s" (`stack-probe/`): restoring in place
+//! ([`SyncState::restore_into`], [`SyncState::load_into`]) about 0.6 KiB, applying an event
+//! about 0.8 KiB, a streamed save ([`SyncState::save_to`]) about 0.4 KiB (plus nothing
+//! record-sized: it writes through a 64-byte buffer), [`BootCounter::advance`] with the first
+//! ephemeral key about 0.6 KiB. Only loading from flash that is not memory-mapped needs a
+//! record-sized scratch buffer, once at boot (it can be the link's buffers, not yet in use).
+//!
 //! # Boot sequence
 //!
 //! ```
@@ -50,20 +57,16 @@
 //! let mut boot_pages = AbStore::new(Ram([[0xff; 6144]; 2]));
 //! let seed = [0x42; 32]; // provisioned, per device
 //!
-//! // 1. Restore the state (or start empty). The scratch is needed only here, once; on
-//! //    memory-mapped flash use `state_pages.newest(..)` and `SyncState::restore(page)`.
+//! // 1. Restore the state in place (on a device: a `static`), or leave it empty. The scratch
+//! //    is needed only here, once; on memory-mapped flash use `state_pages.newest(..)` and
+//! //    `restore_into` the mapped page instead.
+//! let mut state = DefaultSyncState::new(0);
 //! let mut scratch = [0u8; DEFAULT_RECORD_MAX];
-//! let restored = DefaultSyncState::load_from(&mut state_pages, &mut scratch).unwrap();
-//! let floor = restored.as_ref().map_or(0, |s| s.boot());
+//! let restored = state.load_into(&mut state_pages, &mut scratch).unwrap();
+//! assert!(!restored, "first boot: nothing stored yet");
 //! // 2. Persist the next boot number BEFORE any handshake or transaction id.
-//! let boot = BootCounter::advance(&mut boot_pages, floor).unwrap();
-//! let mut state = match restored {
-//!     Some(mut s) => {
-//!         s.begin_boot(boot.get()).unwrap();
-//!         s
-//!     }
-//!     None => DefaultSyncState::new(boot.get()),
-//! };
+//! let boot = BootCounter::advance(&mut boot_pages, state.boot()).unwrap();
+//! state.begin_boot(boot.get()).unwrap();
 //! // 3. The boot's one ephemeral-key generator (consumes the counter value).
 //! let _rng = EphemeralRng::new(&seed, boot);
 //!

@@ -19,6 +19,8 @@
 //! needs the record contiguous: a scratch buffer once at boot, or nothing on memory-mapped
 //! flash ([`AbStore::newest`], then `restore` on the mapped page).
 
+use serde::Serialize;
+
 use crate::outbox::{OUT_BODY_LEN, TXN_TEXT_LEN};
 use crate::state::{
     SyncState, BODY_LEN, EVENT_ID_LEN, EVENT_TYPE_LEN, MSGTYPE_LEN, ROOM_ID_LEN, SINCE_LEN,
@@ -203,56 +205,121 @@ impl<
         if buf.len() < HEADER_LEN + TRAILER_LEN {
             return Err(PersistError::BufferTooSmall);
         }
-        let room = buf.len() - TRAILER_LEN;
-        let len = postcard::to_slice(self, &mut buf[HEADER_LEN..room])
-            .map_err(|_| PersistError::BufferTooSmall)?
-            .len();
+        let end = buf.len() - TRAILER_LEN;
+        let mut out = SliceOut {
+            buf: &mut buf[HEADER_LEN..end],
+            pos: 0,
+        };
+        self.encode(&mut out)?;
+        let len = out.pos;
         seal(buf, KIND_SYNC_STATE, generation, len)
     }
 
-    /// Read a record written by [`Self::save`]. The result has not begun a boot: call
-    /// [`SyncState::begin_boot`] with the advanced boot counter before sending. Short room
-    /// numbers are not restored (a new gateway session assigns them).
+    /// Read a record written by [`Self::save`] into `self`, in place: the stack holds one
+    /// event at a time, not a second state (a derived deserializer of the whole struct took
+    /// about 20 KiB of stack on thumbv7m). On error `self` is left empty.
     ///
-    /// The state is built on the stack (about `size_of::<Self>()` plus postcard's small
-    /// frames); call it early at boot, or move the result into a `static`.
-    pub fn restore(buf: &[u8]) -> Result<Self, PersistError> {
+    /// The result has not begun a boot: call [`SyncState::begin_boot`] with the advanced boot
+    /// counter before sending. Short room numbers are not restored (a new gateway session
+    /// assigns them).
+    pub fn restore_into(&mut self, buf: &[u8]) -> Result<(), PersistError> {
         let (_, payload) = open(buf, KIND_SYNC_STATE)?;
-        Self::decode(payload)
+        self.decode_into(payload)
     }
 
-    fn decode(payload: &[u8]) -> Result<Self, PersistError> {
-        let mut s: Self = postcard::from_bytes(payload).map_err(|_| PersistError::Decode)?;
-        s.sanitize();
+    /// [`Self::restore_into`] a new value (convenient on hosts; on a device prefer
+    /// `restore_into` a `static`, as the value is built on the stack).
+    pub fn restore(buf: &[u8]) -> Result<Self, PersistError> {
+        let mut s = Self::new(0);
+        s.restore_into(buf)?;
         Ok(s)
     }
 
     /// Save into the older page of `store`, streamed: postcard writes through a
     /// [`CHUNK_LEN`]-byte buffer straight to flash, so saving needs no record-sized RAM.
     pub fn save_to<F: Flash>(&self, store: &mut AbStore<F>) -> Result<(), StoreError<F::Error>> {
-        let len = postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
-            .map_err(|_| StoreError::Persist(PersistError::BufferTooSmall))?;
-        store.store_stream(KIND_SYNC_STATE, len, |w| {
-            // Flash errors are kept in the writer; postcard only sees "buffer full".
-            let _ = postcard::serialize_with_flavor(self, Sink(w));
+        let mut size = SizeOut(0);
+        self.encode(&mut size).map_err(StoreError::Persist)?;
+        store.store_stream(KIND_SYNC_STATE, size.0, |w| {
+            // Flash errors are kept in the writer and reported by `store_stream`.
+            let _ = self.encode(w);
         })
     }
 
-    /// Load the newest valid state from `store`; `Ok(None)` if neither page holds one (first
-    /// boot, or both pages bad: start with [`SyncState::new`]). `scratch` must hold the record
-    /// ([`Self::MAX_RECORD_LEN`] always does); a smaller one is an error, never taken for a
-    /// missing state. On memory-mapped flash, [`AbStore::newest`] and [`SyncState::restore`] on
-    /// the mapped page need no scratch at all.
+    /// Load the newest valid state from `store` into `self` (in place, see
+    /// [`Self::restore_into`]); `Ok(false)` if neither page holds one (first boot, or both pages
+    /// bad: `self` is then empty, call [`SyncState::begin_boot`]). `scratch` must hold the
+    /// record ([`Self::MAX_RECORD_LEN`] always does); a smaller one is an error, never taken
+    /// for a missing state. On memory-mapped flash, [`AbStore::newest`] and
+    /// [`SyncState::restore_into`] on the mapped page need no scratch at all.
+    pub fn load_into<F: Flash>(
+        &mut self,
+        store: &mut AbStore<F>,
+        scratch: &mut [u8],
+    ) -> Result<bool, StoreError<F::Error>> {
+        match store.load(KIND_SYNC_STATE, scratch)? {
+            None => {
+                self.clear(0);
+                Ok(false)
+            }
+            Some(p) => self
+                .decode_into(p)
+                .map(|()| true)
+                .map_err(StoreError::Persist),
+        }
+    }
+
+    /// [`Self::load_into`] a new value (host convenience; built on the stack).
     pub fn load_from<F: Flash>(
         store: &mut AbStore<F>,
         scratch: &mut [u8],
     ) -> Result<Option<Self>, StoreError<F::Error>> {
-        match store.load(KIND_SYNC_STATE, scratch)? {
-            None => Ok(None),
-            Some(p) => Self::decode(p).map(Some).map_err(StoreError::Persist),
-        }
+        let mut s = Self::new(0);
+        Ok(s.load_into(store, scratch)?.then_some(s))
     }
 }
+
+/// Where [`SyncState`] encoding goes: one postcard item at a time.
+pub(crate) trait Out {
+    fn put<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), PersistError>;
+}
+
+struct SliceOut<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Out for SliceOut<'_> {
+    fn put<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), PersistError> {
+        let rest = self
+            .buf
+            .get_mut(self.pos..)
+            .ok_or(PersistError::BufferTooSmall)?;
+        let n = postcard::to_slice(v, rest)
+            .map_err(|_| PersistError::BufferTooSmall)?
+            .len();
+        self.pos += n;
+        Ok(())
+    }
+}
+
+struct SizeOut(usize);
+
+impl Out for SizeOut {
+    fn put<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), PersistError> {
+        let n = postcard::serialize_with_flavor(v, postcard::ser_flavors::Size::default())
+            .map_err(|_| PersistError::BufferTooSmall)?;
+        self.0 += n;
+        Ok(())
+    }
+}
+
+impl<F: Flash> Out for RecordWriter<'_, F> {
+    fn put<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), PersistError> {
+        postcard::serialize_with_flavor(v, Sink(self)).map_err(|_| PersistError::BufferTooSmall)
+    }
+}
+
 /// One of the two pages of an [`AbStore`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Page {

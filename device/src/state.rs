@@ -54,6 +54,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::outbox::{Command, OutContent, Outgoing, SendError, TxnId, OUT_BODY_LEN};
+use crate::persist::{Out, PersistError};
 use crate::text::{Bytes, Text};
 
 /// Capacity of a room id (`!opaque:server`), bytes.
@@ -164,12 +165,11 @@ impl Event {
 }
 
 /// A joined room.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Room<const EVENTS: usize> {
     id: RoomId,
     /// Session-local short number assigned by the gateway; not persisted (a new session
     /// assigns new ones).
-    #[serde(skip)]
     short: Option<u16>,
     highlight: u16,
     notification: u16,
@@ -369,6 +369,28 @@ pub struct Counters {
     pub since_rejected: u16,
 }
 
+impl Counters {
+    /// All zero.
+    pub const ZERO: Self = Self {
+        rooms_ignored: 0,
+        ids_too_long: 0,
+        events_evicted: 0,
+        unread_evicted: 0,
+        events_unknown_room: 0,
+        texts_truncated: 0,
+        ids_digested: 0,
+        invites_dropped: 0,
+        since_rejected: 0,
+    };
+}
+
+/// One postcard item off the front of `p`.
+fn take<'a, T: Deserialize<'a>>(p: &mut &'a [u8]) -> Result<T, PersistError> {
+    let (v, rest) = postcard::take_from_bytes(p).map_err(|_| PersistError::Decode)?;
+    *p = rest;
+    Ok(v)
+}
+
 fn bump(c: &mut u16) {
     *c = c.saturating_add(1);
 }
@@ -405,7 +427,7 @@ fn event_id_of(id: &str) -> (EventId, bool) {
 /// The sync state. Capacities: `ROOMS` joined rooms, `EVENTS` latest events per room,
 /// `INVITES` pending invites, `OUTBOX` pending commands, `SEEN` digests of evicted or echoed
 /// event ids kept for dedupe. See the module docs for the call protocol and drop rules.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyncState<
     const ROOMS: usize,
     const EVENTS: usize,
@@ -424,7 +446,6 @@ pub struct SyncState<
     counters: Counters,
     /// Set by `new`/`begin_boot` in this run; a restored state must begin a boot before it
     /// hands out transaction ids.
-    #[serde(skip)]
     booted: bool,
 }
 
@@ -436,8 +457,10 @@ impl<
         const SEEN: usize,
     > SyncState<ROOMS, EVENTS, INVITES, OUTBOX, SEEN>
 {
-    /// Fresh state for boot number `boot` (from [`crate::BootCounter::advance`]).
-    pub fn new(boot: u32) -> Self {
+    /// Fresh state for boot number `boot` (from [`crate::BootCounter::advance`]). `const`, so
+    /// a firmware can place the state in a `static` and restore into it in place
+    /// ([`SyncState::restore_into`]).
+    pub const fn new(boot: u32) -> Self {
         Self {
             since: None,
             rooms: heapless::Vec::new(),
@@ -447,9 +470,111 @@ impl<
             next_seq: 1,
             boot,
             txn_seq: 0,
-            counters: Counters::default(),
+            counters: Counters::ZERO,
             booted: true,
         }
+    }
+
+    /// Empty everything in place (no temporary copy of the state on the stack).
+    pub(crate) fn clear(&mut self, boot: u32) {
+        self.since = None;
+        self.rooms.clear();
+        self.invites.clear();
+        self.outbox.clear();
+        self.seen.clear();
+        self.next_seq = 1;
+        self.boot = boot;
+        self.txn_seq = 0;
+        self.counters = Counters::ZERO;
+        self.booted = false;
+    }
+
+    /// Write the persistent fields, item by item, in the order and encoding a derived postcard
+    /// `Serialize` of the struct would use (rooms without their short numbers).
+    pub(crate) fn encode<O: Out>(&self, o: &mut O) -> Result<(), PersistError> {
+        o.put(&self.since)?;
+        o.put(&self.rooms.len())?;
+        for r in &self.rooms {
+            o.put(&r.id)?;
+            o.put(&r.highlight)?;
+            o.put(&r.notification)?;
+            o.put(&r.read)?;
+            o.put(&r.events.len())?;
+            for e in &r.events {
+                o.put(e)?;
+            }
+        }
+        o.put(&self.invites.len())?;
+        for v in &self.invites {
+            o.put(v)?;
+        }
+        o.put(&self.outbox.len())?;
+        for x in &self.outbox {
+            o.put(x)?;
+        }
+        o.put(&self.seen.len())?;
+        for d in &self.seen {
+            o.put(d)?;
+        }
+        o.put(&self.next_seq)?;
+        o.put(&self.boot)?;
+        o.put(&self.txn_seq)?;
+        o.put(&self.counters)
+    }
+
+    /// Read what [`Self::encode`] wrote, into `self` in place: only one event at a time is on
+    /// the stack. On error `self` is left empty (a fresh state that has not begun a boot).
+    pub(crate) fn decode_into(&mut self, p: &[u8]) -> Result<(), PersistError> {
+        self.clear(0);
+        let r = self.decode_fields(p);
+        if r.is_err() {
+            self.clear(0);
+        } else {
+            self.sanitize();
+        }
+        r
+    }
+
+    fn decode_fields(&mut self, mut p: &[u8]) -> Result<(), PersistError> {
+        let p = &mut p;
+        self.since = take(p)?;
+        for _ in 0..take::<usize>(p)? {
+            let room = Room {
+                id: take(p)?,
+                short: None,
+                highlight: take(p)?,
+                notification: take(p)?,
+                read: take(p)?,
+                events: heapless::Vec::new(),
+            };
+            self.rooms.push(room).map_err(|_| PersistError::Decode)?;
+            let n: usize = take(p)?;
+            for _ in 0..n {
+                let e: Event = take(p)?;
+                let r = self.rooms.last_mut().ok_or(PersistError::Decode)?;
+                r.events.push(e).map_err(|_| PersistError::Decode)?;
+            }
+        }
+        for _ in 0..take::<usize>(p)? {
+            let v: Invite = take(p)?;
+            self.invites.push(v).map_err(|_| PersistError::Decode)?;
+        }
+        for _ in 0..take::<usize>(p)? {
+            let x: Outgoing = take(p)?;
+            self.outbox.push(x).map_err(|_| PersistError::Decode)?;
+        }
+        for _ in 0..take::<usize>(p)? {
+            let d: u64 = take(p)?;
+            self.seen.push(d).map_err(|_| PersistError::Decode)?;
+        }
+        self.next_seq = take(p)?;
+        self.boot = take(p)?;
+        self.txn_seq = take(p)?;
+        self.counters = take(p)?;
+        if !p.is_empty() {
+            return Err(PersistError::Decode);
+        }
+        Ok(())
     }
 
     /// Start boot `boot` on a restored state: new transaction ids become `d{boot}.0`, `.1`, ...
@@ -920,7 +1045,7 @@ impl<
 
     /// Restore-time repair: make counters consistent with what was stored, whatever the bytes
     /// said (a checksummed record is trusted for content, not for invariants).
-    pub(crate) fn sanitize(&mut self) {
+    fn sanitize(&mut self) {
         let mut max_seq = 0;
         for r in &self.rooms {
             for e in &r.events {

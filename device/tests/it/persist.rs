@@ -147,6 +147,14 @@ fn restore_rejects_corruption_and_smaller_capacities() {
     // A reader built with fewer rooms refuses (checksum fine, payload does not fit).
     type Small = SyncState<2, 4, 2, 4, 16>;
     assert_eq!(Small::restore(&rec).err(), Some(PersistError::Decode));
+    // In place: an error leaves an empty state, not a half-restored one.
+    let mut small = Small::new(3);
+    small.apply(SyncUpdate::Since("keep?"));
+    assert_eq!(small.restore_into(&rec), Err(PersistError::Decode));
+    assert_eq!(small.since(), None);
+    assert!(small.rooms().is_empty());
+    assert_eq!(small.send_text("!a:x", "x"), Err(SendError::NotBooted));
+    assert_eq!(small.begin_boot(1), Ok(()));
     assert_eq!(
         DefaultSyncState::restore(&[0xff; 64]).err(),
         Some(PersistError::BadVersion)
