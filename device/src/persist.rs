@@ -223,8 +223,13 @@ impl<
     /// counter before sending. Short room numbers are not restored (a new gateway session
     /// assigns them).
     pub fn restore_into(&mut self, buf: &[u8]) -> Result<(), PersistError> {
-        let (_, payload) = open(buf, KIND_SYNC_STATE)?;
-        self.decode_into(payload)
+        match open(buf, KIND_SYNC_STATE) {
+            Ok((_, payload)) => self.decode_into(payload),
+            Err(e) => {
+                self.clear(0);
+                Err(e)
+            }
+        }
     }
 
     /// [`Self::restore_into`] a new value (convenient on hosts; on a device prefer
@@ -251,21 +256,26 @@ impl<
     /// bad: `self` is then empty, call [`SyncState::begin_boot`]). `scratch` must hold the
     /// record ([`Self::MAX_RECORD_LEN`] always does); a smaller one is an error, never taken
     /// for a missing state. On memory-mapped flash, [`AbStore::newest`] and
-    /// [`SyncState::restore_into`] on the mapped page need no scratch at all.
+    /// [`SyncState::restore_into`] on the mapped page need no scratch at all. On error `self`
+    /// is left empty.
     pub fn load_into<F: Flash>(
         &mut self,
         store: &mut AbStore<F>,
         scratch: &mut [u8],
     ) -> Result<bool, StoreError<F::Error>> {
-        match store.load(KIND_SYNC_STATE, scratch)? {
-            None => {
-                self.clear(0);
-                Ok(false)
-            }
-            Some(p) => self
+        match store.load(KIND_SYNC_STATE, scratch) {
+            Ok(Some(p)) => self
                 .decode_into(p)
                 .map(|()| true)
                 .map_err(StoreError::Persist),
+            Ok(None) => {
+                self.clear(0);
+                Ok(false)
+            }
+            Err(e) => {
+                self.clear(0);
+                Err(e)
+            }
         }
     }
 

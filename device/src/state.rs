@@ -3,9 +3,13 @@
 //!
 //! # Call protocol
 //!
-//! * At boot: restore the state (see [`crate::persist`]) or create it with
-//!   [`SyncState::new`]; advance the [`crate::BootCounter`] and call
-//!   [`SyncState::begin_boot`] before sending anything.
+//! * At boot: [`SyncState::load_into`] a `static` state (made with the `const`
+//!   [`SyncState::new`]) from flash, in place; advance the [`crate::BootCounter`] with the
+//!   state's [`SyncState::boot`] as floor and call [`SyncState::begin_boot`] before sending
+//!   anything (see the crate docs for the sequence).
+//! * Save ([`SyncState::save_to`], streamed) after every batch commit, after acting on an
+//!   event (so it is not handed out again after a reboot) and after every application command
+//!   that must survive a reboot.
 //! * Input from the gateway: feed every item of a sync result to [`SyncState::apply`], in order,
 //!   ending with [`SyncUpdate::Since`], which commits the batch (see below).
 //! * Output to the gateway: [`SyncState::next_outgoing`] is the command to (re)send;
@@ -13,8 +17,6 @@
 //!   confirmed it.
 //! * The application reads with [`SyncState::next_event`] and writes with
 //!   [`SyncState::send_text`], [`SyncState::send_custom`], [`SyncState::join`], ...
-//! * Save the state after every batch commit and every application command that must survive
-//!   a reboot.
 //!
 //! # Batches and the since token
 //!

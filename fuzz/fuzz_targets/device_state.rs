@@ -3,7 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lowband_device::{Body, DefaultSyncState, EventIn, RoomRef, SyncUpdate, TxnId};
+use lowband_device::{
+    AbStore, Body, DefaultSyncState, EventIn, Flash, Page, RoomRef, SyncUpdate, TxnId,
+};
 
 struct Input<'a>(&'a [u8]);
 
@@ -114,12 +116,52 @@ fn step(s: &mut DefaultSyncState, inp: &mut Input<'_>, boot: &mut u32) -> Option
     Some(())
 }
 
+/// Two flash pages cut from the fuzz input.
+struct Pages(Vec<u8>, Vec<u8>);
+
+impl Flash for Pages {
+    type Error = ();
+    fn page_len(&self) -> usize {
+        self.0.len().min(self.1.len())
+    }
+    fn read(&mut self, p: Page, off: usize, buf: &mut [u8]) -> Result<(), ()> {
+        let page = if p == Page::A { &self.0 } else { &self.1 };
+        buf.copy_from_slice(page.get(off..off + buf.len()).ok_or(())?);
+        Ok(())
+    }
+    fn erase(&mut self, p: Page) -> Result<(), ()> {
+        let page = if p == Page::A { &mut self.0 } else { &mut self.1 };
+        page.fill(0xff);
+        Ok(())
+    }
+    fn program(&mut self, p: Page, off: usize, data: &[u8]) -> Result<(), ()> {
+        let page = if p == Page::A { &mut self.0 } else { &mut self.1 };
+        page.get_mut(off..off + data.len()).ok_or(())?.copy_from_slice(data);
+        Ok(())
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
-    // Arbitrary flash contents: an error or a state, never a panic.
-    if let Ok(mut s) = DefaultSyncState::restore(data) {
+    // Arbitrary flash contents: an error or a state, never a panic; in place over a state
+    // that already holds something.
+    let mut s = DefaultSyncState::new(1);
+    s.apply(SyncUpdate::Joined { room: "!a:x", short: Some(1) });
+    if s.restore_into(data).is_ok() {
         let mut buf = vec![0u8; lowband_device::DEFAULT_RECORD_MAX];
         s.save(&mut buf).expect("a restored state saves");
         let _ = s.next_event();
+    } else {
+        assert!(s.rooms().is_empty(), "a failed restore leaves an empty state");
+    }
+    // The same bytes as two A/B pages: scan, load, then save and load back.
+    let half = data.len() / 2;
+    let mut store = AbStore::new(Pages(data[..half].to_vec(), data[half..].to_vec()));
+    let mut scratch = vec![0u8; lowband_device::DEFAULT_RECORD_MAX];
+    if let Ok(found) = s.load_into(&mut store, &mut scratch) {
+        if found && s.begin_boot(2).is_ok() && s.save_to(&mut store).is_ok() {
+            let mut back = DefaultSyncState::new(0);
+            assert_eq!(back.load_into(&mut store, &mut scratch), Ok(true));
+        }
     }
     // Arbitrary sync items and commands.
     let mut s = DefaultSyncState::new(1);

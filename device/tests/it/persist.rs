@@ -155,6 +155,13 @@ fn restore_rejects_corruption_and_smaller_capacities() {
     assert!(small.rooms().is_empty());
     assert_eq!(small.send_text("!a:x", "x"), Err(SendError::NotBooted));
     assert_eq!(small.begin_boot(1), Ok(()));
+    // Same when the record itself is bad (empty input, erased flash).
+    for bad in [&[][..], &[0xff; 32][..]] {
+        let mut s = DefaultSyncState::new(3);
+        s.apply(SyncUpdate::Since("keep?"));
+        assert!(s.restore_into(bad).is_err());
+        assert_eq!(s.since(), None);
+    }
     assert_eq!(
         DefaultSyncState::restore(&[0xff; 64]).err(),
         Some(PersistError::BadVersion)
