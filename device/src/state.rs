@@ -50,6 +50,9 @@
 //! * **Since**: a token longer than [`SINCE_LEN`] cannot be stored usefully: the token is
 //!   cleared (the next request is an initial sync, whose replayed events are de-duplicated) and
 //!   `counters.since_rejected` counts it.
+//! * **Full sync** ([`SyncUpdate::Reset`] ... [`SyncUpdate::Since`]): rooms and invites the
+//!   full sync does not mention are forgotten at its commit; while it runs, a room it confirms
+//!   takes the slot of one it has not confirmed yet.
 //! * **Outgoing**: nothing is cut on the way out: a command that does not fit returns a
 //!   [`SendError`].
 
@@ -178,6 +181,8 @@ pub struct Room<const EVENTS: usize> {
     /// Events with `seq > read` have not been returned by `next_event` yet.
     read: u32,
     events: heapless::Vec<Event, EVENTS>,
+    /// Not (yet) confirmed by the full sync after a [`SyncUpdate::Reset`]; not persisted.
+    stale: bool,
 }
 
 impl<const EVENTS: usize> Room<EVENTS> {
@@ -213,6 +218,9 @@ pub struct Invite {
     room: RoomId,
     inviter: UserId,
     inviter_truncated: bool,
+    /// As for rooms: not confirmed since a [`SyncUpdate::Reset`]; not persisted.
+    #[serde(skip)]
+    stale: bool,
 }
 
 impl Invite {
@@ -314,6 +322,10 @@ pub enum SyncUpdate<'a> {
     },
     /// End of batch: commit, the since token for the next request.
     Since(&'a str),
+    /// The batch that follows is a full (initial) sync, not a delta: rooms and invites it does
+    /// not mention before its [`SyncUpdate::Since`] are forgotten at the commit. The gateway
+    /// sends it first in a batch answering a request without a since token.
+    Reset,
 }
 
 /// What [`SyncState::apply`] did with an item.
@@ -548,6 +560,7 @@ impl<
                 notification: take(p)?,
                 read: take(p)?,
                 events: heapless::Vec::new(),
+                stale: false,
             };
             self.rooms.push(room).map_err(|_| PersistError::Decode)?;
             let n: usize = take(p)?;
@@ -667,12 +680,7 @@ impl<
                     }
                     return Applied::Duplicate;
                 };
-                let room = self.rooms.remove(i);
-                // A replay of the batch may carry these events again (and re-join first):
-                // keep them from being delivered twice.
-                for e in &room.events {
-                    self.remember(fnv1a64(e.id.as_str().as_bytes()));
-                }
+                self.remove_room(i);
                 Applied::Updated
             }
             SyncUpdate::Invited { room, inviter } => self.apply_invited(room, inviter),
@@ -703,18 +711,46 @@ impl<
                     _ => Applied::Ignored(Ignored::UnknownTxn),
                 }
             }
-            SyncUpdate::Since(token) => match Text::exact(token) {
-                Some(t) => {
-                    self.since = Some(t);
-                    Applied::Committed
+            SyncUpdate::Since(token) => {
+                self.drop_stale();
+                match Text::exact(token) {
+                    Some(t) => {
+                        self.since = Some(t);
+                        Applied::Committed
+                    }
+                    None => {
+                        self.since = None;
+                        bump(&mut self.counters.since_rejected);
+                        Applied::Ignored(Ignored::SinceTooLong)
+                    }
                 }
-                None => {
-                    self.since = None;
-                    bump(&mut self.counters.since_rejected);
-                    Applied::Ignored(Ignored::SinceTooLong)
+            }
+            SyncUpdate::Reset => {
+                for r in self.rooms.iter_mut() {
+                    r.stale = true;
                 }
-            },
+                for v in self.invites.iter_mut() {
+                    v.stale = true;
+                }
+                Applied::Updated
+            }
         }
+    }
+
+    /// Remove room `i`; its event ids go to the dedupe window (a replay of the batch that
+    /// removed it, or a later re-join, does not hand them out again).
+    fn remove_room(&mut self, i: usize) {
+        let room = self.rooms.remove(i);
+        for e in &room.events {
+            self.remember(fnv1a64(e.id.as_str().as_bytes()));
+        }
+    }
+
+    fn drop_stale(&mut self) {
+        while let Some(i) = self.rooms.iter().position(|r| r.stale) {
+            self.remove_room(i);
+        }
+        self.invites.retain(|v| !v.stale);
     }
 
     fn apply_joined(&mut self, room: &str, short: Option<u16>) -> Applied {
@@ -734,11 +770,18 @@ impl<
             self.invites.remove(j);
         }
         if let Some(r) = self.rooms.iter_mut().find(|r| r.id == id) {
-            if r.short == short {
+            if r.short == short && !r.stale {
                 return Applied::Duplicate;
             }
             r.short = short;
+            r.stale = false;
             return Applied::Updated;
+        }
+        // During a full sync, a room it did not confirm gives way to one it does.
+        if self.rooms.is_full() {
+            if let Some(i) = self.rooms.iter().position(|r| r.stale) {
+                self.remove_room(i);
+            }
         }
         let r = Room {
             id,
@@ -747,6 +790,7 @@ impl<
             notification: 0,
             read: self.next_seq.saturating_sub(1),
             events: heapless::Vec::new(),
+            stale: false,
         };
         match self.rooms.push(r) {
             Ok(()) => Applied::Stored,
@@ -770,6 +814,7 @@ impl<
             room: id,
             inviter,
             inviter_truncated: cut,
+            stale: false,
         };
         if let Some(v) = self.invites.iter_mut().find(|v| v.room == id) {
             if *v == inv {
@@ -783,7 +828,9 @@ impl<
             return Applied::Ignored(Ignored::RoomsFull);
         }
         if self.invites.is_full() {
-            self.invites.remove(0);
+            // A stale invite (not confirmed by a full sync) goes first, then the oldest.
+            let i = self.invites.iter().position(|v| v.stale).unwrap_or(0);
+            self.invites.remove(i);
             bump(&mut self.counters.invites_dropped);
         }
         // INVARIANT: not full after the removal above (INVITES > 0).

@@ -41,7 +41,7 @@ impl<'a> Input<'a> {
 }
 
 fn step(s: &mut DefaultSyncState, inp: &mut Input<'_>, boot: &mut u32) -> Option<()> {
-    match inp.byte()? % 16 {
+    match inp.byte()? % 17 {
         0 => {
             let room = inp.str()?;
             let short = if inp.byte()? & 1 == 1 { Some(inp.u16()?) } else { None };
@@ -98,6 +98,9 @@ fn step(s: &mut DefaultSyncState, inp: &mut Input<'_>, boot: &mut u32) -> Option
         12 => {
             let _ = s.leave(inp.str()?);
             let _ = s.set_typing(inp.str()?, inp.byte()? & 1 == 1);
+        }
+        15 => {
+            s.apply(SyncUpdate::Reset);
         }
         13 => {
             let i = usize::from(inp.byte()?);

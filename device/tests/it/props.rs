@@ -32,6 +32,7 @@ enum Op {
     Echo(u8, Option<u32>),
     EchoJunk(String),
     Since(String),
+    Reset,
     Read,
     Send(usize, String),
     Join(usize),
@@ -67,6 +68,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<u8>(), proptest::option::of(0u32..40)).prop_map(|(i, e)| Op::Echo(i, e)),
         1 => ".{0,24}".prop_map(Op::EchoJunk),
         1 => "[a-z0-9_]{0,70}".prop_map(Op::Since),
+        1 => Just(Op::Reset),
         3 => Just(Op::Read),
         2 => (r.clone(), ".{0,110}").prop_map(|(r, b)| Op::Send(r, b)),
         1 => r.clone().prop_map(Op::Join),
@@ -160,6 +162,9 @@ fn run(s: &mut DefaultSyncState, op: &Op, boot: &mut u32) {
         }
         Op::Since(t) => {
             s.apply(SyncUpdate::Since(t));
+        }
+        Op::Reset => {
+            s.apply(SyncUpdate::Reset);
         }
         Op::Read => {
             let _ = s.next_event();
@@ -291,10 +296,22 @@ proptest! {
                 Op::Event { room, by_short, sender, body, cbor, .. } =>
                     Op::Event { room, by_short, id: 1000 + i as u32, sender, body, cbor },
                 Op::Echo(t, _) => Op::Echo(t, None),
-                o @ (Op::Joined(..) | Op::Left(..) | Op::Invited(..) | Op::Unread(..)) => o,
+                o @ (Op::Joined(..)
+                | Op::Left(..)
+                | Op::Invited(..)
+                | Op::Unread(..)
+                | Op::Reset) => o,
                 _ => continue,
             };
-            cost += match op { Op::Event { .. } => 1, Op::Left(..) => 4, _ => 0 };
+            // A leave, or a join that displaces an unconfirmed room during a full sync, moves
+            // up to 4 stored ids into the window.
+            let reset = items.iter().any(|o| matches!(o, Op::Reset));
+            cost += match op {
+                Op::Event { .. } => 1,
+                Op::Left(..) => 4,
+                Op::Joined(..) if reset => 4,
+                _ => 0,
+            };
             if cost >= 16 { break; }
             items.push(op);
         }

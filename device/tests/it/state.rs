@@ -487,7 +487,52 @@ fn default_sizes_stay_in_budget() {
     assert_eq!(size_of::<Event>(), 224);
     assert!(size_of::<Room<4>>() <= 4 * 224 + 80);
     assert_eq!(size_of::<Outgoing>(), 180);
-    assert_eq!(size_of::<Invite>(), 91);
+    assert_eq!(size_of::<Invite>(), 92);
     // State + one save/restore scratch buffer still leave room in a 16 KiB budget.
     assert!(size_of::<DefaultSyncState>() + lowband_device::DEFAULT_RECORD_MAX <= 10 * 1024 + 64);
+}
+
+#[test]
+fn full_sync_reset_forgets_unconfirmed_rooms_and_invites() {
+    let mut s = DefaultSyncState::new(1);
+    for r in ["!a:x", "!b:x", "!c:x", "!d:x"] {
+        s.apply(joined(r));
+    }
+    s.apply(ev("!c:x", "$c1", "old"));
+    s.apply(SyncUpdate::Invited {
+        room: "!i:x",
+        inviter: "@bob:x",
+    });
+    s.apply(SyncUpdate::Invited {
+        room: "!j:x",
+        inviter: "@bob:x",
+    });
+    s.apply(SyncUpdate::Since("s1"));
+    // The since token was lost; the gateway answers with a full sync: b, e, f joined, j invited.
+    assert_eq!(s.apply(SyncUpdate::Reset), Applied::Updated);
+    assert_eq!(s.apply(joined("!b:x")), Applied::Updated);
+    // Rooms are full, but an unconfirmed room gives way.
+    assert_eq!(s.apply(joined("!e:x")), Applied::Stored);
+    assert_eq!(s.apply(joined("!f:x")), Applied::Stored);
+    assert_eq!(s.counters().rooms_ignored, 0);
+    assert_eq!(
+        s.apply(SyncUpdate::Invited {
+            room: "!j:x",
+            inviter: "@bob:x"
+        }),
+        Applied::Updated
+    );
+    // Not committed yet: unconfirmed rooms are still there.
+    assert!(s.room("!c:x").is_some() || s.room("!d:x").is_some());
+    assert_eq!(s.apply(SyncUpdate::Since("s2")), Applied::Committed);
+    let rooms: Vec<&str> = s.rooms().iter().map(|r| r.id()).collect();
+    assert_eq!(rooms, ["!b:x", "!e:x", "!f:x"]);
+    let inv: Vec<&str> = s.invites().iter().map(|v| v.room()).collect();
+    assert_eq!(inv, ["!j:x"]);
+    // A later delta sync is not a reset: nothing else goes.
+    s.apply(SyncUpdate::Since("s3"));
+    assert_eq!(s.rooms().len(), 3);
+    // Events of a forgotten room are not handed out again if it comes back.
+    s.apply(joined("!c:x"));
+    assert_eq!(s.apply(ev("!c:x", "$c1", "old")), Applied::Duplicate);
 }
