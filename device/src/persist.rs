@@ -725,6 +725,51 @@ mod tests {
     }
 
     #[test]
+    fn state_payload_literal() {
+        use crate::{Body, EventIn, RoomRef, SyncUpdate};
+        let mut s = crate::DefaultSyncState::new(1);
+        s.apply(SyncUpdate::Joined {
+            room: "!a",
+            short: Some(9),
+        });
+        s.apply(SyncUpdate::Event(EventIn {
+            room: RoomRef::Short(9),
+            event_id: "$e",
+            sender: "@u",
+            kind: "k",
+            msgtype: Some("m"),
+            body: Body::Text("hi"),
+            ts: 1,
+        }));
+        assert!(s.send_text("!a", "yo").is_ok());
+        let mut buf = [0u8; 128];
+        let n = s.save(&mut buf).unwrap_or(0);
+        let mut want = [0u8; 128];
+        let mut w = 0;
+        let mut put = |b: &[u8]| {
+            want[w..w + b.len()].copy_from_slice(b);
+            w += b.len();
+        };
+        put(&[0x00]); // since: None
+        put(&[0x01, 0x02, b'!', b'a', 0x00, 0x00, 0x00]); // 1 room: id, counts, read 0
+        put(&[0x01, 0x01, 0x01]); // 1 event: seq 1, ts 1
+        put(&[0x02, b'$', b'e', 0x02, b'@', b'u', 0x01, b'k', 0x01, b'm']);
+        put(&[0x02, b'h', b'i', 0x00]); // body, flags
+        put(&[0x00]); // no invites
+        put(&[0x01, 0x01, 0x00, 0x00, 0x02, b'!', b'a', 0x0e]); // 1 txn d1.0: Message to !a
+        put(b"m.room.message");
+        put(&[0x00, 0x02, b'y', b'o']); // Text "yo"
+        put(&[0x00, 0x02, 0x01, 0x01]); // no seen; next_seq 2, boot 1, txn_seq 1
+        put(&[0; 9]); // counters
+        assert_eq!(&buf[HEADER_LEN..n - TRAILER_LEN], &want[..w]);
+        // And back, with the short number gone (session-local).
+        let r = crate::DefaultSyncState::restore(&buf[..n]);
+        let r = r.as_ref().ok();
+        assert_eq!(r.and_then(|r| r.rooms()[0].short()), None);
+        assert_eq!(r.map(|r| r.rooms()[0].events()[0].body()), Some(Some("hi")));
+    }
+
+    #[test]
     fn seal_layout_literal() {
         let mut buf = [0u8; 16];
         buf[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(b"hi");
