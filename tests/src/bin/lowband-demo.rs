@@ -25,7 +25,9 @@ use lowband_tests::{free_port, wait_for_port, Gateway, Nio, Synapse, SynapseOpts
 use serde_json::{json, Value};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 /// Link bytes (both directions) of a peer's session, from `serve --stats-file`.
@@ -61,15 +63,23 @@ fn main() -> anyhow::Result<()> {
         println!("lowband-demo [--rate BPS (default 100)] [--loss P (default 0)] [--message TEXT]");
         return Ok(());
     }
-    let rate: u32 = arg(&args, "--rate").map_or(Ok(100), |r| r.parse()).context("--rate")?;
-    let loss: f64 = arg(&args, "--loss").map_or(Ok(0.0), |r| r.parse()).context("--loss")?;
+    let rate: u32 = arg(&args, "--rate")
+        .map_or(Ok(100), |r| r.parse())
+        .context("--rate")?;
+    let loss: f64 = arg(&args, "--loss")
+        .map_or(Ok(0.0), |r| r.parse())
+        .context("--loss")?;
     let message = arg(&args, "--message").unwrap_or_else(|| "hello over 100 bit/s".into());
     let venv = Venv::find().ok_or_else(|| anyhow!("no venv: run `bash scripts/setup.sh` first"))?;
 
     println!("starting Synapse ...");
     let hs = Synapse::start_temp(
         &venv,
-        SynapseOpts { label: "demo".into(), presence: false, ..SynapseOpts::default() },
+        SynapseOpts {
+            label: "demo".into(),
+            presence: false,
+            ..SynapseOpts::default()
+        },
     )?;
     println!("  Synapse at {}", hs.client_url());
     let (alice, alice_token) = hs.register_user("alice", "pw-alice")?;
@@ -87,20 +97,42 @@ fn main() -> anyhow::Result<()> {
     let rate_s = rate.to_string();
 
     let mut c = lowband()?;
-    c.args(["serve", "--listen-udp", &serve_addr, "--homeserver", &hs.client_url(), "--key"])
-        .arg(d.join("gateway.key"))
-        .args(["--allow-key", &tunnel_pub, "--stats-file"])
-        .arg(&stats)
-        .args(["--link-rate", &rate_s, "--link-mtu", "256"]);
+    c.args([
+        "serve",
+        "--listen-udp",
+        &serve_addr,
+        "--homeserver",
+        &hs.client_url(),
+        "--key",
+    ])
+    .arg(d.join("gateway.key"))
+    .args(["--allow-key", &tunnel_pub, "--stats-file"])
+    .arg(&stats)
+    .args(["--link-rate", &rate_s, "--link-mtu", "256"]);
     let _serve = Gateway::spawn("serve", c, &d.join("serve.log"))?;
     let mut c = linksim_relay()?;
     c.args(["--udp-listen", &relay_addr, "--udp-target", &serve_addr])
-        .args(["--rate", &rate_s, "--loss", &loss.to_string(), "--mtu", "256", "--seed", "1"])
+        .args([
+            "--rate",
+            &rate_s,
+            "--loss",
+            &loss.to_string(),
+            "--mtu",
+            "256",
+            "--seed",
+            "1",
+        ])
         .args(["--report-s", "0"]);
     let _relay = Gateway::spawn("link", c, &d.join("relay.log"))?;
     let mut c = lowband()?;
     c.args(["tunnel", "--listen-http", &format!("127.0.0.1:{http_port}")])
-        .args(["--gateway", &relay_addr, "--gateway-key", &gateway_pub, "--key"])
+        .args([
+            "--gateway",
+            &relay_addr,
+            "--gateway-key",
+            &gateway_pub,
+            "--key",
+        ])
         .arg(d.join("tunnel.key"))
         .args(["--link-rate", &rate_s, "--link-mtu", "256"]);
     let tunnel = Gateway::spawn("tunnel", c, &d.join("tunnel.log"))?;
@@ -113,7 +145,8 @@ fn main() -> anyhow::Result<()> {
     let mut nio = Nio::start(&venv, &tunnel_url)?;
     let mut step = |mut s: Value| -> anyhow::Result<Value> {
         s["timeout_s"] = json!(t);
-        nio.step_ok(&s).map_err(|e| anyhow!("{e}\ntunnel log:\n{}", tunnel.log_tail(20)))
+        nio.step_ok(&s)
+            .map_err(|e| anyhow!("{e}\ntunnel log:\n{}", tunnel.log_tail(20)))
     };
     let quiet = Duration::from_millis(1500 + 20_000 / u64::from(rate.max(1)) * 100);
     let mut total = 0u64;
@@ -123,16 +156,24 @@ fn main() -> anyhow::Result<()> {
         *before = now;
         total += bytes;
         let air = bytes as f64 * 8.0 / f64::from(rate.max(1));
-        println!("  {what:<40} {bytes:>6} B on the link  {air:>7.1} s airtime  ({:.1} s)", started.elapsed().as_secs_f64());
+        println!(
+            "  {what:<40} {bytes:>6} B on the link  {air:>7.1} s airtime  ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
     };
 
     let mut b = 0u64;
     let t0 = Instant::now();
-    step(json!({"op": "restore", "client": "alice", "user_id": alice, "access_token": alice_token,
-                "request_timeout_s": t}))?;
-    step(json!({"op": "restore", "client": "bob", "user_id": bob, "access_token": bob_token,
-                "url": hs.client_url()}))?;
-    let room = step(json!({"op": "create_room", "client": "alice", "name": "lowband demo"}))?["room_id"]
+    step(
+        json!({"op": "restore", "client": "alice", "user_id": alice, "access_token": alice_token,
+                "request_timeout_s": t}),
+    )?;
+    step(
+        json!({"op": "restore", "client": "bob", "user_id": bob, "access_token": bob_token,
+                "url": hs.client_url()}),
+    )?;
+    let room = step(json!({"op": "create_room", "client": "alice", "name": "lowband demo"}))?
+        ["room_id"]
         .as_str()
         .ok_or_else(|| anyhow!("no room id"))?
         .to_owned();
