@@ -370,6 +370,23 @@ pub trait Flash {
     fn program(&mut self, page: Page, offset: usize, data: &[u8]) -> Result<(), Self::Error>;
 }
 
+impl<F: Flash + ?Sized> Flash for &mut F {
+    type Error = F::Error;
+    const WRITE_SIZE: usize = F::WRITE_SIZE;
+    fn page_len(&self) -> usize {
+        (**self).page_len()
+    }
+    fn read(&mut self, page: Page, offset: usize, buf: &mut [u8]) -> Result<(), Self::Error> {
+        (**self).read(page, offset, buf)
+    }
+    fn erase(&mut self, page: Page) -> Result<(), Self::Error> {
+        (**self).erase(page)
+    }
+    fn program(&mut self, page: Page, offset: usize, data: &[u8]) -> Result<(), Self::Error> {
+        (**self).program(page, offset, data)
+    }
+}
+
 /// Why an [`AbStore`] operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreError<E> {

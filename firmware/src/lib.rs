@@ -9,12 +9,12 @@
 //!          \                  |               /
 //!           init() -> Parts<B: Board> { link, clock, flash, led, sensor, provisioned }
 //!                             |
-//!  firmware: Store (A/B pages) · boot counter · Command parser · Loopback app (today)
-//!            device Runner + Matrix app (next)
+//!  firmware: boot counter · Command parser · Loopback app · Matrix app (device Runner)
+//!  device:   Flash + AbStore (A/B pages, the one persistence layer) · SyncState · Runner
 //! ```
 //!
 //! * [`board`]: the hardware contract (link, clock, flash pages, LED, sensor, provisioned keys).
-//! * [`store`]: power-fail-safe A/B persistence on two flash pages.
+//! * persistence: [`lowband_device::AbStore`] on [`Flash`] pages (re-exported here).
 //! * [`command`]: the room commands (`!status`, `!led on|off`, `!interval N`) and their replies.
 //! * [`app`]: the boot counter, the reading timer and the platform-proving loopback application.
 #![no_std]
@@ -23,9 +23,8 @@
 pub mod app;
 pub mod board;
 pub mod command;
-pub mod store;
 
 pub use app::{count_boot, LoopError, Loopback};
-pub use board::{Board, Clock, Datagram, Flash, Led, Parts, Provisioned, Sensor};
+pub use board::{Board, Clock, Datagram, Flash, Led, Page, Parts, Provisioned, Sensor};
 pub use command::{Command, CommandError, Settings};
-pub use store::{Store, StoreError};
+pub use lowband_device::{AbStore, BootCounter, StoreError};
