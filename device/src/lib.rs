@@ -84,12 +84,14 @@
 pub mod outbox;
 pub mod persist;
 pub mod rng;
+pub mod runner;
 pub mod state;
 pub mod text;
 
 pub use outbox::{Command, OutContent, Outgoing, SendError, TxnId};
 pub use persist::{AbStore, BootCounter, Flash, Found, Page, PersistError, StoreError};
 pub use rng::EphemeralRng;
+pub use runner::{PacketLink, Runner, RunnerConfig, SerialLink};
 pub use state::{
     Applied, Body, BootError, Counters, Event, EventIn, Ignored, Invite, Room, RoomRef, SyncState,
     SyncUpdate,

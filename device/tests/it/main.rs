@@ -4,4 +4,5 @@ mod flash;
 mod persist;
 mod props;
 mod rng;
+mod runner;
 mod state;
