@@ -23,8 +23,10 @@
 pub mod app;
 pub mod board;
 pub mod command;
+pub mod matrix;
 
 pub use app::{count_boot, LoopError, Loopback};
 pub use board::{Board, Clock, Datagram, Flash, Led, Page, Parts, Provisioned, Sensor};
 pub use command::{Command, CommandError, Settings};
 pub use lowband_device::{AbStore, BootCounter, StoreError};
+pub use matrix::{AppConfig, AppError, DatagramLink, MatrixApp};

@@ -1,0 +1,346 @@
+//! The Matrix application: the device joins its room, posts a sensor reading every interval and
+//! answers room commands, through the device [`Runner`] over the board's link.
+//!
+//! ```text
+//!  boot:  state <- flash (A/B) · boot counter advanced · Noise session to the pinned gateway
+//!         join the room unless joined (or the join is still in the outbox)
+//!  loop:  runner.poll (link in/out, sync applied, outbox sent)
+//!         room messages "!status" / "!led on|off" / "!interval N" -> applied, reply queued
+//!         reading due -> "t=21.5C" queued
+//!         state changed -> saved to flash (the outbox survives a reboot: same transaction
+//!         ids, so a resend is deduplicated by the homeserver)
+//! ```
+
+use lowband_codec::coap;
+use lowband_codec::noise::link::{
+    InitiatorConfig, LinkPattern, LinkVersion, RetransmitConfig, TransportConfig,
+};
+use lowband_codec::noise::{Keypair, PublicKey};
+use lowband_codec::session::DeviceClient;
+use lowband_device::runner::{PacketLink, Runner, RunnerConfig, SerialLink};
+use lowband_device::text::Text;
+use lowband_device::{
+    AbStore, BootCounter, DefaultSyncState, EphemeralRng, StoreError, DEFAULT_RECORD_MAX,
+};
+
+use crate::app::ReadingTimer;
+use crate::board::{Board, Clock, Datagram, Flash, Led, Parts, Sensor};
+use crate::command::{error_reply, Command, Settings};
+
+/// Link protocol and dictionary versions (those of `lowband serve`).
+pub const LINK_VERSION: LinkVersion = LinkVersion {
+    protocol: 1,
+    dict: 1,
+};
+
+/// What the application needs besides the board.
+#[derive(Debug, Clone, Copy)]
+pub struct AppConfig<'a> {
+    /// The room to join and post to.
+    pub room: &'a str,
+    /// The device account's access token.
+    pub access_token: &'a str,
+    /// Sync filter (an id from `POST /user/{userId}/filter`, or short inline JSON).
+    pub filter: &'a str,
+    /// Sync long-poll timeout in milliseconds.
+    pub sync_timeout_ms: u32,
+    /// Pause between syncs in milliseconds.
+    pub sync_interval_ms: u64,
+    /// Seconds between readings until `!interval` changes it.
+    pub interval_s: u32,
+    /// Link bit rate, for the handshake retransmission timer.
+    pub link_bps: u32,
+}
+
+/// Why the application stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppError<F, L> {
+    /// Loading or saving the state, or counting the boot, failed.
+    Store(StoreError<F>),
+    /// The link failed.
+    Link(L),
+    /// The provisioned keys or the configuration are unusable.
+    Config,
+}
+
+/// What one [`MatrixApp::poll`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Polled {
+    /// Link packets handled.
+    pub packets: usize,
+    /// Commands answered.
+    pub commands: u32,
+    /// Readings queued.
+    pub readings: u32,
+    /// The state was saved to flash.
+    pub saved: bool,
+}
+
+/// A [`Datagram`] radio as the runner's [`PacketLink`] (one packet per datagram; packets longer
+/// than the radio's MTU are not sent: use fragmentation, `lowband_codec::frame::frag`, then).
+#[derive(Debug)]
+pub struct DatagramLink<D>(pub D);
+
+impl<D: Datagram> PacketLink for DatagramLink<D> {
+    type Error = D::Error;
+    fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, D::Error> {
+        self.0.try_recv(buf)
+    }
+    fn send(&mut self, _now: u64, packet: &[u8]) -> Result<(), D::Error> {
+        if packet.len() > self.0.mtu() {
+            return Ok(());
+        }
+        self.0.send(packet)
+    }
+}
+
+/// The device application over a board.
+///
+/// # Call protocol
+///
+/// [`boot`](Self::boot) once; then [`poll`](Self::poll) in the main loop (it never blocks on
+/// input); sleep until [`poll_timeout`](Self::poll_timeout) or a byte arrives.
+pub struct MatrixApp<B: Board> {
+    runner: Runner<EphemeralRng>,
+    link: SerialLink<B::Link>,
+    clock: B::Clock,
+    flash: B::Flash,
+    led: B::Led,
+    sensor: B::Sensor,
+    room: Text<48>,
+    settings: Settings,
+    timer: ReadingTimer,
+    last_reading: Option<i32>,
+}
+
+impl<B: Board> core::fmt::Debug for MatrixApp<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MatrixApp")
+            .field("room", &self.room)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+type Err<B> = AppError<<<B as Board>::Flash as Flash>::Error, embedded_io::ErrorKind>;
+
+impl<B: Board> MatrixApp<B> {
+    /// Boots: restores the state from `parts.flash` (through `scratch`, at least
+    /// [`DEFAULT_RECORD_MAX`] bytes, needed only here), advances the boot counter, starts the
+    /// session and queues the room join if needed.
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::Store`] if the state cannot be loaded or the boot not counted (the boot
+    /// number must not be used then), [`AppError::Config`] for bad keys or settings.
+    pub fn boot(
+        mut parts: Parts<B>,
+        cfg: &AppConfig<'_>,
+        scratch: &mut [u8],
+    ) -> Result<Self, Err<B>> {
+        let mut state = DefaultSyncState::new(0);
+        if scratch.len() < DEFAULT_RECORD_MAX {
+            return Err(AppError::Config);
+        }
+        // A state that does not load (corrupt pages, older format) starts empty.
+        let _ = state.load_into(&mut AbStore::new(&mut parts.flash), scratch);
+        let boot = BootCounter::advance(&mut AbStore::new(&mut parts.boot_flash), state.boot())
+            .map_err(AppError::Store)?;
+        let boots = boot.get();
+        state.begin_boot(boots).map_err(|_| AppError::Config)?;
+        let rng = EphemeralRng::new(&parts.provisioned.seed, boot);
+        let init = InitiatorConfig {
+            pattern: LinkPattern::IK,
+            version: LINK_VERSION,
+            local: Keypair::from_secret(parts.provisioned.static_key),
+            remote: PublicKey(parts.provisioned.gateway_key),
+            retransmit: RetransmitConfig::for_link_rate(cfg.link_bps, 0),
+            transport: TransportConfig::default(),
+        };
+        let seed = u64::from(boots)
+            ^ u64::from_le_bytes([
+                parts.provisioned.seed[0],
+                parts.provisioned.seed[1],
+                parts.provisioned.seed[2],
+                parts.provisioned.seed[3],
+                parts.provisioned.seed[4],
+                parts.provisioned.seed[5],
+                parts.provisioned.seed[6],
+                parts.provisioned.seed[7],
+            ]);
+        let coap_cfg = coap::Config {
+            params: coap::TransmissionParams::for_link(cfg.link_bps, 128, 0),
+            seed,
+            token_len: 1,
+            extra_options: &[],
+        };
+        let client = DeviceClient::new(init, coap_cfg, rng).map_err(|_| AppError::Config)?;
+        let room = Text::exact(cfg.room).ok_or(AppError::Config)?;
+        let joined = state.room(cfg.room).is_some()
+            || state.outgoing().iter().any(|o| {
+                matches!(&o.cmd, lowband_device::Command::Join { room } if room.as_str() == cfg.room)
+            });
+        if !joined {
+            state.join(cfg.room).map_err(|_| AppError::Config)?;
+        }
+        let rcfg = RunnerConfig {
+            access_token: cfg.access_token,
+            sync_timeout_ms: cfg.sync_timeout_ms,
+            sync_interval_ms: cfg.sync_interval_ms,
+            filter: cfg.filter,
+        };
+        let runner = Runner::new(client, state, &rcfg).map_err(|_| AppError::Config)?;
+        let now = parts.clock.now_ms();
+        let mut app = MatrixApp {
+            runner,
+            link: SerialLink::new(parts.link),
+            clock: parts.clock,
+            flash: parts.flash,
+            led: parts.led,
+            sensor: parts.sensor,
+            room,
+            settings: Settings {
+                boots,
+                interval_s: cfg.interval_s.max(1),
+                led: false,
+            },
+            timer: ReadingTimer::new(now, cfg.interval_s),
+            last_reading: None,
+        };
+        app.save().map_err(AppError::Store)?;
+        Ok(app)
+    }
+
+    /// The runner (stats, state).
+    pub fn runner(&self) -> &Runner<EphemeralRng> {
+        &self.runner
+    }
+
+    /// Current settings.
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    /// When to poll again at the latest.
+    pub fn poll_timeout(&self) -> u64 {
+        self.runner.poll_timeout().min(self.timer.poll_timeout())
+    }
+
+    fn save(&mut self) -> Result<(), StoreError<<B::Flash as Flash>::Error>> {
+        self.runner
+            .state()
+            .save_to(&mut AbStore::new(&mut self.flash))
+    }
+
+    /// One turn of the main loop. `inflate` as in [`Runner::poll`].
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::Link`] when the link failed, [`AppError::Store`] when saving failed.
+    pub fn poll(&mut self, inflate: &mut [u8]) -> Result<Polled, Err<B>> {
+        let now = self.clock.now_ms();
+        let progress = self
+            .runner
+            .poll(now, &mut self.link, inflate)
+            .map_err(AppError::Link)?;
+        let mut out = Polled {
+            packets: progress.packets,
+            ..Polled::default()
+        };
+        let mut dirty = progress.changed;
+        // Room messages: commands get a reply.
+        loop {
+            let mut body = [0u8; 96];
+            let len = {
+                let Some((room, ev)) = self.runner.state_mut().next_event() else {
+                    break;
+                };
+                if room.id() != self.room.as_str() || ev.msgtype() != Some("m.text") {
+                    continue;
+                }
+                let b = ev.body().unwrap_or("").as_bytes();
+                let n = b.len().min(body.len());
+                body[..n].copy_from_slice(&b[..n]);
+                n
+            };
+            dirty = true;
+            let mut reply = [0u8; 80];
+            let n = match Command::parse(&body[..len]) {
+                Ok(cmd) => {
+                    let n = self.settings.apply(cmd, now, self.last_reading, &mut reply);
+                    self.led.set(self.settings.led);
+                    if let Command::Interval(s) = cmd {
+                        self.timer.set_interval(now, s);
+                    }
+                    n
+                }
+                Err(e) => match error_reply(e) {
+                    Some(t) => {
+                        reply[..t.len()].copy_from_slice(t);
+                        t.len()
+                    }
+                    None => continue,
+                },
+            };
+            let text = core::str::from_utf8(&reply[..n]).unwrap_or("?");
+            let room = self.room;
+            // A full outbox drops the reply (the command was applied); the next one gets one.
+            if self
+                .runner
+                .state_mut()
+                .send_text(room.as_str(), text)
+                .is_ok()
+            {
+                out.commands += 1;
+            }
+        }
+        // A reading when due.
+        if self.timer.handle_timeout(now) {
+            if let Some(m) = self.sensor.sample_milli() {
+                self.last_reading = Some(m);
+                let mut t: Text<24> = Text::new();
+                let _ = write_reading(&mut t, m);
+                let room = self.room;
+                if self
+                    .runner
+                    .state_mut()
+                    .send_text(room.as_str(), t.as_str())
+                    .is_ok()
+                {
+                    out.readings += 1;
+                    dirty = true;
+                }
+            }
+        }
+        if dirty {
+            self.save().map_err(AppError::Store)?;
+            out.saved = true;
+        }
+        Ok(out)
+    }
+}
+
+/// `t=21.5C` for 21 500 milli-degrees (one decimal, truncated toward zero).
+pub fn write_reading<W: core::fmt::Write>(w: &mut W, milli: i32) -> core::fmt::Result {
+    let sign = if milli < 0 { "-" } else { "" };
+    let a = milli.unsigned_abs();
+    write!(w, "t={sign}{}.{}C", a / 1000, a % 1000 / 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readings_are_short() {
+        let mut t: Text<24> = Text::new();
+        write_reading(&mut t, 21_500).unwrap();
+        assert_eq!(t.as_str(), "t=21.5C");
+        let mut t: Text<24> = Text::new();
+        write_reading(&mut t, -450).unwrap();
+        assert_eq!(t.as_str(), "t=-0.4C");
+        let mut t: Text<24> = Text::new();
+        write_reading(&mut t, i32::MIN).unwrap();
+        assert_eq!(t.as_str(), "t=-2147483.6C");
+    }
+}
