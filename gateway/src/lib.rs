@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod plaincoap;
 pub mod serve;
 pub mod sim;
+pub mod syncstate;
 pub mod transport;
 pub mod tunnel;
 pub mod wire;

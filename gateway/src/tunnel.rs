@@ -36,6 +36,7 @@ use rand_chacha::ChaCha20Rng;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::syncstate::{self, SyncReq, TunnelSync};
 use crate::transport::{
     now_ms, on_big_stack, Datagrams, LinkParams, BLOCK, BLOCK_SZX, COAP_MTU, PACKET, VERSION,
 };
@@ -91,6 +92,7 @@ struct Op {
     first: Option<(Code, OwnedOptions)>,
     body: Vec<u8>,
     reply: oneshot::Sender<HttpResponse>,
+    sync: Option<SyncReq>,
 }
 
 struct Session {
@@ -100,6 +102,7 @@ struct Session {
     ops: BTreeMap<RequestHandle, Op>,
     next_tag: u32,
     established_once: bool,
+    sync: TunnelSync,
 }
 
 /// Runs the tunnel until an I/O error.
@@ -254,6 +257,7 @@ async fn session_task(
         ops: BTreeMap::new(),
         next_tag: 0,
         established_once: false,
+        sync: TunnelSync::default(),
     };
     let start = Instant::now();
     let mut buf = vec![0u8; 65_536];
@@ -297,7 +301,8 @@ async fn session_task(
 }
 
 impl Session {
-    fn start(&mut self, now: u64, c: Cmd) {
+    fn start(&mut self, now: u64, mut c: Cmd) {
+        let sync = self.sync.request(&c.req.method, &mut c.req.path_and_query);
         let wire = match WireRequest::encode(&c.req) {
             Ok(w) => w,
             Err(wire::WireError::TooLarge) => {
@@ -331,6 +336,7 @@ impl Session {
             first: None,
             body: Vec::new(),
             reply: c.reply,
+            sync,
         };
         self.send(now, op);
     }
@@ -339,12 +345,16 @@ impl Session {
     fn send(&mut self, now: u64, mut op: Op) {
         op.auth = op.token.as_deref().map(|t| self.tokens.auth_for(t));
         let auth = op.auth.as_ref().map(Auth::to_bytes);
+        let sync_opt = op.sync.as_ref().map(SyncReq::option);
         let r = {
             let mut l: OptionList<'_, 12>;
             let payload: &[u8];
             match op.phase {
                 Phase::Request(n) => {
                     l = op.wire.options(auth.as_deref());
+                    if let Some(v) = &sync_opt {
+                        let _ = l.push(Opt::bytes(syncstate::SYNC, v));
+                    }
                     let body = &op.wire.body.bytes;
                     if body.len() > BLOCK {
                         let b = BlockOpt::new(n, (n as usize + 1) * BLOCK < body.len(), BLOCK_SZX);
@@ -422,6 +432,23 @@ impl Session {
                 return self.send(now, op);
             }
         }
+        // Serve does not hold the sync state our since refers to: send the token in full.
+        if r.code == Code::new(4, 12) && r.options.first(syncstate::SYNC).is_some() {
+            if let Some(mut sr) = op.sync.take() {
+                let req = HttpRequest {
+                    method: "GET".to_owned(),
+                    path_and_query: self.sync.unknown(&mut sr),
+                    content_type: None,
+                    body: Vec::new(),
+                };
+                if let Ok(w) = WireRequest::encode(&req) {
+                    op.wire = w;
+                    op.sync = Some(sr);
+                    return self.send(now, op);
+                }
+                self.sync.done(&sr);
+            }
+        }
         match op.phase {
             Phase::Request(n) if r.code == Code::CONTINUE && op.wire.body.bytes.len() > BLOCK => {
                 op.phase = Phase::Request(n + 1);
@@ -466,8 +493,10 @@ impl Session {
         }
         let (code, opts) = op.first.take().unwrap_or((Code::new(5, 2), Vec::new()));
         let list: Vec<Opt<'_>> = opts.iter().map(|(n, v)| Opt::bytes(*n, v)).collect();
-        let resp =
-            wire::decode_response(code, &Options::List(&list), &op.body).unwrap_or_else(|e| {
+        let delta = op.sync.is_some() && opts.iter().any(|(n, _)| *n == syncstate::SYNC);
+        let payload: &[u8] = if delta { &[] } else { &op.body };
+        let mut resp =
+            wire::decode_response(code, &Options::List(&list), payload).unwrap_or_else(|e| {
                 tracing::warn!(%e, "tunnel: undecodable response");
                 HttpResponse::matrix_error(
                     502,
@@ -475,12 +504,37 @@ impl Session {
                     "lowband: undecodable response from the gateway",
                 )
             });
+        if let Some(sr) = &op.sync {
+            let json = resp
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/json"))
+                .then_some(resp.body.as_slice());
+            match self.sync.response(sr, resp.status, delta, &op.body, json) {
+                Some(b) => {
+                    resp.body = b;
+                    resp.content_type = Some("application/json".to_owned());
+                }
+                None if delta => {
+                    tracing::warn!("tunnel: undecodable sync delta");
+                    resp = HttpResponse::matrix_error(
+                        502,
+                        "M_UNKNOWN",
+                        "lowband: undecodable sync delta from the gateway",
+                    );
+                }
+                None => {}
+            }
+        }
         let _ = op.reply.send(resp);
     }
 
     fn fail_all(&mut self, msg: &str, status: u16) {
         for (h, op) in core::mem::take(&mut self.ops) {
             self.client.coap().cancel(h);
+            if let Some(sr) = &op.sync {
+                self.sync.done(sr);
+            }
             let _ = op
                 .reply
                 .send(HttpResponse::matrix_error(status, "M_UNKNOWN", msg));
@@ -514,6 +568,9 @@ impl Session {
                 SessionEvent::Coap(coap::Event::Failed { handle, error }) => {
                     if let Some(op) = self.ops.remove(&handle) {
                         tracing::info!(?error, "tunnel: request failed on the link");
+                        if let Some(sr) = &op.sync {
+                            self.sync.done(sr);
+                        }
                         let _ = op.reply.send(HttpResponse::matrix_error(
                             504,
                             "M_UNKNOWN",
