@@ -3,6 +3,7 @@
 
 extern crate alloc;
 
+pub mod alias;
 pub mod config;
 pub mod keys;
 pub mod logging;

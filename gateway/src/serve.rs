@@ -37,6 +37,7 @@ use rand_chacha::ChaCha20Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::alias::{ServeAliases, ALIAS};
 use crate::syncstate::{ServeSync, SyncCtx, SYNC};
 use crate::transport::{
     now_ms, on_big_stack, Datagrams, LinkParams, BLOCK, BLOCK_SZX, COAP_MTU, PACKET, VERSION,
@@ -90,6 +91,7 @@ struct Peer {
     bodies: BTreeMap<u32, (Vec<u8>, u64)>,
     next_body: u32,
     sync: ServeSync,
+    aliases: ServeAliases,
 }
 
 struct State {
@@ -320,6 +322,11 @@ impl State {
                 }
             },
         };
+        // Alias definitions (crate::alias), on every block.
+        let defs = req.options.iter().filter(|o| o.number == ALIAS);
+        if p.aliases.define(defs.filter_map(|o| o.as_bytes())).is_err() {
+            return self.respond_error(now, i, &to, 400, "M_UNKNOWN", "lowband: bad alias");
+        }
         // Block1 upload.
         let block1 = match BlockOpt::from_options(&req.options, opt::BLOCK1) {
             Ok(b) => b,
@@ -358,7 +365,9 @@ impl State {
             }
             payload = all;
         }
-        let decoded = match wire::decode_request(&req.options, &payload) {
+        let session = p.aliases.list();
+        let session: Vec<&str> = session.iter().map(String::as_str).collect();
+        let decoded = match wire::decode_request_with(&session, &req.options, &payload) {
             Ok(d) => d,
             Err(wire::WireError::TooLarge) => {
                 return self.respond_error(
@@ -383,6 +392,11 @@ impl State {
             }
         };
         let mut http = decoded.http;
+        if ServeAliases::check(&http.path_and_query).is_err() {
+            // An alias we do not hold (we restarted): the tunnel defines it again.
+            let o = [Opt::bytes(ALIAS, &[])];
+            return self.respond(now, i, &to, Code::new(4, 12), Options::List(&o), &[]);
+        }
         // The since token by reference, the answer as a delta (crate::syncstate).
         let sync = match req.options.first(SYNC).and_then(|o| o.as_bytes()) {
             None => None,

@@ -36,6 +36,7 @@ use rand_chacha::ChaCha20Rng;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::alias::{self, AliasReq, TunnelAliases};
 use crate::syncstate::{self, SyncReq, TunnelSync};
 use crate::transport::{
     now_ms, on_big_stack, Datagrams, LinkParams, BLOCK, BLOCK_SZX, COAP_MTU, PACKET, VERSION,
@@ -93,6 +94,10 @@ struct Op {
     body: Vec<u8>,
     reply: oneshot::Sender<HttpResponse>,
     sync: Option<SyncReq>,
+    alias: AliasReq,
+    alias_retried: bool,
+    method: String,
+    pq: String,
 }
 
 struct Session {
@@ -103,6 +108,7 @@ struct Session {
     next_tag: u32,
     established_once: bool,
     sync: TunnelSync,
+    aliases: TunnelAliases,
 }
 
 /// Runs the tunnel until an I/O error.
@@ -258,6 +264,7 @@ async fn session_task(
         next_tag: 0,
         established_once: false,
         sync: TunnelSync::default(),
+        aliases: TunnelAliases::default(),
     };
     let start = Instant::now();
     let mut buf = vec![0u8; 65_536];
@@ -303,7 +310,7 @@ async fn session_task(
 impl Session {
     fn start(&mut self, now: u64, mut c: Cmd) {
         let sync = self.sync.request(&c.req.method, &mut c.req.path_and_query);
-        let wire = match WireRequest::encode(&c.req) {
+        let mut wire = match WireRequest::encode(&c.req) {
             Ok(w) => w,
             Err(wire::WireError::TooLarge) => {
                 let _ = c.reply.send(HttpResponse::matrix_error(
@@ -323,6 +330,7 @@ impl Session {
                 return;
             }
         };
+        let alias = self.alias_target(&c.req.method, &c.req.path_and_query, &mut wire);
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
         let op = Op {
@@ -337,6 +345,10 @@ impl Session {
             body: Vec::new(),
             reply: c.reply,
             sync,
+            alias,
+            alias_retried: false,
+            method: c.req.method,
+            pq: c.req.path_and_query,
         };
         self.send(now, op);
     }
@@ -354,6 +366,9 @@ impl Session {
                     l = op.wire.options(auth.as_deref());
                     if let Some(v) = &sync_opt {
                         let _ = l.push(Opt::bytes(syncstate::SYNC, v));
+                    }
+                    for d in &op.alias.defs {
+                        let _ = l.push(Opt::bytes(alias::ALIAS, d));
                     }
                     let body = &op.wire.body.bytes;
                     if body.len() > BLOCK {
@@ -432,6 +447,18 @@ impl Session {
                 return self.send(now, op);
             }
         }
+        // Serve holds what this request defined; if it lost older aliases, define again.
+        self.aliases.answered(&op.alias);
+        if r.code == Code::new(4, 12) && r.options.first(alias::ALIAS).is_some() {
+            self.aliases.reset();
+            if !op.alias_retried {
+                op.alias_retried = true;
+                self.aliases.done(&op.alias);
+                let (m, pq) = (op.method.clone(), op.pq.clone());
+                op.alias = self.alias_target(&m, &pq, &mut op.wire);
+                return self.send(now, op);
+            }
+        }
         // Serve does not hold the sync state our since refers to: send the token in full.
         if r.code == Code::new(4, 12) && r.options.first(syncstate::SYNC).is_some() {
             if let Some(mut sr) = op.sync.take() {
@@ -441,8 +468,11 @@ impl Session {
                     content_type: None,
                     body: Vec::new(),
                 };
-                if let Ok(w) = WireRequest::encode(&req) {
+                if let Ok(mut w) = WireRequest::encode(&req) {
+                    self.aliases.done(&op.alias);
+                    op.alias = self.alias_target(&req.method, &req.path_and_query, &mut w);
                     op.wire = w;
+                    op.pq = req.path_and_query;
                     op.sync = Some(sr);
                     return self.send(now, op);
                 }
@@ -473,6 +503,7 @@ impl Session {
             }
             Phase::Fetch { id, n } => {
                 if r.code != Code::CONTENT {
+                    self.aliases.done(&op.alias);
                     let _ = op.reply.send(HttpResponse::matrix_error(
                         502,
                         "M_UNKNOWN",
@@ -526,7 +557,21 @@ impl Session {
                 None => {}
             }
         }
+        self.aliases.done(&op.alias);
         let _ = op.reply.send(resp);
+    }
+
+    /// Encodes `wire`'s target with the session's aliases (plain target when that fails).
+    fn alias_target(&mut self, method: &str, pq: &str, wire: &mut WireRequest) -> AliasReq {
+        let mut t = vec![0u8; 2 * (method.len() + pq.len()) + 16];
+        match self.aliases.encode(method, pq, &mut t) {
+            Ok((n, r)) => {
+                t.truncate(n);
+                wire.target = t;
+                r
+            }
+            Err(_) => AliasReq::default(),
+        }
     }
 
     fn fail_all(&mut self, msg: &str, status: u16) {
@@ -535,6 +580,7 @@ impl Session {
             if let Some(sr) = &op.sync {
                 self.sync.done(sr);
             }
+            self.aliases.done(&op.alias);
             let _ = op
                 .reply
                 .send(HttpResponse::matrix_error(status, "M_UNKNOWN", msg));
@@ -571,6 +617,7 @@ impl Session {
                         if let Some(sr) = &op.sync {
                             self.sync.done(sr);
                         }
+                        self.aliases.done(&op.alias);
                         let _ = op.reply.send(HttpResponse::matrix_error(
                             504,
                             "M_UNKNOWN",
