@@ -410,5 +410,18 @@ mod tests {
             s.define([&[3u8, 0][..]].into_iter()),
             Err(AliasError::Malformed)
         );
+        // Garbage definitions are refused or stored as text, never a panic.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..40 {
+            let v: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 32) as u8
+                })
+                .collect();
+            let _ = s.define([v.as_slice()].into_iter());
+        }
     }
 }

@@ -632,6 +632,32 @@ mod tests {
     }
 
     #[test]
+    fn garbage_from_the_peer_never_panics() {
+        let base = Entry::new(0, None, empty("s1_1")).unwrap();
+        let mut s = ServeSync::default();
+        s.ring.insert(Entry::new(3, None, empty("s1_1")).unwrap());
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..64 {
+            for _ in 0..64 {
+                let v: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (x >> 24) as u8
+                    })
+                    .collect();
+                let _ = decode_delta(&base, &v);
+                let _ = nb_apply("s1_1", &v);
+                let _ = s.request(&v[..v.len().min(4)], &mut "/sync?a".to_owned());
+                let mut d = vec![pack::DEFLATE_MARK];
+                d.extend_from_slice(&v);
+                let _ = decode_delta(&base, &[&[0xff][..], &d].concat());
+            }
+        }
+    }
+
+    #[test]
     fn nulls_in_bodies_go_in_full() {
         let mut t = TunnelSync::default();
         let mut s = ServeSync::default();
