@@ -168,8 +168,11 @@ impl<B: Board> MatrixApp<B> {
                 parts.provisioned.seed[6],
                 parts.provisioned.seed[7],
             ]);
+        // Two exchanges at once: a send does not wait behind a long-polling sync.
+        let mut params = coap::TransmissionParams::for_link(cfg.link_bps, 128, 0);
+        params.nstart = 2;
         let coap_cfg = coap::Config {
-            params: coap::TransmissionParams::for_link(cfg.link_bps, 128, 0),
+            params,
             seed,
             token_len: 1,
             extra_options: &[],
@@ -239,16 +242,26 @@ impl<B: Board> MatrixApp<B> {
     /// [`AppError::Link`] when the link failed, [`AppError::Store`] when saving failed.
     pub fn poll(&mut self, inflate: &mut [u8]) -> Result<Polled, Err<B>> {
         let now = self.clock.now_ms();
+        let mut out = Polled::default();
+        // Work queued before the runner runs goes out in this same poll.
+        let mut dirty = self.handle_events(now, &mut out);
+        dirty |= self.handle_reading(now, &mut out);
         let progress = self
             .runner
             .poll(now, &mut self.link, inflate)
             .map_err(AppError::Link)?;
-        let mut out = Polled {
-            packets: progress.packets,
-            ..Polled::default()
-        };
-        let mut dirty = progress.changed;
-        // Room messages: commands get a reply.
+        out.packets = progress.packets;
+        dirty |= progress.changed;
+        if dirty {
+            self.save().map_err(AppError::Store)?;
+            out.saved = true;
+        }
+        Ok(out)
+    }
+
+    /// Room messages: commands are applied and get a reply. `true` if the state changed.
+    fn handle_events(&mut self, now: u64, out: &mut Polled) -> bool {
+        let mut dirty = false;
         loop {
             let mut body = [0u8; 96];
             let len = {
@@ -294,29 +307,30 @@ impl<B: Board> MatrixApp<B> {
                 out.commands += 1;
             }
         }
-        // A reading when due.
-        if self.timer.handle_timeout(now) {
-            if let Some(m) = self.sensor.sample_milli() {
-                self.last_reading = Some(m);
-                let mut t: Text<24> = Text::new();
-                let _ = write_reading(&mut t, m);
-                let room = self.room;
-                if self
-                    .runner
-                    .state_mut()
-                    .send_text(room.as_str(), t.as_str())
-                    .is_ok()
-                {
-                    out.readings += 1;
-                    dirty = true;
-                }
-            }
+        dirty
+    }
+
+    /// A reading when due. `true` if one was queued.
+    fn handle_reading(&mut self, now: u64, out: &mut Polled) -> bool {
+        if !self.timer.handle_timeout(now) {
+            return false;
         }
-        if dirty {
-            self.save().map_err(AppError::Store)?;
-            out.saved = true;
+        let Some(m) = self.sensor.sample_milli() else {
+            return false;
+        };
+        self.last_reading = Some(m);
+        let mut t: Text<24> = Text::new();
+        let _ = write_reading(&mut t, m);
+        let room = self.room;
+        let queued = self
+            .runner
+            .state_mut()
+            .send_text(room.as_str(), t.as_str())
+            .is_ok();
+        if queued {
+            out.readings += 1;
         }
-        Ok(out)
+        queued
     }
 }
 

@@ -1,5 +1,8 @@
 //! End-to-end tests: one binary.
 
+extern crate alloc;
+
+mod device_e2e;
 mod federation;
 mod gateway_e2e;
 mod harness;
