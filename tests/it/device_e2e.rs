@@ -12,7 +12,7 @@
 
 use alloc::sync::Arc;
 use core::net::SocketAddr;
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use core::time::Duration;
 use std::net::UdpSocket;
 use std::time::Instant;
@@ -52,6 +52,7 @@ fn bridge(
     serve: SocketAddr,
     mode: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
+    bytes: Arc<[AtomicU64; 2]>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         use std::io::{Read, Write};
@@ -68,6 +69,7 @@ fn bridge(
         let mut out = vec![0u8; 4096];
         while !stop.load(Ordering::Relaxed) {
             if let Ok(n) = pty.read(&mut buf) {
+                bytes[0].fetch_add(n as u64, Ordering::Relaxed);
                 let mut rest = &buf[..n];
                 while !rest.is_empty() {
                     let used = deframer.handle_bytes(rest);
@@ -93,6 +95,7 @@ fn bridge(
                         continue;
                     }
                     let m = frame::encode(p, true, &mut out).expect("frame");
+                    bytes[1].fetch_add(m as u64, Ordering::Relaxed);
                     let _ = pty.write_all(&out[..m]);
                 }
             }
@@ -161,21 +164,31 @@ fn device_messages(nio: &mut Nio, room: &str, device: &str) -> Vec<String> {
     v
 }
 
-#[test]
-fn device_joins_posts_answers_and_survives_reboots() {
-    let Some(venv) = require_peers("device_joins_posts_answers_and_survives_reboots") else {
-        return;
-    };
+/// Synapse with the device's account, alice in a public room, serve admitting the device.
+struct Setup {
+    _hs: Synapse,
+    dir: TempDir,
+    serve: Gateway,
+    serve_addr: SocketAddr,
+    nio: Nio,
+    room: String,
+    dev_user: String,
+    dev_token: String,
+    filter_id: String,
+    prov: Provisioned,
+}
+
+fn setup(venv: &lowband_tests::Venv, label: &str) -> Setup {
     let hs = Synapse::start_temp(
-        &venv,
+        venv,
         SynapseOpts {
-            label: "device-e2e".into(),
+            label: label.into(),
             presence: false,
             ..SynapseOpts::default()
         },
     )
     .expect("synapse");
-    let dir = TempDir::new("device-e2e").expect("tmp");
+    let dir = TempDir::new(label).expect("tmp");
     let d = dir.path().to_path_buf();
     let (dev_user, dev_token) = hs.register_user("sensor", "sensor-pass").expect("register");
     hs.register_user("alice", "alice-pass")
@@ -195,7 +208,7 @@ fn device_joins_posts_answers_and_survives_reboots() {
         http::post_json(&url, Some(&dev_token), &filter, Duration::from_secs(10)).expect("filter");
     let filter_id = f["filter_id"].as_str().expect("filter_id").to_owned();
 
-    let mut nio = Nio::start(&venv, &hs.client_url()).expect("nio");
+    let mut nio = Nio::start(venv, &hs.client_url()).expect("nio");
     nio.step_ok(
         &json!({"op": "login", "client": "alice", "user": "alice", "password": "alice-pass"}),
     )
@@ -241,6 +254,38 @@ fn device_joins_posts_answers_and_survives_reboots() {
         static_key: dev_secret,
         gateway_key: gw.public().0,
     };
+    Setup {
+        _hs: hs,
+        dir,
+        serve,
+        serve_addr,
+        nio,
+        room,
+        dev_user,
+        dev_token,
+        filter_id,
+        prov,
+    }
+}
+
+#[test]
+fn device_joins_posts_answers_and_survives_reboots() {
+    let Some(venv) = require_peers("device_joins_posts_answers_and_survives_reboots") else {
+        return;
+    };
+    let Setup {
+        _hs,
+        dir,
+        serve,
+        serve_addr,
+        mut nio,
+        room,
+        dev_user,
+        dev_token,
+        filter_id,
+        prov,
+    } = setup(&venv, "device-e2e");
+    let d = dir.path().to_path_buf();
     let cfg = Arc::new((room.clone(), dev_token.clone(), filter_id));
     let flash = d.join("flash.bin");
     let mode = Arc::new(AtomicU8::new(PASS));
@@ -248,7 +293,14 @@ fn device_joins_posts_answers_and_survives_reboots() {
     let boot = |celsius: i32| {
         let (master, slave) = TTYPort::pair().expect("pty");
         let stop = Arc::new(AtomicBool::new(false));
-        let b = bridge(master, serve_addr, Arc::clone(&mode), Arc::clone(&stop));
+        let counters = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let b = bridge(
+            master,
+            serve_addr,
+            Arc::clone(&mode),
+            Arc::clone(&stop),
+            counters,
+        );
         let dev = boot_device(
             slave,
             flash.clone(),
@@ -367,4 +419,179 @@ fn device_joins_posts_answers_and_survives_reboots() {
             .unwrap_or(Value::Null);
     eprintln!("serve stats: {stats}");
     nio.finish();
+}
+
+/// Link bytes of a post, an empty sync and a sync bringing one command, through the real
+/// `lowband serve` and Synapse: the serial bytes on the pty, both directions, trailing ACKs
+/// included. Printed, and bounded at the measured values (the budgets are not met yet).
+#[test]
+fn device_link_bytes_with_real_serve() {
+    use lowband_codec::noise::link::{
+        InitiatorConfig, LinkPattern, RetransmitConfig, TransportConfig,
+    };
+    use lowband_codec::noise::PublicKey;
+    use lowband_device::runner::{Runner, RunnerConfig, SerialLink};
+    use lowband_device::{DefaultSyncState, EphemeralRng};
+
+    let Some(venv) = require_peers("device_link_bytes_with_real_serve") else {
+        return;
+    };
+    let mut s = setup(&venv, "device-bytes");
+    let (master, slave) = TTYPort::pair().expect("pty");
+    let stop = Arc::new(AtomicBool::new(false));
+    let bytes = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let b = bridge(
+        master,
+        s.serve_addr,
+        Arc::new(AtomicU8::new(PASS)),
+        Arc::clone(&stop),
+        Arc::clone(&bytes),
+    );
+    let mut slave = slave;
+    slave.set_timeout(Duration::from_millis(1)).unwrap();
+    let link = lowband_board_host::SerialLink::new(Box::new(slave));
+    let mut link = SerialLink::new(link);
+
+    let mut state = DefaultSyncState::new(0);
+    let mut pages = lowband_device::AbStore::new(RamPages::default());
+    let boot = lowband_device::BootCounter::advance(&mut pages, 0).unwrap();
+    state.begin_boot(boot.get()).unwrap();
+    state.join(&s.room).unwrap();
+    let rng = EphemeralRng::new(&s.prov.seed, boot);
+    let init = InitiatorConfig {
+        pattern: LinkPattern::IK,
+        version: lowband_firmware::matrix::LINK_VERSION,
+        local: Keypair::from_secret(s.prov.static_key),
+        remote: PublicKey(s.prov.gateway_key),
+        retransmit: RetransmitConfig::for_link_rate(115_200, 0),
+        transport: TransportConfig::default(),
+    };
+    let mut params = lowband_codec::coap::TransmissionParams::for_link(115_200, 128, 0);
+    params.nstart = 2;
+    let coap = lowband_codec::coap::Config {
+        params,
+        seed: 5,
+        token_len: 1,
+        extra_options: &[],
+    };
+    let client = lowband_codec::session::DeviceClient::new(init, coap, rng).unwrap();
+    let cfg = RunnerConfig {
+        access_token: &s.dev_token,
+        sync_timeout_ms: 0,
+        sync_interval_ms: 1 << 40,
+        filter: &s.filter_id,
+    };
+    let mut runner = Box::new(Runner::new(client, state, &cfg).unwrap());
+    let mut inflate = vec![0u8; lowband_device::runner::INFLATE_DICT_LEN + 16 * 1024];
+    let t0 = Instant::now();
+    let mut run_until = |runner: &mut Runner<EphemeralRng>,
+                         what: &str,
+                         done: &dyn Fn(&Runner<EphemeralRng>) -> bool| {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = t0.elapsed().as_millis() as u64;
+            runner.poll(now, &mut link, &mut inflate).expect("link");
+            if done(runner) {
+                break;
+            }
+            assert!(Instant::now() < end, "{what}: {:?}", runner.stats());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Trailing ACKs and retransmissions settle.
+        let quiet = Instant::now() + Duration::from_millis(400);
+        while Instant::now() < quiet {
+            let now = t0.elapsed().as_millis() as u64;
+            runner.poll(now, &mut link, &mut inflate).expect("link");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let wire = |b: &[AtomicU64; 2]| (b[0].load(Ordering::Relaxed), b[1].load(Ordering::Relaxed));
+
+    // Handshake, token, join, initial sync.
+    run_until(&mut runner, "boot", &|r| {
+        r.stats().sent >= 1 && r.stats().syncs >= 1
+    });
+    // Warm-up: one empty sync and one post (the token is registered by now).
+    runner.sync_now(0);
+    let n = runner.stats().syncs;
+    run_until(&mut runner, "warm sync", &|r| r.stats().syncs > n);
+
+    let (u0, d0) = wire(&bytes);
+    runner.state_mut().send_text(&s.room, "t=21.5C").unwrap();
+    let n = runner.stats().sent;
+    run_until(&mut runner, "post", &|r| r.stats().sent > n);
+    let (u1, d1) = wire(&bytes);
+    let post = (u1 - u0, d1 - d0);
+
+    // The next sync brings the echo of the post; the one after it is empty.
+    runner.sync_now(0);
+    let n = runner.stats().syncs;
+    run_until(&mut runner, "echo sync", &|r| r.stats().syncs > n);
+    let (u1, d1) = wire(&bytes);
+    runner.sync_now(0);
+    let n = runner.stats().syncs;
+    run_until(&mut runner, "empty sync", &|r| r.stats().syncs > n);
+    let (u2, d2) = wire(&bytes);
+    let empty = (u2 - u1, d2 - d1);
+
+    s.nio
+        .step_ok(&json!({"op": "send", "client": "alice", "room_id": s.room, "body": "!status"}))
+        .expect("send");
+    runner.sync_now(0);
+    let n = runner.stats().syncs;
+    run_until(&mut runner, "command sync", &|r| r.stats().syncs > n);
+    let (u3, d3) = wire(&bytes);
+    let command = (u3 - u2, d3 - d2);
+    let mut got = None;
+    while let Some((_, ev)) = runner.state_mut().next_event() {
+        if ev.body() == Some("!status") {
+            got = Some(ev.sender().to_owned());
+        }
+    }
+    assert!(got.is_some(), "the command arrived");
+    stop.store(true, Ordering::Relaxed);
+    b.join().unwrap();
+    eprintln!(
+        "link bytes (serial, up+down): post {}+{}={} (budget 64), empty sync {}+{}={} (budget 24), \
+         sync with one command {}+{}={} (budget 96); runner {:?}",
+        post.0, post.1, post.0 + post.1,
+        empty.0, empty.1, empty.0 + empty.1,
+        command.0, command.1, command.0 + command.1,
+        runner.stats()
+    );
+    // Regression bounds at about the measured values.
+    assert!(post.0 + post.1 <= 180, "post {post:?}");
+    assert!(empty.0 + empty.1 <= 320, "empty sync {empty:?}");
+    assert!(command.0 + command.1 <= 360, "command sync {command:?}");
+    let _ = (&s.serve, &s.dev_user, &s.dir);
+}
+
+/// Two RAM pages for the boot counter of the measuring device.
+#[derive(Default)]
+struct RamPages([Vec<u8>; 2]);
+
+impl lowband_device::Flash for RamPages {
+    type Error = ();
+    const WRITE_SIZE: usize = 4;
+    fn page_len(&self) -> usize {
+        64
+    }
+    fn read(&mut self, p: lowband_device::Page, off: usize, buf: &mut [u8]) -> Result<(), ()> {
+        let page = &mut self.0[p as usize];
+        page.resize(64, 0xff);
+        buf.copy_from_slice(&page[off..off + buf.len()]);
+        Ok(())
+    }
+    fn erase(&mut self, p: lowband_device::Page) -> Result<(), ()> {
+        self.0[p as usize] = vec![0xff; 64];
+        Ok(())
+    }
+    fn program(&mut self, p: lowband_device::Page, off: usize, data: &[u8]) -> Result<(), ()> {
+        let page = &mut self.0[p as usize];
+        page.resize(64, 0xff);
+        for (d, v) in page[off..].iter_mut().zip(data) {
+            *d &= *v;
+        }
+        Ok(())
+    }
 }
