@@ -1016,3 +1016,91 @@ fn read_event(
     }));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern crate alloc;
+    extern crate std;
+    use alloc::string::String;
+    use alloc::vec::Vec;
+
+    fn collect(cbor: &[u8], initial: bool) -> (Vec<String>, Result<(), SyncReadError>) {
+        let mut v = Vec::new();
+        let r = read_sync(cbor, initial, &mut |u| v.push(std::format!("{u:?}")));
+        (v, r)
+    }
+
+    #[test]
+    fn reads_a_literal_sync() {
+        // {"next_batch":"s1","rooms":{"join":{"!r":{"timeline":{"events":[{"type":"m.room.message",
+        //  "sender":"@a","event_id":"$e","content":{"msgtype":"m.text","body":"!status"},
+        //  "origin_server_ts":5}]}}}}} as plain CBOR (text keys: no dictionary needed).
+        let mut c: Vec<u8> = Vec::new();
+        let t = |c: &mut Vec<u8>, s: &str| {
+            c.push(0x60 | s.len() as u8);
+            c.extend_from_slice(s.as_bytes());
+        };
+        c.push(0xa2);
+        t(&mut c, "next_batch");
+        t(&mut c, "s1");
+        t(&mut c, "rooms");
+        c.push(0xa1);
+        t(&mut c, "join");
+        c.push(0xa1);
+        t(&mut c, "!r");
+        c.push(0xa1);
+        t(&mut c, "timeline");
+        c.push(0xa1);
+        t(&mut c, "events");
+        c.push(0x81);
+        c.push(0xa5);
+        t(&mut c, "type");
+        t(&mut c, "m.room.message");
+        t(&mut c, "sender");
+        t(&mut c, "@a");
+        t(&mut c, "event_id");
+        t(&mut c, "$e");
+        t(&mut c, "content");
+        c.push(0xa2);
+        t(&mut c, "msgtype");
+        t(&mut c, "m.text");
+        t(&mut c, "body");
+        t(&mut c, "!status");
+        t(&mut c, "origin_server_ts");
+        c.push(0x05);
+        assert_eq!(c[..12], *b"\xa2\x6anext_batch".as_slice());
+        let (items, r) = collect(&c, true);
+        assert_eq!(r, Ok(()));
+        assert_eq!(items.len(), 4, "{items:?}");
+        assert_eq!(items[0], "Reset");
+        assert!(
+            items[1].starts_with("Joined { room: \"!r\""),
+            "{}",
+            items[1]
+        );
+        assert!(items[2].contains("body: Text(\"!status\")"), "{}", items[2]);
+        assert!(items[2].contains("ts: 5"), "{}", items[2]);
+        assert_eq!(items[3], "Since(\"s1\")");
+        // Cut anywhere: an error, and never a Since.
+        for n in 0..c.len() {
+            let (items, r) = collect(&c[..n], false);
+            assert!(r.is_err(), "{n}");
+            assert!(!items.iter().any(|i| i.starts_with("Since")), "{n}");
+        }
+        // No next_batch: no commit.
+        let (items, r) = collect(&[0xa0], false);
+        assert_eq!((items.len(), r), (0, Err(SyncReadError::NoNextBatch)));
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        let mut t: Text<64> = Text::new();
+        write_query_value(&mut t, "s72_1 {\"a\"}~").unwrap();
+        assert_eq!(t.as_str(), "s72_1%20%7B%22a%22%7D~");
+        let mut j: Text<64> = Text::new();
+        write_json_str(&mut j, "a\"b\\c\n").unwrap();
+        assert_eq!(j.as_str(), "a\\\"b\\\\c\\u000a");
+    }
+}
