@@ -22,6 +22,10 @@ pub mod opt {
     /// Access token: `[n]` (number `n` of a token the server already knows) or `[n, token...]`
     /// (register token under `n`). In a response (empty, with 4.12): number unknown, resend it.
     pub const AUTH: u16 = 2;
+    /// Session alias definition `[slot, text...]` (repeatable): from then on the text is the
+    /// byte `0xe0 + slot` in request targets ([`crate::route::encode_target_with`]). A server
+    /// that does not hold a slot answers 4.12 with an empty `ALIAS`: define it again.
+    pub const ALIAS: u16 = 8;
     /// Uri-Path: the whole encoded target (RFC 7252 Uri-Path, binary here).
     pub const TARGET: u16 = 11;
     /// Content-Format: index into the gateway's content type table for a raw body.

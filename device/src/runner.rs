@@ -46,7 +46,7 @@ use lowband_codec::{pack, route};
 use rand_core::{CryptoRng, RngCore};
 
 use crate::outbox::{Command, OutContent, TxnId};
-use crate::state::{Body, EventIn, RoomRef, SyncUpdate};
+use crate::state::{Body, EventIn, RoomRef, SyncUpdate, ROOM_ID_LEN};
 use crate::text::Text;
 
 /// Bytes of preset dictionary an `inflate` buffer of [`Runner::poll`] needs before the body.
@@ -70,6 +70,8 @@ pub const BLOCK_SZX: u8 = 6;
 pub const TOKEN_LEN: usize = 96;
 /// Longest sync filter (inline JSON or a filter id) kept.
 pub const FILTER_LEN: usize = 96;
+/// Room ids the runner keeps session aliases for ([`opt::ALIAS`]).
+pub const ALIASES: usize = 4;
 /// Number under which the access token is registered with the gateway.
 const TOKEN_NUMBER: u8 = 0;
 /// The sync filter the runner uses unless told otherwise: timeline only, 4 events per room,
@@ -229,8 +231,13 @@ pub struct Progress {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
-    /// An outbox entry; `auth` is whether the request registered the token.
-    Send { txn: TxnId, registered: bool },
+    /// An outbox entry; `registered` is whether the request registered the token, `alias`
+    /// the alias slot it defined.
+    Send {
+        txn: TxnId,
+        registered: bool,
+        alias: Option<u8>,
+    },
     /// A sync from `since` (none: initial); `registered` as above.
     Sync { initial: bool, registered: bool },
     /// The next block of a kept response body (of a sync).
@@ -249,6 +256,8 @@ pub struct Runner<R> {
     token: Text<TOKEN_LEN>,
     filter: Text<FILTER_LEN>,
     token_acked: bool,
+    /// Room ids as session aliases (slot = index) and whether the gateway holds each.
+    aliases: heapless::Vec<(Text<ROOM_ID_LEN>, bool), ALIASES>,
     sync_timeout_ms: u32,
     sync_interval_ms: u64,
     sync_due: u64,
@@ -284,6 +293,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             token: Text::exact(cfg.access_token).ok_or(ConfigError::TokenTooLong)?,
             filter: Text::exact(cfg.filter).ok_or(ConfigError::FilterTooLong)?,
             token_acked: false,
+            aliases: heapless::Vec::new(),
             sync_timeout_ms: cfg.sync_timeout_ms,
             sync_interval_ms: cfg.sync_interval_ms,
             sync_due: 0,
@@ -384,8 +394,10 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         while let Some(e) = self.client.poll_event() {
             match e {
                 SessionEvent::Established(_) => {
-                    // A new session: the gateway knows no token number yet.
+                    // A new session: the gateway knows no token number yet (and aliases are
+                    // defined again, to be safe).
                     self.token_acked = false;
+                    self.forget_aliases();
                 }
                 SessionEvent::Coap(lowband_codec::coap::Event::Failed { handle, .. }) => {
                     self.stats.failures += 1;
@@ -416,6 +428,23 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             return false;
         };
         let retry_at = now + self.sync_interval_ms.max(1000);
+        if r.code == lb::AUTH_UNKNOWN && r.alias_option {
+            // The gateway lost our aliases: define them again, retry.
+            self.forget_aliases();
+            self.stats.failures += 1;
+            if !is_send {
+                self.sync_due = now;
+            }
+            return false;
+        }
+        if let Pending::Send {
+            alias: Some(slot), ..
+        } = pending
+        {
+            if let Some(a) = self.aliases.get_mut(usize::from(slot)) {
+                a.1 = true;
+            }
+        }
         if r.code == lb::AUTH_UNKNOWN && r.auth_option {
             // The gateway lost our token number: register it again, retry.
             self.token_acked = false;
@@ -501,6 +530,22 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         }
     }
 
+    fn forget_aliases(&mut self) {
+        for a in self.aliases.iter_mut() {
+            a.1 = false;
+        }
+    }
+
+    /// The alias slot of `room` (added if there is room for it).
+    fn alias_slot(&mut self, room: &str) -> Option<u8> {
+        if let Some(i) = self.aliases.iter().position(|(t, _)| t.as_str() == room) {
+            return u8::try_from(i).ok();
+        }
+        let t = Text::exact(room)?;
+        self.aliases.push((t, false)).ok()?;
+        u8::try_from(self.aliases.len() - 1).ok()
+    }
+
     fn auth(&self) -> Auth<'_> {
         if self.token_acked {
             Auth::Number(TOKEN_NUMBER)
@@ -520,6 +565,14 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     }
 
     fn queue_send(&mut self, now: u64) {
+        let Some(room) = self.state.next_outgoing().map(|o| {
+            let mut t: Text<ROOM_ID_LEN> = Text::new();
+            let _ = t.write_str(o.cmd.room());
+            t
+        }) else {
+            return;
+        };
+        let slot = self.alias_slot(room.as_str());
         let Some(out) = self.state.next_outgoing() else {
             return;
         };
@@ -583,20 +636,56 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             self.drop_unsendable(txn);
             return;
         };
-        let Ok(tn) = route::encode_target(method, path.as_str(), &mut target) else {
+        let tn = {
+            let mut session: heapless::Vec<&str, ALIASES> = heapless::Vec::new();
+            for (t, _) in &self.aliases {
+                // INVARIANT: both vectors hold ALIASES entries at most.
+                let _ = session.push(t.as_str());
+            }
+            route::encode_target_with(&session, method, path.as_str(), &mut target)
+        };
+        let Ok(tn) = tn else {
             self.drop_unsendable(txn);
             return;
         };
+        // Define the room's alias with the request until the gateway answered one that did.
+        let mut def = [0u8; 1 + ROOM_ID_LEN];
+        let mut def_len = 0;
+        let mut alias = None;
+        if let Some(i) = slot {
+            let (t, acked) = &self.aliases[usize::from(i)];
+            if !acked {
+                def[0] = i;
+                def[1..1 + t.len()].copy_from_slice(t.as_str().as_bytes());
+                def_len = 1 + t.len();
+                alias = Some(i);
+            }
+        }
         let registered = !self.token_acked;
         let mut auth = [0u8; 1 + TOKEN_LEN];
         let an = self.auth().write(&mut auth).unwrap_or(0);
-        let opts = [
+        let with_def = [
+            Opt::bytes(opt::AUTH, &auth[..an]),
+            Opt::bytes(opt::ALIAS, &def[..def_len]),
+            Opt::bytes(opt::TARGET, &target[..tn]),
+        ];
+        let without = [
             Opt::bytes(opt::AUTH, &auth[..an]),
             Opt::bytes(opt::TARGET, &target[..tn]),
         ];
-        let req = Request::con(Code::POST, Options::List(&opts), &body[..body_len]);
+        let opts: &[Opt<'_>] = if alias.is_some() { &with_def } else { &without };
+        let req = Request::con(Code::POST, Options::List(opts), &body[..body_len]);
         match self.client.request(now, req) {
-            Ok(h) => self.send = Some((h, Pending::Send { txn, registered })),
+            Ok(h) => {
+                self.send = Some((
+                    h,
+                    Pending::Send {
+                        txn,
+                        registered,
+                        alias,
+                    },
+                ))
+            }
             Err(lowband_codec::coap::SendError::TooBig) => self.drop_unsendable(txn),
             Err(_) => {} // no free slot: next poll
         }
@@ -611,18 +700,20 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     fn queue_sync(&mut self, now: u64) -> Result<(), ()> {
         let mut pq: Text<200> = Text::new();
         let initial = self.state.since().is_none();
-        write!(
-            pq,
-            "/_matrix/client/v3/sync?timeout={}",
-            self.sync_timeout_ms
-        )
-        .map_err(|_| ())?;
+        // Query items only when they are not the defaults (timeout 0, no filter).
+        pq.write_str("/_matrix/client/v3/sync").map_err(|_| ())?;
+        let mut sep = '?';
+        if self.sync_timeout_ms > 0 {
+            write!(pq, "{sep}timeout={}", self.sync_timeout_ms).map_err(|_| ())?;
+            sep = '&';
+        }
         if !self.filter.is_empty() {
-            pq.write_str("&filter=").map_err(|_| ())?;
+            write!(pq, "{sep}filter=").map_err(|_| ())?;
             write_query_value(&mut pq, self.filter.as_str())?;
+            sep = '&';
         }
         if let Some(since) = self.state.since() {
-            pq.write_str("&since=").map_err(|_| ())?;
+            write!(pq, "{sep}since=").map_err(|_| ())?;
             write_query_value(&mut pq, since)?;
         }
         let mut target = [0u8; 112];
@@ -698,6 +789,7 @@ struct Resp {
     code: Code,
     status: Option<u32>,
     auth_option: bool,
+    alias_option: bool,
     block2: Option<BlockOpt>,
     body_id: Option<u32>,
     payload_off: usize,
@@ -712,6 +804,7 @@ impl Resp {
             code: r.code,
             status: r.options.uint(opt::STATUS),
             auth_option: r.options.first(opt::AUTH).is_some(),
+            alias_option: r.options.first(opt::ALIAS).is_some(),
             block2: BlockOpt::from_options(&r.options, opt::BLOCK2)
                 .ok()
                 .flatten(),

@@ -21,7 +21,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use lowband_codec::route;
 
 /// The CoAP option of an alias definition (elective, repeatable; RFC 7252 §5.4.1).
-pub const ALIAS: u16 = 8;
+pub const ALIAS: u16 = lowband_codec::lb::opt::ALIAS;
 /// Slots defined once per session.
 pub const PERSISTENT: u8 = 16;
 /// The per-request slot of a UUID transaction id.

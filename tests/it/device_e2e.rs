@@ -560,7 +560,7 @@ fn device_link_bytes_with_real_serve() {
         runner.stats()
     );
     // Regression bounds at about the measured values.
-    assert!(post.0 + post.1 <= 180, "post {post:?}");
+    assert!(post.0 + post.1 <= 130, "post {post:?}");
     assert!(empty.0 + empty.1 <= 320, "empty sync {empty:?}");
     assert!(command.0 + command.1 <= 360, "command sync {command:?}");
     let _ = (&s.serve, &s.dev_user, &s.dir);

@@ -90,6 +90,8 @@ struct Gateway {
     next_batch: u32,
     /// Bodies kept for block-wise fetching.
     kept: Vec<(u32, Vec<u8>)>,
+    /// Session aliases the device defined (slot = index).
+    aliases: Vec<String>,
 }
 
 fn coap_cfg(seed: u64) -> coap::Config {
@@ -117,6 +119,7 @@ impl Gateway {
             last_response_bytes: 0,
             next_batch: 1,
             kept: Vec::new(),
+            aliases: Vec::new(),
         }
     }
 
@@ -194,7 +197,16 @@ impl Gateway {
         let target = req.options.first(opt::TARGET).unwrap().as_bytes().unwrap();
         let mut m = [0u8; 16];
         let mut pq = [0u8; 1024];
-        let (method, n) = route::decode_target(target, &mut m, &mut pq).unwrap();
+        for d in req.options.iter().filter(|o| o.number == opt::ALIAS) {
+            let d = d.as_bytes().unwrap();
+            let i = usize::from(d[0]);
+            if self.aliases.len() <= i {
+                self.aliases.resize(i + 1, "\0".to_owned());
+            }
+            self.aliases[i] = String::from_utf8(d[1..].to_vec()).unwrap();
+        }
+        let session: Vec<&str> = self.aliases.iter().map(String::as_str).collect();
+        let (method, n) = route::decode_target_with(&session, target, &mut m, &mut pq).unwrap();
         let path = String::from_utf8(pq[..n].to_vec()).unwrap();
         let method = method.as_str().unwrap().to_owned();
         let auth = req
@@ -422,7 +434,9 @@ fn runner_joins_posts_syncs_and_survives_a_reboot() {
         .filter(|r| r.path.contains("/sync"))
         .collect();
     assert!(!syncs.is_empty());
-    assert_eq!(syncs[0].path, "/_matrix/client/v3/sync?timeout=0&filter=0");
+    assert_eq!(syncs[0].path, "/_matrix/client/v3/sync?filter=0");
+    // The room id was defined as alias 0 with the first request naming it, then one byte.
+    assert_eq!(gw.aliases, [ROOM]);
 
     // A command from Alice arrives (a body bigger than one block: reassembled), with the echo of
     // our own message: the echo is recognised, the command is the one new event.
@@ -497,7 +511,7 @@ fn runner_joins_posts_syncs_and_survives_a_reboot() {
     assert!(
         first_sync
             .path
-            .ends_with(&format!("&since={}", since_before.unwrap())),
+            .ends_with(&format!("?filter=0&since={}", since_before.unwrap())),
         "{}",
         first_sync.path
     );
