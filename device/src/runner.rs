@@ -46,7 +46,7 @@ use lowband_codec::{pack, route};
 use rand_core::{CryptoRng, RngCore};
 
 use crate::outbox::{Command, OutContent, TxnId};
-use crate::state::{Body, EventIn, RoomRef, SyncUpdate, ROOM_ID_LEN};
+use crate::state::{Applied, Body, EventIn, RoomRef, SyncUpdate, ROOM_ID_LEN};
 use crate::text::Text;
 
 /// Bytes of preset dictionary an `inflate` buffer of [`Runner::poll`] needs before the body.
@@ -223,8 +223,12 @@ pub struct RunnerStats {
 /// What one [`Runner::poll`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// The sync state changed (acknowledged sends, applied sync): persist it.
+    /// The sync state changed (a send acknowledged, events or rooms stored): persist it now,
+    /// or a reboot repeats work (a command answered twice).
     pub changed: bool,
+    /// A sync committed: the since token advanced (persisting it can wait; losing it costs a
+    /// sync whose events the dedupe window recognises).
+    pub since_advanced: bool,
     /// Link packets handled.
     pub packets: usize,
 }
@@ -261,6 +265,7 @@ pub struct Runner<R> {
     sync_timeout_ms: u32,
     sync_interval_ms: u64,
     sync_due: u64,
+    since_advanced: bool,
     send: Option<(RequestHandle, Pending)>,
     sync: Option<(RequestHandle, Pending)>,
     body_len: usize,
@@ -297,6 +302,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             sync_timeout_ms: cfg.sync_timeout_ms,
             sync_interval_ms: cfg.sync_interval_ms,
             sync_due: 0,
+            since_advanced: false,
             send: None,
             sync: None,
             body_len: 0,
@@ -377,6 +383,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             }
             self.drain_events(now);
         }
+        progress.since_advanced = core::mem::take(&mut self.since_advanced);
         if self.client.poll_timeout().is_some_and(|t| t <= now) {
             self.client.handle_timeout(now);
             self.drain_events(now);
@@ -519,13 +526,14 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                         return false;
                     }
                 }
-                let changed = self.apply_sync_body(initial, inflate);
-                self.sync_due = if changed || self.sync_timeout_ms > 0 {
+                let (ok, stored) = self.apply_sync_body(initial, inflate);
+                self.sync_due = if ok {
+                    self.since_advanced = true;
                     now + self.sync_interval_ms
                 } else {
                     retry_at
                 };
-                changed
+                stored
             }
         }
     }
@@ -758,27 +766,28 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     }
 
     /// Reads the reassembled sync body into [`SyncUpdate`]s; `true` if anything was applied.
-    fn apply_sync_body(&mut self, initial: bool, inflate: &mut [u8]) -> bool {
+    /// Reads the reassembled sync body into [`SyncUpdate`]s: (read whole and committed,
+    /// anything besides the since token stored or updated).
+    fn apply_sync_body(&mut self, initial: bool, inflate: &mut [u8]) -> (bool, bool) {
         let packed = &self.body[..self.body_len];
         let Ok(cbor) = pack::unpack_cbor(packed, inflate) else {
             self.stats.failures += 1;
-            return false;
+            return (false, false);
         };
+        let mut stored = false;
         let mut sink = |u: SyncUpdate<'_>| {
-            self.state.apply(u);
+            let since = matches!(u, SyncUpdate::Since(_));
+            let a = self.state.apply(u);
+            stored |= !since && matches!(a, Applied::Stored | Applied::Updated);
         };
-        match read_sync(cbor, initial, &mut sink) {
-            Ok(()) => {
-                self.stats.syncs += 1;
-                true
-            }
-            Err(_) => {
-                self.stats.failures += 1;
-                // Items before the error went in, but no `Since`: the batch is not committed
-                // and the same sync is asked again.
-                true
-            }
+        let r = read_sync(cbor, initial, &mut sink);
+        match r {
+            Ok(()) => self.stats.syncs += 1,
+            // Items before the error went in, but no `Since`: the batch is not committed and
+            // the same sync is asked again.
+            Err(_) => self.stats.failures += 1,
         }
+        (r.is_ok(), stored)
     }
 }
 

@@ -27,6 +27,10 @@ use crate::app::ReadingTimer;
 use crate::board::{Board, Clock, Datagram, Flash, Led, Parts, Sensor};
 use crate::command::{error_reply, Command, Settings};
 
+/// Longest time a committed since token stays unsaved (flash wear: empty syncs do not each
+/// cost a page erase; a lost token costs one re-sync, whose events the dedupe window knows).
+pub const SINCE_SAVE_MS: u64 = 60_000;
+
 /// Link protocol and dictionary versions (those of `lowband serve`).
 pub const LINK_VERSION: LinkVersion = LinkVersion {
     protocol: 1,
@@ -111,6 +115,8 @@ pub struct MatrixApp<B: Board> {
     settings: Settings,
     timer: ReadingTimer,
     last_reading: Option<i32>,
+    last_save_ms: u64,
+    since_unsaved: bool,
 }
 
 impl<B: Board> core::fmt::Debug for MatrixApp<B> {
@@ -209,6 +215,8 @@ impl<B: Board> MatrixApp<B> {
             },
             timer: ReadingTimer::new(now, cfg.interval_s),
             last_reading: None,
+            last_save_ms: now,
+            since_unsaved: false,
         };
         app.save().map_err(AppError::Store)?;
         Ok(app)
@@ -252,8 +260,11 @@ impl<B: Board> MatrixApp<B> {
             .map_err(AppError::Link)?;
         out.packets = progress.packets;
         dirty |= progress.changed;
-        if dirty {
+        self.since_unsaved |= progress.since_advanced;
+        if dirty || (self.since_unsaved && now.saturating_sub(self.last_save_ms) >= SINCE_SAVE_MS) {
             self.save().map_err(AppError::Store)?;
+            self.last_save_ms = now;
+            self.since_unsaved = false;
             out.saved = true;
         }
         Ok(out)
