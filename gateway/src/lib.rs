@@ -4,6 +4,7 @@
 extern crate alloc;
 
 pub mod config;
+pub mod federation;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

@@ -53,6 +53,8 @@ type TunnelClient = Client<ChaCha20Rng, 16, 8, 1, COAP_MTU>;
 pub struct TunnelConfig {
     /// HTTP address to listen on.
     pub listen: SocketAddr,
+    /// Serve HTTPS on `listen` with these (federation: the destination's certificate).
+    pub tls: Option<crate::federation::TlsFiles>,
     /// `lowband serve`'s UDP address.
     pub gateway: SocketAddr,
     /// Its public key (pinned).
@@ -67,6 +69,8 @@ pub struct TunnelConfig {
 struct Cmd {
     req: HttpRequest,
     token: Option<String>,
+    /// `Authorization: X-Matrix ...` of a federation request, in link form.
+    xmatrix: Option<Vec<u8>>,
     timeout_ms: u64,
     reply: oneshot::Sender<HttpResponse>,
 }
@@ -83,6 +87,7 @@ enum Phase {
 struct Op {
     wire: WireRequest,
     token: Option<String>,
+    xmatrix: Option<Vec<u8>>,
     auth: Option<Auth>,
     tag: u32,
     timeout_ms: u64,
@@ -107,6 +112,11 @@ struct Session {
 /// # Errors
 /// Binding sockets, socket errors.
 pub async fn run(cfg: TunnelConfig) -> anyhow::Result<()> {
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(crate::federation::tls_acceptor)
+        .transpose()?;
     let listener = TcpListener::bind(cfg.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, gateway = %cfg.gateway, "tunnel: listening");
     let (tx, rx) = mpsc::unbounded_channel::<Cmd>();
@@ -116,12 +126,18 @@ pub async fn run(cfg: TunnelConfig) -> anyhow::Result<()> {
         loop {
             let (stream, _) = listener.accept().await?;
             let tx = tx.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |r| handle_http(r, tx.clone(), default_deadline));
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await
-                {
+                let http = hyper::server::conn::http1::Builder::new();
+                let r = match tls {
+                    None => http.serve_connection(TokioIo::new(stream), svc).await,
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(s) => http.serve_connection(TokioIo::new(s), svc).await,
+                        Err(e) => return tracing::debug!(%e, "tunnel: TLS handshake failed"),
+                    },
+                };
+                if let Err(e) = r {
                     tracing::debug!(%e, "tunnel: connection ended");
                 }
             });
@@ -160,7 +176,10 @@ async fn handle_http(
     let get =
         |n: hyper::header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let content_type = get(hyper::header::CONTENT_TYPE);
-    let (token, pq) = take_token(get(hyper::header::AUTHORIZATION).as_deref(), &pq);
+    let authorization = get(hyper::header::AUTHORIZATION);
+    let xmatrix = crate::federation::xmatrix_of(authorization.as_deref())
+        .map(crate::federation::xmatrix_encode);
+    let (token, pq) = take_token(authorization.as_deref(), &pq);
     let resp = match Limited::new(r.into_body(), wire::MAX_MEDIA).collect().await {
         Err(_) => HttpResponse::matrix_error(413, "M_TOO_LARGE", "lowband: body too large"),
         Ok(b) => {
@@ -176,6 +195,7 @@ async fn handle_http(
                 .send(Cmd {
                     req,
                     token,
+                    xmatrix,
                     timeout_ms,
                     reply,
                 })
@@ -323,6 +343,7 @@ impl Session {
         let op = Op {
             wire,
             token: c.token,
+            xmatrix: c.xmatrix,
             auth: None,
             tag,
             timeout_ms: c.timeout_ms,
@@ -352,8 +373,16 @@ impl Session {
                         payload = body.get(b.offset()..end).unwrap_or(&[]);
                         let _ = l.push(Opt::uint(opt::BLOCK1, b.to_uint()));
                         let _ = l.push(Opt::uint(opt::UPLOAD, op.tag));
+                        if !b.more {
+                            if let Some(x) = &op.xmatrix {
+                                let _ = l.push(Opt::bytes(opt::XMATRIX, x));
+                            }
+                        }
                     } else {
                         payload = body;
+                        if let Some(x) = &op.xmatrix {
+                            let _ = l.push(Opt::bytes(opt::XMATRIX, x));
+                        }
                     }
                 }
                 Phase::Fetch { id, n } => {

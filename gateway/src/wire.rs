@@ -39,6 +39,9 @@ pub mod opt {
     pub const CONTENT_TYPE: u16 = 16;
     /// HTTP status that is not representable as a CoAP code.
     pub const STATUS: u16 = 18;
+    /// A federation request's `Authorization: X-Matrix ...` header, carried byte-identical
+    /// (see [`crate::federation::xmatrix_encode`]); never an access token.
+    pub const XMATRIX: u16 = 20;
     /// Retry-After header value.
     pub const RETRY_AFTER: u16 = 22;
     /// Block2 (RFC 7959).

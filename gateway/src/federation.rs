@@ -1,0 +1,648 @@
+//! Federation (the server-server API) through lowband: TLS at the tunnel, the `X-Matrix`
+//! request signature on the link, and where `serve` may send a federation request.
+//!
+//! A homeserver reaches another one at its advertised address over TLS; `lowband tunnel
+//! --listen-https` sits there with the destination's certificate and carries each request over
+//! the link to `lowband serve`, which hands it to its homeserver's federation listener.
+//! <https://spec.matrix.org/v1.11/server-server-api/#request-authentication>
+//!
+//! - **Signature.** `Authorization: X-Matrix origin=..,destination=..,key=..,sig=..` must reach
+//!   the homeserver byte for byte (it signs method, URI, origin, destination and body). It is
+//!   not an access token: it travels in its own option, [`crate::wire::opt::XMATRIX`], in a
+//!   compact form ([`xmatrix_encode`]: the signature as 64 raw bytes) that is used only when
+//!   it renders back to the identical text; otherwise the text goes as is.
+//! - **Bodies.** JSON bodies are packed like client-server ones; the receiving homeserver checks
+//!   the signature over the canonical JSON of the body, and the codec keeps values (and
+//!   canonical-JSON bytes) intact, so PDUs' `hashes` and `signatures` stay valid.
+//! - **Not an open proxy.** `serve` sends federation requests to its configured homeserver
+//!   (`--federation-backend`) and, only when `--federation-ca` is given, to the homeserver named
+//!   as `destination` in the signed header, found by server discovery
+//!   (<https://spec.matrix.org/v1.11/server-server-api/#resolving-server-names>): a server name
+//!   with an explicit port or an IP literal. `.well-known` and SRV are not implemented
+//!   (TODO(federation)): such names are refused.
+use alloc::sync::Arc;
+use core::net::IpAddr;
+use core::time::Duration;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::wire::{self, HttpRequest, HttpResponse, WireError};
+
+/// Longest a federation request may take at the homeserver.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Whether a request path belongs to the server-server API (federation or key API).
+pub fn is_federation_path(path_and_query: &str) -> bool {
+    path_and_query.starts_with("/_matrix/federation/")
+        || path_and_query.starts_with("/_matrix/key/")
+}
+
+/// The `Authorization` header value if it is an `X-Matrix` signature.
+pub fn xmatrix_of(authorization: Option<&str>) -> Option<&str> {
+    authorization.filter(|a| a.starts_with("X-Matrix "))
+}
+
+const XM_PREFIX: &str = "X-Matrix ";
+/// Names with a one-number form in the compact encoding (index + 1 in the flag byte).
+const XM_NAMES: [&str; 4] = ["origin", "destination", "key", "sig"];
+const FLAG_QUOTED: u8 = 0x10;
+const FLAG_B64: u8 = 0x20;
+/// First byte of the option value: the header text follows.
+const XM_RAW: u8 = 0;
+/// First byte: compact parameters follow.
+const XM_COMPACT: u8 = 1;
+
+/// One `name=value` parameter of an `X-Matrix` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Param<'a> {
+    name: &'a str,
+    value: &'a str,
+    quoted: bool,
+}
+
+/// Splits `X-Matrix a=b,c="d"` into parameters (no escapes inside quotes; `None` otherwise).
+fn xmatrix_params(header: &str) -> Option<Vec<Param<'_>>> {
+    let mut rest = header.strip_prefix(XM_PREFIX)?;
+    let mut out = Vec::new();
+    loop {
+        let (name, after) = rest.split_once('=')?;
+        let (value, quoted, after) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"')?;
+            (&q[..end], true, &q[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (&after[..end], false, &after[end..])
+        };
+        if value.contains('\\') {
+            return None;
+        }
+        out.push(Param {
+            name,
+            value,
+            quoted,
+        });
+        if after.is_empty() {
+            return Some(out);
+        }
+        rest = after.strip_prefix(',')?;
+    }
+}
+
+/// The value of parameter `name` (e.g. `destination`) of an `X-Matrix` header.
+pub fn xmatrix_param<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    xmatrix_params(header)?
+        .into_iter()
+        .find(|p| p.name == name)
+        .map(|p| p.value)
+}
+
+fn render(params: &[Param<'_>]) -> String {
+    let mut s = String::from(XM_PREFIX);
+    for (i, p) in params.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(p.name);
+        s.push('=');
+        if p.quoted {
+            s.push('"');
+            s.push_str(p.value);
+            s.push('"');
+        } else {
+            s.push_str(p.value);
+        }
+    }
+    s
+}
+
+fn compact(header: &str) -> Option<Vec<u8>> {
+    let params = xmatrix_params(header)?;
+    if render(&params) != header {
+        return None;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let mut out = vec![XM_COMPACT];
+    for p in &params {
+        let mut flag = match XM_NAMES.iter().position(|n| *n == p.name) {
+            // INVARIANT: fewer than 15 names.
+            Some(i) => u8::try_from(i + 1).ok()?,
+            None => 0,
+        };
+        if p.quoted {
+            flag |= FLAG_QUOTED;
+        }
+        let raw = b64
+            .decode(p.value)
+            .ok()
+            .filter(|r| !r.is_empty() && b64.encode(r) == p.value);
+        if raw.is_some() {
+            flag |= FLAG_B64;
+        }
+        out.push(flag);
+        if flag & 0x0f == 0 {
+            out.push(u8::try_from(p.name.len()).ok()?);
+            out.extend_from_slice(p.name.as_bytes());
+        }
+        let v = raw.unwrap_or_else(|| p.value.as_bytes().to_vec());
+        out.push(u8::try_from(v.len()).ok()?);
+        out.extend_from_slice(&v);
+    }
+    Some(out)
+}
+
+/// The link form of an `X-Matrix` header: compact when that renders back identically, else
+/// `[0] ++ text`.
+pub fn xmatrix_encode(header: &str) -> Vec<u8> {
+    compact(header).unwrap_or_else(|| {
+        let mut v = vec![XM_RAW];
+        v.extend_from_slice(header.as_bytes());
+        v
+    })
+}
+
+fn take<'a>(v: &mut &'a [u8], n: usize) -> Result<&'a [u8], WireError> {
+    let bad = WireError::BadOption(wire::opt::XMATRIX);
+    if v.len() < n {
+        return Err(bad);
+    }
+    let (a, b) = v.split_at(n);
+    *v = b;
+    Ok(a)
+}
+
+fn take_str<'a>(v: &mut &'a [u8]) -> Result<&'a str, WireError> {
+    let n = usize::from(*take(v, 1)?.first().unwrap_or(&0));
+    core::str::from_utf8(take(v, n)?).map_err(|_| WireError::BadOption(wire::opt::XMATRIX))
+}
+
+/// Decodes [`xmatrix_encode`]'s output back to the header text.
+///
+/// # Errors
+/// [`WireError::BadOption`] for a truncated or malformed value.
+pub fn xmatrix_decode(mut v: &[u8]) -> Result<String, WireError> {
+    let bad = WireError::BadOption(wire::opt::XMATRIX);
+    match *take(&mut v, 1)? {
+        [XM_RAW] => core::str::from_utf8(v)
+            .map(str::to_owned)
+            .map_err(|_| bad.clone()),
+        [XM_COMPACT] => {
+            let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+            let mut vals: Vec<(String, String, bool)> = Vec::new();
+            while !v.is_empty() {
+                let flag = take(&mut v, 1)?[0];
+                let name = match flag & 0x0f {
+                    0 => take_str(&mut v)?.to_owned(),
+                    i => (*XM_NAMES.get(usize::from(i) - 1).ok_or(bad.clone())?).to_owned(),
+                };
+                let value = if flag & FLAG_B64 != 0 {
+                    let n = usize::from(take(&mut v, 1)?[0]);
+                    b64.encode(take(&mut v, n)?)
+                } else {
+                    take_str(&mut v)?.to_owned()
+                };
+                vals.push((name, value, flag & FLAG_QUOTED != 0));
+            }
+            let params: Vec<Param<'_>> = vals
+                .iter()
+                .map(|(n, v, q)| Param {
+                    name: n,
+                    value: v,
+                    quoted: *q,
+                })
+                .collect();
+            Ok(render(&params))
+        }
+        _ => Err(bad),
+    }
+}
+
+/// Certificate and key files for `tunnel --listen-https`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM: the leaf certificate, then its chain.
+    pub cert: PathBuf,
+    /// PEM: the private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}
+
+/// A TLS acceptor presenting `files` (rustls, ring provider; HTTP/1.1).
+///
+/// # Errors
+/// Unreadable or invalid PEM, a key that does not match the certificate.
+pub fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", files.cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", files.cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "--tls-cert: no certificate in the file");
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", files.key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Where `serve` sends federation requests.
+#[derive(Debug, Clone, Default)]
+pub struct FederationConfig {
+    /// The local homeserver's federation listener (`http://host:port`, plain HTTP).
+    pub backend: Option<String>,
+    /// The local homeserver's server name: requests for another `destination` are not sent to
+    /// the backend. `None`: every request goes to the backend.
+    pub server_name: Option<String>,
+    /// CA certificates (PEM) trusted for remote destinations; `None`: no remote destinations.
+    pub remote_ca: Option<PathBuf>,
+}
+
+/// A destination found by server discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Host to connect to and to check the certificate against.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// The `Host` header (the server name).
+    pub host_header: String,
+}
+
+/// Why a server name was not resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryError {
+    /// Not a server name (grammar of the spec's appendix).
+    #[error("not a server name")]
+    BadName,
+    /// A DNS name without an explicit port needs `.well-known` / SRV (not implemented).
+    #[error("server name needs .well-known or SRV discovery (not supported)")]
+    Unsupported,
+}
+
+/// Resolves a server name by the rules that need no network: an IP literal (port or 8448)
+/// or a DNS name with an explicit port.
+/// <https://spec.matrix.org/v1.11/server-server-api/#resolving-server-names> steps 1 and 2.
+///
+/// # Errors
+/// [`DiscoveryError`].
+pub fn resolve_server_name(name: &str) -> Result<Resolved, DiscoveryError> {
+    let (host, port) = if let Some(r) = name.strip_prefix('[') {
+        let (ip, rest) = r.split_once(']').ok_or(DiscoveryError::BadName)?;
+        ip.parse::<core::net::Ipv6Addr>()
+            .map_err(|_| DiscoveryError::BadName)?;
+        let port = match rest {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or(DiscoveryError::BadName)?),
+        };
+        (ip, port)
+    } else {
+        match name.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (name, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|n| *n != 0 && n.to_string() == p)
+                .ok_or(DiscoveryError::BadName)?,
+        ),
+    };
+    let is_ip = host.parse::<IpAddr>().is_ok();
+    let dns_ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !is_ip && !dns_ok {
+        return Err(DiscoveryError::BadName);
+    }
+    let port = match (port, is_ip) {
+        (Some(p), _) => p,
+        (None, true) => 8448,
+        // TODO(federation): .well-known (step 3) and SRV (steps 4-6).
+        (None, false) => return Err(DiscoveryError::Unsupported),
+    };
+    Ok(Resolved {
+        host: host.to_owned(),
+        port,
+        host_header: name.to_owned(),
+    })
+}
+
+/// Where one federation request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The configured homeserver.
+    Backend,
+    /// A remote homeserver, over TLS.
+    Remote(Resolved),
+}
+
+/// `serve`'s federation forwarder.
+pub struct Federation {
+    backend: Option<String>,
+    server_name: Option<String>,
+    remote: Option<TlsConnector>,
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+}
+
+impl core::fmt::Debug for Federation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Federation")
+            .field("backend", &self.backend)
+            .field("server_name", &self.server_name)
+            .field("remote", &self.remote.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Federation {
+    /// Builds the forwarder (reads the CA file).
+    ///
+    /// # Errors
+    /// A backend that is not `http://host:port`, an unreadable CA file.
+    pub fn new(cfg: &FederationConfig) -> anyhow::Result<Federation> {
+        let backend = match &cfg.backend {
+            Some(b) => {
+                let b = b.trim_end_matches('/').to_owned();
+                let uri: hyper::Uri = b.parse()?;
+                anyhow::ensure!(
+                    uri.scheme_str() == Some("http") && uri.path() == "/",
+                    "--federation-backend must be http://host:port (no path)"
+                );
+                Some(b)
+            }
+            None => None,
+        };
+        let remote = match &cfg.remote_ca {
+            Some(p) => Some(tls_connector(p)?),
+            None => None,
+        };
+        Ok(Federation {
+            backend,
+            server_name: cfg.server_name.clone(),
+            remote,
+            http: HttpClient::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    /// Where a request with this `X-Matrix` header goes.
+    ///
+    /// # Errors
+    /// A message saying why the request is refused.
+    pub fn route(&self, xmatrix: Option<&str>) -> Result<Target, String> {
+        let dest = xmatrix.and_then(|x| xmatrix_param(x, "destination"));
+        let local = match (dest, &self.server_name) {
+            (None, _) | (_, None) => true,
+            (Some(d), Some(s)) => d == s,
+        };
+        if local && self.backend.is_some() {
+            return Ok(Target::Backend);
+        }
+        match (dest, &self.remote) {
+            (Some(d), Some(_)) => resolve_server_name(d)
+                .map(Target::Remote)
+                .map_err(|e| format!("lowband: destination {d}: {e}")),
+            (None, _) => Err("lowband: no destination for this request".into()),
+            (Some(d), None) => Err(format!("lowband: {d} is not this gateway's homeserver")),
+        }
+    }
+
+    /// Forwards a federation request; failures become Matrix-style errors.
+    pub async fn forward(&self, req: &HttpRequest, xmatrix: Option<&str>) -> HttpResponse {
+        let target = match self.route(xmatrix) {
+            Ok(t) => t,
+            Err(msg) => {
+                tracing::info!(%msg, "federation: refused");
+                return HttpResponse::matrix_error(403, "M_FORBIDDEN", &msg);
+            }
+        };
+        let mut b = hyper::Request::builder().method(req.method.as_str());
+        if let Some(ct) = &req.content_type {
+            b = b.header(hyper::header::CONTENT_TYPE, ct);
+        }
+        if let Some(x) = xmatrix {
+            b = b.header(hyper::header::AUTHORIZATION, x);
+        }
+        let body = Full::new(Bytes::from(req.body.clone()));
+        let r = match &target {
+            Target::Backend => {
+                let base = self.backend.as_deref().unwrap_or_default();
+                let Ok(r) = b.uri(format!("{base}{}", req.path_and_query)).body(body) else {
+                    return bad_request();
+                };
+                tokio::time::timeout(HTTP_TIMEOUT, async {
+                    self.http.request(r).await.map_err(|e| e.to_string())
+                })
+                .await
+            }
+            Target::Remote(d) => {
+                let Ok(r) = b
+                    .uri(req.path_and_query.as_str())
+                    .header(hyper::header::HOST, d.host_header.as_str())
+                    .body(body)
+                else {
+                    return bad_request();
+                };
+                let Some(tls) = &self.remote else {
+                    return bad_request();
+                };
+                tokio::time::timeout(HTTP_TIMEOUT, remote_request(tls, d, r)).await
+            }
+        };
+        let resp = match r {
+            Err(_) => return HttpResponse::matrix_error(504, "M_UNKNOWN", "homeserver timed out"),
+            Ok(Err(e)) => {
+                tracing::warn!(%e, ?target, "federation: homeserver unreachable");
+                return HttpResponse::matrix_error(502, "M_UNKNOWN", "homeserver unreachable");
+            }
+            Ok(Ok(r)) => r,
+        };
+        read_response(resp).await
+    }
+}
+
+fn bad_request() -> HttpResponse {
+    HttpResponse::matrix_error(400, "M_UNRECOGNIZED", "lowband: bad federation request")
+}
+
+fn tls_connector(ca: &Path) -> anyhow::Result<TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca)
+        .map_err(|e| anyhow::anyhow!("--federation-ca {}: {e}", ca.display()))?
+    {
+        roots.add(c.map_err(|e| anyhow::anyhow!("--federation-ca: {e}"))?)?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(cfg)))
+}
+
+/// One request on a fresh TLS connection to a discovered destination.
+async fn remote_request(
+    tls: &TlsConnector,
+    d: &Resolved,
+    r: hyper::Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    let name = ServerName::try_from(d.host.clone()).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect((d.host.as_str(), d.port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%e, "federation: remote connection ended");
+        }
+    });
+    send.send_request(r).await.map_err(|e| e.to_string())
+}
+
+async fn read_response(resp: hyper::Response<hyper::body::Incoming>) -> HttpResponse {
+    let h = resp.headers();
+    let get =
+        |n: hyper::header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut out = HttpResponse {
+        status: resp.status().as_u16(),
+        content_type: get(hyper::header::CONTENT_TYPE),
+        retry_after: get(hyper::header::RETRY_AFTER),
+        location: get(hyper::header::LOCATION),
+        content_disposition: get(hyper::header::CONTENT_DISPOSITION),
+        body: Vec::new(),
+    };
+    match Limited::new(resp.into_body(), wire::MAX_MEDIA)
+        .collect()
+        .await
+    {
+        Ok(b) => out.body = b.to_bytes().to_vec(),
+        Err(_) => {
+            return HttpResponse::matrix_error(
+                502,
+                "M_TOO_LARGE",
+                "homeserver response too large or cut",
+            )
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIG: &str = "X-Matrix origin=\"localhost:8448\",key=\"ed25519:a_abCD\",sig=\"\
+        dGhpcyBpcyBhIHNpZ25hdHVyZSBvZiBzaXh0eS1mb3VyIGJ5dGVzIGxvbmcsIGp1c3QgZm9yIHRlc3RzIQ\",\
+        destination=\"localhost:8449\"";
+
+    #[test]
+    fn xmatrix_compact_round_trip() {
+        let e = xmatrix_encode(SIG);
+        assert_eq!(e[0], XM_COMPACT);
+        // origin: flag, len, 14 bytes
+        assert_eq!(&e[1..4], &[0x11, 14, b'l']);
+        assert!(e.len() < SIG.len() - 30, "{} vs {}", e.len(), SIG.len());
+        assert_eq!(xmatrix_decode(&e).unwrap(), SIG);
+        assert_eq!(xmatrix_param(SIG, "destination"), Some("localhost:8449"));
+        assert_eq!(xmatrix_param(SIG, "origin"), Some("localhost:8448"));
+    }
+
+    #[test]
+    fn xmatrix_odd_forms_stay_identical() {
+        for h in [
+            "X-Matrix origin=a.org,key=\"ed25519:1\",sig=\"ab==\"",
+            "X-Matrix origin=\"a\", key=\"b\"",
+            "X-Matrix foo=\"bar\",sig=QUJD",
+            "X-Matrix origin=\"a\\\"b\"",
+            "X-Matrix ",
+            "X-Matrix origin=\"a",
+        ] {
+            let e = xmatrix_encode(h);
+            assert_eq!(xmatrix_decode(&e).unwrap(), h, "{e:02x?}");
+        }
+        assert_eq!(xmatrix_encode("X-Matrix origin=\"a")[0], XM_RAW);
+        assert_eq!(
+            xmatrix_encode("X-Matrix foo=\"bar\",sig=QUJD")[0],
+            XM_COMPACT
+        );
+        assert!(xmatrix_decode(&[]).is_err());
+        assert!(xmatrix_decode(&[1, 0x11, 5, b'a']).is_err());
+        assert!(xmatrix_decode(&[1, 0x1f, 0]).is_err());
+        assert!(xmatrix_decode(&[7]).is_err());
+    }
+
+    #[test]
+    fn discovery_rules() {
+        let r = resolve_server_name("localhost:8449").unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("localhost", 8449));
+        assert_eq!(r.host_header, "localhost:8449");
+        let r = resolve_server_name("127.0.0.1").unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("127.0.0.1", 8448));
+        let r = resolve_server_name("[::1]:99").unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("::1", 99));
+        assert_eq!(
+            resolve_server_name("matrix.org"),
+            Err(DiscoveryError::Unsupported)
+        );
+        for bad in [
+            "", "a b:1", "x:0", "x:99999", "[::1", "[zz]:1", "a/b:1", "x:",
+        ] {
+            assert_eq!(
+                resolve_server_name(bad),
+                Err(DiscoveryError::BadName),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn routing_is_not_an_open_proxy() {
+        let h = |dest: &str| format!("X-Matrix origin=\"a:1\",destination=\"{dest}\"");
+        let local = Federation::new(&FederationConfig {
+            backend: Some("http://127.0.0.1:9".into()),
+            server_name: Some("b:2".into()),
+            remote_ca: None,
+        })
+        .unwrap();
+        assert_eq!(local.route(Some(&h("b:2"))), Ok(Target::Backend));
+        assert_eq!(local.route(None), Ok(Target::Backend));
+        assert!(local.route(Some(&h("c:3"))).is_err());
+        let any = Federation::new(&FederationConfig {
+            backend: Some("http://127.0.0.1:9".into()),
+            ..FederationConfig::default()
+        })
+        .unwrap();
+        assert_eq!(any.route(Some(&h("c:3"))), Ok(Target::Backend));
+        let none = Federation::new(&FederationConfig::default()).unwrap();
+        assert!(none.route(Some(&h("c:3"))).is_err());
+        assert!(none.route(None).is_err());
+        assert!(Federation::new(&FederationConfig {
+            backend: Some("https://x:1".into()),
+            ..FederationConfig::default()
+        })
+        .is_err());
+        assert!(is_federation_path("/_matrix/federation/v1/send/1"));
+        assert!(is_federation_path("/_matrix/key/v2/server"));
+        assert!(!is_federation_path("/_matrix/client/v3/sync"));
+    }
+}
