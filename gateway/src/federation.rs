@@ -36,6 +36,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use alloc::collections::BTreeMap;
+
+use lowband_codec::coap::{Opt, Options};
+
 use crate::wire::{self, HttpRequest, HttpResponse, WireError};
 
 /// Longest a federation request may take at the homeserver.
@@ -125,7 +129,16 @@ fn render(params: &[Param<'_>]) -> String {
     s
 }
 
-fn compact(header: &str) -> Option<Vec<u8>> {
+/// Flag: the value is an alias number (big-endian, minimal bytes).
+const FLAG_ALIAS: u8 = 0x40;
+
+fn uint_bytes(n: u32) -> Vec<u8> {
+    let b = n.to_be_bytes();
+    let skip = b.iter().take_while(|&&x| x == 0).count();
+    b[skip..].to_vec()
+}
+
+fn compact(header: &str, al: &mut Aliaser<'_>) -> Option<Vec<u8>> {
     let params = xmatrix_params(header)?;
     if render(&params) != header {
         return None;
@@ -141,29 +154,41 @@ fn compact(header: &str) -> Option<Vec<u8>> {
         if p.quoted {
             flag |= FLAG_QUOTED;
         }
-        let raw = b64
-            .decode(p.value)
-            .ok()
-            .filter(|r| !r.is_empty() && b64.encode(r) == p.value);
-        if raw.is_some() {
-            flag |= FLAG_B64;
-        }
+        let v = if let Some(n) = al.alias(p.value) {
+            flag |= FLAG_ALIAS;
+            uint_bytes(n)
+        } else {
+            let raw = b64
+                .decode(p.value)
+                .ok()
+                .filter(|r| !r.is_empty() && b64.encode(r) == p.value);
+            if raw.is_some() {
+                flag |= FLAG_B64;
+            }
+            raw.unwrap_or_else(|| p.value.as_bytes().to_vec())
+        };
         out.push(flag);
         if flag & 0x0f == 0 {
             out.push(u8::try_from(p.name.len()).ok()?);
             out.extend_from_slice(p.name.as_bytes());
         }
-        let v = raw.unwrap_or_else(|| p.value.as_bytes().to_vec());
         out.push(u8::try_from(v.len()).ok()?);
         out.extend_from_slice(&v);
     }
     Some(out)
 }
 
-/// The link form of an `X-Matrix` header: compact when that renders back identically, else
-/// `[0] ++ text`.
+/// The link form of an `X-Matrix` header without aliases: compact when that renders back
+/// identically, else `[0] ++ text`.
 pub fn xmatrix_encode(header: &str) -> Vec<u8> {
-    compact(header).unwrap_or_else(|| {
+    let table = AliasTable::default();
+    xmatrix_encode_with(header, &mut Aliaser::none(&table))
+}
+
+fn xmatrix_encode_with(header: &str, al: &mut Aliaser<'_>) -> Vec<u8> {
+    let mark = al.mark();
+    compact(header, al).unwrap_or_else(|| {
+        al.rollback(mark);
         let mut v = vec![XM_RAW];
         v.extend_from_slice(header.as_bytes());
         v
@@ -185,16 +210,24 @@ fn take_str<'a>(v: &mut &'a [u8]) -> Result<&'a str, WireError> {
     core::str::from_utf8(take(v, n)?).map_err(|_| WireError::BadOption(wire::opt::XMATRIX))
 }
 
-/// Decodes [`xmatrix_encode`]'s output back to the header text.
+/// Decodes [`xmatrix_encode`]'s output (no aliases) back to the header text.
 ///
 /// # Errors
-/// [`WireError::BadOption`] for a truncated or malformed value.
-pub fn xmatrix_decode(mut v: &[u8]) -> Result<String, WireError> {
+/// [`WireError::BadOption`] for a truncated or malformed value or an alias.
+pub fn xmatrix_decode(v: &[u8]) -> Result<String, WireError> {
+    let mut reg = AliasRegistry::default();
+    xmatrix_decode_with(v, &mut Restorer::new(&mut reg, None)).map_err(|e| match e {
+        RestoreError::Wire(w) => w,
+        RestoreError::Unknown => WireError::BadOption(wire::opt::XMATRIX),
+    })
+}
+
+fn xmatrix_decode_with(mut v: &[u8], r: &mut Restorer<'_>) -> Result<String, RestoreError> {
     let bad = WireError::BadOption(wire::opt::XMATRIX);
     match *take(&mut v, 1)? {
         [XM_RAW] => core::str::from_utf8(v)
             .map(str::to_owned)
-            .map_err(|_| bad.clone()),
+            .map_err(|_| bad.into()),
         [XM_COMPACT] => {
             let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
             let mut vals: Vec<(String, String, bool)> = Vec::new();
@@ -204,11 +237,21 @@ pub fn xmatrix_decode(mut v: &[u8]) -> Result<String, WireError> {
                     0 => take_str(&mut v)?.to_owned(),
                     i => (*XM_NAMES.get(usize::from(i) - 1).ok_or(bad.clone())?).to_owned(),
                 };
-                let value = if flag & FLAG_B64 != 0 {
+                let value = if flag & FLAG_ALIAS != 0 {
+                    let n = usize::from(take(&mut v, 1)?[0]);
+                    let b = take(&mut v, n)?;
+                    if b.len() > 4 {
+                        return Err(bad.into());
+                    }
+                    let n = b.iter().fold(0u32, |a, &x| (a << 8) | u32::from(x));
+                    r.lookup(n)?
+                } else if flag & FLAG_B64 != 0 {
                     let n = usize::from(take(&mut v, 1)?[0]);
                     b64.encode(take(&mut v, n)?)
                 } else {
-                    take_str(&mut v)?.to_owned()
+                    let s = take_str(&mut v)?.to_owned();
+                    r.full(&s);
+                    s
                 };
                 vals.push((name, value, flag & FLAG_QUOTED != 0));
             }
@@ -222,8 +265,375 @@ pub fn xmatrix_decode(mut v: &[u8]) -> Result<String, WireError> {
                 .collect();
             Ok(render(&params))
         }
-        _ => Err(bad),
+        _ => Err(bad.into()),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session aliases for federation requests.
+//
+// Federation requests repeat long strings: the X-Matrix origin, destination and key, a room's
+// auth events (create, power levels, the sender's membership), the room id, the sender. The
+// tunnel numbers them per session and, once `serve` has seen a number defined, sends the
+// number instead:
+//
+// - A request whose body or X-Matrix header went through the aliaser carries
+//   [`wire::opt::FED_ALIAS`] = `(d << 1) | b`: `b` set when the JSON body is rewritten; `d` 0
+//   (no definitions) or `base + 1`. With `base`, every *aliasable* string sent in full (first
+//   the X-Matrix values in order, then, with `b`, the body's string values in document order)
+//   defines the next number from `base`.
+// - In the JSON body a string value starting with U+0000 is a marker: U+0000 then digits is an
+//   alias; U+0000 then anything else is the rest, verbatim (an original string that started
+//   with U+0000). In the X-Matrix option a value with [`FLAG_ALIAS`] is an alias.
+// - The tunnel uses a number only after a response to the request that defined it. `serve`
+//   answers 4.12 with an empty FED_ALIAS option for a number it does not know (restarted,
+//   evicted); the tunnel then forgets all numbers and sends the request again in full.
+// ---------------------------------------------------------------------------------------------
+
+/// Longest string worth an alias; shortest.
+const ALIAS_MAX: usize = 255;
+const ALIAS_MIN: usize = 8;
+/// Numbers the tunnel keeps (then starts over) and `serve` keeps per peer (then evicts the
+/// oldest).
+const TABLE_CAP: usize = 1024;
+const REGISTRY_CAP: usize = 2048;
+
+/// Whether a string value may get an alias: a Matrix identifier or server name.
+fn aliasable(s: &str) -> bool {
+    (ALIAS_MIN..=ALIAS_MAX).contains(&s.len())
+        && !s.starts_with('\0')
+        && (s.starts_with(['$', '!', '@', '#']) || s.contains(':'))
+}
+
+/// The tunnel's per-session alias numbers.
+#[derive(Debug, Default)]
+pub struct AliasTable {
+    /// Numbers `serve` has acknowledged.
+    acked: BTreeMap<String, u32>,
+    /// Numbers defined by requests not answered yet.
+    pending: BTreeMap<u32, String>,
+    next: u32,
+}
+
+/// What a federation request adds on the link (see [`AliasTable::encode`]).
+#[derive(Debug, Clone, Default)]
+pub struct FedLink {
+    /// The [`wire::opt::XMATRIX`] value.
+    pub xmatrix: Option<Vec<u8>>,
+    /// The [`wire::opt::FED_ALIAS`] value (`Some(0)`: present and empty).
+    pub alias: Option<u32>,
+    /// Numbers this request defines.
+    pub defs: Vec<u32>,
+}
+
+impl FedLink {
+    /// The options to add to the request's last (or only) message.
+    pub fn options(&self) -> Vec<Opt<'_>> {
+        let mut v = Vec::new();
+        if let Some(a) = self.alias {
+            v.push(Opt::uint(wire::opt::FED_ALIAS, a));
+        }
+        if let Some(x) = &self.xmatrix {
+            v.push(Opt::bytes(wire::opt::XMATRIX, x));
+        }
+        v
+    }
+}
+
+/// Chooses aliases for one request.
+#[derive(Debug)]
+struct Aliaser<'a> {
+    table: &'a AliasTable,
+    /// `None`: use no aliases and define none.
+    next: Option<u32>,
+    defs: Vec<(u32, String)>,
+}
+
+impl<'a> Aliaser<'a> {
+    fn new(table: &'a AliasTable) -> Self {
+        Aliaser {
+            table,
+            next: Some(table.next),
+            defs: Vec::new(),
+        }
+    }
+
+    fn none(table: &'a AliasTable) -> Self {
+        Aliaser {
+            table,
+            next: None,
+            defs: Vec::new(),
+        }
+    }
+
+    /// The alias to send for `s`, or `None` (sent in full, defined if aliasable).
+    fn alias(&mut self, s: &str) -> Option<u32> {
+        let next = self.next.as_mut()?;
+        if !aliasable(s) {
+            return None;
+        }
+        if let Some(&n) = self.table.acked.get(s) {
+            return Some(n);
+        }
+        self.defs.push((*next, s.to_owned()));
+        *next = next.wrapping_add(1);
+        None
+    }
+
+    fn mark(&self) -> usize {
+        self.defs.len()
+    }
+
+    fn rollback(&mut self, mark: usize) {
+        if let (Some(next), Some(first)) = (self.next.as_mut(), self.defs.get(mark)) {
+            *next = first.0;
+        }
+        self.defs.truncate(mark);
+    }
+
+    /// Rewrites string values (document order) as aliases or escapes.
+    fn json(&mut self, v: &mut serde_json::Value) {
+        use serde_json::Value;
+        match v {
+            Value::String(s) => {
+                if let Some(n) = self.alias(s) {
+                    *s = format!("\0{n}");
+                } else if s.starts_with('\0') {
+                    s.insert(0, '\0');
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| self.json(x)),
+            Value::Object(o) => o.values_mut().for_each(|x| self.json(x)),
+            _ => {}
+        }
+    }
+}
+
+impl AliasTable {
+    /// Maps a federation request for the link: aliases in its X-Matrix `header` and JSON body.
+    /// Returns the request to encode (body rewritten) and the extra options.
+    pub fn encode(&mut self, req: &HttpRequest, header: Option<&str>) -> (HttpRequest, FedLink) {
+        if self.acked.len() >= TABLE_CAP {
+            self.reset();
+        }
+        if self.pending.len() >= TABLE_CAP {
+            self.pending.clear();
+        }
+        let mut al = Aliaser::new(self);
+        let xmatrix = header.map(|h| xmatrix_encode_with(h, &mut al));
+        let mut out = req.clone();
+        let json = req.content_type.as_deref().is_some_and(|c| {
+            c.split(';')
+                .next()
+                .is_some_and(|b| b.trim().eq_ignore_ascii_case("application/json"))
+        });
+        let mut body = false;
+        if json && !req.body.is_empty() {
+            if let Ok(orig) = serde_json::from_slice::<serde_json::Value>(&req.body) {
+                let mark = al.mark();
+                let mut v = orig.clone();
+                al.json(&mut v);
+                let changed = v != orig;
+                let ok = (changed || al.defs.len() > mark) && {
+                    // Check the way back before relying on it.
+                    let mut known: BTreeMap<u32, String> =
+                        self.acked.iter().map(|(s, n)| (*n, s.clone())).collect();
+                    known.extend(al.defs.iter().cloned());
+                    let mut back = v.clone();
+                    restore_json(&mut back, &mut |n| known.get(&n).cloned()).is_ok() && back == orig
+                };
+                match (ok, changed, serde_json::to_vec(&v)) {
+                    (true, false, _) => body = true,
+                    (true, true, Ok(b)) => {
+                        out.body = b;
+                        body = true;
+                    }
+                    _ => al.rollback(mark),
+                }
+            }
+        }
+        let defs = core::mem::take(&mut al.defs);
+        let base = defs.first().map_or(0, |(n, _)| n.wrapping_add(1));
+        let alias = Some((base << 1) | u32::from(body));
+        if let Some((n, _)) = defs.last() {
+            self.next = n.wrapping_add(1);
+        }
+        for (n, s) in &defs {
+            self.pending.insert(*n, s.clone());
+        }
+        (
+            out,
+            FedLink {
+                xmatrix,
+                alias,
+                defs: defs.into_iter().map(|(n, _)| n).collect(),
+            },
+        )
+    }
+
+    /// `serve` answered the request that defined `defs`: they may be used.
+    pub fn acknowledge(&mut self, defs: &[u32]) {
+        for n in defs {
+            if let Some(s) = self.pending.remove(n) {
+                self.acked.entry(s).or_insert(*n);
+            }
+        }
+    }
+
+    /// `serve` lost the numbers: forget them all (numbering goes on).
+    pub fn reset(&mut self) {
+        self.acked.clear();
+        self.pending.clear();
+    }
+}
+
+/// A federation request in flight at the tunnel: what it needs to be sent again in full.
+#[derive(Debug)]
+pub struct FedOp {
+    /// The request as the homeserver sent it.
+    pub orig: HttpRequest,
+    /// Its `X-Matrix` header.
+    pub header: Option<String>,
+    /// The link extras of the current attempt.
+    pub link: FedLink,
+    /// Sent again once after `serve` lost the aliases.
+    pub retried: bool,
+}
+
+/// Why a federation request could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreError {
+    /// Malformed.
+    Wire(WireError),
+    /// An alias number `serve` does not know: answer 4.12 with an empty FED_ALIAS option.
+    Unknown,
+}
+
+impl From<WireError> for RestoreError {
+    fn from(e: WireError) -> Self {
+        RestoreError::Wire(e)
+    }
+}
+
+/// `serve`'s per-peer alias numbers.
+#[derive(Debug, Default)]
+pub struct AliasRegistry {
+    map: BTreeMap<u32, String>,
+}
+
+#[derive(Debug)]
+struct Restorer<'a> {
+    reg: &'a mut AliasRegistry,
+    next: Option<u32>,
+}
+
+impl<'a> Restorer<'a> {
+    fn new(reg: &'a mut AliasRegistry, base: Option<u32>) -> Self {
+        Restorer { reg, next: base }
+    }
+
+    fn full(&mut self, s: &str) {
+        if let (Some(n), true) = (self.next.as_mut(), aliasable(s)) {
+            self.reg.map.insert(*n, s.to_owned());
+            *n = n.wrapping_add(1);
+            while self.reg.map.len() > REGISTRY_CAP {
+                self.reg.map.pop_first();
+            }
+        }
+    }
+
+    fn lookup(&self, n: u32) -> Result<String, RestoreError> {
+        self.reg.map.get(&n).cloned().ok_or(RestoreError::Unknown)
+    }
+}
+
+/// Restores markers in `v` (document order); `full` sees each string sent in full, `lookup`
+/// resolves a number.
+fn restore_json(
+    v: &mut serde_json::Value,
+    lookup: &mut dyn FnMut(u32) -> Option<String>,
+) -> Result<(), RestoreError> {
+    let mut noop = |_: &str| {};
+    restore_json_with(v, lookup, &mut noop)
+}
+
+fn restore_json_with(
+    v: &mut serde_json::Value,
+    lookup: &mut dyn FnMut(u32) -> Option<String>,
+    full: &mut dyn FnMut(&str),
+) -> Result<(), RestoreError> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => {
+            if let Some(rest) = s.strip_prefix('\0') {
+                if rest.starts_with(|c: char| c.is_ascii_digit()) {
+                    let n: u32 = rest
+                        .parse()
+                        .map_err(|_| WireError::BadOption(wire::opt::FED_ALIAS))?;
+                    *s = lookup(n).ok_or(RestoreError::Unknown)?;
+                } else {
+                    *s = rest.to_owned();
+                }
+            } else {
+                full(s);
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                restore_json_with(x, lookup, full)?;
+            }
+        }
+        Value::Object(o) => {
+            for x in o.values_mut() {
+                restore_json_with(x, lookup, full)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `serve`: undoes [`AliasTable::encode`] on a decoded request (body in place); returns the
+/// X-Matrix header.
+///
+/// # Errors
+/// [`RestoreError::Unknown`] for an alias not (or no longer) known; else malformed input.
+pub fn restore(
+    reg: &mut AliasRegistry,
+    options: &Options<'_>,
+    req: &mut HttpRequest,
+) -> Result<Option<String>, RestoreError> {
+    let alias = options.first(wire::opt::FED_ALIAS).map(|o| o.as_uint());
+    let (base, body) = match alias {
+        None => (None, false),
+        Some(None) => return Err(WireError::BadOption(wire::opt::FED_ALIAS).into()),
+        Some(Some(v)) => ((v >> 1).checked_sub(1), v & 1 == 1),
+    };
+    let mut r = Restorer::new(reg, base);
+    let header = match options.first(wire::opt::XMATRIX).and_then(|o| o.as_bytes()) {
+        Some(x) => Some(xmatrix_decode_with(x, &mut r)?),
+        None => None,
+    };
+    if body {
+        let bad = WireError::BadOption(wire::opt::FED_ALIAS);
+        {
+            let mut v =
+                serde_json::from_slice::<serde_json::Value>(&req.body).map_err(|_| bad.clone())?;
+            let mut pending: Vec<String> = Vec::new();
+            {
+                let map = &r.reg.map;
+                let mut lookup = |n: u32| map.get(&n).cloned();
+                let mut full = |s: &str| pending.push(s.to_owned());
+                restore_json_with(&mut v, &mut lookup, &mut full)?;
+            }
+            for s in pending {
+                r.full(&s);
+            }
+            req.body =
+                serde_json::to_vec(&v).map_err(|_| WireError::BadOption(wire::opt::FED_ALIAS))?;
+        }
+    }
+    Ok(header)
 }
 
 /// Certificate and key files for `tunnel --listen-https`.
@@ -644,5 +1054,120 @@ mod tests {
         assert!(is_federation_path("/_matrix/federation/v1/send/1"));
         assert!(is_federation_path("/_matrix/key/v2/server"));
         assert!(!is_federation_path("/_matrix/client/v3/sync"));
+    }
+
+    fn txn(body: &str, prev: &str) -> HttpRequest {
+        let j = serde_json::json!({
+            "origin": "localhost:8448",
+            "pdus": [{
+                "auth_events": ["$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                                "$BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"],
+                "prev_events": [prev],
+                "room_id": "!room:localhost:8448",
+                "sender": "@alice:localhost:8448",
+                "content": {"body": body, "msgtype": "m.text"},
+                "depth": 7
+            }],
+            "edus": []
+        });
+        HttpRequest {
+            method: "PUT".into(),
+            path_and_query: "/_matrix/federation/v1/send/1".into(),
+            content_type: Some("application/json".into()),
+            body: serde_json::to_vec(&j).unwrap(),
+        }
+    }
+
+    fn serve_side(
+        reg: &mut AliasRegistry,
+        link: &FedLink,
+        sent: &HttpRequest,
+    ) -> Result<(HttpRequest, Option<String>), RestoreError> {
+        let o = link.options();
+        let mut r = sent.clone();
+        let h = restore(reg, &Options::List(&o), &mut r)?;
+        Ok((r, h))
+    }
+
+    fn value(b: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn aliases_round_trip_and_shrink() {
+        let mut t = AliasTable::default();
+        let mut reg = AliasRegistry::default();
+        let req = txn("ping", "$CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC");
+        let (sent, link) = t.encode(&req, Some(SIG));
+        // origin, key, destination; origin, 3 event ids, room, sender.
+        assert_eq!(link.defs, (0..9).collect::<Vec<_>>());
+        assert_eq!(link.alias, Some(0b11));
+        let (got, h) = serve_side(&mut reg, &link, &sent).unwrap();
+        assert_eq!(h.as_deref(), Some(SIG));
+        assert_eq!(value(&got.body), value(&req.body));
+        assert_eq!(reg.map.len(), 9);
+        // Not acknowledged yet: the next request defines again.
+        let (s2, l2) = t.encode(&req, Some(SIG));
+        assert_eq!(l2.defs.first(), Some(&9));
+        serve_side(&mut reg, &l2, &s2).unwrap();
+        // Answers in any order: each makes its numbers usable.
+        t.acknowledge(&l2.defs);
+        t.acknowledge(&link.defs);
+        let req2 = txn("pong", "$DDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDD");
+        let (sent2, link2) = t.encode(&req2, Some(SIG));
+        assert_eq!(link2.defs.len(), 1, "only the new prev event");
+        assert!(sent2.body.len() + 100 < req2.body.len());
+        let x = link2.xmatrix.as_ref().unwrap();
+        assert!(x.len() < 80, "{}", x.len());
+        let mut reg_copy = AliasRegistry {
+            map: reg.map.clone(),
+        };
+        let (got2, h2) = serve_side(&mut reg, &link2, &sent2).unwrap();
+        assert_eq!(h2.as_deref(), Some(SIG));
+        assert_eq!(value(&got2.body), value(&req2.body));
+        // A serve that lost the numbers says so.
+        let mut empty = AliasRegistry::default();
+        assert_eq!(
+            serve_side(&mut empty, &link2, &sent2),
+            Err(RestoreError::Unknown)
+        );
+        reg_copy.map.clear();
+        t.reset();
+        let (sent3, link3) = t.encode(&req2, Some(SIG));
+        let (got3, _) = serve_side(&mut reg_copy, &link3, &sent3).unwrap();
+        assert_eq!(value(&got3.body), value(&req2.body));
+    }
+
+    #[test]
+    fn aliases_escape_nul_and_skip_non_json() {
+        let mut t = AliasTable::default();
+        let mut reg = AliasRegistry::default();
+        let mut req = txn(
+            "\u{0}7 not an alias",
+            "$CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC",
+        );
+        let (sent, link) = t.encode(&req, None);
+        let (got, h) = serve_side(&mut reg, &link, &sent).unwrap();
+        assert_eq!(h, None);
+        assert_eq!(value(&got.body), value(&req.body));
+        req.content_type = Some("text/plain".into());
+        let (sent, link) = t.encode(&req, None);
+        assert_eq!(sent.body, req.body);
+        assert_eq!(link.alias, Some(0));
+        let (got, _) = serve_side(&mut reg, &link, &sent).unwrap();
+        assert_eq!(got.body, req.body);
+        // Malformed alias values are refused, not panicked on.
+        let o = [Opt::uint(wire::opt::FED_ALIAS, 1)];
+        let mut bad = req.clone();
+        bad.body = b"{\"a\":\"\\u000099999999999999\"}".to_vec();
+        assert!(matches!(
+            restore(&mut reg, &Options::List(&o), &mut bad),
+            Err(RestoreError::Wire(_))
+        ));
+        bad.body = b"{\"a\":\"\\u00007\"}".to_vec();
+        assert_eq!(
+            restore(&mut reg, &Options::List(&o), &mut bad),
+            Err(RestoreError::Unknown)
+        );
     }
 }

@@ -89,6 +89,7 @@ struct Peer {
     uploads: BTreeMap<u32, Vec<u8>>,
     bodies: BTreeMap<u32, (Vec<u8>, u64)>,
     next_body: u32,
+    fed_aliases: crate::federation::AliasRegistry,
 }
 
 struct State {
@@ -389,7 +390,7 @@ impl State {
                 );
             }
         };
-        let http = decoded.http;
+        let mut http = decoded.http;
         if !http.path_and_query.starts_with('/') {
             return self.respond_error(now, i, &to, 400, "M_UNRECOGNIZED", "lowband: bad path");
         }
@@ -405,11 +406,14 @@ impl State {
         let base = self.homeserver.clone();
         let tx = self.done_tx.clone();
         let fed = if crate::federation::is_federation_path(&http.path_and_query) {
-            let x = req.options.first(opt::XMATRIX).and_then(|o| o.as_bytes());
-            match x.map(crate::federation::xmatrix_decode).transpose() {
+            match crate::federation::restore(&mut p.fed_aliases, &req.options, &mut http) {
                 Ok(x) => Some((self.federation.clone(), x)),
+                Err(crate::federation::RestoreError::Unknown) => {
+                    let o = [Opt::bytes(opt::FED_ALIAS, &[])];
+                    return self.respond(now, i, &to, Code::new(4, 12), Options::List(&o), &[]);
+                }
                 Err(_) => {
-                    let m = "lowband: bad X-Matrix option";
+                    let m = "lowband: bad federation options";
                     return self.respond_error(now, i, &to, 400, "M_UNRECOGNIZED", m);
                 }
             }

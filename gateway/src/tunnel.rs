@@ -69,8 +69,8 @@ pub struct TunnelConfig {
 struct Cmd {
     req: HttpRequest,
     token: Option<String>,
-    /// `Authorization: X-Matrix ...` of a federation request, in link form.
-    xmatrix: Option<Vec<u8>>,
+    /// `Authorization: X-Matrix ...` of a federation request.
+    xmatrix: Option<String>,
     timeout_ms: u64,
     reply: oneshot::Sender<HttpResponse>,
 }
@@ -87,7 +87,7 @@ enum Phase {
 struct Op {
     wire: WireRequest,
     token: Option<String>,
-    xmatrix: Option<Vec<u8>>,
+    fed: Option<crate::federation::FedOp>,
     auth: Option<Auth>,
     tag: u32,
     timeout_ms: u64,
@@ -102,6 +102,7 @@ struct Session {
     client: Box<TunnelClient>,
     link: Datagrams,
     tokens: TokenTable,
+    fed: crate::federation::AliasTable,
     ops: BTreeMap<RequestHandle, Op>,
     next_tag: u32,
     established_once: bool,
@@ -177,8 +178,7 @@ async fn handle_http(
         |n: hyper::header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let content_type = get(hyper::header::CONTENT_TYPE);
     let authorization = get(hyper::header::AUTHORIZATION);
-    let xmatrix = crate::federation::xmatrix_of(authorization.as_deref())
-        .map(crate::federation::xmatrix_encode);
+    let xmatrix = crate::federation::xmatrix_of(authorization.as_deref()).map(str::to_owned);
     let (token, pq) = take_token(authorization.as_deref(), &pq);
     let resp = match Limited::new(r.into_body(), wire::MAX_MEDIA).collect().await {
         Err(_) => HttpResponse::matrix_error(413, "M_TOO_LARGE", "lowband: body too large"),
@@ -271,6 +271,7 @@ async fn session_task(
         client,
         link: Datagrams::new(link.mtu, 2 * link.transmission().ack_timeout),
         tokens: TokenTable::default(),
+        fed: crate::federation::AliasTable::default(),
         ops: BTreeMap::new(),
         next_tag: 0,
         established_once: false,
@@ -318,7 +319,19 @@ async fn session_task(
 
 impl Session {
     fn start(&mut self, now: u64, c: Cmd) {
-        let wire = match WireRequest::encode(&c.req) {
+        let (req, fed) = if crate::federation::is_federation_path(&c.req.path_and_query) {
+            let (r, link) = self.fed.encode(&c.req, c.xmatrix.as_deref());
+            let f = crate::federation::FedOp {
+                orig: c.req,
+                header: c.xmatrix,
+                link,
+                retried: false,
+            };
+            (r, Some(f))
+        } else {
+            (c.req, None)
+        };
+        let wire = match WireRequest::encode(&req) {
             Ok(w) => w,
             Err(wire::WireError::TooLarge) => {
                 let _ = c.reply.send(HttpResponse::matrix_error(
@@ -343,7 +356,7 @@ impl Session {
         let op = Op {
             wire,
             token: c.token,
-            xmatrix: c.xmatrix,
+            fed,
             auth: None,
             tag,
             timeout_ms: c.timeout_ms,
@@ -373,15 +386,17 @@ impl Session {
                         payload = body.get(b.offset()..end).unwrap_or(&[]);
                         let _ = l.push(Opt::uint(opt::BLOCK1, b.to_uint()));
                         let _ = l.push(Opt::uint(opt::UPLOAD, op.tag));
-                        if !b.more {
-                            if let Some(x) = &op.xmatrix {
-                                let _ = l.push(Opt::bytes(opt::XMATRIX, x));
+                        if let (false, Some(f)) = (b.more, &op.fed) {
+                            for o in f.link.options() {
+                                let _ = l.push(o);
                             }
                         }
                     } else {
                         payload = body;
-                        if let Some(x) = &op.xmatrix {
-                            let _ = l.push(Opt::bytes(opt::XMATRIX, x));
+                        if let Some(f) = &op.fed {
+                            for o in f.link.options() {
+                                let _ = l.push(o);
+                            }
                         }
                     }
                 }
@@ -440,6 +455,24 @@ impl Session {
         // The server knows our token number now.
         if let Some(a) = &op.auth {
             self.tokens.acknowledged(a);
+        }
+        // Federation aliases: usable once answered; resent in full if the server lost them.
+        if let Some(f) = &mut op.fed {
+            if r.code == Code::new(4, 12) && r.options.first(opt::FED_ALIAS).is_some() {
+                self.fed.reset();
+                if !f.retried {
+                    f.retried = true;
+                    let (req, link) = self.fed.encode(&f.orig, f.header.as_deref());
+                    f.link = link;
+                    if let Ok(w) = WireRequest::encode(&req) {
+                        op.wire = w;
+                        op.phase = Phase::Request(0);
+                        return self.send(now, op);
+                    }
+                }
+            } else if r.code != Code::CONTINUE {
+                self.fed.acknowledge(&f.link.defs);
+            }
         }
         // The server lost our token number: register again, once.
         if r.code == Code::new(4, 12) && r.options.first(opt::AUTH).is_some() {

@@ -33,6 +33,9 @@ pub mod opt {
     pub const AUTH: u16 = 2;
     /// Uri-Path: the whole encoded target (RFC 7252 Uri-Path, binary here).
     pub const TARGET: u16 = 11;
+    /// A federation request uses session aliases: empty, or the first number it defines + 1
+    /// (see [`crate::federation`]). In a 4.12 response (empty): an alias was unknown.
+    pub const FED_ALIAS: u16 = 14;
     /// Content-Format: index into [`super::CONTENT_TYPES`] for a raw body.
     pub const FORMAT: u16 = 12;
     /// Content-Type as text, for a raw body whose type is not in the table.
