@@ -3,6 +3,7 @@
 
 extern crate alloc;
 
+pub mod alias;
 pub mod config;
 pub mod federation;
 pub mod keys;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod plaincoap;
 pub mod serve;
 pub mod sim;
+pub mod syncstate;
 pub mod transport;
 pub mod tunnel;
 pub mod wire;

@@ -37,6 +37,8 @@ use rand_chacha::ChaCha20Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::alias::{ServeAliases, ALIAS};
+use crate::syncstate::{ServeSync, SyncCtx, SYNC};
 use crate::transport::{
     now_ms, on_big_stack, Datagrams, LinkParams, BLOCK, BLOCK_SZX, COAP_MTU, PACKET, VERSION,
 };
@@ -81,6 +83,7 @@ struct Done {
     peer: [u8; 32],
     responder: Responder,
     response: HttpResponse,
+    sync: Option<SyncCtx>,
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +92,8 @@ struct Peer {
     uploads: BTreeMap<u32, Vec<u8>>,
     bodies: BTreeMap<u32, (Vec<u8>, u64)>,
     next_body: u32,
+    sync: ServeSync,
+    aliases: ServeAliases,
     fed_aliases: crate::federation::AliasRegistry,
 }
 
@@ -328,6 +333,11 @@ impl State {
                 }
             },
         };
+        // Alias definitions (crate::alias), on every block.
+        let defs = req.options.iter().filter(|o| o.number == ALIAS);
+        if p.aliases.define(defs.filter_map(|o| o.as_bytes())).is_err() {
+            return self.respond_error(now, i, &to, 400, "M_UNKNOWN", "lowband: bad alias");
+        }
         // Block1 upload.
         let block1 = match BlockOpt::from_options(&req.options, opt::BLOCK1) {
             Ok(b) => b,
@@ -366,7 +376,9 @@ impl State {
             }
             payload = all;
         }
-        let decoded = match wire::decode_request(&req.options, &payload) {
+        let session = p.aliases.list();
+        let session: Vec<&str> = session.iter().map(String::as_str).collect();
+        let decoded = match wire::decode_request_with(&session, &req.options, &payload) {
             Ok(d) => d,
             Err(wire::WireError::TooLarge) => {
                 return self.respond_error(
@@ -391,6 +403,22 @@ impl State {
             }
         };
         let mut http = decoded.http;
+        if ServeAliases::check(&http.path_and_query).is_err() {
+            // An alias we do not hold (we restarted): the tunnel defines it again.
+            let o = [Opt::bytes(ALIAS, &[])];
+            return self.respond(now, i, &to, Code::new(4, 12), Options::List(&o), &[]);
+        }
+        // The since token by reference, the answer as a delta (crate::syncstate).
+        let sync = match req.options.first(SYNC).and_then(|o| o.as_bytes()) {
+            None => None,
+            Some(v) => match p.sync.request(v, &mut http.path_and_query) {
+                Ok(c) => Some(c),
+                Err(_) => {
+                    let o = [Opt::bytes(SYNC, &[])];
+                    return self.respond(now, i, &to, Code::new(4, 12), Options::List(&o), &[]);
+                }
+            },
+        };
         if !http.path_and_query.starts_with('/') {
             return self.respond_error(now, i, &to, 400, "M_UNRECOGNIZED", "lowband: bad path");
         }
@@ -434,6 +462,7 @@ impl State {
                 peer,
                 responder: to,
                 response,
+                sync,
             });
         });
     }
@@ -445,7 +474,31 @@ impl State {
             tracing::info!("serve: session gone before its response");
             return;
         };
-        let w = match WireResponse::encode(&d.response) {
+        let delta = d.sync.as_ref().and_then(|c| {
+            let r = &d.response;
+            let json = r
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/json"))
+                .then_some(r.body.as_slice());
+            let p = self.peers.entry(d.peer).or_default();
+            p.sync.response(c, r.status, json)
+        });
+        let encoded = match &delta {
+            None => WireResponse::encode(&d.response),
+            Some(b) => WireResponse::encode(&HttpResponse {
+                body: Vec::new(),
+                ..d.response.clone()
+            })
+            .map(|mut w| {
+                w.body = wire::Body {
+                    format: wire::Format::Json,
+                    bytes: b.clone(),
+                };
+                w
+            }),
+        };
+        let w = match encoded {
             Ok(w) => w,
             Err(_) => {
                 return self.respond_error(
@@ -465,6 +518,9 @@ impl State {
             "serve: response"
         );
         let mut l: OptionList<'_, 12> = w.options();
+        if delta.is_some() {
+            let _ = l.push(Opt::bytes(SYNC, &[]));
+        }
         if w.body.bytes.len() <= BLOCK {
             let o = l.as_options();
             return self.respond(now, i, &d.responder, w.code, o, &w.body.bytes);

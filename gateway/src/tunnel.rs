@@ -36,6 +36,8 @@ use rand_chacha::ChaCha20Rng;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::alias::{self, AliasReq, TunnelAliases};
+use crate::syncstate::{self, SyncReq, TunnelSync};
 use crate::transport::{
     now_ms, on_big_stack, Datagrams, LinkParams, BLOCK, BLOCK_SZX, COAP_MTU, PACKET, VERSION,
 };
@@ -96,6 +98,11 @@ struct Op {
     first: Option<(Code, OwnedOptions)>,
     body: Vec<u8>,
     reply: oneshot::Sender<HttpResponse>,
+    sync: Option<SyncReq>,
+    alias: AliasReq,
+    alias_retried: bool,
+    method: String,
+    pq: String,
 }
 
 struct Session {
@@ -106,6 +113,8 @@ struct Session {
     ops: BTreeMap<RequestHandle, Op>,
     next_tag: u32,
     established_once: bool,
+    sync: TunnelSync,
+    aliases: TunnelAliases,
 }
 
 /// Runs the tunnel until an I/O error.
@@ -275,6 +284,8 @@ async fn session_task(
         ops: BTreeMap::new(),
         next_tag: 0,
         established_once: false,
+        sync: TunnelSync::default(),
+        aliases: TunnelAliases::default(),
     };
     let start = Instant::now();
     let mut buf = vec![0u8; 65_536];
@@ -318,20 +329,21 @@ async fn session_task(
 }
 
 impl Session {
-    fn start(&mut self, now: u64, c: Cmd) {
+    fn start(&mut self, now: u64, mut c: Cmd) {
+        let sync = self.sync.request(&c.req.method, &mut c.req.path_and_query);
         let (req, fed) = if crate::federation::is_federation_path(&c.req.path_and_query) {
             let (r, link) = self.fed.encode(&c.req, c.xmatrix.as_deref());
             let f = crate::federation::FedOp {
-                orig: c.req,
-                header: c.xmatrix,
+                orig: c.req.clone(),
+                header: c.xmatrix.take(),
                 link,
                 retried: false,
             };
-            (r, Some(f))
+            (Some(r), Some(f))
         } else {
-            (c.req, None)
+            (None, None)
         };
-        let wire = match WireRequest::encode(&req) {
+        let mut wire = match WireRequest::encode(req.as_ref().unwrap_or(&c.req)) {
             Ok(w) => w,
             Err(wire::WireError::TooLarge) => {
                 let _ = c.reply.send(HttpResponse::matrix_error(
@@ -351,6 +363,7 @@ impl Session {
                 return;
             }
         };
+        let alias = self.alias_target(&c.req.method, &c.req.path_and_query, &mut wire);
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
         let op = Op {
@@ -365,6 +378,11 @@ impl Session {
             first: None,
             body: Vec::new(),
             reply: c.reply,
+            sync,
+            alias,
+            alias_retried: false,
+            method: c.req.method,
+            pq: c.req.path_and_query,
         };
         self.send(now, op);
     }
@@ -373,12 +391,19 @@ impl Session {
     fn send(&mut self, now: u64, mut op: Op) {
         op.auth = op.token.as_deref().map(|t| self.tokens.auth_for(t));
         let auth = op.auth.as_ref().map(Auth::to_bytes);
+        let sync_opt = op.sync.as_ref().map(SyncReq::option);
         let r = {
             let mut l: OptionList<'_, 12>;
             let payload: &[u8];
             match op.phase {
                 Phase::Request(n) => {
                     l = op.wire.options(auth.as_deref());
+                    if let Some(v) = &sync_opt {
+                        let _ = l.push(Opt::bytes(syncstate::SYNC, v));
+                    }
+                    for d in &op.alias.defs {
+                        let _ = l.push(Opt::bytes(alias::ALIAS, d));
+                    }
                     let body = &op.wire.body.bytes;
                     if body.len() > BLOCK {
                         let b = BlockOpt::new(n, (n as usize + 1) * BLOCK < body.len(), BLOCK_SZX);
@@ -464,7 +489,9 @@ impl Session {
                     f.retried = true;
                     let (req, link) = self.fed.encode(&f.orig, f.header.as_deref());
                     f.link = link;
-                    if let Ok(w) = WireRequest::encode(&req) {
+                    if let Ok(mut w) = WireRequest::encode(&req) {
+                        self.aliases.done(&op.alias);
+                        op.alias = self.alias_target(&req.method, &req.path_and_query, &mut w);
                         op.wire = w;
                         op.phase = Phase::Request(0);
                         return self.send(now, op);
@@ -482,6 +509,38 @@ impl Session {
             if !op.auth_retried {
                 op.auth_retried = true;
                 return self.send(now, op);
+            }
+        }
+        // Serve holds what this request defined; if it lost older aliases, define again.
+        self.aliases.answered(&op.alias);
+        if r.code == Code::new(4, 12) && r.options.first(alias::ALIAS).is_some() {
+            self.aliases.reset();
+            if !op.alias_retried {
+                op.alias_retried = true;
+                self.aliases.done(&op.alias);
+                let (m, pq) = (op.method.clone(), op.pq.clone());
+                op.alias = self.alias_target(&m, &pq, &mut op.wire);
+                return self.send(now, op);
+            }
+        }
+        // Serve does not hold the sync state our since refers to: send the token in full.
+        if r.code == Code::new(4, 12) && r.options.first(syncstate::SYNC).is_some() {
+            if let Some(mut sr) = op.sync.take() {
+                let req = HttpRequest {
+                    method: "GET".to_owned(),
+                    path_and_query: self.sync.unknown(&mut sr),
+                    content_type: None,
+                    body: Vec::new(),
+                };
+                if let Ok(mut w) = WireRequest::encode(&req) {
+                    self.aliases.done(&op.alias);
+                    op.alias = self.alias_target(&req.method, &req.path_and_query, &mut w);
+                    op.wire = w;
+                    op.pq = req.path_and_query;
+                    op.sync = Some(sr);
+                    return self.send(now, op);
+                }
+                self.sync.done(&sr);
             }
         }
         match op.phase {
@@ -508,6 +567,7 @@ impl Session {
             }
             Phase::Fetch { id, n } => {
                 if r.code != Code::CONTENT {
+                    self.aliases.done(&op.alias);
                     let _ = op.reply.send(HttpResponse::matrix_error(
                         502,
                         "M_UNKNOWN",
@@ -528,8 +588,10 @@ impl Session {
         }
         let (code, opts) = op.first.take().unwrap_or((Code::new(5, 2), Vec::new()));
         let list: Vec<Opt<'_>> = opts.iter().map(|(n, v)| Opt::bytes(*n, v)).collect();
-        let resp =
-            wire::decode_response(code, &Options::List(&list), &op.body).unwrap_or_else(|e| {
+        let delta = op.sync.is_some() && opts.iter().any(|(n, _)| *n == syncstate::SYNC);
+        let payload: &[u8] = if delta { &[] } else { &op.body };
+        let mut resp =
+            wire::decode_response(code, &Options::List(&list), payload).unwrap_or_else(|e| {
                 tracing::warn!(%e, "tunnel: undecodable response");
                 HttpResponse::matrix_error(
                     502,
@@ -537,12 +599,52 @@ impl Session {
                     "lowband: undecodable response from the gateway",
                 )
             });
+        if let Some(sr) = &op.sync {
+            let json = resp
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/json"))
+                .then_some(resp.body.as_slice());
+            match self.sync.response(sr, resp.status, delta, &op.body, json) {
+                Some(b) => {
+                    resp.body = b;
+                    resp.content_type = Some("application/json".to_owned());
+                }
+                None if delta => {
+                    tracing::warn!("tunnel: undecodable sync delta");
+                    resp = HttpResponse::matrix_error(
+                        502,
+                        "M_UNKNOWN",
+                        "lowband: undecodable sync delta from the gateway",
+                    );
+                }
+                None => {}
+            }
+        }
+        self.aliases.done(&op.alias);
         let _ = op.reply.send(resp);
+    }
+
+    /// Encodes `wire`'s target with the session's aliases (plain target when that fails).
+    fn alias_target(&mut self, method: &str, pq: &str, wire: &mut WireRequest) -> AliasReq {
+        let mut t = vec![0u8; 2 * (method.len() + pq.len()) + 16];
+        match self.aliases.encode(method, pq, &mut t) {
+            Ok((n, r)) => {
+                t.truncate(n);
+                wire.target = t;
+                r
+            }
+            Err(_) => AliasReq::default(),
+        }
     }
 
     fn fail_all(&mut self, msg: &str, status: u16) {
         for (h, op) in core::mem::take(&mut self.ops) {
             self.client.coap().cancel(h);
+            if let Some(sr) = &op.sync {
+                self.sync.done(sr);
+            }
+            self.aliases.done(&op.alias);
             let _ = op
                 .reply
                 .send(HttpResponse::matrix_error(status, "M_UNKNOWN", msg));
@@ -576,6 +678,10 @@ impl Session {
                 SessionEvent::Coap(coap::Event::Failed { handle, error }) => {
                     if let Some(op) = self.ops.remove(&handle) {
                         tracing::info!(?error, "tunnel: request failed on the link");
+                        if let Some(sr) = &op.sync {
+                            self.sync.done(sr);
+                        }
+                        self.aliases.done(&op.alias);
                         let _ = op.reply.send(HttpResponse::matrix_error(
                             504,
                             "M_UNKNOWN",

@@ -353,6 +353,18 @@ impl Auth {
 /// # Errors
 /// [`WireError`] for a missing or bad target, a bad body or option.
 pub fn decode_request(options: &Options<'_>, payload: &[u8]) -> Result<DecodedRequest, WireError> {
+    decode_request_with(&[], options, payload)
+}
+
+/// [`decode_request`] with the session strings of [`route::decode_target_with`].
+///
+/// # Errors
+/// As [`decode_request`].
+pub fn decode_request_with(
+    session: &[&str],
+    options: &Options<'_>,
+    payload: &[u8],
+) -> Result<DecodedRequest, WireError> {
     let target = options
         .first(opt::TARGET)
         .and_then(|o| o.as_bytes())
@@ -360,7 +372,7 @@ pub fn decode_request(options: &Options<'_>, payload: &[u8]) -> Result<DecodedRe
     let mut method = [0u8; 256];
     let mut out = vec![0u8; 8 * target.len() + 64];
     let (m, n) = loop {
-        match route::decode_target(target, &mut method, &mut out) {
+        match route::decode_target_with(session, target, &mut method, &mut out) {
             Ok(r) => break r,
             Err(route::Error::BufferTooSmall) if out.len() < 1 << 16 => {
                 out = vec![0u8; out.len() * 4]

@@ -1,0 +1,7 @@
+//! Integration tests of lowband-device (one binary).
+
+mod flash;
+mod persist;
+mod props;
+mod rng;
+mod state;
