@@ -500,6 +500,229 @@ pub struct FedOp {
     pub retried: bool,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Event ids in transaction answers by reference.
+//
+// `PUT /_matrix/federation/v1/send/{txnId}` is answered with `{"pdus": {"<event id>": {..}}}`:
+// one 44-character id per PDU the tunnel just sent. From room version 3 on, an event id is the
+// reference hash of the PDU, which both ends can compute from the request body
+// (<https://spec.matrix.org/v1.11/server-server-api/#calculating-the-reference-hash-for-an-event>).
+// `serve` replaces a key equal to the candidate id of PDU `i` under redaction rules `r` ('a':
+// v11, 'b': v1..v10) by U+0000 `i` `r`, and escapes an original key starting with U+0000 by
+// another U+0000. The candidates are only guesses: a key that matches none goes as is.
+// ---------------------------------------------------------------------------------------------
+
+const TXN_PREFIX: &str = "/_matrix/federation/v1/send/";
+/// Redaction rule sets tried, in marker order.
+const RULES: [char; 2] = ['a', 'b'];
+
+/// Whether an exchange is a transaction whose answer goes by reference.
+fn is_transaction(req: &HttpRequest) -> bool {
+    req.method == "PUT" && req.path_and_query.starts_with(TXN_PREFIX)
+}
+
+/// Content keys kept by redaction for an event type (`v11`: room version 11 rules).
+fn kept_content(ty: &str, v11: bool) -> Option<&'static [&'static str]> {
+    Some(match (ty, v11) {
+        ("m.room.member", _) => &["membership", "join_authorised_via_users_server"],
+        ("m.room.create", true) => return None,
+        ("m.room.create", false) => &["creator"],
+        ("m.room.join_rules", _) => &["join_rule", "allow"],
+        ("m.room.power_levels", true) => &[
+            "ban",
+            "events",
+            "events_default",
+            "invite",
+            "kick",
+            "redact",
+            "state_default",
+            "users",
+            "users_default",
+        ],
+        ("m.room.power_levels", false) => &[
+            "ban",
+            "events",
+            "events_default",
+            "kick",
+            "redact",
+            "state_default",
+            "users",
+            "users_default",
+        ],
+        ("m.room.history_visibility", _) => &["history_visibility"],
+        ("m.room.redaction", true) => &["redacts"],
+        _ => &[],
+    })
+}
+
+/// Writes the canonical JSON of `v` (keys sorted, compact).
+/// <https://spec.matrix.org/v1.11/appendices/#canonical-json>
+fn canonical(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                if let Some(x) = o.get(k) {
+                    canonical(x, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The event id a PDU would have under one set of redaction rules (room versions 3+).
+fn candidate_id(pdu: &serde_json::Value, v11: bool) -> Option<String> {
+    use sha2::Digest as _;
+    let o = pdu.as_object()?;
+    let mut keep: Vec<&str> = vec![
+        "event_id",
+        "type",
+        "room_id",
+        "sender",
+        "state_key",
+        "content",
+        "hashes",
+        "depth",
+        "prev_events",
+        "auth_events",
+        "origin_server_ts",
+    ];
+    if !v11 {
+        keep.extend(["origin", "membership", "prev_state"]);
+    }
+    let mut red = serde_json::Map::new();
+    for (k, x) in o {
+        if keep.contains(&k.as_str()) {
+            red.insert(k.clone(), x.clone());
+        }
+    }
+    let ty = o.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    if let Some(c) = red.get_mut("content") {
+        if let (Some(kept), Some(co)) = (kept_content(ty, v11), c.as_object_mut()) {
+            co.retain(|k, _| kept.contains(&k.as_str()));
+        }
+    }
+    let mut text = String::new();
+    canonical(&serde_json::Value::Object(red), &mut text);
+    let hash = sha2::Sha256::digest(text.as_bytes());
+    Some(format!(
+        "${}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash)
+    ))
+}
+
+/// Candidate ids of a transaction's PDUs: `[pdu][rule]`.
+fn candidates(req: &HttpRequest) -> Vec<[Option<String>; 2]> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&req.body) else {
+        return Vec::new();
+    };
+    let Some(pdus) = v.get("pdus").and_then(|p| p.as_array()) else {
+        return Vec::new();
+    };
+    pdus.iter()
+        .map(|p| [candidate_id(p, true), candidate_id(p, false)])
+        .collect()
+}
+
+/// `serve`: the answer to `req` with event ids by reference (unchanged if not a transaction).
+pub fn shrink_response(req: &HttpRequest, mut resp: HttpResponse) -> HttpResponse {
+    if !is_transaction(req) || resp.status != 200 {
+        return resp;
+    }
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&resp.body) else {
+        return resp;
+    };
+    let Some(pdus) = v.get_mut("pdus").and_then(|p| p.as_object_mut()) else {
+        return resp;
+    };
+    let cands = candidates(req);
+    let old = core::mem::take(pdus);
+    for (k, x) in old {
+        let hit = cands.iter().enumerate().find_map(|(i, c)| {
+            c.iter()
+                .zip(RULES)
+                .find(|(id, _)| id.as_deref() == Some(k.as_str()))
+                .map(|(_, r)| format!("\0{i}{r}"))
+        });
+        let key = match hit {
+            Some(m) => m,
+            None if k.starts_with('\0') => format!("\0{k}"),
+            None => k,
+        };
+        pdus.insert(key, x);
+    }
+    if let Ok(b) = serde_json::to_vec(&v) {
+        resp.body = b;
+    }
+    resp
+}
+
+/// The tunnel: undoes [`shrink_response`] given the request as the homeserver sent it.
+pub fn expand_response(req: &HttpRequest, mut resp: HttpResponse) -> HttpResponse {
+    if !is_transaction(req) || resp.status != 200 {
+        return resp;
+    }
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&resp.body) else {
+        return resp;
+    };
+    let Some(pdus) = v.get_mut("pdus").and_then(|p| p.as_object_mut()) else {
+        return resp;
+    };
+    if !pdus.keys().any(|k| k.starts_with('\0')) {
+        return resp;
+    }
+    let cands = candidates(req);
+    let old = core::mem::take(pdus);
+    for (k, x) in old {
+        let key = match k.strip_prefix('\0') {
+            None => k,
+            Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
+                let (num, rule) = rest.split_at(rest.len() - 1);
+                let id = num.parse::<usize>().ok().and_then(|i| {
+                    let r = RULES.iter().position(|r| rule.starts_with(*r))?;
+                    cands.get(i)?.get(r)?.clone()
+                });
+                match id {
+                    Some(id) => id,
+                    None => {
+                        return HttpResponse::matrix_error(
+                            502,
+                            "M_UNKNOWN",
+                            "lowband: transaction answer does not match its request",
+                        )
+                    }
+                }
+            }
+            Some(rest) => rest.to_owned(),
+        };
+        pdus.insert(key, x);
+    }
+    if let Ok(b) = serde_json::to_vec(&v) {
+        resp.body = b;
+    }
+    resp
+}
+
 /// Why a federation request could not be restored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RestoreError {
@@ -883,7 +1106,7 @@ impl Federation {
             }
             Ok(Ok(r)) => r,
         };
-        read_response(resp).await
+        shrink_response(req, read_response(resp).await)
     }
 }
 
@@ -1169,5 +1392,57 @@ mod tests {
             restore(&mut reg, &Options::List(&o), &mut bad),
             Err(RestoreError::Unknown)
         );
+    }
+
+    #[test]
+    fn transaction_answer_by_reference() {
+        let req = txn("ping", "$CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC");
+        let v: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        let id = candidate_id(&v["pdus"][0], true).unwrap();
+        let id_b = candidate_id(&v["pdus"][0], false).unwrap();
+        assert_eq!(id.len(), 44);
+        // The message's content does not count (redacted); its room does.
+        let mut w = v.clone();
+        w["pdus"][0]["content"]["body"] = "other".into();
+        assert_eq!(candidate_id(&w["pdus"][0], true).as_ref(), Some(&id));
+        w["pdus"][0]["room_id"] = "!other:x".into();
+        assert_ne!(candidate_id(&w["pdus"][0], true).as_ref(), Some(&id));
+        let answer = |keys: &[&str]| {
+            let mut m = serde_json::Map::new();
+            for k in keys {
+                m.insert((*k).to_owned(), serde_json::json!({}));
+            }
+            HttpResponse {
+                status: 200,
+                content_type: Some("application/json".into()),
+                body: serde_json::to_vec(&serde_json::json!({ "pdus": m })).unwrap(),
+                ..HttpResponse::default()
+            }
+        };
+        for keys in [
+            vec![id.as_str()],
+            vec![id_b.as_str()],
+            vec!["$unknown", "\u{0}0a", "\u{0}x"],
+            vec![],
+        ] {
+            let r = answer(&keys);
+            let small = shrink_response(&req, r.clone());
+            assert_eq!(
+                value(&expand_response(&req, small.clone()).body),
+                value(&r.body)
+            );
+            if keys.len() == 1 {
+                assert!(small.body.len() + 35 < r.body.len(), "{small:?}");
+            }
+        }
+        assert_eq!(
+            shrink_response(&req, answer(&[id.as_str()])).body,
+            b"{\"pdus\":{\"\\u00000a\":{}}}"
+        );
+        // Not a transaction: untouched.
+        let mut other = req.clone();
+        other.path_and_query = "/_matrix/federation/v1/event/x".into();
+        let r = answer(&[id.as_str()]);
+        assert_eq!(shrink_response(&other, r.clone()), r);
     }
 }

@@ -599,6 +599,9 @@ impl Session {
                     "lowband: undecodable response from the gateway",
                 )
             });
+        if let Some(f) = &op.fed {
+            resp = crate::federation::expand_response(&f.orig, resp);
+        }
         if let Some(sr) = &op.sync {
             let json = resp
                 .content_type
