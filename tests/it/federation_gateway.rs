@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use lowband_tests::gateway::{keygen, linksim_relay, lowband};
 use lowband_tests::{
-    free_port, require_peers, wait_for_port, FederationPair, Gateway, Nio, PairMode, Synapse,
-    TempDir,
+    free_port, http, require_peers, wait_for_port, Federation, FederationPair, Gateway, Nio,
+    PairMode, Synapse, SynapseOpts, TempDir,
 };
 use serde_json::{json, Value};
 
@@ -253,4 +253,79 @@ fn federation_gateway() {
     }
     nio.finish();
     eprintln!("federation_gateway: total {:?}", t0.elapsed());
+}
+
+/// `serve` without a federation backend reaches a remote homeserver only by server discovery
+/// of the signed `destination` (explicit port -> TLS to that port, checked against the given
+/// CA), and refuses what it cannot resolve or what names no destination.
+#[test]
+fn federation_gateway_discovery() {
+    let Some(venv) = require_peers("federation_gateway_discovery") else {
+        return;
+    };
+    let hs = Synapse::start_temp(
+        &venv,
+        SynapseOpts {
+            label: "remote".into(),
+            federation: Federation::Tls,
+            presence: false,
+            ..SynapseOpts::default()
+        },
+    )
+    .expect("start synapse");
+    let ca = hs.ca().expect("test CA").ca_pem();
+    let dir = TempDir::new("fedgw-disc").expect("tempdir");
+    let d = dir.path();
+    let gateway_pub = keygen(&d.join("serve.key")).expect("keygen serve");
+    let tunnel_pub = keygen(&d.join("tunnel.key")).expect("keygen tunnel");
+    let serve_addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let http_port = free_port().unwrap();
+    let mut c = lowband().unwrap();
+    c.args(["serve", "--listen-udp", &serve_addr])
+        .args(["--homeserver", &hs.client_url()])
+        .arg("--federation-ca")
+        .arg(&ca)
+        .arg("--key")
+        .arg(d.join("serve.key"))
+        .args(["--allow-key", &tunnel_pub, "--link-rate", "100000"])
+        .env("LOWBAND_LOG", "info,lowband_gateway=debug");
+    let serve = Gateway::spawn("serve-disc", c, &d.join("serve.log")).expect("serve");
+    let mut c = lowband().unwrap();
+    c.args(["tunnel", "--listen-http", &format!("127.0.0.1:{http_port}")])
+        .args(["--gateway", &serve_addr, "--gateway-key", &gateway_pub])
+        .arg("--key")
+        .arg(d.join("tunnel.key"))
+        .args(["--link-rate", "100000"]);
+    let _tunnel = Gateway::spawn("tunnel-disc", c, &d.join("tunnel.log")).expect("tunnel");
+    wait_for_port(http_port, Duration::from_secs(20)).expect("tunnel listening");
+    let sig = "A".repeat(86);
+    let call = |path: &str, dest: Option<&str>| {
+        let h = dest.map(|d| {
+            format!("X-Matrix origin=\"localhost:1\",destination=\"{d}\",key=\"ed25519:x\",sig=\"{sig}\"")
+        });
+        let headers: Vec<(&str, &str)> = h.iter().map(|h| ("Authorization", h.as_str())).collect();
+        let url = format!("http://127.0.0.1:{http_port}{path}");
+        http::request("GET", &url, &headers, b"", Duration::from_secs(40))
+            .unwrap_or_else(|e| panic!("{e}\n{}", serve.log_tail(20)))
+    };
+    // Discovered and reached over TLS: Synapse itself answers (it rejects the fake signature
+    // or serves the public endpoint), not the gateway.
+    let r = call("/_matrix/federation/v1/version", Some(hs.server_name()));
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    eprintln!(
+        "federation_gateway_discovery: remote answered {} {text}",
+        r.status
+    );
+    assert!(
+        !text.contains("lowband") && matches!(r.status, 200 | 401 | 403),
+        "{} {text}\n{}",
+        r.status,
+        serve.log_tail(20)
+    );
+    // A name that needs .well-known/SRV, and a request without a destination: refused.
+    let r = call("/_matrix/federation/v1/version", Some("matrix.org"));
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("not supported"));
+    let r = call("/_matrix/key/v2/server", None);
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
 }
