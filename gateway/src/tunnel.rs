@@ -661,12 +661,14 @@ impl Session {
                     tracing::info!("tunnel: session established");
                     if self.established_once {
                         self.tokens.reset();
+                        self.fed.reset();
                     }
                     self.established_once = true;
                 }
                 SessionEvent::Rehandshake => {
                     tracing::info!("tunnel: gateway lost our session; handshaking again");
                     self.tokens.reset();
+                    self.fed.reset();
                 }
                 SessionEvent::Rejected(e) | SessionEvent::Refused(e) => {
                     tracing::warn!(?e, "tunnel: the gateway refused this tunnel's key");
