@@ -28,12 +28,19 @@ pub mod opt {
     pub const ALIAS: u16 = 8;
     /// Uri-Path: the whole encoded target (RFC 7252 Uri-Path, binary here).
     pub const TARGET: u16 = 11;
+    /// A federation request uses session aliases: empty, or the first number it defines + 1
+    /// (see the gateway's `federation` module). In a 4.12 response (empty): an alias was
+    /// unknown.
+    pub const FED_ALIAS: u16 = 14;
     /// Content-Format: index into the gateway's content type table for a raw body.
     pub const FORMAT: u16 = 12;
     /// Content-Type as text, for a raw body whose type is not in the table.
     pub const CONTENT_TYPE: u16 = 16;
     /// HTTP status that is not representable as a CoAP code.
     pub const STATUS: u16 = 18;
+    /// A federation request's `Authorization: X-Matrix ...` header, carried byte-identical
+    /// (see the gateway's `federation::xmatrix_encode`); never an access token.
+    pub const XMATRIX: u16 = 20;
     /// Retry-After header value.
     pub const RETRY_AFTER: u16 = 22;
     /// Block2 (RFC 7959).

@@ -5,6 +5,7 @@ extern crate alloc;
 
 pub mod alias;
 pub mod config;
+pub mod federation;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

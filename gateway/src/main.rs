@@ -39,6 +39,34 @@ impl LinkArgs {
     }
 }
 
+/// Where `serve` sends federation (server-server API) requests.
+#[derive(Debug, Args, Clone)]
+struct FederationArgs {
+    /// The homeserver's federation listener (http://host:port, plain HTTP); enables federation.
+    #[arg(long)]
+    federation_backend: Option<String>,
+    /// The homeserver's server name: requests whose X-Matrix destination differs are not sent
+    /// to --federation-backend.
+    #[arg(long)]
+    federation_server_name: Option<String>,
+    /// CA certificates (PEM) for remote destinations found by server discovery; without it,
+    /// only --federation-backend is reached.
+    #[arg(long)]
+    federation_ca: Option<PathBuf>,
+}
+
+impl FederationArgs {
+    fn config(self) -> Option<lowband_gateway::federation::FederationConfig> {
+        (self.federation_backend.is_some() || self.federation_ca.is_some()).then_some(
+            lowband_gateway::federation::FederationConfig {
+                backend: self.federation_backend,
+                server_name: self.federation_server_name,
+                remote_ca: self.federation_ca,
+            },
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Translate Matrix JSON bodies to and from lowband's CBOR link form; measure corpora.
@@ -62,13 +90,28 @@ enum Command {
         #[arg(long)]
         stats_file: Option<PathBuf>,
         #[command(flatten)]
+        federation: FederationArgs,
+        #[command(flatten)]
         link: LinkArgs,
     },
     /// The gateway next to a Matrix client: an HTTP server carrying requests to `serve`.
     Tunnel {
         /// HTTP address to listen on (give this to the client as its homeserver).
-        #[arg(long)]
-        listen_http: SocketAddr,
+        #[arg(
+            long,
+            required_unless_present = "listen_https",
+            conflicts_with = "listen_https"
+        )]
+        listen_http: Option<SocketAddr>,
+        /// HTTPS address to listen on (a homeserver's advertised federation address).
+        #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+        listen_https: Option<SocketAddr>,
+        /// PEM certificate chain (leaf first) for --listen-https.
+        #[arg(long, requires = "listen_https")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key (PKCS#8, SEC1 or PKCS#1) for --listen-https.
+        #[arg(long, requires = "listen_https")]
+        tls_key: Option<PathBuf>,
         /// `lowband serve`'s UDP address.
         #[arg(long)]
         gateway: SocketAddr,
@@ -139,6 +182,7 @@ fn main() -> anyhow::Result<()> {
             key,
             allow_key,
             stats_file,
+            federation,
             link,
         } => {
             init_tracing();
@@ -154,12 +198,16 @@ fn main() -> anyhow::Result<()> {
                 allowed,
                 link: link.params(),
                 stats_file,
+                federation: federation.config(),
             };
             // TODO(ops): config file, Metrics handle.
             tokio::runtime::Runtime::new()?.block_on(serve::run(cfg))
         }
         Command::Tunnel {
             listen_http,
+            listen_https,
+            tls_cert,
+            tls_key,
             gateway,
             gateway_key,
             key,
@@ -168,8 +216,18 @@ fn main() -> anyhow::Result<()> {
             init_tracing();
             let key = keys::read_secret(&key)?;
             let gateway_key = keys::decode_key(&gateway_key, "--gateway-key")?;
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some(lowband_gateway::federation::TlsFiles { cert, key })
+                }
+                _ => None,
+            };
+            let listen = listen_https
+                .or(listen_http)
+                .ok_or_else(|| anyhow::anyhow!("give --listen-http or --listen-https"))?;
             let cfg = TunnelConfig {
-                listen: listen_http,
+                listen,
+                tls,
                 gateway,
                 gateway_key,
                 key,

@@ -73,6 +73,8 @@ pub struct ServeConfig {
     pub link: LinkParams,
     /// Where to write per-session byte counters (JSON), for tests and operators.
     pub stats_file: Option<PathBuf>,
+    /// Where federation requests go (`None`: refused).
+    pub federation: Option<crate::federation::FederationConfig>,
 }
 
 /// A homeserver answer for a session's request.
@@ -92,6 +94,7 @@ struct Peer {
     next_body: u32,
     sync: ServeSync,
     aliases: ServeAliases,
+    fed_aliases: crate::federation::AliasRegistry,
 }
 
 struct State {
@@ -104,6 +107,7 @@ struct State {
     peers: BTreeMap<[u8; 32], Peer>,
     http: HttpClient<HttpConnector, Full<Bytes>>,
     homeserver: String,
+    federation: Option<alloc::sync::Arc<crate::federation::Federation>>,
     done_tx: mpsc::UnboundedSender<Done>,
     stats_dirty: bool,
 }
@@ -119,6 +123,12 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         uri.scheme_str() == Some("http") && uri.path() == "/",
         "--homeserver must be http://host:port (no path; https is not supported yet)"
     );
+    let federation = match &cfg.federation {
+        Some(f) => Some(alloc::sync::Arc::new(crate::federation::Federation::new(
+            f,
+        )?)),
+        None => None,
+    };
     let socket = UdpSocket::bind(cfg.listen).await?;
     tracing::info!(addr = %socket.local_addr()?, "serve: listening");
     let link = cfg.link;
@@ -135,6 +145,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         peers: BTreeMap::new(),
         http: HttpClient::builder(TokioExecutor::new()).build_http(),
         homeserver,
+        federation,
         done_tx,
         stats_dirty: false,
     };
@@ -422,8 +433,31 @@ impl State {
         let client = self.http.clone();
         let base = self.homeserver.clone();
         let tx = self.done_tx.clone();
+        let fed = if crate::federation::is_federation_path(&http.path_and_query) {
+            match crate::federation::restore(&mut p.fed_aliases, &req.options, &mut http) {
+                Ok(x) => Some((self.federation.clone(), x)),
+                Err(crate::federation::RestoreError::Unknown) => {
+                    let o = [Opt::bytes(opt::FED_ALIAS, &[])];
+                    return self.respond(now, i, &to, Code::new(4, 12), Options::List(&o), &[]);
+                }
+                Err(_) => {
+                    let m = "lowband: bad federation options";
+                    return self.respond_error(now, i, &to, 400, "M_UNRECOGNIZED", m);
+                }
+            }
+        } else {
+            None
+        };
         tokio::spawn(async move {
-            let response = forward(&client, &base, &http, token.as_deref()).await;
+            let response = match fed {
+                Some((Some(f), x)) => f.forward(&http, x.as_deref()).await,
+                Some((None, _)) => HttpResponse::matrix_error(
+                    404,
+                    "M_UNRECOGNIZED",
+                    "lowband: this gateway does not carry federation",
+                ),
+                None => forward(&client, &base, &http, token.as_deref()).await,
+            };
             let _ = tx.send(Done {
                 peer,
                 responder: to,

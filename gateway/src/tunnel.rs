@@ -55,6 +55,8 @@ type TunnelClient = Client<ChaCha20Rng, 16, 8, 1, COAP_MTU>;
 pub struct TunnelConfig {
     /// HTTP address to listen on.
     pub listen: SocketAddr,
+    /// Serve HTTPS on `listen` with these (federation: the destination's certificate).
+    pub tls: Option<crate::federation::TlsFiles>,
     /// `lowband serve`'s UDP address.
     pub gateway: SocketAddr,
     /// Its public key (pinned).
@@ -69,6 +71,8 @@ pub struct TunnelConfig {
 struct Cmd {
     req: HttpRequest,
     token: Option<String>,
+    /// `Authorization: X-Matrix ...` of a federation request.
+    xmatrix: Option<String>,
     timeout_ms: u64,
     reply: oneshot::Sender<HttpResponse>,
 }
@@ -85,6 +89,7 @@ enum Phase {
 struct Op {
     wire: WireRequest,
     token: Option<String>,
+    fed: Option<crate::federation::FedOp>,
     auth: Option<Auth>,
     tag: u32,
     timeout_ms: u64,
@@ -104,6 +109,7 @@ struct Session {
     client: Box<TunnelClient>,
     link: Datagrams,
     tokens: TokenTable,
+    fed: crate::federation::AliasTable,
     ops: BTreeMap<RequestHandle, Op>,
     next_tag: u32,
     established_once: bool,
@@ -116,6 +122,11 @@ struct Session {
 /// # Errors
 /// Binding sockets, socket errors.
 pub async fn run(cfg: TunnelConfig) -> anyhow::Result<()> {
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(crate::federation::tls_acceptor)
+        .transpose()?;
     let listener = TcpListener::bind(cfg.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, gateway = %cfg.gateway, "tunnel: listening");
     let (tx, rx) = mpsc::unbounded_channel::<Cmd>();
@@ -125,12 +136,18 @@ pub async fn run(cfg: TunnelConfig) -> anyhow::Result<()> {
         loop {
             let (stream, _) = listener.accept().await?;
             let tx = tx.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |r| handle_http(r, tx.clone(), default_deadline));
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await
-                {
+                let http = hyper::server::conn::http1::Builder::new();
+                let r = match tls {
+                    None => http.serve_connection(TokioIo::new(stream), svc).await,
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(s) => http.serve_connection(TokioIo::new(s), svc).await,
+                        Err(e) => return tracing::debug!(%e, "tunnel: TLS handshake failed"),
+                    },
+                };
+                if let Err(e) = r {
                     tracing::debug!(%e, "tunnel: connection ended");
                 }
             });
@@ -169,7 +186,9 @@ async fn handle_http(
     let get =
         |n: hyper::header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let content_type = get(hyper::header::CONTENT_TYPE);
-    let (token, pq) = take_token(get(hyper::header::AUTHORIZATION).as_deref(), &pq);
+    let authorization = get(hyper::header::AUTHORIZATION);
+    let xmatrix = crate::federation::xmatrix_of(authorization.as_deref()).map(str::to_owned);
+    let (token, pq) = take_token(authorization.as_deref(), &pq);
     let resp = match Limited::new(r.into_body(), wire::MAX_MEDIA).collect().await {
         Err(_) => HttpResponse::matrix_error(413, "M_TOO_LARGE", "lowband: body too large"),
         Ok(b) => {
@@ -185,6 +204,7 @@ async fn handle_http(
                 .send(Cmd {
                     req,
                     token,
+                    xmatrix,
                     timeout_ms,
                     reply,
                 })
@@ -260,6 +280,7 @@ async fn session_task(
         client,
         link: Datagrams::new(link.mtu, 2 * link.transmission().ack_timeout),
         tokens: TokenTable::default(),
+        fed: crate::federation::AliasTable::default(),
         ops: BTreeMap::new(),
         next_tag: 0,
         established_once: false,
@@ -310,7 +331,19 @@ async fn session_task(
 impl Session {
     fn start(&mut self, now: u64, mut c: Cmd) {
         let sync = self.sync.request(&c.req.method, &mut c.req.path_and_query);
-        let mut wire = match WireRequest::encode(&c.req) {
+        let (req, fed) = if crate::federation::is_federation_path(&c.req.path_and_query) {
+            let (r, link) = self.fed.encode(&c.req, c.xmatrix.as_deref());
+            let f = crate::federation::FedOp {
+                orig: c.req.clone(),
+                header: c.xmatrix.take(),
+                link,
+                retried: false,
+            };
+            (Some(r), Some(f))
+        } else {
+            (None, None)
+        };
+        let mut wire = match WireRequest::encode(req.as_ref().unwrap_or(&c.req)) {
             Ok(w) => w,
             Err(wire::WireError::TooLarge) => {
                 let _ = c.reply.send(HttpResponse::matrix_error(
@@ -336,6 +369,7 @@ impl Session {
         let op = Op {
             wire,
             token: c.token,
+            fed,
             auth: None,
             tag,
             timeout_ms: c.timeout_ms,
@@ -377,8 +411,18 @@ impl Session {
                         payload = body.get(b.offset()..end).unwrap_or(&[]);
                         let _ = l.push(Opt::uint(opt::BLOCK1, b.to_uint()));
                         let _ = l.push(Opt::uint(opt::UPLOAD, op.tag));
+                        if let (false, Some(f)) = (b.more, &op.fed) {
+                            for o in f.link.options() {
+                                let _ = l.push(o);
+                            }
+                        }
                     } else {
                         payload = body;
+                        if let Some(f) = &op.fed {
+                            for o in f.link.options() {
+                                let _ = l.push(o);
+                            }
+                        }
                     }
                 }
                 Phase::Fetch { id, n } => {
@@ -436,6 +480,26 @@ impl Session {
         // The server knows our token number now.
         if let Some(a) = &op.auth {
             self.tokens.acknowledged(a);
+        }
+        // Federation aliases: usable once answered; resent in full if the server lost them.
+        if let Some(f) = &mut op.fed {
+            if r.code == Code::new(4, 12) && r.options.first(opt::FED_ALIAS).is_some() {
+                self.fed.reset();
+                if !f.retried {
+                    f.retried = true;
+                    let (req, link) = self.fed.encode(&f.orig, f.header.as_deref());
+                    f.link = link;
+                    if let Ok(mut w) = WireRequest::encode(&req) {
+                        self.aliases.done(&op.alias);
+                        op.alias = self.alias_target(&req.method, &req.path_and_query, &mut w);
+                        op.wire = w;
+                        op.phase = Phase::Request(0);
+                        return self.send(now, op);
+                    }
+                }
+            } else if r.code != Code::CONTINUE {
+                self.fed.acknowledge(&f.link.defs);
+            }
         }
         // The server lost our token number: register again, once.
         if r.code == Code::new(4, 12) && r.options.first(opt::AUTH).is_some() {
@@ -535,6 +599,9 @@ impl Session {
                     "lowband: undecodable response from the gateway",
                 )
             });
+        if let Some(f) = &op.fed {
+            resp = crate::federation::expand_response(&f.orig, resp);
+        }
         if let Some(sr) = &op.sync {
             let json = resp
                 .content_type
@@ -594,12 +661,14 @@ impl Session {
                     tracing::info!("tunnel: session established");
                     if self.established_once {
                         self.tokens.reset();
+                        self.fed.reset();
                     }
                     self.established_once = true;
                 }
                 SessionEvent::Rehandshake => {
                     tracing::info!("tunnel: gateway lost our session; handshaking again");
                     self.tokens.reset();
+                    self.fed.reset();
                 }
                 SessionEvent::Rejected(e) | SessionEvent::Refused(e) => {
                     tracing::warn!(?e, "tunnel: the gateway refused this tunnel's key");

@@ -4,6 +4,7 @@ extern crate alloc;
 
 mod device_e2e;
 mod federation;
+mod federation_gateway;
 mod gateway_e2e;
 mod harness;
 mod qemu;

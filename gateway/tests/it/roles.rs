@@ -145,11 +145,13 @@ async fn tunnel_and_serve_carry_http() {
         allowed: vec![tun.public().0],
         link: LINK,
         stats_file: None,
+        federation: None,
     };
     let serve_task = tokio::spawn(serve::run(serve_cfg.clone()));
     let http = free_tcp();
     tokio::spawn(tunnel::run(TunnelConfig {
         listen: http,
+        tls: None,
         gateway: udp,
         gateway_key: gw.public().0,
         key: tun.secret_bytes(),
@@ -235,6 +237,7 @@ async fn tunnel_and_serve_carry_http() {
     let http2 = free_tcp();
     tokio::spawn(tunnel::run(TunnelConfig {
         listen: http2,
+        tls: None,
         gateway: udp,
         gateway_key: gw.public().0,
         key: stranger.secret_bytes(),
