@@ -109,6 +109,7 @@ pub struct MatrixApp<B: Board> {
     link: SerialLink<B::Link>,
     clock: B::Clock,
     flash: B::Flash,
+    boot_flash: B::Flash,
     led: B::Led,
     sensor: B::Sensor,
     room: Text<48>,
@@ -205,6 +206,7 @@ impl<B: Board> MatrixApp<B> {
             link: SerialLink::new(parts.link),
             clock: parts.clock,
             flash: parts.flash,
+            boot_flash: parts.boot_flash,
             led: parts.led,
             sensor: parts.sensor,
             room,
@@ -220,6 +222,11 @@ impl<B: Board> MatrixApp<B> {
         };
         app.save().map_err(AppError::Store)?;
         Ok(app)
+    }
+
+    /// Powers off: the state pages and the boot-counter pages back.
+    pub fn into_pages(self) -> (B::Flash, B::Flash) {
+        (self.flash, self.boot_flash)
     }
 
     /// The runner (stats, state).
@@ -355,6 +362,160 @@ pub fn write_reading<W: core::fmt::Write>(w: &mut W, milli: i32) -> core::fmt::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    extern crate alloc;
+    use alloc::boxed::Box;
+    use alloc::collections::VecDeque;
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use core::cell::Cell;
+
+    use crate::app::ram::RamFlash;
+    use crate::board::Provisioned;
+
+    /// A board whose link is a byte sink (no gateway: nothing is ever answered).
+    struct Bench;
+    #[derive(Default)]
+    struct Sink(Vec<u8>);
+    impl embedded_io::ErrorType for Sink {
+        type Error = embedded_io::ErrorKind;
+    }
+    impl embedded_io::Read for Sink {
+        fn read(&mut self, _: &mut [u8]) -> Result<usize, Self::Error> {
+            Ok(0)
+        }
+    }
+    impl embedded_io::ReadReady for Sink {
+        fn read_ready(&mut self) -> Result<bool, Self::Error> {
+            Ok(false)
+        }
+    }
+    impl embedded_io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> Result<usize, Self::Error> {
+            self.0.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+    struct Ms(Cell<u64>);
+    impl Clock for Ms {
+        fn now_ms(&self) -> u64 {
+            let t = self.0.get();
+            self.0.set(t + 10);
+            t
+        }
+    }
+    struct Lamp;
+    impl Led for Lamp {
+        fn set(&mut self, _: bool) {}
+    }
+    struct Thermo(i32);
+    impl Sensor for Thermo {
+        fn sample_milli(&mut self) -> Option<i32> {
+            Some(self.0)
+        }
+    }
+    impl Board for Bench {
+        type Link = Sink;
+        type Clock = Ms;
+        type Flash = RamFlash;
+        type Led = Lamp;
+        type Sensor = Thermo;
+    }
+
+    const CFG: AppConfig<'static> = AppConfig {
+        room: "!room:example.org",
+        access_token: "syt_token",
+        filter: "0",
+        sync_timeout_ms: 0,
+        sync_interval_ms: 1_000,
+        interval_s: 3_600,
+        link_bps: 9_600,
+    };
+
+    fn boot(flash: RamFlash, boot_flash: RamFlash, milli: i32) -> Box<MatrixApp<Bench>> {
+        let parts = Parts {
+            link: Sink::default(),
+            clock: Ms(Cell::new(0)),
+            flash,
+            boot_flash,
+            led: Lamp,
+            sensor: Thermo(milli),
+            provisioned: Provisioned::from_bytes(&[3; 96]),
+        };
+        let mut scratch = vec![0u8; DEFAULT_RECORD_MAX];
+        Box::new(MatrixApp::boot(parts, &CFG, &mut scratch).unwrap())
+    }
+
+    fn outbox(app: &MatrixApp<Bench>) -> Vec<alloc::string::String> {
+        app.runner
+            .state()
+            .outgoing()
+            .iter()
+            .map(|o| alloc::format!("{} {:?}", o.txn, o.cmd))
+            .collect()
+    }
+
+    #[test]
+    fn unsent_outbox_survives_reboots_with_its_transaction_ids() {
+        // Boot 1 with no gateway: the join and the first reading wait in the saved outbox.
+        let mut app = boot(RamFlash::new(), RamFlash::new(), 21_500);
+        let mut inflate: [u8; 0] = [];
+        let p = app.poll(&mut inflate).unwrap();
+        assert_eq!((p.readings, p.saved), (1, true));
+        assert!(!app.link.io_mut().0.is_empty(), "the handshake went out");
+        let first = outbox(&app);
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(first[0].starts_with("d1.0 Join"), "{first:?}");
+        assert!(first[1].starts_with("d1.1 Message") && first[1].contains("t=21.5C"));
+        assert_eq!(app.settings().boots, 1);
+        let (flash, boot_flash) = app.into_pages();
+        // Boot 2 from the same pages: the same entries, same ids; no second join queued; the
+        // new boot's reading gets a boot-2 id.
+        let mut app = boot(flash, boot_flash, 22_000);
+        assert_eq!(app.settings().boots, 2);
+        app.poll(&mut inflate).unwrap();
+        let second = outbox(&app);
+        assert_eq!(second[..2], first[..], "{second:?}");
+        assert!(second[2].starts_with("d2.0 Message") && second[2].contains("t=22.0C"));
+        assert_eq!(second.len(), 3);
+    }
+
+    #[test]
+    fn datagram_link_moves_whole_packets() {
+        #[derive(Default)]
+        struct Radio {
+            air: VecDeque<Vec<u8>>,
+            sent: Vec<Vec<u8>>,
+        }
+        impl Datagram for Radio {
+            type Error = ();
+            fn mtu(&self) -> usize {
+                8
+            }
+            fn send(&mut self, d: &[u8]) -> Result<(), ()> {
+                self.sent.push(d.to_vec());
+                Ok(())
+            }
+            fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ()> {
+                Ok(self.air.pop_front().map(|d| {
+                    buf[..d.len()].copy_from_slice(&d);
+                    d.len()
+                }))
+            }
+        }
+        let mut l = DatagramLink(Radio::default());
+        l.0.air.push_back(vec![1, 2, 3]);
+        let mut buf = [0u8; 16];
+        assert_eq!(l.recv(&mut buf), Ok(Some(3)));
+        assert_eq!(buf[..3], [1, 2, 3]);
+        assert_eq!(l.recv(&mut buf), Ok(None));
+        l.send(0, &[9; 8]).unwrap();
+        l.send(0, &[9; 9]).unwrap(); // over the MTU: not sent
+        assert_eq!(l.0.sent, vec![vec![9u8; 8]]);
+    }
 
     #[test]
     fn readings_are_short() {
