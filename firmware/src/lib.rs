@@ -17,6 +17,8 @@
 //! * persistence: [`lowband_device::AbStore`] on [`Flash`] pages (re-exported here).
 //! * [`command`]: the room commands (`!status`, `!led on|off`, `!interval N`) and their replies.
 //! * [`app`]: the boot counter, the reading timer and the platform-proving loopback application.
+//! * [`matrix`]: the Matrix application ([`MatrixApp`]): joins its room, posts readings, answers
+//!   commands, through the device's [`lowband_device::Runner`]; [`DatagramLink`] for radios.
 #![no_std]
 #![warn(missing_docs)]
 
