@@ -12,5 +12,8 @@ export LOWBAND_REQUIRE_PEERS=1
 echo "== no_std builds (thumbv7m-none-eabi, no allocator)"
 cargo build -q -p lowband-codec -p lowband-device --no-default-features --target thumbv7m-none-eabi
 
+echo "== firmware: thumbv7m build and flash/RAM budgets from the ELF"
+bash scripts/firmware.sh
+
 echo "== tests"
 cargo test -q --workspace --no-fail-fast

@@ -28,6 +28,7 @@ pub mod cbor;
 pub mod coap;
 pub mod dict;
 pub mod frame;
+pub mod lb;
 pub mod noise;
 pub mod pack;
 pub mod route;

@@ -2,45 +2,26 @@
 //!
 //! Until the device Runner drives the link, [`Loopback`] proves a board end to end: serial frames
 //! ([`lowband_codec::frame::serial`]) in, replies out, commands applied to the LED, and the boot
-//! counter persisted through [`Store`].
+//! counter persisted through [`lowband_device::BootCounter`] on the board's A/B pages.
 
 use embedded_io::{Error as _, ErrorKind, Read, ReadReady, Write};
 use lowband_codec::frame::{self, Deframer};
 
 use crate::board::{Board, Clock, Flash, Led, Parts, Sensor};
 use crate::command::{error_reply, Command, Settings};
-use crate::store::{Store, StoreError};
+use lowband_device::{AbStore, BootCounter, StoreError};
 
-/// Bytes of the persisted record the boot counter takes (`boots` as u32 LE, first).
-pub const BOOT_COUNTER_LEN: usize = 4;
-
-/// Counts this boot: loads the record, increments its leading boot counter, saves it back.
-///
-/// The record is `boots (u32 LE) ‖ rest`; `rest` (the device state, later) is kept as is.
-/// `scratch` must hold the whole record. Returns the new count (1 on a blank store).
+/// Counts this boot on the boot-counter pages: `max(stored, floor) + 1`, persisted before it
+/// is returned ([`BootCounter::advance`]; `floor` is the restored state's boot number, 0 if none).
 ///
 /// # Errors
 ///
-/// Those of [`Store::load`] and [`Store::save`].
+/// Those of [`BootCounter::advance`]: the boot number must then not be used.
 pub fn count_boot<F: Flash>(
-    store: &mut Store<F>,
-    scratch: &mut [u8],
-) -> Result<u32, StoreError<F::Error>> {
-    if scratch.len() < BOOT_COUNTER_LEN {
-        return Err(StoreError::TooLarge);
-    }
-    let len = match store.load(scratch)? {
-        Some(n) if n >= BOOT_COUNTER_LEN => n,
-        _ => {
-            scratch[..BOOT_COUNTER_LEN].fill(0);
-            BOOT_COUNTER_LEN
-        }
-    };
-    let boots =
-        u32::from_le_bytes([scratch[0], scratch[1], scratch[2], scratch[3]]).wrapping_add(1);
-    scratch[..BOOT_COUNTER_LEN].copy_from_slice(&boots.to_le_bytes());
-    store.save(&scratch[..len])?;
-    Ok(boots)
+    boot_flash: &mut F,
+    floor: u32,
+) -> Result<BootCounter, StoreError<F::Error>> {
+    BootCounter::advance(&mut AbStore::new(boot_flash), floor)
 }
 
 /// When to post the next sensor reading (sans-IO: the caller passes `now`).
@@ -232,9 +213,9 @@ mod tests {
     extern crate alloc;
     use alloc::vec::Vec;
 
+    use super::ram::RamFlash;
     use super::*;
     use crate::board::Provisioned;
-    use crate::store::ram::RamFlash;
 
     #[test]
     fn reading_timer_keeps_phase_and_skips_missed() {
@@ -259,17 +240,16 @@ mod tests {
     }
 
     #[test]
-    fn boot_counter_counts_and_keeps_the_rest() {
-        let mut s = Store::open(RamFlash::new()).unwrap();
-        let mut scratch = [0u8; 64];
-        assert_eq!(count_boot(&mut s, &mut scratch), Ok(1));
-        assert_eq!(count_boot(&mut s, &mut scratch), Ok(2));
-        // A record with device state after the counter: the state survives.
-        s.save(b"\x07\x00\x00\x00state").unwrap();
-        let mut s = Store::open(s.into_inner()).unwrap();
-        assert_eq!(count_boot(&mut s, &mut scratch), Ok(8));
-        let n = s.load(&mut scratch).unwrap().unwrap();
-        assert_eq!(&scratch[..n], b"\x08\x00\x00\x00state");
+    fn boot_counter_counts_and_respects_the_floor() {
+        let mut f = RamFlash::new();
+        assert_eq!(count_boot(&mut f, 0).map(|b| b.get()), Ok(1));
+        assert_eq!(count_boot(&mut f, 0).map(|b| b.get()), Ok(2));
+        // The restored state saw boot 7 (counter pages lost or behind): numbers still go up.
+        assert_eq!(count_boot(&mut f, 7).map(|b| b.get()), Ok(8));
+        assert_eq!(count_boot(&mut f, 0).map(|b| b.get()), Ok(9));
+        // The record is device's: version 1, kind 2 (boot counter), generation 4 on page B.
+        assert_eq!(f.pages[1][..2], [1, 2]);
+        assert_eq!(f.pages[1][2..6], 4u32.to_le_bytes());
     }
 
     /// A scripted board: the link reads from `rx`, writes to `tx`.
@@ -335,6 +315,7 @@ mod tests {
             link: Pipe::default(),
             clock: Ms(5_000),
             flash: RamFlash::new(),
+            boot_flash: RamFlash::new(),
             led: Lamp(false),
             sensor: Thermo,
             provisioned: Provisioned::from_bytes(&[0; 96]),
@@ -414,5 +395,52 @@ mod tests {
         let got = frames(&p.link.tx);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].len(), ECHO_PREFIX.len() + MAX_PAYLOAD);
+    }
+}
+
+/// A RAM flash with NOR semantics for tests: `program` ANDs, optional fault injection.
+#[cfg(test)]
+pub(crate) mod ram {
+    use lowband_device::{Flash, Page};
+
+    /// Page size of the test flash: holds a default sync state record.
+    pub const PAGE: usize = 6144;
+
+    #[derive(Debug, Clone)]
+    pub struct RamFlash {
+        pub pages: [[u8; PAGE]; 2],
+    }
+
+    impl RamFlash {
+        pub fn new() -> Self {
+            RamFlash {
+                pages: [[0xFF; PAGE]; 2],
+            }
+        }
+    }
+
+    impl Flash for RamFlash {
+        type Error = ();
+        const WRITE_SIZE: usize = 4;
+        fn page_len(&self) -> usize {
+            PAGE
+        }
+        fn read(&mut self, page: Page, offset: usize, buf: &mut [u8]) -> Result<(), ()> {
+            let p = &self.pages[page as usize];
+            buf.copy_from_slice(p.get(offset..offset + buf.len()).ok_or(())?);
+            Ok(())
+        }
+        fn erase(&mut self, page: Page) -> Result<(), ()> {
+            self.pages[page as usize] = [0xFF; PAGE];
+            Ok(())
+        }
+        fn program(&mut self, page: Page, offset: usize, data: &[u8]) -> Result<(), ()> {
+            assert_eq!(offset % Self::WRITE_SIZE, 0, "unaligned offset");
+            assert_eq!(data.len() % Self::WRITE_SIZE, 0, "unaligned length");
+            let p = &mut self.pages[page as usize];
+            let dst = p.get_mut(offset..offset + data.len()).ok_or(())?;
+            dst.iter_mut().zip(data).for_each(|(d, s)| *d &= *s);
+            Ok(())
+        }
     }
 }

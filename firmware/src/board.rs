@@ -11,6 +11,8 @@
 
 use core::fmt;
 
+pub use lowband_device::{Flash, Page};
+
 /// One board: the types of its pieces. Implemented by a marker type in each board crate.
 ///
 /// The trait carries no methods: the board crate's `init()` builds a [`Parts<Self>`] (taking the
@@ -22,7 +24,8 @@ pub trait Board {
     type Link: embedded_io::Read + embedded_io::Write + embedded_io::ReadReady;
     /// Monotonic millisecond clock.
     type Clock: Clock;
-    /// The persistent pages holding the device state (at least two: A/B, see [`crate::Store`]).
+    /// Two persistent pages (A/B) for one kind of record: [`lowband_device::AbStore`] on
+    /// [`lowband_device::Flash`], the one flash contract of the device and the firmware.
     type Flash: Flash;
     /// The user LED (`!led on`).
     type Led: Led;
@@ -36,8 +39,11 @@ pub struct Parts<B: Board> {
     pub link: B::Link,
     /// Millisecond clock.
     pub clock: B::Clock,
-    /// Persistent pages for [`crate::Store`].
+    /// The A/B pages of the device state ([`lowband_device::SyncState::save_to`]); each page
+    /// holds at least [`lowband_device::DEFAULT_RECORD_MAX`] bytes.
     pub flash: B::Flash,
+    /// The A/B pages of the boot counter ([`lowband_device::BootCounter::advance`]).
+    pub boot_flash: B::Flash,
     /// User LED.
     pub led: B::Led,
     /// Sensor.
@@ -58,49 +64,6 @@ impl<B: Board> fmt::Debug for Parts<B> {
 pub trait Clock {
     /// Milliseconds since boot; never decreases.
     fn now_ms(&self) -> u64;
-}
-
-/// Erasable pages of persistent memory with NOR-flash semantics.
-///
-/// `erase` sets a whole page to `0xFF`; `write` can only clear bits (a byte written twice
-/// without an erase holds the AND of both values). Callers ([`crate::Store`]) only pass offsets
-/// and lengths that are multiples of [`Flash::WRITE_ALIGN`], so a board may program in
-/// half-words or words.
-pub trait Flash {
-    /// Why an operation failed (a bus error, a host file error).
-    type Error: fmt::Debug;
-    /// Granularity of `write` offsets and lengths, in bytes (a power of two, at most 8).
-    const WRITE_ALIGN: usize = 4;
-    /// Bytes per page.
-    fn page_size(&self) -> usize;
-    /// Number of pages (at least 2).
-    fn pages(&self) -> usize;
-    /// Reads `buf.len()` bytes of `page` from `offset`.
-    fn read(&mut self, page: usize, offset: usize, buf: &mut [u8]) -> Result<(), Self::Error>;
-    /// Erases `page` (all bytes `0xFF`).
-    fn erase(&mut self, page: usize) -> Result<(), Self::Error>;
-    /// Programs `data` into `page` at `offset` (clears bits only).
-    fn write(&mut self, page: usize, offset: usize, data: &[u8]) -> Result<(), Self::Error>;
-}
-
-impl<F: Flash> Flash for &mut F {
-    type Error = F::Error;
-    const WRITE_ALIGN: usize = F::WRITE_ALIGN;
-    fn page_size(&self) -> usize {
-        (**self).page_size()
-    }
-    fn pages(&self) -> usize {
-        (**self).pages()
-    }
-    fn read(&mut self, page: usize, offset: usize, buf: &mut [u8]) -> Result<(), Self::Error> {
-        (**self).read(page, offset, buf)
-    }
-    fn erase(&mut self, page: usize) -> Result<(), Self::Error> {
-        (**self).erase(page)
-    }
-    fn write(&mut self, page: usize, offset: usize, data: &[u8]) -> Result<(), Self::Error> {
-        (**self).write(page, offset, data)
-    }
 }
 
 /// The user LED.

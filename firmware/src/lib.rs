@@ -9,23 +9,26 @@
 //!          \                  |               /
 //!           init() -> Parts<B: Board> { link, clock, flash, led, sensor, provisioned }
 //!                             |
-//!  firmware: Store (A/B pages) · boot counter · Command parser · Loopback app (today)
-//!            device Runner + Matrix app (next)
+//!  firmware: boot counter · Command parser · Loopback app · Matrix app (device Runner)
+//!  device:   Flash + AbStore (A/B pages, the one persistence layer) · SyncState · Runner
 //! ```
 //!
 //! * [`board`]: the hardware contract (link, clock, flash pages, LED, sensor, provisioned keys).
-//! * [`store`]: power-fail-safe A/B persistence on two flash pages.
+//! * persistence: [`lowband_device::AbStore`] on [`Flash`] pages (re-exported here).
 //! * [`command`]: the room commands (`!status`, `!led on|off`, `!interval N`) and their replies.
 //! * [`app`]: the boot counter, the reading timer and the platform-proving loopback application.
+//! * [`matrix`]: the Matrix application ([`MatrixApp`]): joins its room, posts readings, answers
+//!   commands, through the device's [`lowband_device::Runner`]; [`DatagramLink`] for radios.
 #![no_std]
 #![warn(missing_docs)]
 
 pub mod app;
 pub mod board;
 pub mod command;
-pub mod store;
+pub mod matrix;
 
 pub use app::{count_boot, LoopError, Loopback};
-pub use board::{Board, Clock, Datagram, Flash, Led, Parts, Provisioned, Sensor};
+pub use board::{Board, Clock, Datagram, Flash, Led, Page, Parts, Provisioned, Sensor};
 pub use command::{Command, CommandError, Settings};
-pub use store::{Store, StoreError};
+pub use lowband_device::{AbStore, BootCounter, StoreError};
+pub use matrix::{AppConfig, AppError, DatagramLink, MatrixApp};

@@ -7,7 +7,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use lowband_codec::cbor::{self, Limits};
-use lowband_codec::pack;
+use lowband_codec::{pack, route};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -24,7 +24,12 @@ pub enum CodecCommand {
         plain: bool,
     },
     /// Link form (CBOR or deflated) on stdin -> compact JSON on stdout.
-    Decode,
+    Decode {
+        /// The input starts with a route prefix (from `encode --route`): print the request
+        /// line (METHOD PATH) first.
+        #[arg(long)]
+        route: bool,
+    },
     /// For every *.json file under DIRs: `file json_bytes cbor_bytes packed_bytes roundtrip`.
     Stats {
         /// Folders to walk (recursively, sorted).
@@ -37,14 +42,17 @@ pub enum CodecCommand {
 pub fn run(cmd: CodecCommand) -> Result<()> {
     match cmd {
         CodecCommand::Encode { route, plain } => {
+            let mut prefix = Vec::new();
             if let Some(r) = route {
-                // The route table lives in `lowband_codec::route` (written in parallel).
-                bail!(
-                    "--route {} {}: route encoding is not available in this build",
-                    r[0],
-                    r[1]
-                );
+                // The request target: route number, path parameters and query, compact
+                // (`lowband_codec::route`), behind its length as a CBOR-style varint.
+                let mut t = vec![0u8; 2 * (r[0].len() + r[1].len()) + 16];
+                let n = route::encode_target(&r[0], &r[1], &mut t)
+                    .map_err(|e| anyhow::anyhow!("--route {} {}: {e:?}", r[0], r[1]))?;
+                push_len(&mut prefix, n);
+                prefix.extend_from_slice(&t[..n]);
             }
+            std::io::stdout().write_all(&prefix)?;
             let json = read_stdin()?;
             let out = if plain {
                 cbor::encode_vec(&json, &Limits::DEFAULT)
@@ -54,8 +62,29 @@ pub fn run(cmd: CodecCommand) -> Result<()> {
             };
             std::io::stdout().write_all(&out)?;
         }
-        CodecCommand::Decode => {
-            let packed = read_stdin()?;
+        CodecCommand::Decode { route } => {
+            let mut packed = read_stdin()?;
+            if route {
+                let (n, used) = read_len(&packed).context("--route: no target length")?;
+                let target = packed
+                    .get(used..used + n)
+                    .context("--route: truncated target")?
+                    .to_vec();
+                let mut method = [0u8; 64];
+                let mut out = vec![0u8; 16 * n + 64];
+                let (m, len) = route::decode_target(&target, &mut method, &mut out)
+                    .map_err(|e| anyhow::anyhow!("--route: {e:?}"))?;
+                let name = match m.as_str() {
+                    Some(s) => s.to_owned(),
+                    None => String::from_utf8_lossy(
+                        &method[..method.iter().position(|&b| b == 0).unwrap_or(0)],
+                    )
+                    .into_owned(),
+                };
+                let mut w = std::io::stdout().lock();
+                writeln!(w, "{name} {}", String::from_utf8_lossy(&out[..len]))?;
+                packed.drain(..used + n);
+            }
             let json = pack::unpack_vec(&packed).map_err(|e| anyhow::anyhow!("decode: {e}"))?;
             std::io::stdout().write_all(&json)?;
         }
@@ -66,6 +95,31 @@ pub fn run(cmd: CodecCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Appends `n` as a little-endian base-128 varint.
+fn push_len(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// Reads a varint written by [`push_len`]: (value, bytes used).
+fn read_len(b: &[u8]) -> Option<(usize, usize)> {
+    let mut n = 0usize;
+    for (i, &x) in b.iter().enumerate().take(4) {
+        n |= usize::from(x & 0x7f) << (7 * i);
+        if x & 0x80 == 0 {
+            return Some((n, i + 1));
+        }
+    }
+    None
 }
 
 fn read_stdin() -> Result<Vec<u8>> {
@@ -187,6 +241,19 @@ pub fn stats(dirs: &[PathBuf], out: &mut impl Write) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_prefix_lengths_round_trip() {
+        for n in [0usize, 1, 127, 128, 300, 70_000] {
+            let mut v = Vec::new();
+            push_len(&mut v, n);
+            assert_eq!(read_len(&v), Some((n, v.len())));
+        }
+        assert_eq!(read_len(&[0x80, 0x80]), None);
+        let mut v = Vec::new();
+        push_len(&mut v, 24);
+        assert_eq!(v, [24]);
+    }
 
     #[test]
     fn compact_keeps_string_whitespace() {

@@ -3,8 +3,10 @@
 
 extern crate alloc;
 
+pub mod alias;
 pub mod bench;
 pub mod config;
+pub mod federation;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
@@ -13,6 +15,7 @@ pub mod plaincoap;
 pub mod serial;
 pub mod serve;
 pub mod sim;
+pub mod syncstate;
 pub mod table;
 pub mod transport;
 pub mod tunnel;

@@ -2,7 +2,7 @@
 use core::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use lowband_gateway::config::{self, GatewayLink, ServeOptions, TunnelOptions};
 use lowband_gateway::metrics::{serve_metrics, Metrics};
 use lowband_gateway::serve::{self, ServeConfig};
@@ -29,6 +29,34 @@ fn link_params(l: config::LinkParams) -> LinkParams {
     }
 }
 
+/// Where `serve` sends federation (server-server API) requests.
+#[derive(Debug, Args, Clone)]
+struct FederationArgs {
+    /// The homeserver's federation listener (http://host:port, plain HTTP); enables federation.
+    #[arg(long)]
+    federation_backend: Option<String>,
+    /// The homeserver's server name: requests whose X-Matrix destination differs are not sent
+    /// to --federation-backend.
+    #[arg(long)]
+    federation_server_name: Option<String>,
+    /// CA certificates (PEM) for remote destinations found by server discovery; without it,
+    /// only --federation-backend is reached.
+    #[arg(long)]
+    federation_ca: Option<PathBuf>,
+}
+
+impl FederationArgs {
+    fn config(self) -> Option<lowband_gateway::federation::FederationConfig> {
+        (self.federation_backend.is_some() || self.federation_ca.is_some()).then_some(
+            lowband_gateway::federation::FederationConfig {
+                backend: self.federation_backend,
+                server_name: self.federation_server_name,
+                remote_ca: self.federation_ca,
+            },
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Translate Matrix JSON bodies to and from lowband's CBOR link form; measure corpora.
@@ -45,6 +73,8 @@ enum Command {
         /// Write per-session link byte counters (JSON) to this file.
         #[arg(long)]
         stats_file: Option<PathBuf>,
+        #[command(flatten)]
+        federation: FederationArgs,
     },
     /// The gateway next to a Matrix client: an HTTP server carrying requests to `serve`.
     Tunnel {
@@ -119,6 +149,7 @@ fn main() -> anyhow::Result<()> {
             config,
             opts,
             stats_file,
+            federation,
         } => {
             init_logging()?;
             let c = config::ServeConfig::load(config.as_deref(), opts)?;
@@ -136,6 +167,7 @@ fn main() -> anyhow::Result<()> {
                     state_dir: c.state_dir,
                     metrics,
                     max_sessions: serve::SESSIONS,
+                    federation: federation.config(),
                 };
                 serve::run(cfg).await
             })
@@ -145,12 +177,20 @@ fn main() -> anyhow::Result<()> {
             let c = config::TunnelConfig::load(config.as_deref(), opts)?;
             let key = keys::read_secret(&c.key)?;
             anyhow::ensure!(
-                c.listen_https.is_none(),
-                "listen_https is not supported by this tunnel yet; use listen_http"
+                c.listen_http.is_none() || c.listen_https.is_none(),
+                "give listen_http or listen_https, not both"
             );
-            let listen = c
-                .listen_http
-                .ok_or_else(|| anyhow::anyhow!("listen_http is required"))?;
+            let (listen, tls) = match (c.listen_https, c.listen_http) {
+                (Some((addr, f)), _) => (
+                    addr,
+                    Some(lowband_gateway::federation::TlsFiles {
+                        cert: f.cert,
+                        key: f.key,
+                    }),
+                ),
+                (None, Some(addr)) => (addr, None),
+                (None, None) => anyhow::bail!("give listen_http or listen_https"),
+            };
             tokio::runtime::Runtime::new()?.block_on(async move {
                 let metrics = start_metrics(c.metrics).await?;
                 let (gateway, gateway_serial) = match c.gateway {
@@ -161,6 +201,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 let cfg = TunnelConfig {
                     listen,
+                    tls,
                     gateway,
                     gateway_key: c.gateway_key,
                     key,

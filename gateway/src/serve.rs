@@ -38,10 +38,12 @@ use rand_chacha::ChaCha20Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::alias::{ServeAliases, ALIAS};
 use crate::logging::redact_url;
 use crate::metrics::{Direction, Handshake, Metrics};
 use crate::persist::{Store, Tracker};
 use crate::serial::SerialLink;
+use crate::syncstate::{ServeSync, SyncCtx, SYNC};
 use crate::table::SessionTable;
 use crate::transport::{now_ms, Datagrams, LinkParams, BLOCK, BLOCK_SZX, PACKET, VERSION};
 use crate::wire::{self, opt, Auth, HttpRequest, HttpResponse, TokenRegistry, WireResponse};
@@ -86,6 +88,8 @@ pub struct ServeConfig {
     pub metrics: Metrics,
     /// Most sessions held at once; a handshake beyond gets a "busy" reject.
     pub max_sessions: usize,
+    /// Where federation requests go (`None`: refused).
+    pub federation: Option<crate::federation::FederationConfig>,
 }
 
 impl Default for ServeConfig {
@@ -105,6 +109,7 @@ impl Default for ServeConfig {
             state_dir: None,
             metrics: Metrics::new(),
             max_sessions: SESSIONS,
+            federation: None,
         }
     }
 }
@@ -115,6 +120,7 @@ struct Done {
     peer: [u8; 32],
     responder: Responder,
     response: HttpResponse,
+    sync: Option<SyncCtx>,
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +129,9 @@ struct Peer {
     uploads: BTreeMap<u32, Vec<u8>>,
     bodies: BTreeMap<u32, (Vec<u8>, u64)>,
     next_body: u32,
+    sync: ServeSync,
+    aliases: ServeAliases,
+    fed_aliases: crate::federation::AliasRegistry,
 }
 
 struct State {
@@ -135,6 +144,7 @@ struct State {
     peers: BTreeMap<[u8; 32], Peer>,
     http: HttpClient<HttpConnector, Full<Bytes>>,
     homeserver: String,
+    federation: Option<alloc::sync::Arc<crate::federation::Federation>>,
     done_tx: mpsc::UnboundedSender<Done>,
     stats_dirty: bool,
     metrics: Metrics,
@@ -153,6 +163,12 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         uri.scheme_str() == Some("http") && uri.path() == "/",
         "--homeserver must be http://host:port (no path; https is not supported yet)"
     );
+    let federation = match &cfg.federation {
+        Some(f) => Some(alloc::sync::Arc::new(crate::federation::Federation::new(
+            f,
+        )?)),
+        None => None,
+    };
     anyhow::ensure!(
         cfg.listen.is_some() || cfg.serial.is_some(),
         "serve needs a UDP listener and/or a serial port"
@@ -216,6 +232,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         peers: BTreeMap::new(),
         http: HttpClient::builder(TokioExecutor::new()).build_http(),
         homeserver,
+        federation,
         done_tx,
         stats_dirty: false,
         metrics: cfg.metrics.clone(),
@@ -481,6 +498,11 @@ impl State {
                 }
             },
         };
+        // Alias definitions (crate::alias), on every block.
+        let defs = req.options.iter().filter(|o| o.number == ALIAS);
+        if p.aliases.define(defs.filter_map(|o| o.as_bytes())).is_err() {
+            return self.respond_error(now, i, &to, 400, "M_UNKNOWN", "lowband: bad alias");
+        }
         // Block1 upload.
         let block1 = match BlockOpt::from_options(&req.options, opt::BLOCK1) {
             Ok(b) => b,
@@ -519,7 +541,9 @@ impl State {
             }
             payload = all;
         }
-        let decoded = match wire::decode_request(&req.options, &payload) {
+        let session = p.aliases.list();
+        let session: Vec<&str> = session.iter().map(String::as_str).collect();
+        let decoded = match wire::decode_request_with(&session, &req.options, &payload) {
             Ok(d) => d,
             Err(wire::WireError::TooLarge) => {
                 return self.respond_error(
@@ -543,7 +567,23 @@ impl State {
                 );
             }
         };
-        let http = decoded.http;
+        let mut http = decoded.http;
+        if ServeAliases::check(&http.path_and_query).is_err() {
+            // An alias we do not hold (we restarted): the tunnel defines it again.
+            let o = [Opt::bytes(ALIAS, &[])];
+            return self.respond(now, i, &to, Code::new(4, 12), Options::List(&o), &[]);
+        }
+        // The since token by reference, the answer as a delta (crate::syncstate).
+        let sync = match req.options.first(SYNC).and_then(|o| o.as_bytes()) {
+            None => None,
+            Some(v) => match p.sync.request(v, &mut http.path_and_query) {
+                Ok(c) => Some(c),
+                Err(_) => {
+                    let o = [Opt::bytes(SYNC, &[])];
+                    return self.respond(now, i, &to, Code::new(4, 12), Options::List(&o), &[]);
+                }
+            },
+        };
         if !http.path_and_query.starts_with('/') {
             return self.respond_error(now, i, &to, 400, "M_UNRECOGNIZED", "lowband: bad path");
         }
@@ -557,15 +597,39 @@ impl State {
         let client = self.http.clone();
         let base = self.homeserver.clone();
         let tx = self.done_tx.clone();
+        let fed = if crate::federation::is_federation_path(&http.path_and_query) {
+            match crate::federation::restore(&mut p.fed_aliases, &req.options, &mut http) {
+                Ok(x) => Some((self.federation.clone(), x)),
+                Err(crate::federation::RestoreError::Unknown) => {
+                    let o = [Opt::bytes(opt::FED_ALIAS, &[])];
+                    return self.respond(now, i, &to, Code::new(4, 12), Options::List(&o), &[]);
+                }
+                Err(_) => {
+                    let m = "lowband: bad federation options";
+                    return self.respond_error(now, i, &to, 400, "M_UNRECOGNIZED", m);
+                }
+            }
+        } else {
+            None
+        };
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let t0 = Instant::now();
-            let response = forward(&client, &base, &http, token.as_deref()).await;
+            let response = match fed {
+                Some((Some(f), x)) => f.forward(&http, x.as_deref()).await,
+                Some((None, _)) => HttpResponse::matrix_error(
+                    404,
+                    "M_UNRECOGNIZED",
+                    "lowband: this gateway does not carry federation",
+                ),
+                None => forward(&client, &base, &http, token.as_deref()).await,
+            };
             metrics.request(Some(response.status), t0.elapsed());
             let _ = tx.send(Done {
                 peer,
                 responder: to,
                 response,
+                sync,
             });
         });
     }
@@ -575,7 +639,31 @@ impl State {
             tracing::info!("serve: session gone before its response");
             return;
         };
-        let w = match WireResponse::encode(&d.response) {
+        let delta = d.sync.as_ref().and_then(|c| {
+            let r = &d.response;
+            let json = r
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/json"))
+                .then_some(r.body.as_slice());
+            let p = self.peers.entry(d.peer).or_default();
+            p.sync.response(c, r.status, json)
+        });
+        let encoded = match &delta {
+            None => WireResponse::encode(&d.response),
+            Some(b) => WireResponse::encode(&HttpResponse {
+                body: Vec::new(),
+                ..d.response.clone()
+            })
+            .map(|mut w| {
+                w.body = wire::Body {
+                    format: wire::Format::Json,
+                    bytes: b.clone(),
+                };
+                w
+            }),
+        };
+        let w = match encoded {
             Ok(w) => w,
             Err(_) => {
                 return self.respond_error(
@@ -595,6 +683,9 @@ impl State {
             "serve: response"
         );
         let mut l: OptionList<'_, 12> = w.options();
+        if delta.is_some() {
+            let _ = l.push(Opt::bytes(SYNC, &[]));
+        }
         if w.body.bytes.len() <= BLOCK {
             let o = l.as_options();
             return self.respond(now, i, &d.responder, w.code, o, &w.body.bytes);

@@ -37,8 +37,10 @@ use rand_chacha::ChaCha20Rng;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::alias::{self, AliasReq, TunnelAliases};
 use crate::metrics::{Direction, Handshake, Metrics};
 use crate::serial::SerialLink;
+use crate::syncstate::{self, SyncReq, TunnelSync};
 use crate::transport::{
     now_ms, on_big_stack, Datagrams, LinkParams, BLOCK, BLOCK_SZX, COAP_MTU, PACKET, VERSION,
 };
@@ -56,6 +58,8 @@ type TunnelClient = Client<ChaCha20Rng, 16, 8, 1, COAP_MTU>;
 pub struct TunnelConfig {
     /// HTTP address to listen on.
     pub listen: SocketAddr,
+    /// Serve HTTPS on `listen` with these (federation: the destination's certificate).
+    pub tls: Option<crate::federation::TlsFiles>,
     /// `lowband serve`'s UDP address.
     pub gateway: SocketAddr,
     /// Its public key (pinned).
@@ -76,6 +80,7 @@ impl Default for TunnelConfig {
         let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
         TunnelConfig {
             listen: any,
+            tls: None,
             gateway: any,
             gateway_key: [0; 32],
             key: [0; 32],
@@ -125,6 +130,8 @@ impl Uplink {
 struct Cmd {
     req: HttpRequest,
     token: Option<String>,
+    /// `Authorization: X-Matrix ...` of a federation request.
+    xmatrix: Option<String>,
     timeout_ms: u64,
     reply: oneshot::Sender<HttpResponse>,
 }
@@ -141,6 +148,7 @@ enum Phase {
 struct Op {
     wire: WireRequest,
     token: Option<String>,
+    fed: Option<crate::federation::FedOp>,
     auth: Option<Auth>,
     tag: u32,
     timeout_ms: u64,
@@ -149,16 +157,24 @@ struct Op {
     first: Option<(Code, OwnedOptions)>,
     body: Vec<u8>,
     reply: oneshot::Sender<HttpResponse>,
+    sync: Option<SyncReq>,
+    alias: AliasReq,
+    alias_retried: bool,
+    method: String,
+    pq: String,
 }
 
 struct Session {
     client: Box<TunnelClient>,
     link: Datagrams,
     tokens: TokenTable,
+    fed: crate::federation::AliasTable,
     ops: BTreeMap<RequestHandle, Op>,
     next_tag: u32,
     established_once: bool,
     metrics: Metrics,
+    sync: TunnelSync,
+    aliases: TunnelAliases,
 }
 
 /// Runs the tunnel until an I/O error.
@@ -166,6 +182,11 @@ struct Session {
 /// # Errors
 /// Binding sockets, socket errors.
 pub async fn run(cfg: TunnelConfig) -> anyhow::Result<()> {
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(crate::federation::tls_acceptor)
+        .transpose()?;
     let listener = TcpListener::bind(cfg.listen).await?;
     match &cfg.gateway_serial {
         Some((path, baud)) => {
@@ -183,15 +204,21 @@ pub async fn run(cfg: TunnelConfig) -> anyhow::Result<()> {
         loop {
             let (stream, _) = listener.accept().await?;
             let tx = tx.clone();
+            let tls = tls.clone();
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |r| {
                     handle_http(r, tx.clone(), default_deadline, metrics.clone())
                 });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await
-                {
+                let http = hyper::server::conn::http1::Builder::new();
+                let r = match tls {
+                    None => http.serve_connection(TokioIo::new(stream), svc).await,
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(s) => http.serve_connection(TokioIo::new(s), svc).await,
+                        Err(e) => return tracing::debug!(%e, "tunnel: TLS handshake failed"),
+                    },
+                };
+                if let Err(e) = r {
                     tracing::debug!(%e, "tunnel: connection ended");
                 }
             });
@@ -232,7 +259,9 @@ async fn handle_http(
     let get =
         |n: hyper::header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let content_type = get(hyper::header::CONTENT_TYPE);
-    let (token, pq) = take_token(get(hyper::header::AUTHORIZATION).as_deref(), &pq);
+    let authorization = get(hyper::header::AUTHORIZATION);
+    let xmatrix = crate::federation::xmatrix_of(authorization.as_deref()).map(str::to_owned);
+    let (token, pq) = take_token(authorization.as_deref(), &pq);
     let resp = match Limited::new(r.into_body(), wire::MAX_MEDIA).collect().await {
         Err(_) => HttpResponse::matrix_error(413, "M_TOO_LARGE", "lowband: body too large"),
         Ok(b) => {
@@ -248,6 +277,7 @@ async fn handle_http(
                 .send(Cmd {
                     req,
                     token,
+                    xmatrix,
                     timeout_ms,
                     reply,
                 })
@@ -330,10 +360,13 @@ async fn session_task(
         client,
         link: Datagrams::new(link.mtu, 2 * link.transmission().ack_timeout),
         tokens: TokenTable::default(),
+        fed: crate::federation::AliasTable::default(),
         ops: BTreeMap::new(),
         next_tag: 0,
         established_once: false,
         metrics: cfg.metrics.clone(),
+        sync: TunnelSync::default(),
+        aliases: TunnelAliases::default(),
     };
     let start = Instant::now();
     let mut buf = vec![0u8; 65_536];
@@ -381,8 +414,21 @@ async fn session_task(
 }
 
 impl Session {
-    fn start(&mut self, now: u64, c: Cmd) {
-        let wire = match WireRequest::encode(&c.req) {
+    fn start(&mut self, now: u64, mut c: Cmd) {
+        let sync = self.sync.request(&c.req.method, &mut c.req.path_and_query);
+        let (req, fed) = if crate::federation::is_federation_path(&c.req.path_and_query) {
+            let (r, link) = self.fed.encode(&c.req, c.xmatrix.as_deref());
+            let f = crate::federation::FedOp {
+                orig: c.req.clone(),
+                header: c.xmatrix.take(),
+                link,
+                retried: false,
+            };
+            (Some(r), Some(f))
+        } else {
+            (None, None)
+        };
+        let mut wire = match WireRequest::encode(req.as_ref().unwrap_or(&c.req)) {
             Ok(w) => w,
             Err(wire::WireError::TooLarge) => {
                 let _ = c.reply.send(HttpResponse::matrix_error(
@@ -402,11 +448,13 @@ impl Session {
                 return;
             }
         };
+        let alias = self.alias_target(&c.req.method, &c.req.path_and_query, &mut wire);
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
         let op = Op {
             wire,
             token: c.token,
+            fed,
             auth: None,
             tag,
             timeout_ms: c.timeout_ms,
@@ -415,6 +463,11 @@ impl Session {
             first: None,
             body: Vec::new(),
             reply: c.reply,
+            sync,
+            alias,
+            alias_retried: false,
+            method: c.req.method,
+            pq: c.req.path_and_query,
         };
         self.send(now, op);
     }
@@ -423,12 +476,19 @@ impl Session {
     fn send(&mut self, now: u64, mut op: Op) {
         op.auth = op.token.as_deref().map(|t| self.tokens.auth_for(t));
         let auth = op.auth.as_ref().map(Auth::to_bytes);
+        let sync_opt = op.sync.as_ref().map(SyncReq::option);
         let r = {
             let mut l: OptionList<'_, 12>;
             let payload: &[u8];
             match op.phase {
                 Phase::Request(n) => {
                     l = op.wire.options(auth.as_deref());
+                    if let Some(v) = &sync_opt {
+                        let _ = l.push(Opt::bytes(syncstate::SYNC, v));
+                    }
+                    for d in &op.alias.defs {
+                        let _ = l.push(Opt::bytes(alias::ALIAS, d));
+                    }
                     let body = &op.wire.body.bytes;
                     if body.len() > BLOCK {
                         let b = BlockOpt::new(n, (n as usize + 1) * BLOCK < body.len(), BLOCK_SZX);
@@ -436,8 +496,18 @@ impl Session {
                         payload = body.get(b.offset()..end).unwrap_or(&[]);
                         let _ = l.push(Opt::uint(opt::BLOCK1, b.to_uint()));
                         let _ = l.push(Opt::uint(opt::UPLOAD, op.tag));
+                        if let (false, Some(f)) = (b.more, &op.fed) {
+                            for o in f.link.options() {
+                                let _ = l.push(o);
+                            }
+                        }
                     } else {
                         payload = body;
+                        if let Some(f) = &op.fed {
+                            for o in f.link.options() {
+                                let _ = l.push(o);
+                            }
+                        }
                     }
                 }
                 Phase::Fetch { id, n } => {
@@ -496,6 +566,26 @@ impl Session {
         if let Some(a) = &op.auth {
             self.tokens.acknowledged(a);
         }
+        // Federation aliases: usable once answered; resent in full if the server lost them.
+        if let Some(f) = &mut op.fed {
+            if r.code == Code::new(4, 12) && r.options.first(opt::FED_ALIAS).is_some() {
+                self.fed.reset();
+                if !f.retried {
+                    f.retried = true;
+                    let (req, link) = self.fed.encode(&f.orig, f.header.as_deref());
+                    f.link = link;
+                    if let Ok(mut w) = WireRequest::encode(&req) {
+                        self.aliases.done(&op.alias);
+                        op.alias = self.alias_target(&req.method, &req.path_and_query, &mut w);
+                        op.wire = w;
+                        op.phase = Phase::Request(0);
+                        return self.send(now, op);
+                    }
+                }
+            } else if r.code != Code::CONTINUE {
+                self.fed.acknowledge(&f.link.defs);
+            }
+        }
         // The server lost our token number: register again, once.
         if r.code == Code::new(4, 12) && r.options.first(opt::AUTH).is_some() {
             if let Some(Auth::Number(n)) = &op.auth {
@@ -504,6 +594,38 @@ impl Session {
             if !op.auth_retried {
                 op.auth_retried = true;
                 return self.send(now, op);
+            }
+        }
+        // Serve holds what this request defined; if it lost older aliases, define again.
+        self.aliases.answered(&op.alias);
+        if r.code == Code::new(4, 12) && r.options.first(alias::ALIAS).is_some() {
+            self.aliases.reset();
+            if !op.alias_retried {
+                op.alias_retried = true;
+                self.aliases.done(&op.alias);
+                let (m, pq) = (op.method.clone(), op.pq.clone());
+                op.alias = self.alias_target(&m, &pq, &mut op.wire);
+                return self.send(now, op);
+            }
+        }
+        // Serve does not hold the sync state our since refers to: send the token in full.
+        if r.code == Code::new(4, 12) && r.options.first(syncstate::SYNC).is_some() {
+            if let Some(mut sr) = op.sync.take() {
+                let req = HttpRequest {
+                    method: "GET".to_owned(),
+                    path_and_query: self.sync.unknown(&mut sr),
+                    content_type: None,
+                    body: Vec::new(),
+                };
+                if let Ok(mut w) = WireRequest::encode(&req) {
+                    self.aliases.done(&op.alias);
+                    op.alias = self.alias_target(&req.method, &req.path_and_query, &mut w);
+                    op.wire = w;
+                    op.pq = req.path_and_query;
+                    op.sync = Some(sr);
+                    return self.send(now, op);
+                }
+                self.sync.done(&sr);
             }
         }
         match op.phase {
@@ -530,6 +652,7 @@ impl Session {
             }
             Phase::Fetch { id, n } => {
                 if r.code != Code::CONTENT {
+                    self.aliases.done(&op.alias);
                     let _ = op.reply.send(HttpResponse::matrix_error(
                         502,
                         "M_UNKNOWN",
@@ -550,8 +673,10 @@ impl Session {
         }
         let (code, opts) = op.first.take().unwrap_or((Code::new(5, 2), Vec::new()));
         let list: Vec<Opt<'_>> = opts.iter().map(|(n, v)| Opt::bytes(*n, v)).collect();
-        let resp =
-            wire::decode_response(code, &Options::List(&list), &op.body).unwrap_or_else(|e| {
+        let delta = op.sync.is_some() && opts.iter().any(|(n, _)| *n == syncstate::SYNC);
+        let payload: &[u8] = if delta { &[] } else { &op.body };
+        let mut resp =
+            wire::decode_response(code, &Options::List(&list), payload).unwrap_or_else(|e| {
                 tracing::warn!(%e, "tunnel: undecodable response");
                 HttpResponse::matrix_error(
                     502,
@@ -559,12 +684,55 @@ impl Session {
                     "lowband: undecodable response from the gateway",
                 )
             });
+        if let Some(f) = &op.fed {
+            resp = crate::federation::expand_response(&f.orig, resp);
+        }
+        if let Some(sr) = &op.sync {
+            let json = resp
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/json"))
+                .then_some(resp.body.as_slice());
+            match self.sync.response(sr, resp.status, delta, &op.body, json) {
+                Some(b) => {
+                    resp.body = b;
+                    resp.content_type = Some("application/json".to_owned());
+                }
+                None if delta => {
+                    tracing::warn!("tunnel: undecodable sync delta");
+                    resp = HttpResponse::matrix_error(
+                        502,
+                        "M_UNKNOWN",
+                        "lowband: undecodable sync delta from the gateway",
+                    );
+                }
+                None => {}
+            }
+        }
+        self.aliases.done(&op.alias);
         let _ = op.reply.send(resp);
+    }
+
+    /// Encodes `wire`'s target with the session's aliases (plain target when that fails).
+    fn alias_target(&mut self, method: &str, pq: &str, wire: &mut WireRequest) -> AliasReq {
+        let mut t = vec![0u8; 2 * (method.len() + pq.len()) + 16];
+        match self.aliases.encode(method, pq, &mut t) {
+            Ok((n, r)) => {
+                t.truncate(n);
+                wire.target = t;
+                r
+            }
+            Err(_) => AliasReq::default(),
+        }
     }
 
     fn fail_all(&mut self, msg: &str, status: u16) {
         for (h, op) in core::mem::take(&mut self.ops) {
             self.client.coap().cancel(h);
+            if let Some(sr) = &op.sync {
+                self.sync.done(sr);
+            }
+            self.aliases.done(&op.alias);
             let _ = op
                 .reply
                 .send(HttpResponse::matrix_error(status, "M_UNKNOWN", msg));
@@ -580,6 +748,7 @@ impl Session {
                     self.metrics.set_sessions(1);
                     if self.established_once {
                         self.tokens.reset();
+                        self.fed.reset();
                     }
                     self.established_once = true;
                 }
@@ -587,6 +756,7 @@ impl Session {
                     tracing::info!("tunnel: gateway lost our session; handshaking again");
                     self.metrics.set_sessions(0);
                     self.tokens.reset();
+                    self.fed.reset();
                 }
                 SessionEvent::Rejected(e) | SessionEvent::Refused(e) => {
                     tracing::warn!(?e, "tunnel: the gateway refused this tunnel's key");
@@ -602,6 +772,10 @@ impl Session {
                 SessionEvent::Coap(coap::Event::Failed { handle, error }) => {
                     if let Some(op) = self.ops.remove(&handle) {
                         tracing::info!(?error, "tunnel: request failed on the link");
+                        if let Some(sr) = &op.sync {
+                            self.sync.done(sr);
+                        }
+                        self.aliases.done(&op.alias);
                         let _ = op.reply.send(HttpResponse::matrix_error(
                             504,
                             "M_UNKNOWN",

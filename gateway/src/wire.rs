@@ -24,39 +24,11 @@
 use alloc::collections::BTreeMap;
 
 use lowband_codec::coap::{Code, Opt, OptionList, Options};
-use lowband_codec::{pack, route};
+use lowband_codec::{lb, pack, route};
 
-/// lowband's own CoAP option numbers (all elective).
-pub mod opt {
-    /// Access token: `[n]` (number `n` of a token the server already knows) or `[n, token...]`
-    /// (register token under `n`). In a response (empty, with 4.12): number unknown, resend it.
-    pub const AUTH: u16 = 2;
-    /// Uri-Path: the whole encoded target (RFC 7252 Uri-Path, binary here).
-    pub const TARGET: u16 = 11;
-    /// Content-Format: index into [`super::CONTENT_TYPES`] for a raw body.
-    pub const FORMAT: u16 = 12;
-    /// Content-Type as text, for a raw body whose type is not in the table.
-    pub const CONTENT_TYPE: u16 = 16;
-    /// HTTP status that is not representable as a CoAP code.
-    pub const STATUS: u16 = 18;
-    /// Retry-After header value.
-    pub const RETRY_AFTER: u16 = 22;
-    /// Block2 (RFC 7959).
-    pub const BLOCK2: u16 = 23;
-    /// Location header value.
-    pub const LOCATION: u16 = 24;
-    /// Content-Disposition header value.
-    pub const CONTENT_DISPOSITION: u16 = 26;
-    /// Block1 (RFC 7959).
-    pub const BLOCK1: u16 = 27;
-    /// Size2: total body size of a block-wise response.
-    pub const SIZE2: u16 = 28;
-    /// A response body kept by `serve` for block-wise fetching: its id (response), or which
-    /// body a block request asks for (request).
-    pub const BODY: u16 = 30;
-    /// Tells concurrent block-wise uploads apart (a number chosen by the tunnel).
-    pub const UPLOAD: u16 = 32;
-}
+/// lowband's own CoAP option numbers: one definition for both ends, in
+/// [`lowband_codec::lb::opt`].
+pub use lowband_codec::lb::opt;
 
 /// Content types of raw bodies sent as a one-byte index (position + 1; 0 = no content type).
 pub const CONTENT_TYPES: [&str; 14] = [
@@ -320,25 +292,28 @@ impl Auth {
     /// # Errors
     /// [`WireError::BadOption`] for an empty value or a token that is not UTF-8.
     pub fn parse(v: &[u8]) -> Result<Auth, WireError> {
-        match v.split_first() {
-            None => Err(WireError::BadOption(opt::AUTH)),
-            Some((&n, [])) => Ok(Auth::Number(n)),
-            Some((&n, t)) => core::str::from_utf8(t)
-                .map(|t| Auth::Register(n, t.to_owned()))
-                .map_err(|_| WireError::BadOption(opt::AUTH)),
+        match lb::Auth::parse(v) {
+            Ok(lb::Auth::Number(n)) => Ok(Auth::Number(n)),
+            Ok(lb::Auth::Register(n, t)) => Ok(Auth::Register(n, t.to_owned())),
+            Err(_) => Err(WireError::BadOption(opt::AUTH)),
+        }
+    }
+
+    /// The no_std form ([`lb::Auth`], the one encoding of both ends).
+    pub fn as_lb(&self) -> lb::Auth<'_> {
+        match self {
+            Auth::Number(n) => lb::Auth::Number(*n),
+            Auth::Register(n, t) => lb::Auth::Register(*n, t),
         }
     }
 
     /// The option value.
     pub fn to_bytes(&self) -> Vec<u8> {
-        match self {
-            Auth::Number(n) => vec![*n],
-            Auth::Register(n, t) => {
-                let mut v = vec![*n];
-                v.extend_from_slice(t.as_bytes());
-                v
-            }
-        }
+        let a = self.as_lb();
+        let mut v = vec![0u8; a.len()];
+        // INVARIANT: v has exactly a.len() bytes.
+        let _ = a.write(&mut v);
+        v
     }
 }
 
@@ -347,6 +322,18 @@ impl Auth {
 /// # Errors
 /// [`WireError`] for a missing or bad target, a bad body or option.
 pub fn decode_request(options: &Options<'_>, payload: &[u8]) -> Result<DecodedRequest, WireError> {
+    decode_request_with(&[], options, payload)
+}
+
+/// [`decode_request`] with the session strings of [`route::decode_target_with`].
+///
+/// # Errors
+/// As [`decode_request`].
+pub fn decode_request_with(
+    session: &[&str],
+    options: &Options<'_>,
+    payload: &[u8],
+) -> Result<DecodedRequest, WireError> {
     let target = options
         .first(opt::TARGET)
         .and_then(|o| o.as_bytes())
@@ -354,7 +341,7 @@ pub fn decode_request(options: &Options<'_>, payload: &[u8]) -> Result<DecodedRe
     let mut method = [0u8; 256];
     let mut out = vec![0u8; 8 * target.len() + 64];
     let (m, n) = loop {
-        match route::decode_target(target, &mut method, &mut out) {
+        match route::decode_target_with(session, target, &mut method, &mut out) {
             Ok(r) => break r,
             Err(route::Error::BufferTooSmall) if out.len() < 1 << 16 => {
                 out = vec![0u8; out.len() * 4]
@@ -418,21 +405,12 @@ impl HttpResponse {
 
 /// The CoAP code (and [`opt::STATUS`] value, when needed) of an HTTP status.
 pub fn status_to_code(status: u16) -> (Code, Option<u16>) {
-    let (c, dd) = (status / 100, status % 100);
-    if matches!(c, 2 | 4 | 5) && dd <= 31 {
-        // INVARIANT: c <= 5 and dd <= 31 fit the code's 3 and 5 bits.
-        (Code::new(c as u8, dd as u8), None)
-    } else {
-        (Code::CONTENT, Some(status))
-    }
+    lb::status_to_code(status)
 }
 
 /// The HTTP status of a CoAP response code and its options.
 pub fn code_to_status(code: Code, options: &Options<'_>) -> u16 {
-    match options.uint(opt::STATUS) {
-        Some(s) => u16::try_from(s).unwrap_or(502),
-        None => u16::from(code.class()) * 100 + u16::from(code.detail()),
-    }
+    lb::code_to_status(code, options.uint(opt::STATUS))
 }
 
 /// A response in link form.

@@ -377,6 +377,13 @@ fn gateway_bytes_per_operation() {
     for (op, b) in &table {
         assert!(*b > 0, "{op}: no bytes counted");
     }
+    // Budgets (HTTP/1.1 baseline: 907, 1411, 858 bytes). An empty sync is one round trip:
+    // two packets of ~18 B Noise + ~5 B CoAP each are 46 B before any content, so its budget
+    // of 24 B is out of reach without answering locally; 60 B is asserted (measured 59 B).
+    let budget = [140, 140, 60];
+    for ((op, b), max) in table.iter().zip(budget) {
+        assert!(*b <= max, "{op}: {b} link bytes, budget {max}");
+    }
 }
 
 /// The same at 100 bit/s: each step takes tens of seconds (env `LOWBAND_SLOW_E2E=1`).

@@ -1,6 +1,10 @@
 //! End-to-end tests: one binary.
 
+extern crate alloc;
+
+mod device_e2e;
 mod federation;
+mod federation_gateway;
 mod gateway_e2e;
 mod harness;
 mod qemu;

@@ -121,7 +121,7 @@ fn qemu_firmware_echoes_frames_and_persists_boots_across_kill() {
         q.kill();
         drop(q);
         let flash = std::fs::read(tmp.path().join("lowband-flash.bin")).expect("flash file");
-        assert_eq!(flash.len(), 2048, "two 1 KiB pages");
+        assert_eq!(flash.len(), 4 * 6144, "four 6 KiB pages");
         q = Qemu::start(&elf, tmp.path(), BOOT).expect("qemu restart");
         q.wait_diagnostic(&format!("boot {boot} "), BOOT)
             .expect("boot counted");
@@ -134,15 +134,12 @@ fn qemu_firmware_echoes_frames_and_persists_boots_across_kill() {
         );
         assert_clean(&q);
     }
-    // The A/B store alternates pages: after 3 saves, page 0 holds seq 3, page 1 seq 2.
+    // The boot counter's A/B pages (file pages 2 and 3) alternate: after 3 saves, A holds
+    // generation 3 (version 1, kind 2, length 4, value 3), B generation 2.
     let flash = std::fs::read(tmp.path().join("lowband-flash.bin")).expect("flash file");
-    assert_eq!(&flash[..8], b"LBS1\x03\x00\x00\x00");
-    assert_eq!(&flash[1024..1032], b"LBS1\x02\x00\x00\x00");
-    assert_eq!(
-        &flash[12..16],
-        &3u32.to_le_bytes(),
-        "boot counter in record"
-    );
+    let (a, b) = (&flash[2 * 6144..], &flash[3 * 6144..]);
+    assert_eq!(a[..12], [1, 2, 3, 0, 0, 0, 4, 0, 3, 0, 0, 0]);
+    assert_eq!(b[..12], [1, 2, 2, 0, 0, 0, 4, 0, 2, 0, 0, 0]);
 }
 
 #[test]

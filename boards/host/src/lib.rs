@@ -24,7 +24,7 @@ use std::io::{self, Read as _, Seek, SeekFrom, Write as _};
 use std::path::Path;
 use std::time::Instant;
 
-use lowband_firmware::{Board, Clock, Flash, Led, Parts, Provisioned, Sensor};
+use lowband_firmware::{Board, Clock, Flash, Led, Page, Parts, Provisioned, Sensor};
 use serialport::SerialPort;
 
 /// A Linux host as a [`Board`].
@@ -39,11 +39,13 @@ impl Board for Host {
     type Sensor = HostSensor;
 }
 
-/// Page size of the file-backed flash (the LM3S6965's and STM32F103's 1 KiB).
-pub const PAGE_SIZE: usize = 1024;
+/// Page size of the file-backed flash: one page holds a default sync state record
+/// ([`lowband_device::DEFAULT_RECORD_MAX`]).
+pub const PAGE_SIZE: usize = 6144;
+const _: () = assert!(PAGE_SIZE >= lowband_device::DEFAULT_RECORD_MAX);
 
-/// Builds the host board's parts: the link on `port`, flash in the file `flash` (created as two
-/// erased pages if missing), the given provisioning.
+/// Builds the host board's parts: the link on `port`, flash in the file `flash` (four pages,
+/// created erased if missing: state A/B, then boot counter A/B), the given provisioning.
 ///
 /// # Errors
 ///
@@ -56,7 +58,8 @@ pub fn init(
     Ok(Parts {
         link: SerialLink::new(port),
         clock: StdClock::new(),
-        flash: FileFlash::open(flash, PAGE_SIZE, 2)?,
+        flash: FileFlash::open(flash, PAGE_SIZE, 0)?,
+        boot_flash: FileFlash::open(flash, PAGE_SIZE, 2)?,
         led: HostLed::default(),
         sensor: HostSensor::default(),
         provisioned,
@@ -171,21 +174,25 @@ impl Clock for StdClock {
     }
 }
 
-/// Flash pages in a host file, with NOR semantics: erase writes `0xFF`, write ANDs.
+/// Two flash pages (A/B) in a host file, with NOR semantics: erase writes `0xFF`, program ANDs.
+///
+/// Page A is page `first` of the file (pages of `page_len` bytes), page B the next one; several
+/// `FileFlash` share one file at different `first` pages.
 #[derive(Debug)]
 pub struct FileFlash {
     file: File,
-    page_size: usize,
-    pages: usize,
+    page_len: usize,
+    first: usize,
 }
 
 impl FileFlash {
-    /// Opens `path`, creating it (all pages erased) if missing or shorter than the pages.
+    /// Opens `path` for pages `first` and `first + 1`, creating or extending the file (new pages
+    /// erased) if it is shorter.
     ///
     /// # Errors
     ///
     /// If the file cannot be opened, created or extended.
-    pub fn open(path: &Path, page_size: usize, pages: usize) -> io::Result<Self> {
+    pub fn open(path: &Path, page_len: usize, first: usize) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -194,54 +201,52 @@ impl FileFlash {
             .open(path)?;
         let mut f = FileFlash {
             file,
-            page_size,
-            pages,
+            page_len,
+            first,
         };
         let len = f.file.metadata()?.len();
-        if len < (page_size * pages) as u64 {
-            for p in 0..pages {
-                f.erase(p)?;
-            }
+        if len < (page_len * (first + 2)) as u64 {
+            f.file.seek(SeekFrom::Start(len))?;
+            let missing = page_len * (first + 2) - len as usize;
+            f.file.write_all(&vec![0xFF; missing])?;
+            f.file.sync_data()?;
         }
         Ok(f)
     }
 
-    fn at(&self, page: usize, offset: usize, len: usize) -> io::Result<u64> {
-        if page >= self.pages || offset + len > self.page_size {
+    fn at(&self, page: Page, offset: usize, len: usize) -> io::Result<u64> {
+        if offset + len > self.page_len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("page {page} offset {offset} len {len} outside the flash"),
+                format!("page {page:?} offset {offset} len {len} outside the page"),
             ));
         }
-        Ok((page * self.page_size + offset) as u64)
+        Ok(((self.first + page as usize) * self.page_len + offset) as u64)
     }
 }
 
 impl Flash for FileFlash {
     type Error = io::Error;
+    const WRITE_SIZE: usize = 4;
 
-    fn page_size(&self) -> usize {
-        self.page_size
+    fn page_len(&self) -> usize {
+        self.page_len
     }
 
-    fn pages(&self) -> usize {
-        self.pages
-    }
-
-    fn read(&mut self, page: usize, offset: usize, buf: &mut [u8]) -> io::Result<()> {
+    fn read(&mut self, page: Page, offset: usize, buf: &mut [u8]) -> io::Result<()> {
         let pos = self.at(page, offset, buf.len())?;
         self.file.seek(SeekFrom::Start(pos))?;
         self.file.read_exact(buf)
     }
 
-    fn erase(&mut self, page: usize) -> io::Result<()> {
-        let pos = self.at(page, 0, self.page_size)?;
+    fn erase(&mut self, page: Page) -> io::Result<()> {
+        let pos = self.at(page, 0, self.page_len)?;
         self.file.seek(SeekFrom::Start(pos))?;
-        self.file.write_all(&vec![0xFF; self.page_size])?;
+        self.file.write_all(&vec![0xFF; self.page_len])?;
         self.file.sync_data()
     }
 
-    fn write(&mut self, page: usize, offset: usize, data: &[u8]) -> io::Result<()> {
+    fn program(&mut self, page: Page, offset: usize, data: &[u8]) -> io::Result<()> {
         let mut cur = vec![0u8; data.len()];
         self.read(page, offset, &mut cur)?;
         cur.iter_mut().zip(data).for_each(|(c, d)| *c &= *d);
@@ -310,10 +315,9 @@ pub fn run_loopback(
     mut parts: Parts<Host>,
     stop: &AtomicBool,
 ) -> io::Result<(u32, lowband_firmware::Settings)> {
-    let mut scratch = [0u8; 64];
-    let boots = lowband_firmware::Store::open(&mut parts.flash)
-        .and_then(|mut s| lowband_firmware::count_boot(&mut s, &mut scratch))
-        .map_err(|e| io::Error::other(format!("store: {e:?}")))?;
+    let boots = lowband_firmware::count_boot(&mut parts.boot_flash, 0)
+        .map_err(|e| io::Error::other(format!("store: {e:?}")))?
+        .get();
     let mut app = lowband_firmware::Loopback::new(lowband_firmware::Settings {
         boots,
         ..Default::default()
@@ -426,8 +430,10 @@ mod tests {
         });
         assert_eq!(boots, 2);
         let raw = std::fs::read(dir.join("flash.bin")).unwrap();
-        assert_eq!(raw.len(), 2 * PAGE_SIZE);
-        assert_eq!(&raw[PAGE_SIZE..PAGE_SIZE + 4], b"LBS1");
+        assert_eq!(raw.len(), 4 * PAGE_SIZE);
+        // Second boot count on boot page B: version 1, kind 2, generation 2, 4-byte payload 2.
+        let b = &raw[3 * PAGE_SIZE..];
+        assert_eq!(b[..12], [1, 2, 2, 0, 0, 0, 4, 0, 2, 0, 0, 0]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -436,16 +442,20 @@ mod tests {
         let dir = tmpdir("nor");
         let mut f = FileFlash::open(&dir.join("f.bin"), 64, 2).unwrap();
         let mut b = [0u8; 4];
-        f.read(1, 60, &mut b).unwrap();
+        f.read(Page::B, 60, &mut b).unwrap();
         assert_eq!(b, [0xFF; 4]);
-        f.write(1, 60, &[0xF0, 0x0F, 0xAA, 0x55]).unwrap();
-        f.write(1, 60, &[0x3C, 0x3C, 0xFF, 0x00]).unwrap();
-        f.read(1, 60, &mut b).unwrap();
+        f.program(Page::B, 60, &[0xF0, 0x0F, 0xAA, 0x55]).unwrap();
+        f.program(Page::B, 60, &[0x3C, 0x3C, 0xFF, 0x00]).unwrap();
+        f.read(Page::B, 60, &mut b).unwrap();
         assert_eq!(b, [0x30, 0x0C, 0xAA, 0x00]);
-        assert!(f.write(1, 62, &[0; 4]).is_err(), "past the page");
-        assert!(f.erase(2).is_err(), "no third page");
-        f.erase(1).unwrap();
-        f.read(1, 60, &mut b).unwrap();
+        assert!(f.program(Page::B, 62, &[0; 4]).is_err(), "past the page");
+        // Page B of region 2 is page 3 of the file; region 0 below is untouched.
+        let raw = std::fs::read(dir.join("f.bin")).unwrap();
+        assert_eq!(raw.len(), 4 * 64);
+        assert_eq!(raw[3 * 64 + 60..], [0x30, 0x0C, 0xAA, 0x00]);
+        assert!(raw[..3 * 64 + 60].iter().all(|&x| x == 0xFF));
+        f.erase(Page::B).unwrap();
+        f.read(Page::B, 60, &mut b).unwrap();
         assert_eq!(b, [0xFF; 4]);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | link | UART0 (PL011-style, `0x4000_C000`) by registers: [`Uart0`] |
 //! | clock | SysTick at the core clock, 1 kHz interrupt: [`SysTickClock`] |
-//! | flash | two 1 KiB pages in a host file through semihosting: [`HostFlash`] |
+//! | flash | A/B pages of 6 KiB in a host file through semihosting: [`HostFlash`] (state: pages 0-1, boot counter: pages 2-3) |
 //! | provisioned | 96 bytes from a host file through semihosting, else development keys |
 //! | LED | GPIO port F pin 0 (the EVB's status LED), changes logged: [`StatusLed`] |
 //! | sensor | synthetic temperature (QEMU emulates no sensor): [`SynthSensor`] |
@@ -42,7 +42,7 @@ use cortex_m::interrupt::Mutex;
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::{exception, ExceptionFrame};
 use cortex_m_semihosting::{debug, hio, nr, syscall};
-use lowband_firmware::{Board, Clock, Flash, Led, Parts, Provisioned, Sensor};
+use lowband_firmware::{Board, Clock, Flash, Led, Page, Parts, Provisioned, Sensor};
 
 /// Core clock of QEMU's lm3s6965evb after reset: the 200 MHz PLL divided by RCC.SYSDIV + 1 = 16
 /// (reset value of RCC is `0x078E_3AC0`), i.e. 12.5 MHz. Checked against the host clock by the
@@ -89,15 +89,16 @@ pub fn init() -> Parts<Lm3s6965> {
     let cp = cortex_m::Peripherals::take().expect("init() called twice");
     let clock = SysTickClock::start(cp.SYST);
     let link = Uart0::init();
-    let flash = match HostFlash::open() {
-        Ok(f) => f,
-        Err(e) => panic!("cannot open {FLASH_FILE}: {e:?}"),
+    let (flash, boot_flash) = match (HostFlash::open(0), HostFlash::open(2)) {
+        (Ok(f), Ok(b)) => (f, b),
+        (Err(e), _) | (_, Err(e)) => panic!("cannot open {FLASH_FILE}: {e:?}"),
     };
     let provisioned = read_provisioning();
     Parts {
         link,
         clock,
         flash,
+        boot_flash,
         led: StatusLed::init(),
         sensor: SynthSensor,
         provisioned,
@@ -322,14 +323,16 @@ impl Clock for SysTickClock {
 // ---------------------------------------------------------------------------------------------
 // Semihosting-backed flash
 
-/// Host file holding the two flash pages (relative to QEMU's working directory).
+/// Host file holding the flash pages (relative to QEMU's working directory).
 pub const FLASH_FILE: &str = "lowband-flash.bin";
 /// Host file holding the 96 provisioning bytes (seed ‖ static key ‖ gateway key).
 pub const PROVISION_FILE: &str = "lowband-provision.bin";
-/// Bytes per emulated page (the LM3S6965's flash erase size).
-pub const PAGE_SIZE: usize = 1024;
-/// Emulated pages: A and B.
-pub const PAGES: usize = 2;
+/// Bytes per emulated page: one holds a default sync state record (the chip's erase size is
+/// 1 KiB; a page here stands for a group of six).
+pub const PAGE_SIZE: usize = 6144;
+/// Emulated pages: state A and B, boot counter A and B.
+pub const PAGES: usize = 4;
+const _: () = assert!(PAGE_SIZE >= lowband_device::DEFAULT_RECORD_MAX);
 
 /// A semihosting operation that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,10 +349,12 @@ pub enum HostIoError {
     Range,
 }
 
-/// Two 1 KiB flash pages kept in the host file [`FLASH_FILE`] (see the crate docs).
+/// Two flash pages (A/B) kept in the host file [`FLASH_FILE`] at pages `first` and `first + 1`
+/// (see the crate docs).
 #[derive(Debug)]
 pub struct HostFlash {
     fd: usize,
+    first: usize,
 }
 
 /// `name` must end in NUL; returns the semihosting handle.
@@ -402,53 +407,57 @@ fn sh_close(fd: usize) {
 }
 
 impl HostFlash {
-    /// Opens [`FLASH_FILE`], creating it as two erased pages if it does not exist (or is short).
+    /// Opens [`FLASH_FILE`] for pages `first` and `first + 1`, creating it if it does not exist
+    /// and erasing the two pages if the file is too short to hold them. Open the regions in
+    /// increasing `first` order (a region is appended at the end of the file).
     ///
     /// # Errors
     ///
-    /// [`HostIoError`] if the file cannot be opened or created.
-    pub fn open() -> Result<Self, HostIoError> {
+    /// [`HostIoError`] if the file cannot be opened or created, or `first + 2 > PAGES`.
+    pub fn open(first: usize) -> Result<Self, HostIoError> {
+        if first + 2 > PAGES {
+            return Err(HostIoError::Range);
+        }
         let name = b"lowband-flash.bin\0";
         let fd = match sh_open(name, nr::open::RW_BINARY) {
             Some(fd) => fd,
             None => sh_open(name, nr::open::RW_TRUNC_BINARY).ok_or(HostIoError::Open)?,
         };
-        let mut f = HostFlash { fd };
-        if sh_flen(fd) < PAGE_SIZE * PAGES {
-            log!("{FLASH_FILE}: blank, formatting {PAGES} pages");
-            for page in 0..PAGES {
-                f.erase(page)?;
-            }
+        let mut f = HostFlash { fd, first };
+        if sh_flen(fd) < PAGE_SIZE * (first + 2) {
+            log!(
+                "{FLASH_FILE}: blank, formatting pages {first}-{}",
+                first + 1
+            );
+            f.erase(Page::A)?;
+            f.erase(Page::B)?;
         }
         Ok(f)
     }
 
-    fn at(page: usize, offset: usize, len: usize) -> Result<usize, HostIoError> {
-        if page >= PAGES || offset + len > PAGE_SIZE {
+    fn at(&self, page: Page, offset: usize, len: usize) -> Result<usize, HostIoError> {
+        if offset + len > PAGE_SIZE {
             return Err(HostIoError::Range);
         }
-        Ok(page * PAGE_SIZE + offset)
+        Ok((self.first + page as usize) * PAGE_SIZE + offset)
     }
 }
 
 impl Flash for HostFlash {
     type Error = HostIoError;
+    const WRITE_SIZE: usize = 4;
 
-    fn page_size(&self) -> usize {
+    fn page_len(&self) -> usize {
         PAGE_SIZE
     }
 
-    fn pages(&self) -> usize {
-        PAGES
-    }
-
-    fn read(&mut self, page: usize, offset: usize, buf: &mut [u8]) -> Result<(), HostIoError> {
-        sh_seek(self.fd, Self::at(page, offset, buf.len())?)?;
+    fn read(&mut self, page: Page, offset: usize, buf: &mut [u8]) -> Result<(), HostIoError> {
+        sh_seek(self.fd, self.at(page, offset, buf.len())?)?;
         sh_read(self.fd, buf)
     }
 
-    fn erase(&mut self, page: usize) -> Result<(), HostIoError> {
-        sh_seek(self.fd, Self::at(page, 0, PAGE_SIZE)?)?;
+    fn erase(&mut self, page: Page) -> Result<(), HostIoError> {
+        sh_seek(self.fd, self.at(page, 0, PAGE_SIZE)?)?;
         let ff = [0xFFu8; 128];
         for _ in 0..PAGE_SIZE / ff.len() {
             sh_write(self.fd, &ff)?;
@@ -456,8 +465,8 @@ impl Flash for HostFlash {
         Ok(())
     }
 
-    fn write(&mut self, page: usize, offset: usize, data: &[u8]) -> Result<(), HostIoError> {
-        let pos = Self::at(page, offset, data.len())?;
+    fn program(&mut self, page: Page, offset: usize, data: &[u8]) -> Result<(), HostIoError> {
+        let pos = self.at(page, offset, data.len())?;
         // NOR semantics: programming clears bits only.
         let mut chunk = [0u8; 64];
         for (i, part) in data.chunks(chunk.len()).enumerate() {

@@ -6,8 +6,8 @@
 //! |---|---|
 //! | link | USART1 on PA9 (TX) / PA10 (RX), 115200 8N1: [`Usart1Link`] |
 //! | clock | SysTick at 72 MHz, one interrupt per 100 ms plus the counter: [`SysTickClock`] |
-//! | flash | the last two 1 KiB pages of the 64 KiB flash (`memory.x` keeps code out): [`FlashPages`] |
-//! | provisioned | 96 bytes at the start of the page below the store (`0x0800_F400`), written at provisioning time |
+//! | flash | state A/B: two 6 KiB groups of 1 KiB sectors at `0x0800_D000`/`0x0800_E800`; boot counter A/B: 1 KiB sectors at `0x0800_C400`/`0x0800_C800` (`memory.x` keeps code below 48 KiB): [`FlashPages`] |
+//! | provisioned | 96 bytes at the start of the sector at 48 KiB (`0x0800_C000`), written at provisioning time |
 //! | LED | PC13, active low: [`BluePillLed`] |
 //! | sensor | the internal temperature sensor on ADC1 (whole °C): [`InternalTemp`] |
 //!
@@ -22,7 +22,7 @@ use core::fmt;
 use cortex_m::interrupt::Mutex;
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::exception;
-use lowband_firmware::{Board, Clock, Flash, Led, Parts, Provisioned, Sensor};
+use lowband_firmware::{Board, Clock, Flash, Led, Page, Parts, Provisioned, Sensor};
 use stm32f1xx_hal::adc::Adc;
 use stm32f1xx_hal::flash::{self, FlashSize, SectorSize};
 use stm32f1xx_hal::gpio::{Output, PushPull, PC13};
@@ -79,13 +79,26 @@ pub fn init() -> Parts<BluePill> {
     led.set_high(); // off (active low)
 
     let adc = dp.ADC1.adc(&mut rcc);
-    let mut flash = FlashPages { flash: fl };
+    let mut flash = FlashPages {
+        flash: fl,
+        base: STATE_OFFSET,
+        sectors: STATE_SECTORS,
+    };
     let provisioned = flash.provisioning();
+    // SAFETY: the second handle on the flash controller is only used from the same thread as
+    // the first, never concurrently (the firmware is a single loop without flash in interrupts).
+    let boot_fl = unsafe { pac::Peripherals::steal() }.FLASH.constrain();
+    let boot_flash = FlashPages {
+        flash: boot_fl,
+        base: BOOT_OFFSET,
+        sectors: 1,
+    };
 
     Parts {
         link: Usart1Link { tx, rx },
         clock: SysTickClock::start(cp.SYST),
         flash,
+        boot_flash,
         led: BluePillLed { pin: led },
         sensor: InternalTemp { adc },
         provisioned,
@@ -209,22 +222,31 @@ impl Clock for SysTickClock {
 // ---------------------------------------------------------------------------------------------
 // Flash
 
-/// Offset (from the start of flash) of the first of the two store pages.
-pub const STORE_OFFSET: u32 = 62 * 1024;
-/// Offset of the provisioning page (the page below the store).
-pub const PROVISION_OFFSET: u32 = 61 * 1024;
-const PAGE: usize = 1024;
+/// Offset (from the start of flash) of the provisioning sector.
+pub const PROVISION_OFFSET: u32 = 48 * 1024;
+/// Offset of boot-counter page A (one sector; page B is the next sector).
+pub const BOOT_OFFSET: u32 = 49 * 1024;
+/// Offset of state page A (a group of [`STATE_SECTORS`] sectors; page B follows it).
+pub const STATE_OFFSET: u32 = 52 * 1024;
+/// Sectors per state page: 6 KiB hold a default sync state record.
+pub const STATE_SECTORS: usize = 6;
+const SECTOR: usize = 1024;
+const _: () = assert!(STATE_SECTORS * SECTOR >= lowband_device::DEFAULT_RECORD_MAX);
+const _: () = assert!(STATE_OFFSET as usize + 2 * STATE_SECTORS * SECTOR <= 64 * 1024);
 
-/// The two store pages at the top of the on-chip flash, through the HAL's `FlashWriter`
-/// (half-word programming, verified).
+/// Two pages (A/B) of on-chip flash, each a group of `sectors` 1 KiB sectors from `base`,
+/// through the HAL's `FlashWriter` (half-word programming, verified).
 pub struct FlashPages {
     flash: flash::Parts,
+    base: u32,
+    sectors: usize,
 }
 
 impl fmt::Debug for FlashPages {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FlashPages")
-            .field("offset", &STORE_OFFSET)
+            .field("base", &self.base)
+            .field("sectors", &self.sectors)
             .finish()
     }
 }
@@ -242,39 +264,37 @@ impl FlashPages {
         Provisioned::from_bytes(&raw)
     }
 
-    fn at(page: usize, offset: usize, len: usize) -> Result<u32, flash::Error> {
-        if page >= 2 || offset + len > PAGE {
+    fn at(&self, page: Page, offset: usize, len: usize) -> Result<u32, flash::Error> {
+        let page_len = self.sectors * SECTOR;
+        if offset + len > page_len {
             return Err(flash::Error::AddressLargerThanFlash);
         }
-        Ok(STORE_OFFSET + (page * PAGE + offset) as u32)
+        Ok(self.base + (page as usize * page_len + offset) as u32)
     }
 }
 
 impl Flash for FlashPages {
     type Error = flash::Error;
-    const WRITE_ALIGN: usize = 4;
+    const WRITE_SIZE: usize = 4;
 
-    fn page_size(&self) -> usize {
-        PAGE
+    fn page_len(&self) -> usize {
+        self.sectors * SECTOR
     }
 
-    fn pages(&self) -> usize {
-        2
-    }
-
-    fn read(&mut self, page: usize, offset: usize, buf: &mut [u8]) -> Result<(), flash::Error> {
-        let at = Self::at(page, offset, buf.len())?;
+    fn read(&mut self, page: Page, offset: usize, buf: &mut [u8]) -> Result<(), flash::Error> {
+        let at = self.at(page, offset, buf.len())?;
         buf.copy_from_slice(self.writer().read(at, buf.len())?);
         Ok(())
     }
 
-    fn erase(&mut self, page: usize) -> Result<(), flash::Error> {
-        let at = Self::at(page, 0, PAGE)?;
-        self.writer().page_erase(at)
+    fn erase(&mut self, page: Page) -> Result<(), flash::Error> {
+        let len = self.sectors * SECTOR;
+        let at = self.at(page, 0, len)?;
+        self.writer().erase(at, len)
     }
 
-    fn write(&mut self, page: usize, offset: usize, data: &[u8]) -> Result<(), flash::Error> {
-        let at = Self::at(page, offset, data.len())?;
+    fn program(&mut self, page: Page, offset: usize, data: &[u8]) -> Result<(), flash::Error> {
+        let at = self.at(page, offset, data.len())?;
         self.writer().write(at, data)
     }
 }

@@ -151,6 +151,7 @@ async fn tunnel_and_serve_carry_http() {
     let http = free_tcp();
     tokio::spawn(tunnel::run(TunnelConfig {
         listen: http,
+        tls: None,
         gateway: udp,
         gateway_key: gw.public().0,
         key: tun.secret_bytes(),
@@ -237,6 +238,7 @@ async fn tunnel_and_serve_carry_http() {
     let http2 = free_tcp();
     tokio::spawn(tunnel::run(TunnelConfig {
         listen: http2,
+        tls: None,
         gateway: udp,
         gateway_key: gw.public().0,
         key: stranger.secret_bytes(),

@@ -9,19 +9,14 @@
 
 use cortex_m_rt::entry;
 use lowband_board_qemu_lm3s6965::{idle, init, log, stack_used};
-use lowband_firmware::{count_boot, Clock, Loopback, Settings, Store};
+use lowband_firmware::{count_boot, Clock, Loopback, Settings};
 
 #[entry]
 fn main() -> ! {
     let mut parts = init();
-    let boots = {
-        let mut scratch = [0u8; 64];
-        let counted =
-            Store::open(&mut parts.flash).and_then(|mut s| count_boot(&mut s, &mut scratch));
-        match counted {
-            Ok(n) => n,
-            Err(e) => panic!("store: {e:?}"),
-        }
+    let boots = match count_boot(&mut parts.boot_flash, 0) {
+        Ok(n) => n.get(),
+        Err(e) => panic!("store: {e:?}"),
     };
     log!("boot {boots} at {} ms", parts.clock.now_ms());
     // In .bss rather than on the stack, so that scripts/firmware.sh counts it.

@@ -5,15 +5,12 @@
 
 use cortex_m_rt::entry;
 use lowband_board_stm32f103::init;
-use lowband_firmware::{count_boot, Loopback, Settings, Store};
+use lowband_firmware::{count_boot, Loopback, Settings};
 
 #[entry]
 fn main() -> ! {
     let mut parts = init();
-    let mut scratch = [0u8; 64];
-    let boots = Store::open(&mut parts.flash)
-        .and_then(|mut s| count_boot(&mut s, &mut scratch))
-        .unwrap_or(0);
+    let boots = count_boot(&mut parts.boot_flash, 0).map_or(0, |b| b.get());
     let mut app = Loopback::new(Settings {
         boots,
         ..Settings::default()

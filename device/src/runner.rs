@@ -1,0 +1,1216 @@
+//! The device's link driver: the secure session, the Matrix client-server requests of the
+//! outbox and of sync, and the sync state, over a serial byte stream or a datagram radio.
+//!
+//! ```text
+//!  link bytes ──► SerialLink (Deframer) ──► packet ──► DeviceClient (Noise + CoAP) ──► response
+//!                                                                                       │
+//!   SyncState ◄── SyncUpdate items (cbor::Reader over the packed body) ◄────────────────┘
+//!   SyncState.outbox ──► PUT send / POST join / POST leave ──► DeviceClient ──► link
+//!   idle ──► GET /sync?since=..&timeout=..&filter=..
+//! ```
+//!
+//! Requests travel as the gateway's `lowband serve` expects them ([`lowband_codec::lb`]): the
+//! target in one option ([`route::encode_target`]), the JSON body packed, the access token as
+//! `[n, token]` until the first response, then `[n]`. Responses bigger than one block come
+//! block-wise (the gateway keeps the body under a [`opt::BODY`] id) and are reassembled into a
+//! bounded buffer.
+//!
+//! Transaction ids come from the outbox ([`crate::TxnId`], `d{boot}.{seq}`, persisted with the
+//! state), so a message resent after a reboot has the same id and the homeserver deduplicates
+//! it (Matrix client-server API, "Transaction identifiers":
+//! <https://spec.matrix.org/v1.11/client-server-api/#transaction-identifiers>).
+//!
+//! # Call protocol
+//!
+//! ```text
+//!  loop {
+//!      runner.poll(now, &mut link)?      // reads what the link has, sends what is due
+//!      if progress.changed { runner.state().save_to(&mut pages) }   // outbox survives reboots
+//!      app: runner.state_mut().next_event() / send_text(..)
+//!      sleep until runner.poll_timeout() or a byte arrives
+//!  }
+//! ```
+//!
+//! No allocation: every buffer is in the [`Runner`] ([`RUNNER_SIZE`] bytes, stated below).
+
+use core::fmt::Write as _;
+
+use lowband_codec::cbor::{Item, Reader};
+use lowband_codec::coap::{
+    BlockOpt, Code, IncomingResponse, Opt, Options, Received, Request, RequestHandle,
+};
+use lowband_codec::frame::{self, Deframer};
+use lowband_codec::lb::{self, opt, Auth};
+use lowband_codec::session::{max_packet_len, DeviceClient, SessionEvent};
+use lowband_codec::{pack, route};
+use rand_core::{CryptoRng, RngCore};
+
+use crate::outbox::{Command, OutContent, TxnId};
+use crate::state::{Applied, Body, EventIn, RoomRef, SyncUpdate, ROOM_ID_LEN};
+use crate::text::Text;
+
+/// Bytes of preset dictionary an `inflate` buffer of [`Runner::poll`] needs before the body.
+pub const INFLATE_DICT_LEN: usize = lowband_codec::dict::DEFLATE_DICT.len();
+use crate::DefaultSyncState;
+
+/// CoAP MTU of the device's own messages ([`DeviceClient`]).
+pub const COAP_MTU: usize = 128;
+/// Largest link packet the runner receives: a 1 KiB block of the gateway (its `BLOCK`) with
+/// CoAP header, options and the Noise overhead.
+pub const RX_PACKET: usize = 1152;
+/// Largest link packet the runner sends.
+pub const TX_PACKET: usize = max_packet_len(COAP_MTU);
+/// Largest (packed) response body the runner reassembles; bigger ones are dropped and the
+/// sync is retried with a smaller `limit` in its filter.
+pub const BODY_MAX: usize = 2048;
+/// Block size exponent the runner asks for (RFC 7959 §2.2: 2^(4+SZX) bytes; 6 = 1 KiB, the
+/// gateway's block).
+pub const BLOCK_SZX: u8 = 6;
+/// Longest access token kept.
+pub const TOKEN_LEN: usize = 96;
+/// Longest sync filter (inline JSON or a filter id) kept.
+pub const FILTER_LEN: usize = 96;
+/// Room ids the runner keeps session aliases for ([`opt::ALIAS`]).
+pub const ALIASES: usize = 4;
+/// Number under which the access token is registered with the gateway.
+const TOKEN_NUMBER: u8 = 0;
+/// The sync filter the runner uses unless told otherwise: timeline only, 4 events per room,
+/// no presence or account data (bytes on the link).
+pub const DEFAULT_FILTER: &str = r#"{"room":{"timeline":{"limit":4},"state":{"lazy_load_members":true,"types":[]},"ephemeral":{"types":[]},"account_data":{"types":[]}},"presence":{"types":[]},"account_data":{"types":[]}}"#;
+
+/// A link that moves whole packets: a framed byte stream ([`SerialLink`]) or a datagram radio.
+pub trait PacketLink {
+    /// Why the link failed.
+    type Error: core::fmt::Debug;
+    /// Takes one received packet into `buf` if one is complete; never blocks. A packet longer
+    /// than `buf` is dropped.
+    fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Self::Error>;
+    /// Sends one packet (may block until the transmitter took it). `now` in milliseconds.
+    fn send(&mut self, now: u64, packet: &[u8]) -> Result<(), Self::Error>;
+}
+
+/// Idle time after which the next frame starts with a delimiter (resynchronises a receiver
+/// that saw line noise; costs one byte).
+pub const LEAD_AFTER_IDLE_MS: u64 = 1000;
+
+/// A byte stream (a UART: [`embedded_io`] `Read + Write + ReadReady`) as a [`PacketLink`]:
+/// serial frames ([`lowband_codec::frame::serial`], COBS + FCS-16) carry one packet each.
+#[derive(Debug)]
+pub struct SerialLink<L> {
+    io: L,
+    deframer: Deframer<RX_PACKET>,
+    inbuf: [u8; 32],
+    in_pos: usize,
+    in_len: usize,
+    out: [u8; frame::max_encoded_len(TX_PACKET, true)],
+    last_tx: Option<u64>,
+}
+
+impl<L> SerialLink<L> {
+    /// Wraps the stream.
+    pub const fn new(io: L) -> Self {
+        SerialLink {
+            io,
+            deframer: Deframer::new(),
+            inbuf: [0; 32],
+            in_pos: 0,
+            in_len: 0,
+            out: [0; frame::max_encoded_len(TX_PACKET, true)],
+            last_tx: None,
+        }
+    }
+
+    /// The stream.
+    pub fn io_mut(&mut self) -> &mut L {
+        &mut self.io
+    }
+
+    /// Deframer counters (CRC errors, overlong frames).
+    pub fn deframe_stats(&self) -> frame::DeframeStats {
+        self.deframer.stats()
+    }
+}
+
+impl<L: embedded_io::Read + embedded_io::Write + embedded_io::ReadReady> PacketLink
+    for SerialLink<L>
+{
+    type Error = embedded_io::ErrorKind;
+
+    fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Self::Error> {
+        use embedded_io::Error as _;
+        loop {
+            while self.in_pos < self.in_len {
+                let used = self
+                    .deframer
+                    .handle_bytes(&self.inbuf[self.in_pos..self.in_len]);
+                self.in_pos += used;
+                if let Some(Ok(p)) = self.deframer.poll_frame() {
+                    if let Some(dst) = buf.get_mut(..p.len()) {
+                        dst.copy_from_slice(p);
+                        return Ok(Some(p.len()));
+                    }
+                }
+            }
+            if !self.io.read_ready().map_err(|e| e.kind())? {
+                return Ok(None);
+            }
+            let n = self.io.read(&mut self.inbuf).map_err(|e| e.kind())?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.in_pos = 0;
+            self.in_len = n;
+        }
+    }
+
+    fn send(&mut self, now: u64, packet: &[u8]) -> Result<(), Self::Error> {
+        use embedded_io::Error as _;
+        let lead = self
+            .last_tx
+            .is_none_or(|t| now.saturating_sub(t) >= LEAD_AFTER_IDLE_MS);
+        let n = frame::encode(packet, lead, &mut self.out)
+            .map_err(|_| embedded_io::ErrorKind::InvalidInput)?;
+        self.io.write_all(&self.out[..n]).map_err(|e| e.kind())?;
+        self.io.flush().map_err(|e| e.kind())?;
+        self.last_tx = Some(now);
+        Ok(())
+    }
+}
+
+/// What the runner needs to know besides the session.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerConfig<'a> {
+    /// The device account's access token (provisioned, or from a one-time login).
+    pub access_token: &'a str,
+    /// Sync long-poll timeout the homeserver waits for news, in milliseconds (0: answer now).
+    pub sync_timeout_ms: u32,
+    /// Pause between the end of one sync and the next request, in milliseconds.
+    pub sync_interval_ms: u64,
+    /// Sync filter: inline JSON or a filter id ([`DEFAULT_FILTER`]).
+    pub filter: &'a str,
+}
+
+/// Why a [`Runner`] could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The access token is longer than [`TOKEN_LEN`].
+    TokenTooLong,
+    /// The filter is longer than [`FILTER_LEN`].
+    FilterTooLong,
+}
+
+/// Counters of a [`Runner`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunnerStats {
+    /// Outbox entries the homeserver accepted.
+    pub sent: u32,
+    /// Outbox entries the homeserver refused for good (dropped from the outbox).
+    pub refused: u32,
+    /// Sync responses applied.
+    pub syncs: u32,
+    /// Responses that failed (error status, CoAP failure, unreadable body); retried.
+    pub failures: u32,
+    /// Link packets sent and received, and their bytes.
+    pub packets_out: u32,
+    /// Link packets received.
+    pub packets_in: u32,
+    /// Link bytes sent (packets, before framing).
+    pub bytes_out: u64,
+    /// Link bytes received (packets, after deframing).
+    pub bytes_in: u64,
+}
+
+/// What one [`Runner::poll`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The sync state changed (a send acknowledged, events or rooms stored): persist it now,
+    /// or a reboot repeats work (a command answered twice).
+    pub changed: bool,
+    /// A sync committed: the since token advanced (persisting it can wait; losing it costs a
+    /// sync whose events the dedupe window recognises).
+    pub since_advanced: bool,
+    /// Link packets handled.
+    pub packets: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// An outbox entry; `registered` is whether the request registered the token, `alias`
+    /// the alias slot it defined.
+    Send {
+        txn: TxnId,
+        registered: bool,
+        alias: Option<u8>,
+    },
+    /// A sync from `since` (none: initial); `registered` as above.
+    Sync { initial: bool, registered: bool },
+    /// The next block of a kept response body (of a sync).
+    Block { id: u32, initial: bool },
+}
+
+/// The device endpoint: owns the session, the sync state and the link buffers.
+///
+/// Memory: [`RUNNER_SIZE`] bytes for `Runner<R>` with `R` = [`crate::EphemeralRng`]: 13 000 on
+/// thumbv7m, 12 880 on x86_64 (the sync state 5 KiB, the session ~3.5 KiB, the receive
+/// packet, CoAP scratch and body buffers 1152 + 1152 + 2048 bytes). [`SerialLink`] adds 1536
+/// bytes on thumbv7m (deframer and frame buffers) plus the stream. A deflated response body
+/// needs the `inflate` buffer of [`Runner::poll`] ([`INFLATE_DICT_LEN`] = 14 392 bytes of
+/// dictionary plus the body) and ~11 KiB of stack for the inflater: more than a 16 KiB device
+/// has, so small devices need a gateway that sends them plain bodies.
+#[derive(Debug)]
+pub struct Runner<R> {
+    client: DeviceClient<R>,
+    state: DefaultSyncState,
+    token: Text<TOKEN_LEN>,
+    filter: Text<FILTER_LEN>,
+    token_acked: bool,
+    /// Room ids as session aliases (slot = index) and whether the gateway holds each.
+    aliases: heapless::Vec<(Text<ROOM_ID_LEN>, bool), ALIASES>,
+    sync_timeout_ms: u32,
+    sync_interval_ms: u64,
+    sync_due: u64,
+    since_advanced: bool,
+    send: Option<(RequestHandle, Pending)>,
+    sync: Option<(RequestHandle, Pending)>,
+    body_len: usize,
+    rx: [u8; RX_PACKET],
+    scratch: [u8; RX_PACKET],
+    body: [u8; BODY_MAX],
+    tx: [u8; TX_PACKET],
+    stats: RunnerStats,
+}
+
+/// `size_of::<Runner<EphemeralRng>>()` on this target.
+pub const RUNNER_SIZE: usize = core::mem::size_of::<Runner<crate::EphemeralRng>>();
+const _: () = assert!(RUNNER_SIZE <= 16 * 1024);
+#[cfg(all(target_arch = "arm", target_pointer_width = "32"))]
+const _: () = assert!(RUNNER_SIZE == 13_000);
+#[cfg(all(target_arch = "arm", target_pointer_width = "32"))]
+const _: () = assert!(core::mem::size_of::<SerialLink<()>>() == 1536);
+
+impl<R: RngCore + CryptoRng> Runner<R> {
+    /// A runner over an unstarted session and a restored (or fresh) state whose boot has begun
+    /// ([`crate::SyncState::begin_boot`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] if the token or filter does not fit.
+    pub fn new(
+        client: DeviceClient<R>,
+        state: DefaultSyncState,
+        cfg: &RunnerConfig<'_>,
+    ) -> Result<Self, ConfigError> {
+        Ok(Runner {
+            client,
+            state,
+            token: Text::exact(cfg.access_token).ok_or(ConfigError::TokenTooLong)?,
+            filter: Text::exact(cfg.filter).ok_or(ConfigError::FilterTooLong)?,
+            token_acked: false,
+            aliases: heapless::Vec::new(),
+            sync_timeout_ms: cfg.sync_timeout_ms,
+            sync_interval_ms: cfg.sync_interval_ms,
+            sync_due: 0,
+            since_advanced: false,
+            send: None,
+            sync: None,
+            body_len: 0,
+            rx: [0; RX_PACKET],
+            scratch: [0; RX_PACKET],
+            body: [0; BODY_MAX],
+            tx: [0; TX_PACKET],
+            stats: RunnerStats::default(),
+        })
+    }
+
+    /// The sync state (rooms, events, outbox).
+    pub fn state(&self) -> &DefaultSyncState {
+        &self.state
+    }
+
+    /// The sync state, to queue sends and take events.
+    pub fn state_mut(&mut self) -> &mut DefaultSyncState {
+        &mut self.state
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RunnerStats {
+        self.stats
+    }
+
+    /// Whether the secure session is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.is_established()
+    }
+
+    /// Asks for a sync as soon as possible (e.g. after the application queued nothing but
+    /// wants news).
+    pub fn sync_now(&mut self, now: u64) {
+        self.sync_due = self.sync_due.min(now);
+    }
+
+    /// When to call [`poll`](Self::poll) again at the latest (a byte arriving is another reason).
+    pub fn poll_timeout(&self) -> u64 {
+        let mut t = self.client.poll_timeout().unwrap_or(u64::MAX);
+        if self.sync.is_none() {
+            t = t.min(self.sync_due);
+        }
+        t
+    }
+
+    /// Reads every packet the link has, feeds the session, applies responses, queues the next
+    /// requests and sends every packet that is due.
+    ///
+    /// # Errors
+    ///
+    /// The link's error (the state is consistent; call again when the link is back).
+    ///
+    /// `inflate` is where a deflated response body is inflated: [`INFLATE_DICT_LEN`] bytes of
+    /// preset dictionary plus the body's CBOR (e.g. a `static` buffer, or the boot's scratch).
+    /// An empty slice works as long as the gateway sends plain (not deflated) bodies; a body that
+    /// does not fit fails the sync (counted in [`RunnerStats::failures`]).
+    pub fn poll<L: PacketLink>(
+        &mut self,
+        now: u64,
+        link: &mut L,
+        inflate: &mut [u8],
+    ) -> Result<Progress, L::Error> {
+        let mut progress = Progress::default();
+        while let Some(n) = link.recv(&mut self.rx)? {
+            progress.packets += 1;
+            self.stats.packets_in += 1;
+            self.stats.bytes_in += n as u64;
+            let base = self.scratch.as_ptr() as usize;
+            let received = self
+                .client
+                .handle_packet(now, &self.rx[..n], &mut self.scratch);
+            if let Some(Received::Response(r)) = received {
+                let r = Resp::copy(&r, base);
+                if self.on_response(now, &r, inflate) {
+                    progress.changed = true;
+                }
+            }
+            self.drain_events(now);
+        }
+        progress.since_advanced = core::mem::take(&mut self.since_advanced);
+        if self.client.poll_timeout().is_some_and(|t| t <= now) {
+            self.client.handle_timeout(now);
+            self.drain_events(now);
+        }
+        self.queue_requests(now);
+        while let Some(n) = self.client.poll_transmit(now, &mut self.tx) {
+            self.stats.packets_out += 1;
+            self.stats.bytes_out += n as u64;
+            link.send(now, &self.tx[..n])?;
+        }
+        Ok(progress)
+    }
+
+    fn drain_events(&mut self, now: u64) {
+        while let Some(e) = self.client.poll_event() {
+            match e {
+                SessionEvent::Established(_) => {
+                    // A new session: the gateway knows no token number yet (and aliases are
+                    // defined again, to be safe).
+                    self.token_acked = false;
+                    self.forget_aliases();
+                }
+                SessionEvent::Coap(lowband_codec::coap::Event::Failed { handle, .. }) => {
+                    self.stats.failures += 1;
+                    if self.send.is_some_and(|(h, _)| h == handle) {
+                        self.send = None;
+                    }
+                    if self.sync.is_some_and(|(h, _)| h == handle) {
+                        self.sync = None;
+                        self.sync_due = now + self.sync_interval_ms.max(1000);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Handles one response (copied out of the scratch as offsets); `true` if the state
+    /// changed.
+    fn on_response(&mut self, now: u64, r: &Resp, inflate: &mut [u8]) -> bool {
+        let (is_send, pending) = if self.send.is_some_and(|(h, _)| h == r.handle) {
+            (true, self.send.take())
+        } else if self.sync.is_some_and(|(h, _)| h == r.handle) {
+            (false, self.sync.take())
+        } else {
+            return false;
+        };
+        let Some((_, pending)) = pending else {
+            return false;
+        };
+        let retry_at = now + self.sync_interval_ms.max(1000);
+        if r.code == lb::AUTH_UNKNOWN && r.alias_option {
+            // The gateway lost our aliases: define them again, retry.
+            self.forget_aliases();
+            self.stats.failures += 1;
+            if !is_send {
+                self.sync_due = now;
+            }
+            return false;
+        }
+        if let Pending::Send {
+            alias: Some(slot), ..
+        } = pending
+        {
+            if let Some(a) = self.aliases.get_mut(usize::from(slot)) {
+                a.1 = true;
+            }
+        }
+        if r.code == lb::AUTH_UNKNOWN && r.auth_option {
+            // The gateway lost our token number: register it again, retry.
+            self.token_acked = false;
+            self.stats.failures += 1;
+            if !is_send {
+                self.sync_due = now;
+            }
+            return false;
+        }
+        if matches!(
+            pending,
+            Pending::Send {
+                registered: true,
+                ..
+            } | Pending::Sync {
+                registered: true,
+                ..
+            }
+        ) {
+            self.token_acked = true;
+        }
+        let status = lb::code_to_status(r.code, r.status);
+        match pending {
+            Pending::Send { txn, .. } => {
+                if (200..300).contains(&status) {
+                    self.stats.sent += 1;
+                    self.state.acknowledge(txn)
+                } else if status == 429 || status >= 500 {
+                    self.stats.failures += 1;
+                    false
+                } else {
+                    // Refused for good (403 not in the room, 400 bad event): dropped rather
+                    // than blocking the outbox forever.
+                    self.stats.refused += 1;
+                    self.state.acknowledge(txn)
+                }
+            }
+            Pending::Sync { initial, .. } | Pending::Block { initial, .. } => {
+                if !(200..300).contains(&status) {
+                    self.stats.failures += 1;
+                    self.sync_due = retry_at;
+                    return false;
+                }
+                let offset = match pending {
+                    Pending::Block { .. } => self.body_len,
+                    _ => 0,
+                };
+                let end = offset + r.payload_len;
+                let src = self
+                    .scratch
+                    .get(r.payload_off..r.payload_off + r.payload_len);
+                match (src, self.body.get_mut(offset..end)) {
+                    (Some(src), Some(dst)) => dst.copy_from_slice(src),
+                    _ => {
+                        self.stats.failures += 1;
+                        self.sync_due = retry_at;
+                        return false;
+                    }
+                }
+                self.body_len = end;
+                let id = match pending {
+                    Pending::Block { id, .. } => Some(id),
+                    _ => r.body_id,
+                };
+                if let (Some(id), Some(b)) = (id, r.block2) {
+                    if b.more {
+                        let next = BlockOpt::new(b.num + 1, false, b.szx);
+                        if self.request_block(now, id, next, initial).is_err() {
+                            self.stats.failures += 1;
+                            self.sync_due = retry_at;
+                        }
+                        return false;
+                    }
+                }
+                let (ok, stored) = self.apply_sync_body(initial, inflate);
+                self.sync_due = if ok {
+                    self.since_advanced = true;
+                    now + self.sync_interval_ms
+                } else {
+                    retry_at
+                };
+                stored
+            }
+        }
+    }
+
+    fn forget_aliases(&mut self) {
+        for a in self.aliases.iter_mut() {
+            a.1 = false;
+        }
+    }
+
+    /// The alias slot of `room` (added if there is room for it).
+    fn alias_slot(&mut self, room: &str) -> Option<u8> {
+        if let Some(i) = self.aliases.iter().position(|(t, _)| t.as_str() == room) {
+            return u8::try_from(i).ok();
+        }
+        let t = Text::exact(room)?;
+        self.aliases.push((t, false)).ok()?;
+        u8::try_from(self.aliases.len() - 1).ok()
+    }
+
+    fn auth(&self) -> Auth<'_> {
+        if self.token_acked {
+            Auth::Number(TOKEN_NUMBER)
+        } else {
+            Auth::Register(TOKEN_NUMBER, self.token.as_str())
+        }
+    }
+
+    fn queue_requests(&mut self, now: u64) {
+        if self.send.is_none() {
+            self.queue_send(now);
+        }
+        if self.sync.is_none() && now >= self.sync_due && self.queue_sync(now).is_err() {
+            self.stats.failures += 1;
+            self.sync_due = now + self.sync_interval_ms.max(1000);
+        }
+    }
+
+    fn queue_send(&mut self, now: u64) {
+        let Some(room) = self.state.next_outgoing().map(|o| {
+            let mut t: Text<ROOM_ID_LEN> = Text::new();
+            let _ = t.write_str(o.cmd.room());
+            t
+        }) else {
+            return;
+        };
+        let slot = self.alias_slot(room.as_str());
+        let Some(out) = self.state.next_outgoing() else {
+            return;
+        };
+        let txn = out.txn;
+        let mut target = [0u8; 112];
+        let mut path: Text<160> = Text::new();
+        let mut json: Text<224> = Text::new();
+        let mut body = [0u8; 112];
+        let (method, body_len) = match &out.cmd {
+            Command::Message {
+                room,
+                kind,
+                content,
+            } => {
+                let _ = write!(
+                    path,
+                    "/_matrix/client/v3/rooms/{}/send/{}/{}",
+                    room.as_str(),
+                    kind.as_str(),
+                    txn
+                );
+                let n = match content {
+                    OutContent::Text(t) => {
+                        let _ = json.write_str(r#"{"msgtype":"m.text","body":""#);
+                        let ok = write_json_str(&mut json, t.as_str()).is_ok()
+                            && json.write_str("\"}").is_ok();
+                        if !ok {
+                            self.drop_unsendable(txn);
+                            return;
+                        }
+                        pack::pack(json.as_str().as_bytes(), &mut body)
+                    }
+                    OutContent::Cbor(c) => match body.get_mut(..c.len()) {
+                        // The content is already CBOR: the packed form of JSON is CBOR.
+                        Some(dst) => {
+                            dst.copy_from_slice(c.as_slice());
+                            Ok(c.len())
+                        }
+                        None => Err(pack::Error::Cbor(
+                            lowband_codec::cbor::Error::BufferTooSmall,
+                        )),
+                    },
+                };
+                ("PUT", n)
+            }
+            Command::Join { room } => {
+                let _ = write!(path, "/_matrix/client/v3/join/{}", room.as_str());
+                ("POST", pack::pack(b"{}", &mut body))
+            }
+            Command::Leave { room } => {
+                let _ = write!(path, "/_matrix/client/v3/rooms/{}/leave", room.as_str());
+                ("POST", pack::pack(b"{}", &mut body))
+            }
+            Command::Typing { .. } => {
+                // Needs the device's user id in the path; not sent over the lowband link.
+                self.drop_unsendable(txn);
+                return;
+            }
+        };
+        let Ok(body_len) = body_len else {
+            self.drop_unsendable(txn);
+            return;
+        };
+        let tn = {
+            let mut session: heapless::Vec<&str, ALIASES> = heapless::Vec::new();
+            for (t, _) in &self.aliases {
+                // INVARIANT: both vectors hold ALIASES entries at most.
+                let _ = session.push(t.as_str());
+            }
+            route::encode_target_with(&session, method, path.as_str(), &mut target)
+        };
+        let Ok(tn) = tn else {
+            self.drop_unsendable(txn);
+            return;
+        };
+        // Define the room's alias with the request until the gateway answered one that did.
+        let mut def = [0u8; 1 + ROOM_ID_LEN];
+        let mut def_len = 0;
+        let mut alias = None;
+        if let Some(i) = slot {
+            let (t, acked) = &self.aliases[usize::from(i)];
+            if !acked {
+                def[0] = i;
+                def[1..1 + t.len()].copy_from_slice(t.as_str().as_bytes());
+                def_len = 1 + t.len();
+                alias = Some(i);
+            }
+        }
+        let registered = !self.token_acked;
+        let mut auth = [0u8; 1 + TOKEN_LEN];
+        let an = self.auth().write(&mut auth).unwrap_or(0);
+        let with_def = [
+            Opt::bytes(opt::AUTH, &auth[..an]),
+            Opt::bytes(opt::ALIAS, &def[..def_len]),
+            Opt::bytes(opt::TARGET, &target[..tn]),
+        ];
+        let without = [
+            Opt::bytes(opt::AUTH, &auth[..an]),
+            Opt::bytes(opt::TARGET, &target[..tn]),
+        ];
+        let opts: &[Opt<'_>] = if alias.is_some() { &with_def } else { &without };
+        let req = Request::con(Code::POST, Options::List(opts), &body[..body_len]);
+        match self.client.request(now, req) {
+            Ok(h) => {
+                self.send = Some((
+                    h,
+                    Pending::Send {
+                        txn,
+                        registered,
+                        alias,
+                    },
+                ))
+            }
+            Err(lowband_codec::coap::SendError::TooBig) => self.drop_unsendable(txn),
+            Err(_) => {} // no free slot: next poll
+        }
+    }
+
+    /// An outbox entry that can never go out (does not fit a request): dropped, counted.
+    fn drop_unsendable(&mut self, txn: TxnId) {
+        self.stats.refused += 1;
+        self.state.acknowledge(txn);
+    }
+
+    fn queue_sync(&mut self, now: u64) -> Result<(), ()> {
+        let mut pq: Text<200> = Text::new();
+        let initial = self.state.since().is_none();
+        // Query items only when they are not the defaults (timeout 0, no filter).
+        pq.write_str("/_matrix/client/v3/sync").map_err(|_| ())?;
+        let mut sep = '?';
+        if self.sync_timeout_ms > 0 {
+            write!(pq, "{sep}timeout={}", self.sync_timeout_ms).map_err(|_| ())?;
+            sep = '&';
+        }
+        if !self.filter.is_empty() {
+            write!(pq, "{sep}filter=").map_err(|_| ())?;
+            write_query_value(&mut pq, self.filter.as_str())?;
+            sep = '&';
+        }
+        if let Some(since) = self.state.since() {
+            write!(pq, "{sep}since=").map_err(|_| ())?;
+            write_query_value(&mut pq, since)?;
+        }
+        let mut target = [0u8; 112];
+        let tn = route::encode_target("GET", pq.as_str(), &mut target).map_err(|_| ())?;
+        let registered = !self.token_acked;
+        let mut auth = [0u8; 1 + TOKEN_LEN];
+        let an = self.auth().write(&mut auth).map_err(|_| ())?;
+        let opts = [
+            Opt::bytes(opt::AUTH, &auth[..an]),
+            Opt::bytes(opt::TARGET, &target[..tn]),
+        ];
+        let mut req = Request::con(Code::POST, Options::List(&opts), &[]);
+        // The homeserver holds the request up to the sync timeout: wait for it and then some.
+        req.timeout = Some(u64::from(self.sync_timeout_ms) + 60_000);
+        let h = self.client.request(now, req).map_err(|_| ())?;
+        self.body_len = 0;
+        self.sync = Some((
+            h,
+            Pending::Sync {
+                initial,
+                registered,
+            },
+        ));
+        Ok(())
+    }
+
+    fn request_block(
+        &mut self,
+        now: u64,
+        id: u32,
+        block: BlockOpt,
+        initial: bool,
+    ) -> Result<(), ()> {
+        let opts = [
+            Opt::uint(opt::BLOCK2, block.to_uint()),
+            Opt::uint(opt::BODY, id),
+        ];
+        let req = Request::con(Code::POST, Options::List(&opts), &[]);
+        let h = self.client.request(now, req).map_err(|_| ())?;
+        self.sync = Some((h, Pending::Block { id, initial }));
+        Ok(())
+    }
+
+    /// Reads the reassembled sync body into [`SyncUpdate`]s; `true` if anything was applied.
+    /// Reads the reassembled sync body into [`SyncUpdate`]s: (read whole and committed,
+    /// anything besides the since token stored or updated).
+    fn apply_sync_body(&mut self, initial: bool, inflate: &mut [u8]) -> (bool, bool) {
+        let packed = &self.body[..self.body_len];
+        let Ok(cbor) = pack::unpack_cbor(packed, inflate) else {
+            self.stats.failures += 1;
+            return (false, false);
+        };
+        let mut stored = false;
+        let mut sink = |u: SyncUpdate<'_>| {
+            let since = matches!(u, SyncUpdate::Since(_));
+            let a = self.state.apply(u);
+            stored |= !since && matches!(a, Applied::Stored | Applied::Updated);
+        };
+        let r = read_sync(cbor, initial, &mut sink);
+        match r {
+            Ok(()) => self.stats.syncs += 1,
+            // Items before the error went in, but no `Since`: the batch is not committed and
+            // the same sync is asked again.
+            Err(_) => self.stats.failures += 1,
+        }
+        (r.is_ok(), stored)
+    }
+}
+
+/// A response reduced to what outlives the receive scratch: offsets into it.
+#[derive(Debug, Clone, Copy)]
+struct Resp {
+    handle: RequestHandle,
+    code: Code,
+    status: Option<u32>,
+    auth_option: bool,
+    alias_option: bool,
+    block2: Option<BlockOpt>,
+    body_id: Option<u32>,
+    payload_off: usize,
+    payload_len: usize,
+}
+
+impl Resp {
+    fn copy(r: &IncomingResponse<'_>, scratch_base: usize) -> Self {
+        let off = (r.payload.as_ptr() as usize).checked_sub(scratch_base);
+        Resp {
+            handle: r.handle,
+            code: r.code,
+            status: r.options.uint(opt::STATUS),
+            auth_option: r.options.first(opt::AUTH).is_some(),
+            alias_option: r.options.first(opt::ALIAS).is_some(),
+            block2: BlockOpt::from_options(&r.options, opt::BLOCK2)
+                .ok()
+                .flatten(),
+            body_id: r.options.uint(opt::BODY),
+            // A payload outside the scratch (cannot happen: the session decrypts into it) reads
+            // as out of range and fails the exchange.
+            payload_off: off.unwrap_or(usize::MAX / 2),
+            payload_len: r.payload.len(),
+        }
+    }
+}
+
+/// Writes `s` as the inside of a JSON string.
+fn write_json_str<const N: usize>(out: &mut Text<N>, s: &str) -> core::fmt::Result {
+    for c in s.chars() {
+        match c {
+            '"' => out.write_str("\\\"")?,
+            '\\' => out.write_str("\\\\")?,
+            c if (c as u32) < 0x20 => write!(out, "\\u{:04x}", c as u32)?,
+            c => out.write_char(c)?,
+        }
+    }
+    Ok(())
+}
+
+/// Writes `s` percent-encoded for a query value (RFC 3986 §2: all but unreserved).
+fn write_query_value<const N: usize>(out: &mut Text<N>, s: &str) -> Result<(), ()> {
+    for b in s.bytes() {
+        let ok = if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.write_char(char::from(b))
+        } else {
+            write!(out, "%{b:02X}")
+        };
+        ok.map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// Why a sync body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncReadError {
+    /// The CBOR is malformed or not shaped like a sync response.
+    Malformed,
+    /// No `next_batch`.
+    NoNextBatch,
+}
+
+impl From<lowband_codec::cbor::Error> for SyncReadError {
+    fn from(_: lowband_codec::cbor::Error) -> Self {
+        SyncReadError::Malformed
+    }
+}
+
+fn map_len(it: Item<'_>) -> Result<u64, SyncReadError> {
+    match it {
+        Item::Map(Some(n)) => Ok(n),
+        _ => Err(SyncReadError::Malformed),
+    }
+}
+
+fn key<'a>(r: &mut Reader<'a>) -> Result<&'a str, SyncReadError> {
+    match r.next_key()? {
+        Item::Text(t) => Ok(t),
+        _ => Err(SyncReadError::Malformed),
+    }
+}
+
+/// A text value, or a base64-carried string (event ids) written out into `buf`.
+fn text_value<'a>(it: Item<'a>, buf: &'a mut [u8]) -> Option<&'a str> {
+    match it {
+        Item::Text(t) => Some(t),
+        Item::Base64(b) => {
+            let n = b.write(buf).ok()?;
+            core::str::from_utf8(&buf[..n]).ok()
+        }
+        _ => None,
+    }
+}
+
+/// Reads a Matrix `/sync` response (packed CBOR, the gateway's static dictionary) into
+/// [`SyncUpdate`]s: `Reset` first for an initial sync, then per joined room `Joined`, its
+/// timeline events (with `Echo` for our own transaction ids) and `Unread`; invites; left rooms;
+/// `Since(next_batch)` last. Allocation-free: strings are borrowed from `cbor`, event ids
+/// carried as base64 are written out into a stack buffer.
+///
+/// # Errors
+///
+/// [`SyncReadError`] when the body is not a sync response; items before the error were emitted
+/// (without `Since`, so the batch does not commit).
+pub fn read_sync(
+    cbor: &[u8],
+    initial: bool,
+    sink: &mut dyn FnMut(SyncUpdate<'_>),
+) -> Result<(), SyncReadError> {
+    let mut r = Reader::new(cbor);
+    let n = map_len(r.next_value()?)?;
+    if initial {
+        sink(SyncUpdate::Reset);
+    }
+    let mut next_batch: Option<&str> = None;
+    for _ in 0..n {
+        match key(&mut r)? {
+            "next_batch" => match r.next_value()? {
+                Item::Text(t) => next_batch = Some(t),
+                _ => return Err(SyncReadError::Malformed),
+            },
+            "rooms" => read_rooms(&mut r, sink)?,
+            _ => r.skip()?,
+        }
+    }
+    let since = next_batch.ok_or(SyncReadError::NoNextBatch)?;
+    sink(SyncUpdate::Since(since));
+    Ok(())
+}
+
+fn read_rooms(
+    r: &mut Reader<'_>,
+    sink: &mut dyn FnMut(SyncUpdate<'_>),
+) -> Result<(), SyncReadError> {
+    let n = map_len(r.next_value()?)?;
+    for _ in 0..n {
+        let section = key(r)?;
+        let rooms = map_len(r.next_value()?)?;
+        for _ in 0..rooms {
+            let room = key(r)?;
+            match section {
+                "join" => {
+                    sink(SyncUpdate::Joined { room, short: None });
+                    read_joined(r, room, sink)?;
+                }
+                "invite" => read_invite(r, room, sink)?,
+                "leave" => {
+                    r.skip()?;
+                    sink(SyncUpdate::Left {
+                        room: RoomRef::Id(room),
+                    });
+                }
+                _ => r.skip()?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_invite(
+    r: &mut Reader<'_>,
+    room: &str,
+    sink: &mut dyn FnMut(SyncUpdate<'_>),
+) -> Result<(), SyncReadError> {
+    // invite_state.events: the inviter is the sender of the m.room.member event.
+    let mut inviter = None;
+    let n = map_len(r.next_value()?)?;
+    for _ in 0..n {
+        if key(r)? != "invite_state" {
+            r.skip()?;
+            continue;
+        }
+        let m = map_len(r.next_value()?)?;
+        for _ in 0..m {
+            if key(r)? != "events" {
+                r.skip()?;
+                continue;
+            }
+            let Item::Array(Some(k)) = r.next_value()? else {
+                return Err(SyncReadError::Malformed);
+            };
+            for _ in 0..k {
+                let f = map_len(r.next_value()?)?;
+                let (mut kind, mut sender) = (None, None);
+                for _ in 0..f {
+                    match key(r)? {
+                        "type" => kind = text_value(r.next_value()?, &mut []),
+                        "sender" => sender = text_value(r.next_value()?, &mut []),
+                        _ => r.skip()?,
+                    }
+                }
+                if kind == Some("m.room.member") && sender.is_some() {
+                    inviter = sender;
+                }
+            }
+        }
+    }
+    sink(SyncUpdate::Invited {
+        room,
+        inviter: inviter.unwrap_or(""),
+    });
+    Ok(())
+}
+
+fn read_joined(
+    r: &mut Reader<'_>,
+    room: &str,
+    sink: &mut dyn FnMut(SyncUpdate<'_>),
+) -> Result<(), SyncReadError> {
+    let n = map_len(r.next_value()?)?;
+    for _ in 0..n {
+        match key(r)? {
+            "timeline" => {
+                let m = map_len(r.next_value()?)?;
+                for _ in 0..m {
+                    if key(r)? == "events" {
+                        let Item::Array(Some(k)) = r.next_value()? else {
+                            return Err(SyncReadError::Malformed);
+                        };
+                        for _ in 0..k {
+                            read_event(r, room, sink)?;
+                        }
+                    } else {
+                        r.skip()?;
+                    }
+                }
+            }
+            "unread_notifications" => {
+                let m = map_len(r.next_value()?)?;
+                let (mut highlight, mut notification) = (0u16, 0u16);
+                for _ in 0..m {
+                    let k = key(r)?;
+                    let v = match r.next_value()? {
+                        Item::Unsigned(v) => u16::try_from(v).unwrap_or(u16::MAX),
+                        _ => 0,
+                    };
+                    match k {
+                        "highlight_count" => highlight = v,
+                        "notification_count" => notification = v,
+                        _ => {}
+                    }
+                }
+                sink(SyncUpdate::Unread {
+                    room: RoomRef::Id(room),
+                    highlight,
+                    notification,
+                });
+            }
+            _ => r.skip()?,
+        }
+    }
+    Ok(())
+}
+
+fn read_event(
+    r: &mut Reader<'_>,
+    room: &str,
+    sink: &mut dyn FnMut(SyncUpdate<'_>),
+) -> Result<(), SyncReadError> {
+    let n = map_len(r.next_value()?)?;
+    let mut id_buf = [0u8; 64];
+    let mut id_item: Option<Item<'_>> = None;
+    let (mut sender, mut kind, mut msgtype, mut body, mut txn) = (None, None, None, None, None);
+    let mut ts = 0u64;
+    for _ in 0..n {
+        match key(r)? {
+            "event_id" => id_item = Some(r.next_value()?),
+            "sender" => sender = text_value(r.next_value()?, &mut []),
+            "type" => kind = text_value(r.next_value()?, &mut []),
+            "origin_server_ts" => {
+                if let Item::Unsigned(v) = r.next_value()? {
+                    ts = v;
+                }
+            }
+            "content" => {
+                let m = map_len(r.next_value()?)?;
+                for _ in 0..m {
+                    match key(r)? {
+                        "msgtype" => msgtype = text_value(r.next_value()?, &mut []),
+                        "body" => body = text_value(r.next_value()?, &mut []),
+                        _ => r.skip()?,
+                    }
+                }
+            }
+            "unsigned" => {
+                let m = map_len(r.next_value()?)?;
+                for _ in 0..m {
+                    match key(r)? {
+                        "transaction_id" => txn = text_value(r.next_value()?, &mut []),
+                        _ => r.skip()?,
+                    }
+                }
+            }
+            _ => r.skip()?,
+        }
+    }
+    let event_id = id_item
+        .and_then(|it| text_value(it, &mut id_buf))
+        .ok_or(SyncReadError::Malformed)?;
+    if let Some(t) = txn {
+        sink(SyncUpdate::Echo {
+            txn_id: t,
+            event_id: Some(event_id),
+        });
+    }
+    let (Some(sender), Some(kind)) = (sender, kind) else {
+        return Err(SyncReadError::Malformed);
+    };
+    sink(SyncUpdate::Event(EventIn {
+        room: RoomRef::Id(room),
+        event_id,
+        sender,
+        kind,
+        msgtype,
+        body: body.map_or(Body::None, Body::Text),
+        ts,
+    }));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern crate alloc;
+    extern crate std;
+    use alloc::string::String;
+    use alloc::vec::Vec;
+
+    fn collect(cbor: &[u8], initial: bool) -> (Vec<String>, Result<(), SyncReadError>) {
+        let mut v = Vec::new();
+        let r = read_sync(cbor, initial, &mut |u| v.push(std::format!("{u:?}")));
+        (v, r)
+    }
+
+    #[test]
+    fn reads_a_literal_sync() {
+        // {"next_batch":"s1","rooms":{"join":{"!r":{"timeline":{"events":[{"type":"m.room.message",
+        //  "sender":"@a","event_id":"$e","content":{"msgtype":"m.text","body":"!status"},
+        //  "origin_server_ts":5}]}}}}} as plain CBOR (text keys: no dictionary needed).
+        let mut c: Vec<u8> = Vec::new();
+        let t = |c: &mut Vec<u8>, s: &str| {
+            c.push(0x60 | s.len() as u8);
+            c.extend_from_slice(s.as_bytes());
+        };
+        c.push(0xa2);
+        t(&mut c, "next_batch");
+        t(&mut c, "s1");
+        t(&mut c, "rooms");
+        c.push(0xa1);
+        t(&mut c, "join");
+        c.push(0xa1);
+        t(&mut c, "!r");
+        c.push(0xa1);
+        t(&mut c, "timeline");
+        c.push(0xa1);
+        t(&mut c, "events");
+        c.push(0x81);
+        c.push(0xa5);
+        t(&mut c, "type");
+        t(&mut c, "m.room.message");
+        t(&mut c, "sender");
+        t(&mut c, "@a");
+        t(&mut c, "event_id");
+        t(&mut c, "$e");
+        t(&mut c, "content");
+        c.push(0xa2);
+        t(&mut c, "msgtype");
+        t(&mut c, "m.text");
+        t(&mut c, "body");
+        t(&mut c, "!status");
+        t(&mut c, "origin_server_ts");
+        c.push(0x05);
+        assert_eq!(c[..12], *b"\xa2\x6anext_batch".as_slice());
+        let (items, r) = collect(&c, true);
+        assert_eq!(r, Ok(()));
+        assert_eq!(items.len(), 4, "{items:?}");
+        assert_eq!(items[0], "Reset");
+        assert!(
+            items[1].starts_with("Joined { room: \"!r\""),
+            "{}",
+            items[1]
+        );
+        assert!(items[2].contains("body: Text(\"!status\")"), "{}", items[2]);
+        assert!(items[2].contains("ts: 5"), "{}", items[2]);
+        assert_eq!(items[3], "Since(\"s1\")");
+        // Cut anywhere: an error, and never a Since.
+        for n in 0..c.len() {
+            let (items, r) = collect(&c[..n], false);
+            assert!(r.is_err(), "{n}");
+            assert!(!items.iter().any(|i| i.starts_with("Since")), "{n}");
+        }
+        // No next_batch: no commit.
+        let (items, r) = collect(&[0xa0], false);
+        assert_eq!((items.len(), r), (0, Err(SyncReadError::NoNextBatch)));
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        let mut t: Text<64> = Text::new();
+        write_query_value(&mut t, "s72_1 {\"a\"}~").unwrap();
+        assert_eq!(t.as_str(), "s72_1%20%7B%22a%22%7D~");
+        let mut j: Text<64> = Text::new();
+        write_json_str(&mut j, "a\"b\\c\n").unwrap();
+        assert_eq!(j.as_str(), "a\\\"b\\\\c\\u000a");
+    }
+}

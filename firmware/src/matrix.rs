@@ -1,0 +1,532 @@
+//! The Matrix application: the device joins its room, posts a sensor reading every interval and
+//! answers room commands, through the device [`Runner`] over the board's link.
+//!
+//! ```text
+//!  boot:  state <- flash (A/B) · boot counter advanced · Noise session to the pinned gateway
+//!         join the room unless joined (or the join is still in the outbox)
+//!  loop:  runner.poll (link in/out, sync applied, outbox sent)
+//!         room messages "!status" / "!led on|off" / "!interval N" -> applied, reply queued
+//!         reading due -> "t=21.5C" queued
+//!         state changed -> saved to flash (the outbox survives a reboot: same transaction
+//!         ids, so a resend is deduplicated by the homeserver)
+//! ```
+
+use lowband_codec::coap;
+use lowband_codec::noise::link::{
+    InitiatorConfig, LinkPattern, LinkVersion, RetransmitConfig, TransportConfig,
+};
+use lowband_codec::noise::{Keypair, PublicKey};
+use lowband_codec::session::DeviceClient;
+use lowband_device::runner::{PacketLink, Runner, RunnerConfig, SerialLink};
+use lowband_device::text::Text;
+use lowband_device::{
+    AbStore, BootCounter, DefaultSyncState, EphemeralRng, StoreError, DEFAULT_RECORD_MAX,
+};
+
+use crate::app::ReadingTimer;
+use crate::board::{Board, Clock, Datagram, Flash, Led, Parts, Sensor};
+use crate::command::{error_reply, Command, Settings};
+
+/// Longest time a committed since token stays unsaved (flash wear: empty syncs do not each
+/// cost a page erase; a lost token costs one re-sync, whose events the dedupe window knows).
+pub const SINCE_SAVE_MS: u64 = 60_000;
+
+/// Link protocol and dictionary versions (those of `lowband serve`).
+pub const LINK_VERSION: LinkVersion = LinkVersion {
+    protocol: 1,
+    dict: 1,
+};
+
+/// What the application needs besides the board.
+#[derive(Debug, Clone, Copy)]
+pub struct AppConfig<'a> {
+    /// The room to join and post to.
+    pub room: &'a str,
+    /// The device account's access token.
+    pub access_token: &'a str,
+    /// Sync filter (an id from `POST /user/{userId}/filter`, or short inline JSON).
+    pub filter: &'a str,
+    /// Sync long-poll timeout in milliseconds.
+    pub sync_timeout_ms: u32,
+    /// Pause between syncs in milliseconds.
+    pub sync_interval_ms: u64,
+    /// Seconds between readings until `!interval` changes it.
+    pub interval_s: u32,
+    /// Link bit rate, for the handshake retransmission timer.
+    pub link_bps: u32,
+}
+
+/// Why the application stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppError<F, L> {
+    /// Loading or saving the state, or counting the boot, failed.
+    Store(StoreError<F>),
+    /// The link failed.
+    Link(L),
+    /// The provisioned keys or the configuration are unusable.
+    Config,
+}
+
+/// What one [`MatrixApp::poll`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Polled {
+    /// Link packets handled.
+    pub packets: usize,
+    /// Commands answered.
+    pub commands: u32,
+    /// Readings queued.
+    pub readings: u32,
+    /// The state was saved to flash.
+    pub saved: bool,
+}
+
+/// A [`Datagram`] radio as the runner's [`PacketLink`] (one packet per datagram; packets longer
+/// than the radio's MTU are not sent: use fragmentation, `lowband_codec::frame::frag`, then).
+#[derive(Debug)]
+pub struct DatagramLink<D>(pub D);
+
+impl<D: Datagram> PacketLink for DatagramLink<D> {
+    type Error = D::Error;
+    fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, D::Error> {
+        self.0.try_recv(buf)
+    }
+    fn send(&mut self, _now: u64, packet: &[u8]) -> Result<(), D::Error> {
+        if packet.len() > self.0.mtu() {
+            return Ok(());
+        }
+        self.0.send(packet)
+    }
+}
+
+/// The device application over a board.
+///
+/// # Call protocol
+///
+/// [`boot`](Self::boot) once; then [`poll`](Self::poll) in the main loop (it never blocks on
+/// input); sleep until [`poll_timeout`](Self::poll_timeout) or a byte arrives.
+pub struct MatrixApp<B: Board> {
+    runner: Runner<EphemeralRng>,
+    link: SerialLink<B::Link>,
+    clock: B::Clock,
+    flash: B::Flash,
+    boot_flash: B::Flash,
+    led: B::Led,
+    sensor: B::Sensor,
+    room: Text<48>,
+    settings: Settings,
+    timer: ReadingTimer,
+    last_reading: Option<i32>,
+    last_save_ms: u64,
+    since_unsaved: bool,
+}
+
+impl<B: Board> core::fmt::Debug for MatrixApp<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MatrixApp")
+            .field("room", &self.room)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+type Err<B> = AppError<<<B as Board>::Flash as Flash>::Error, embedded_io::ErrorKind>;
+
+impl<B: Board> MatrixApp<B> {
+    /// Boots: restores the state from `parts.flash` (through `scratch`, at least
+    /// [`DEFAULT_RECORD_MAX`] bytes, needed only here), advances the boot counter, starts the
+    /// session and queues the room join if needed.
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::Store`] if the state cannot be loaded or the boot not counted (the boot
+    /// number must not be used then), [`AppError::Config`] for bad keys or settings.
+    pub fn boot(
+        mut parts: Parts<B>,
+        cfg: &AppConfig<'_>,
+        scratch: &mut [u8],
+    ) -> Result<Self, Err<B>> {
+        let mut state = DefaultSyncState::new(0);
+        if scratch.len() < DEFAULT_RECORD_MAX {
+            return Err(AppError::Config);
+        }
+        // A state that does not load (corrupt pages, older format) starts empty.
+        let _ = state.load_into(&mut AbStore::new(&mut parts.flash), scratch);
+        let boot = BootCounter::advance(&mut AbStore::new(&mut parts.boot_flash), state.boot())
+            .map_err(AppError::Store)?;
+        let boots = boot.get();
+        state.begin_boot(boots).map_err(|_| AppError::Config)?;
+        let rng = EphemeralRng::new(&parts.provisioned.seed, boot);
+        let init = InitiatorConfig {
+            pattern: LinkPattern::IK,
+            version: LINK_VERSION,
+            local: Keypair::from_secret(parts.provisioned.static_key),
+            remote: PublicKey(parts.provisioned.gateway_key),
+            retransmit: RetransmitConfig::for_link_rate(cfg.link_bps, 0),
+            transport: TransportConfig::default(),
+        };
+        let seed = u64::from(boots)
+            ^ u64::from_le_bytes([
+                parts.provisioned.seed[0],
+                parts.provisioned.seed[1],
+                parts.provisioned.seed[2],
+                parts.provisioned.seed[3],
+                parts.provisioned.seed[4],
+                parts.provisioned.seed[5],
+                parts.provisioned.seed[6],
+                parts.provisioned.seed[7],
+            ]);
+        // Two exchanges at once: a send does not wait behind a long-polling sync.
+        let mut params = coap::TransmissionParams::for_link(cfg.link_bps, 128, 0);
+        params.nstart = 2;
+        let coap_cfg = coap::Config {
+            params,
+            seed,
+            token_len: 1,
+            extra_options: &[],
+        };
+        let client = DeviceClient::new(init, coap_cfg, rng).map_err(|_| AppError::Config)?;
+        let room = Text::exact(cfg.room).ok_or(AppError::Config)?;
+        let joined = state.room(cfg.room).is_some()
+            || state.outgoing().iter().any(|o| {
+                matches!(&o.cmd, lowband_device::Command::Join { room } if room.as_str() == cfg.room)
+            });
+        if !joined {
+            state.join(cfg.room).map_err(|_| AppError::Config)?;
+        }
+        let rcfg = RunnerConfig {
+            access_token: cfg.access_token,
+            sync_timeout_ms: cfg.sync_timeout_ms,
+            sync_interval_ms: cfg.sync_interval_ms,
+            filter: cfg.filter,
+        };
+        let runner = Runner::new(client, state, &rcfg).map_err(|_| AppError::Config)?;
+        let now = parts.clock.now_ms();
+        let mut app = MatrixApp {
+            runner,
+            link: SerialLink::new(parts.link),
+            clock: parts.clock,
+            flash: parts.flash,
+            boot_flash: parts.boot_flash,
+            led: parts.led,
+            sensor: parts.sensor,
+            room,
+            settings: Settings {
+                boots,
+                interval_s: cfg.interval_s.max(1),
+                led: false,
+            },
+            timer: ReadingTimer::new(now, cfg.interval_s),
+            last_reading: None,
+            last_save_ms: now,
+            since_unsaved: false,
+        };
+        app.save().map_err(AppError::Store)?;
+        Ok(app)
+    }
+
+    /// Powers off: the state pages and the boot-counter pages back.
+    pub fn into_pages(self) -> (B::Flash, B::Flash) {
+        (self.flash, self.boot_flash)
+    }
+
+    /// The runner (stats, state).
+    pub fn runner(&self) -> &Runner<EphemeralRng> {
+        &self.runner
+    }
+
+    /// Current settings.
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    /// When to poll again at the latest.
+    pub fn poll_timeout(&self) -> u64 {
+        self.runner.poll_timeout().min(self.timer.poll_timeout())
+    }
+
+    fn save(&mut self) -> Result<(), StoreError<<B::Flash as Flash>::Error>> {
+        self.runner
+            .state()
+            .save_to(&mut AbStore::new(&mut self.flash))
+    }
+
+    /// One turn of the main loop. `inflate` as in [`Runner::poll`].
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::Link`] when the link failed, [`AppError::Store`] when saving failed.
+    pub fn poll(&mut self, inflate: &mut [u8]) -> Result<Polled, Err<B>> {
+        let now = self.clock.now_ms();
+        let mut out = Polled::default();
+        // Work queued before the runner runs goes out in this same poll.
+        let mut dirty = self.handle_events(now, &mut out);
+        dirty |= self.handle_reading(now, &mut out);
+        let progress = self
+            .runner
+            .poll(now, &mut self.link, inflate)
+            .map_err(AppError::Link)?;
+        out.packets = progress.packets;
+        dirty |= progress.changed;
+        self.since_unsaved |= progress.since_advanced;
+        if dirty || (self.since_unsaved && now.saturating_sub(self.last_save_ms) >= SINCE_SAVE_MS) {
+            self.save().map_err(AppError::Store)?;
+            self.last_save_ms = now;
+            self.since_unsaved = false;
+            out.saved = true;
+        }
+        Ok(out)
+    }
+
+    /// Room messages: commands are applied and get a reply. `true` if the state changed.
+    fn handle_events(&mut self, now: u64, out: &mut Polled) -> bool {
+        let mut dirty = false;
+        loop {
+            let mut body = [0u8; 96];
+            let len = {
+                let Some((room, ev)) = self.runner.state_mut().next_event() else {
+                    break;
+                };
+                if room.id() != self.room.as_str() || ev.msgtype() != Some("m.text") {
+                    continue;
+                }
+                let b = ev.body().unwrap_or("").as_bytes();
+                let n = b.len().min(body.len());
+                body[..n].copy_from_slice(&b[..n]);
+                n
+            };
+            dirty = true;
+            let mut reply = [0u8; 80];
+            let n = match Command::parse(&body[..len]) {
+                Ok(cmd) => {
+                    let n = self.settings.apply(cmd, now, self.last_reading, &mut reply);
+                    self.led.set(self.settings.led);
+                    if let Command::Interval(s) = cmd {
+                        self.timer.set_interval(now, s);
+                    }
+                    n
+                }
+                Err(e) => match error_reply(e) {
+                    Some(t) => {
+                        reply[..t.len()].copy_from_slice(t);
+                        t.len()
+                    }
+                    None => continue,
+                },
+            };
+            let text = core::str::from_utf8(&reply[..n]).unwrap_or("?");
+            let room = self.room;
+            // A full outbox drops the reply (the command was applied); the next one gets one.
+            if self
+                .runner
+                .state_mut()
+                .send_text(room.as_str(), text)
+                .is_ok()
+            {
+                out.commands += 1;
+            }
+        }
+        dirty
+    }
+
+    /// A reading when due. `true` if one was queued.
+    fn handle_reading(&mut self, now: u64, out: &mut Polled) -> bool {
+        if !self.timer.handle_timeout(now) {
+            return false;
+        }
+        let Some(m) = self.sensor.sample_milli() else {
+            return false;
+        };
+        self.last_reading = Some(m);
+        let mut t: Text<24> = Text::new();
+        let _ = write_reading(&mut t, m);
+        let room = self.room;
+        let queued = self
+            .runner
+            .state_mut()
+            .send_text(room.as_str(), t.as_str())
+            .is_ok();
+        if queued {
+            out.readings += 1;
+        }
+        queued
+    }
+}
+
+/// `t=21.5C` for 21 500 milli-degrees (one decimal, truncated toward zero).
+pub fn write_reading<W: core::fmt::Write>(w: &mut W, milli: i32) -> core::fmt::Result {
+    let sign = if milli < 0 { "-" } else { "" };
+    let a = milli.unsigned_abs();
+    write!(w, "t={sign}{}.{}C", a / 1000, a % 1000 / 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern crate alloc;
+    use alloc::boxed::Box;
+    use alloc::collections::VecDeque;
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use core::cell::Cell;
+
+    use crate::app::ram::RamFlash;
+    use crate::board::Provisioned;
+
+    /// A board whose link is a byte sink (no gateway: nothing is ever answered).
+    struct Bench;
+    #[derive(Default)]
+    struct Sink(Vec<u8>);
+    impl embedded_io::ErrorType for Sink {
+        type Error = embedded_io::ErrorKind;
+    }
+    impl embedded_io::Read for Sink {
+        fn read(&mut self, _: &mut [u8]) -> Result<usize, Self::Error> {
+            Ok(0)
+        }
+    }
+    impl embedded_io::ReadReady for Sink {
+        fn read_ready(&mut self) -> Result<bool, Self::Error> {
+            Ok(false)
+        }
+    }
+    impl embedded_io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> Result<usize, Self::Error> {
+            self.0.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+    struct Ms(Cell<u64>);
+    impl Clock for Ms {
+        fn now_ms(&self) -> u64 {
+            let t = self.0.get();
+            self.0.set(t + 10);
+            t
+        }
+    }
+    struct Lamp;
+    impl Led for Lamp {
+        fn set(&mut self, _: bool) {}
+    }
+    struct Thermo(i32);
+    impl Sensor for Thermo {
+        fn sample_milli(&mut self) -> Option<i32> {
+            Some(self.0)
+        }
+    }
+    impl Board for Bench {
+        type Link = Sink;
+        type Clock = Ms;
+        type Flash = RamFlash;
+        type Led = Lamp;
+        type Sensor = Thermo;
+    }
+
+    const CFG: AppConfig<'static> = AppConfig {
+        room: "!room:example.org",
+        access_token: "syt_token",
+        filter: "0",
+        sync_timeout_ms: 0,
+        sync_interval_ms: 1_000,
+        interval_s: 3_600,
+        link_bps: 9_600,
+    };
+
+    fn boot(flash: RamFlash, boot_flash: RamFlash, milli: i32) -> Box<MatrixApp<Bench>> {
+        let parts = Parts {
+            link: Sink::default(),
+            clock: Ms(Cell::new(0)),
+            flash,
+            boot_flash,
+            led: Lamp,
+            sensor: Thermo(milli),
+            provisioned: Provisioned::from_bytes(&[3; 96]),
+        };
+        let mut scratch = vec![0u8; DEFAULT_RECORD_MAX];
+        Box::new(MatrixApp::boot(parts, &CFG, &mut scratch).unwrap())
+    }
+
+    fn outbox(app: &MatrixApp<Bench>) -> Vec<alloc::string::String> {
+        app.runner
+            .state()
+            .outgoing()
+            .iter()
+            .map(|o| alloc::format!("{} {:?}", o.txn, o.cmd))
+            .collect()
+    }
+
+    #[test]
+    fn unsent_outbox_survives_reboots_with_its_transaction_ids() {
+        // Boot 1 with no gateway: the join and the first reading wait in the saved outbox.
+        let mut app = boot(RamFlash::new(), RamFlash::new(), 21_500);
+        let mut inflate: [u8; 0] = [];
+        let p = app.poll(&mut inflate).unwrap();
+        assert_eq!((p.readings, p.saved), (1, true));
+        assert!(!app.link.io_mut().0.is_empty(), "the handshake went out");
+        let first = outbox(&app);
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(first[0].starts_with("d1.0 Join"), "{first:?}");
+        assert!(first[1].starts_with("d1.1 Message") && first[1].contains("t=21.5C"));
+        assert_eq!(app.settings().boots, 1);
+        let (flash, boot_flash) = app.into_pages();
+        // Boot 2 from the same pages: the same entries, same ids; no second join queued; the
+        // new boot's reading gets a boot-2 id.
+        let mut app = boot(flash, boot_flash, 22_000);
+        assert_eq!(app.settings().boots, 2);
+        app.poll(&mut inflate).unwrap();
+        let second = outbox(&app);
+        assert_eq!(second[..2], first[..], "{second:?}");
+        assert!(second[2].starts_with("d2.0 Message") && second[2].contains("t=22.0C"));
+        assert_eq!(second.len(), 3);
+    }
+
+    #[test]
+    fn datagram_link_moves_whole_packets() {
+        #[derive(Default)]
+        struct Radio {
+            air: VecDeque<Vec<u8>>,
+            sent: Vec<Vec<u8>>,
+        }
+        impl Datagram for Radio {
+            type Error = ();
+            fn mtu(&self) -> usize {
+                8
+            }
+            fn send(&mut self, d: &[u8]) -> Result<(), ()> {
+                self.sent.push(d.to_vec());
+                Ok(())
+            }
+            fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ()> {
+                Ok(self.air.pop_front().map(|d| {
+                    buf[..d.len()].copy_from_slice(&d);
+                    d.len()
+                }))
+            }
+        }
+        let mut l = DatagramLink(Radio::default());
+        l.0.air.push_back(vec![1, 2, 3]);
+        let mut buf = [0u8; 16];
+        assert_eq!(l.recv(&mut buf), Ok(Some(3)));
+        assert_eq!(buf[..3], [1, 2, 3]);
+        assert_eq!(l.recv(&mut buf), Ok(None));
+        l.send(0, &[9; 8]).unwrap();
+        l.send(0, &[9; 9]).unwrap(); // over the MTU: not sent
+        assert_eq!(l.0.sent, vec![vec![9u8; 8]]);
+    }
+
+    #[test]
+    fn readings_are_short() {
+        let mut t: Text<24> = Text::new();
+        write_reading(&mut t, 21_500).unwrap();
+        assert_eq!(t.as_str(), "t=21.5C");
+        let mut t: Text<24> = Text::new();
+        write_reading(&mut t, -450).unwrap();
+        assert_eq!(t.as_str(), "t=-0.4C");
+        let mut t: Text<24> = Text::new();
+        write_reading(&mut t, i32::MIN).unwrap();
+        assert_eq!(t.as_str(), "t=-2147483.6C");
+    }
+}

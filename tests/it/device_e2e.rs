@@ -1,0 +1,597 @@
+//! The firmware's Matrix application on the host board, over a pty, through `lowband serve` to a
+//! real Synapse; a matrix-nio user in the room sees the readings and commands the device.
+//!
+//! ```text
+//!  MatrixApp (boards/host, pty slave) ─ serial frames ─ pty master ─ bridge ─ UDP ─ lowband serve ─ Synapse
+//!                                                                          (frag datagrams)        │
+//!                                                          alice (matrix-nio) ─────────────────────┘
+//! ```
+//!
+//! `serve --listen-serial` is not in this tree yet, so the bridge thread deframes the serial
+//! line and forwards packets as serve's UDP datagrams (and back).
+
+use alloc::sync::Arc;
+use core::net::SocketAddr;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use core::time::Duration;
+use std::net::UdpSocket;
+use std::time::Instant;
+
+use lowband_codec::frame::{self, Deframer, Fragmenter, Reassembler};
+use lowband_codec::noise::Keypair;
+use lowband_firmware::{AppConfig, MatrixApp, Provisioned};
+use lowband_tests::gateway::lowband;
+use lowband_tests::{free_port, http, require_peers, Gateway, Nio, Synapse, SynapseOpts, TempDir};
+use serde_json::{json, Value};
+use serialport::{SerialPort, TTYPort};
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn b64(data: &[u8]) -> String {
+    let mut s = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            s.push(char::from(B64[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    s
+}
+
+/// Bridge modes.
+const PASS: u8 = 0;
+/// Forward the first serve->device packet of a session (the handshake reply), drop the rest:
+/// the homeserver gets the device's requests, the device never sees an answer.
+const DROP_ANSWERS: u8 = 1;
+
+/// The serial line <-> serve's UDP socket.
+fn bridge(
+    mut pty: TTYPort,
+    serve: SocketAddr,
+    mode: Arc<AtomicU8>,
+    stop: Arc<AtomicBool>,
+    bytes: Arc<[AtomicU64; 2]>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("udp");
+        sock.set_read_timeout(Some(Duration::from_millis(2)))
+            .unwrap();
+        pty.set_timeout(Duration::from_millis(2)).unwrap();
+        let mut deframer = Deframer::<1400>::new();
+        let mut frag = Fragmenter::new();
+        let mut reasm = Reassembler::<4, 1600>::new(5_000);
+        let start = Instant::now();
+        let mut buf = [0u8; 2048];
+        let mut down_seen = 0u32;
+        let mut out = vec![0u8; 4096];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(n) = pty.read(&mut buf) {
+                bytes[0].fetch_add(n as u64, Ordering::Relaxed);
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let used = deframer.handle_bytes(rest);
+                    rest = &rest[used..];
+                    if let Some(Ok(p)) = deframer.poll_frame() {
+                        if p.first().is_some_and(|b| b & 0x80 == 0) {
+                            // A handshake packet (msg1): a new session, count answers anew.
+                            down_seen = 0;
+                        }
+                        for f in frag.fragment(p, 1400).expect("fragment") {
+                            let mut d = vec![0u8; f.len()];
+                            let m = f.emit(&mut d).unwrap();
+                            let _ = sock.send_to(&d[..m], serve);
+                        }
+                    }
+                }
+            }
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                let now = start.elapsed().as_millis() as u64;
+                if let Ok(Some(p)) = reasm.handle_datagram(now, &buf[..n]) {
+                    down_seen += 1;
+                    if mode.load(Ordering::Relaxed) == DROP_ANSWERS && down_seen > 1 {
+                        continue;
+                    }
+                    let m = frame::encode(p, true, &mut out).expect("frame");
+                    bytes[1].fetch_add(m as u64, Ordering::Relaxed);
+                    let _ = pty.write_all(&out[..m]);
+                }
+            }
+        }
+    })
+}
+
+/// One boot of the device: the firmware app on the host board until `stop`.
+fn boot_device(
+    pty: TTYPort,
+    flash: std::path::PathBuf,
+    prov: Provisioned,
+    cfg: Arc<(String, String, String)>,
+    celsius_milli: i32,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<(u32, u32), String>> {
+    std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || {
+            let parts =
+                lowband_board_host::init(Box::new(pty), &flash, prov).map_err(|e| e.to_string())?;
+            parts
+                .sensor
+                .handle()
+                .store(celsius_milli, Ordering::Relaxed);
+            let app_cfg = AppConfig {
+                room: &cfg.0,
+                access_token: &cfg.1,
+                filter: &cfg.2,
+                sync_timeout_ms: 2_000,
+                sync_interval_ms: 100,
+                interval_s: 3_600,
+                link_bps: 115_200,
+            };
+            let mut scratch = vec![0u8; lowband_device::DEFAULT_RECORD_MAX];
+            let mut app: Box<MatrixApp<lowband_board_host::Host>> = Box::new(
+                MatrixApp::boot(parts, &app_cfg, &mut scratch).map_err(|e| format!("{e:?}"))?,
+            );
+            let mut inflate = vec![0u8; lowband_device::runner::INFLATE_DICT_LEN + 16 * 1024];
+            let boots = app.settings().boots;
+            while !stop.load(Ordering::Relaxed) {
+                match app.poll(&mut inflate) {
+                    Ok(p) if p.packets > 0 => {}
+                    Ok(_) => std::thread::sleep(Duration::from_millis(2)),
+                    Err(e) => return Err(format!("{e:?}")),
+                }
+            }
+            Ok((boots, app.runner().stats().sent))
+        })
+        .expect("thread")
+}
+
+/// The device's messages in the room, oldest first (bodies).
+fn device_messages(nio: &mut Nio, room: &str, device: &str) -> Vec<String> {
+    let r = nio
+        .step_ok(&json!({"op": "room_messages", "room_id": room, "limit": 50, "client": "alice"}))
+        .expect("room_messages");
+    let mut v: Vec<String> = r["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["sender"] == device && e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    v.reverse();
+    v
+}
+
+/// Synapse with the device's account, alice in a public room, serve admitting the device.
+struct Setup {
+    _hs: Synapse,
+    dir: TempDir,
+    serve: Gateway,
+    serve_addr: SocketAddr,
+    nio: Nio,
+    room: String,
+    dev_user: String,
+    dev_token: String,
+    filter_id: String,
+    prov: Provisioned,
+}
+
+fn setup(venv: &lowband_tests::Venv, label: &str) -> Setup {
+    let hs = Synapse::start_temp(
+        venv,
+        SynapseOpts {
+            label: label.into(),
+            presence: false,
+            ..SynapseOpts::default()
+        },
+    )
+    .expect("synapse");
+    let dir = TempDir::new(label).expect("tmp");
+    let d = dir.path().to_path_buf();
+    let (dev_user, dev_token) = hs.register_user("sensor", "sensor-pass").expect("register");
+    hs.register_user("alice", "alice-pass")
+        .expect("register alice");
+    // The device's sync filter, defined once for its account (the id is tiny on the link).
+    let filter = json!({
+        "room": {"timeline": {"limit": 5}, "state": {"types": []},
+                 "ephemeral": {"types": []}, "account_data": {"types": []}},
+        "presence": {"types": []}, "account_data": {"types": []}
+    });
+    let url = format!(
+        "{}/_matrix/client/v3/user/{}/filter",
+        hs.client_url(),
+        dev_user
+    );
+    let f =
+        http::post_json(&url, Some(&dev_token), &filter, Duration::from_secs(10)).expect("filter");
+    let filter_id = f["filter_id"].as_str().expect("filter_id").to_owned();
+
+    let mut nio = Nio::start(venv, &hs.client_url()).expect("nio");
+    nio.step_ok(
+        &json!({"op": "login", "client": "alice", "user": "alice", "password": "alice-pass"}),
+    )
+    .expect("login");
+    let room = nio
+        .step_ok(&json!({"op": "create_room", "client": "alice", "preset": "public_chat"}))
+        .expect("room")["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Keys: the gateway's and the device's, and serve admitting the device.
+    let gw = Keypair::from_secret([0x42; 32]);
+    let dev_secret = [0x24; 32];
+    let dev_pub = Keypair::from_secret(dev_secret).public();
+    std::fs::write(d.join("gateway.key"), format!("{}\n", b64(&[0x42; 32]))).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let p = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(d.join("gateway.key"), p).unwrap();
+    }
+    let serve_port = free_port().unwrap();
+    let serve_addr: SocketAddr = format!("127.0.0.1:{serve_port}").parse().unwrap();
+    let mut c = lowband().unwrap();
+    c.args([
+        "serve",
+        "--listen-udp",
+        &serve_addr.to_string(),
+        "--homeserver",
+        &hs.client_url(),
+        "--key",
+    ])
+    .arg(d.join("gateway.key"))
+    .args(["--allow-key", &b64(&dev_pub.0), "--stats-file"])
+    .arg(d.join("stats.json"))
+    .args(["--link-rate", "115200", "--link-mtu", "1400"])
+    .env("LOWBAND_LOG", "info,lowband_gateway=debug");
+    let serve = Gateway::spawn("serve", c, &d.join("serve.log")).expect("serve");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let prov = Provisioned {
+        seed: [7; 32],
+        static_key: dev_secret,
+        gateway_key: gw.public().0,
+    };
+    Setup {
+        _hs: hs,
+        dir,
+        serve,
+        serve_addr,
+        nio,
+        room,
+        dev_user,
+        dev_token,
+        filter_id,
+        prov,
+    }
+}
+
+#[test]
+fn device_joins_posts_answers_and_survives_reboots() {
+    let Some(venv) = require_peers("device_joins_posts_answers_and_survives_reboots") else {
+        return;
+    };
+    let Setup {
+        _hs,
+        dir,
+        serve,
+        serve_addr,
+        mut nio,
+        room,
+        dev_user,
+        dev_token,
+        filter_id,
+        prov,
+    } = setup(&venv, "device-e2e");
+    let d = dir.path().to_path_buf();
+    let cfg = Arc::new((room.clone(), dev_token.clone(), filter_id));
+    let flash = d.join("flash.bin");
+    let mode = Arc::new(AtomicU8::new(PASS));
+
+    let boot = |celsius: i32| {
+        let (master, slave) = TTYPort::pair().expect("pty");
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let b = bridge(
+            master,
+            serve_addr,
+            Arc::clone(&mode),
+            Arc::clone(&stop),
+            counters,
+        );
+        let dev = boot_device(
+            slave,
+            flash.clone(),
+            prov.clone(),
+            Arc::clone(&cfg),
+            celsius,
+            Arc::clone(&stop),
+        );
+        (stop, b, dev)
+    };
+    let fail = |what: &str, nio: &mut Nio| -> ! {
+        panic!(
+            "{what}\nroom: {:?}\nserve log:\n{}",
+            device_messages(nio, &room, &dev_user),
+            serve.log_tail(40)
+        )
+    };
+
+    // Boot 1: join, the boot reading, then a command and its answer.
+    let (stop, b, dev) = boot(21_000);
+    let wait = |nio: &mut Nio, body: &str, secs: u32| {
+        nio.step(
+            &json!({"op": "wait_event", "client": "alice", "room_id": room,
+                         "sender": dev_user, "body": body, "timeout_s": secs}),
+        )
+        .map(|r| r["ok"] == true)
+        .unwrap_or(false)
+    };
+    if !wait(&mut nio, "t=21.0C", 60) {
+        fail("no reading from boot 1", &mut nio);
+    }
+    nio.step_ok(&json!({"op": "send", "client": "alice", "room_id": room, "body": "!status"}))
+        .expect("send !status");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let msgs = device_messages(&mut nio, &room, &dev_user);
+        if let Some(s) = msgs.iter().find(|m| m.starts_with("boot ")) {
+            break s.clone();
+        }
+        if Instant::now() > deadline {
+            fail("no answer to !status", &mut nio);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(status.starts_with("boot 1 up "), "{status}");
+    assert!(status.contains("every 3600s 21.00"), "{status}");
+    nio.step_ok(&json!({"op": "send", "client": "alice", "room_id": room, "body": "!led on"}))
+        .expect("send !led on");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !device_messages(&mut nio, &room, &dev_user)
+        .iter()
+        .any(|m| m == "led on")
+    {
+        if Instant::now() > deadline {
+            fail("no answer to !led on", &mut nio);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (boots, _) = dev.join().unwrap().expect("boot 1 ran");
+    b.join().unwrap();
+    assert_eq!(boots, 1);
+
+    // Boot 2: the homeserver gets the reading but the device never hears back; it is killed
+    // with the reading still in its (saved) outbox.
+    mode.store(DROP_ANSWERS, Ordering::Relaxed);
+    let (stop, b, dev) = boot(33_300);
+    if !wait(&mut nio, "t=33.3C", 60) {
+        fail("no reading from boot 2", &mut nio);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (boots, sent) = dev.join().unwrap().expect("boot 2 ran");
+    b.join().unwrap();
+    assert_eq!((boots, sent), (2, 0), "boot 2 saw no acknowledgement");
+
+    // Boot 3: the outbox goes out again with the same transaction id (deduplicated by the
+    // homeserver), then the new boot's reading.
+    mode.store(PASS, Ordering::Relaxed);
+    let (stop, b, dev) = boot(44_400);
+    if !wait(&mut nio, "t=44.4C", 60) {
+        fail("no reading from boot 3", &mut nio);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let (boots, sent) = dev.join().unwrap().expect("boot 3 ran");
+    b.join().unwrap();
+    assert_eq!(boots, 3);
+    assert!(sent >= 2, "boot 3 sent the old and the new reading: {sent}");
+
+    let history = device_messages(&mut nio, &room, &dev_user);
+    eprintln!("room history of the device: {history:?}");
+    let count = |b: &str| history.iter().filter(|m| *m == b).count();
+    assert_eq!(count("t=21.0C"), 1, "{history:?}");
+    assert_eq!(
+        count("t=33.3C"),
+        1,
+        "resent after reboot, stored once: {history:?}"
+    );
+    assert_eq!(count("t=44.4C"), 1, "{history:?}");
+    assert_eq!(count("led on"), 1, "{history:?}");
+    assert_eq!(
+        history.iter().filter(|m| m.starts_with("boot 1 ")).count(),
+        1,
+        "{history:?}"
+    );
+    // The boot-2 reading went to serve twice (boot 2, unanswered; boot 3, the same txn id).
+    let log = std::fs::read_to_string(d.join("serve.log")).unwrap_or_default();
+    let puts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request") && l.contains("/send/m.room.message/d2."))
+        .collect();
+    assert!(puts.len() >= 2, "{puts:?}");
+    let stats: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("stats.json")).unwrap_or_default())
+            .unwrap_or(Value::Null);
+    eprintln!("serve stats: {stats}");
+    nio.finish();
+}
+
+/// Link bytes of a post, an empty sync and a sync bringing one command, through the real
+/// `lowband serve` and Synapse: the serial bytes on the pty, both directions, trailing ACKs
+/// included. Printed, and bounded at the measured values (the budgets are not met yet).
+#[test]
+fn device_link_bytes_with_real_serve() {
+    use lowband_codec::noise::link::{
+        InitiatorConfig, LinkPattern, RetransmitConfig, TransportConfig,
+    };
+    use lowband_codec::noise::PublicKey;
+    use lowband_device::runner::{Runner, RunnerConfig, SerialLink};
+    use lowband_device::{DefaultSyncState, EphemeralRng};
+
+    let Some(venv) = require_peers("device_link_bytes_with_real_serve") else {
+        return;
+    };
+    let mut s = setup(&venv, "device-bytes");
+    let (master, slave) = TTYPort::pair().expect("pty");
+    let stop = Arc::new(AtomicBool::new(false));
+    let bytes = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let b = bridge(
+        master,
+        s.serve_addr,
+        Arc::new(AtomicU8::new(PASS)),
+        Arc::clone(&stop),
+        Arc::clone(&bytes),
+    );
+    let mut slave = slave;
+    slave.set_timeout(Duration::from_millis(1)).unwrap();
+    let link = lowband_board_host::SerialLink::new(Box::new(slave));
+    let mut link = SerialLink::new(link);
+
+    let mut state = DefaultSyncState::new(0);
+    let mut pages = lowband_device::AbStore::new(RamPages::default());
+    let boot = lowband_device::BootCounter::advance(&mut pages, 0).unwrap();
+    state.begin_boot(boot.get()).unwrap();
+    state.join(&s.room).unwrap();
+    let rng = EphemeralRng::new(&s.prov.seed, boot);
+    let init = InitiatorConfig {
+        pattern: LinkPattern::IK,
+        version: lowband_firmware::matrix::LINK_VERSION,
+        local: Keypair::from_secret(s.prov.static_key),
+        remote: PublicKey(s.prov.gateway_key),
+        retransmit: RetransmitConfig::for_link_rate(115_200, 0),
+        transport: TransportConfig::default(),
+    };
+    let mut params = lowband_codec::coap::TransmissionParams::for_link(115_200, 128, 0);
+    params.nstart = 2;
+    let coap = lowband_codec::coap::Config {
+        params,
+        seed: 5,
+        token_len: 1,
+        extra_options: &[],
+    };
+    let client = lowband_codec::session::DeviceClient::new(init, coap, rng).unwrap();
+    let cfg = RunnerConfig {
+        access_token: &s.dev_token,
+        sync_timeout_ms: 0,
+        sync_interval_ms: 1 << 40,
+        filter: &s.filter_id,
+    };
+    let mut runner = Box::new(Runner::new(client, state, &cfg).unwrap());
+    let mut inflate = vec![0u8; lowband_device::runner::INFLATE_DICT_LEN + 16 * 1024];
+    let t0 = Instant::now();
+    let mut run_until = |runner: &mut Runner<EphemeralRng>,
+                         what: &str,
+                         done: &dyn Fn(&Runner<EphemeralRng>) -> bool| {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = t0.elapsed().as_millis() as u64;
+            runner.poll(now, &mut link, &mut inflate).expect("link");
+            if done(runner) {
+                break;
+            }
+            assert!(Instant::now() < end, "{what}: {:?}", runner.stats());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Trailing ACKs and retransmissions settle.
+        let quiet = Instant::now() + Duration::from_millis(400);
+        while Instant::now() < quiet {
+            let now = t0.elapsed().as_millis() as u64;
+            runner.poll(now, &mut link, &mut inflate).expect("link");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let wire = |b: &[AtomicU64; 2]| (b[0].load(Ordering::Relaxed), b[1].load(Ordering::Relaxed));
+
+    // Handshake, token, join, initial sync.
+    run_until(&mut runner, "boot", &|r| {
+        r.stats().sent >= 1 && r.stats().syncs >= 1
+    });
+    // Warm-up: one empty sync and one post (the token is registered by now).
+    runner.sync_now(0);
+    let n = runner.stats().syncs;
+    run_until(&mut runner, "warm sync", &|r| r.stats().syncs > n);
+
+    let (u0, d0) = wire(&bytes);
+    runner.state_mut().send_text(&s.room, "t=21.5C").unwrap();
+    let n = runner.stats().sent;
+    run_until(&mut runner, "post", &|r| r.stats().sent > n);
+    let (u1, d1) = wire(&bytes);
+    let post = (u1 - u0, d1 - d0);
+
+    // The next sync brings the echo of the post; the one after it is empty.
+    runner.sync_now(0);
+    let n = runner.stats().syncs;
+    run_until(&mut runner, "echo sync", &|r| r.stats().syncs > n);
+    let (u1, d1) = wire(&bytes);
+    runner.sync_now(0);
+    let n = runner.stats().syncs;
+    run_until(&mut runner, "empty sync", &|r| r.stats().syncs > n);
+    let (u2, d2) = wire(&bytes);
+    let empty = (u2 - u1, d2 - d1);
+
+    s.nio
+        .step_ok(&json!({"op": "send", "client": "alice", "room_id": s.room, "body": "!status"}))
+        .expect("send");
+    runner.sync_now(0);
+    let n = runner.stats().syncs;
+    run_until(&mut runner, "command sync", &|r| r.stats().syncs > n);
+    let (u3, d3) = wire(&bytes);
+    let command = (u3 - u2, d3 - d2);
+    let mut got = None;
+    while let Some((_, ev)) = runner.state_mut().next_event() {
+        if ev.body() == Some("!status") {
+            got = Some(ev.sender().to_owned());
+        }
+    }
+    assert!(got.is_some(), "the command arrived");
+    stop.store(true, Ordering::Relaxed);
+    b.join().unwrap();
+    eprintln!(
+        "link bytes (serial, up+down): post {}+{}={} (budget 64), empty sync {}+{}={} (budget 24), \
+         sync with one command {}+{}={} (budget 96); runner {:?}",
+        post.0, post.1, post.0 + post.1,
+        empty.0, empty.1, empty.0 + empty.1,
+        command.0, command.1, command.0 + command.1,
+        runner.stats()
+    );
+    // Regression bounds at about the measured values.
+    assert!(post.0 + post.1 <= 130, "post {post:?}");
+    assert!(empty.0 + empty.1 <= 320, "empty sync {empty:?}");
+    assert!(command.0 + command.1 <= 360, "command sync {command:?}");
+    let _ = (&s.serve, &s.dev_user, &s.dir);
+}
+
+/// Two RAM pages for the boot counter of the measuring device.
+#[derive(Default)]
+struct RamPages([Vec<u8>; 2]);
+
+impl lowband_device::Flash for RamPages {
+    type Error = ();
+    const WRITE_SIZE: usize = 4;
+    fn page_len(&self) -> usize {
+        64
+    }
+    fn read(&mut self, p: lowband_device::Page, off: usize, buf: &mut [u8]) -> Result<(), ()> {
+        let page = &mut self.0[p as usize];
+        page.resize(64, 0xff);
+        buf.copy_from_slice(&page[off..off + buf.len()]);
+        Ok(())
+    }
+    fn erase(&mut self, p: lowband_device::Page) -> Result<(), ()> {
+        self.0[p as usize] = vec![0xff; 64];
+        Ok(())
+    }
+    fn program(&mut self, p: lowband_device::Page, off: usize, data: &[u8]) -> Result<(), ()> {
+        let page = &mut self.0[p as usize];
+        page.resize(64, 0xff);
+        for (d, v) in page[off..].iter_mut().zip(data) {
+            *d &= *v;
+        }
+        Ok(())
+    }
+}
