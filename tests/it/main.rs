@@ -6,6 +6,7 @@ mod device_e2e;
 mod federation;
 mod federation_gateway;
 mod gateway_e2e;
+mod gateway_restart;
 mod harness;
 mod qemu;
 mod synapse_smoke;
