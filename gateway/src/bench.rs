@@ -52,6 +52,19 @@ pub enum BenchCommand {
         #[arg(long)]
         mmap_sessions: bool,
     },
+    /// Link bytes per Matrix operation: `serve` and `tunnel` in this process (loopback UDP,
+    /// no emulator) in front of `--homeserver`, driven by plain HTTP calls.
+    Link {
+        /// The homeserver's client-server base URL (http://host:port).
+        #[arg(long)]
+        homeserver: String,
+        /// An existing user's localpart (the bench logs in, creates a room and sends).
+        #[arg(long)]
+        user: String,
+        /// Its password.
+        #[arg(long)]
+        password: String,
+    },
 }
 
 /// Runs a bench command, printing its table on stdout.
@@ -77,6 +90,23 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             println!("serve_rss_idle_sessions_kib\t{}", r.rss_idle_kib);
             println!("serve_rss_after_load_kib\t{}", r.rss_after_kib);
             println!("bytes_per_idle_session\t{:.0}", r.bytes_per_idle_session);
+            Ok(())
+        }
+        BenchCommand::Link {
+            homeserver,
+            user,
+            password,
+        } => {
+            let rows = tokio::runtime::Runtime::new()?.block_on(crate::bench_link::run(
+                &homeserver,
+                &user,
+                &password,
+            ))?;
+            println!("operation\tlink_bytes\thttp_bytes");
+            for r in rows {
+                let base = r.http.map_or_else(|| "-".to_owned(), |b| b.to_string());
+                println!("{}\t{}\t{}", r.op, r.link, base);
+            }
             Ok(())
         }
     }

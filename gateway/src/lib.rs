@@ -5,6 +5,7 @@ extern crate alloc;
 
 pub mod alias;
 pub mod bench;
+pub mod bench_link;
 pub mod config;
 pub mod federation;
 pub mod keys;

@@ -169,3 +169,59 @@ fn serve_restart_with_state_dir_keeps_the_session() {
 fn serve_restart_without_state_handshakes_again() {
     restart_scenario("serve_restart_nostate", false);
 }
+
+#[test]
+fn bench_link_prints_the_byte_table() {
+    let Some(venv) = require_peers("bench_link_table") else {
+        return;
+    };
+    let hs = Synapse::start_temp(
+        &venv,
+        SynapseOpts {
+            label: "bench_link".into(),
+            presence: false,
+            ..SynapseOpts::default()
+        },
+    )
+    .expect("start synapse");
+    hs.register_user("bencher", "pw-bench").expect("register");
+    let out = lowband()
+        .unwrap()
+        .args(["bench", "link", "--homeserver", &hs.client_url()])
+        .args(["--user", "bencher", "--password", "pw-bench"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    let row = |op: &str| -> (u64, Option<u64>) {
+        let l = text
+            .lines()
+            .find(|l| l.split('\t').next() == Some(op))
+            .unwrap_or_else(|| panic!("no {op} row: {text}"));
+        let f: Vec<&str> = l.split('\t').collect();
+        (f[1].parse().unwrap(), f[2].parse().ok())
+    };
+    for op in [
+        "handshake (Noise IK)",
+        "login",
+        "create room",
+        "typing",
+        "receipt",
+        "messages (10)",
+        "upload small media",
+        "download small media",
+    ] {
+        assert!(row(op).0 > 0, "{op}");
+    }
+    // The link form beats plain HTTP where the baseline is known.
+    for op in ["send", "sync with one message", "empty sync"] {
+        let (link, http) = row(op);
+        assert!(link > 0 && link < http.unwrap(), "{op}: {link} vs {http:?}");
+    }
+}
