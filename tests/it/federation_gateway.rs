@@ -8,7 +8,7 @@ use core::time::Duration;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use lowband_tests::gateway::{keygen, linksim_relay, lowband};
+use lowband_tests::gateway::{keygen, linksim_relay, lowband, settled_link_bytes};
 use lowband_tests::{
     free_port, http, require_peers, wait_for_port, Federation, FederationPair, Gateway, Nio,
     PairMode, Synapse, SynapseOpts, TempDir,
@@ -19,34 +19,6 @@ const RATE: u32 = 9600;
 const LOSS: f64 = 0.05;
 /// Link budget for one message PDU (`PUT /_matrix/federation/v1/send/{txnId}` and its answer).
 const PDU_BUDGET: u64 = 450;
-
-/// Link bytes (both directions) of `peer`'s session, from `serve --stats-file`.
-fn link_bytes(stats: &Path, peer: &str) -> u64 {
-    let Ok(text) = std::fs::read_to_string(stats) else {
-        return 0;
-    };
-    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let s = &v[peer];
-    s["bytes_in"].as_u64().unwrap_or(0) + s["bytes_out"].as_u64().unwrap_or(0)
-}
-
-/// Waits until the counters stop moving (trailing ACKs), then returns them.
-fn settled_bytes(stats: &Path, peer: &str) -> u64 {
-    let end = Instant::now() + Duration::from_secs(15);
-    let mut last = link_bytes(stats, peer);
-    let mut stable_since = Instant::now();
-    while Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(150));
-        let now = link_bytes(stats, peer);
-        if now != last {
-            last = now;
-            stable_since = Instant::now();
-        } else if stable_since.elapsed() >= Duration::from_millis(1500) {
-            break;
-        }
-    }
-    last
-}
 
 /// The lowband path carrying federation traffic *to* `hs`.
 struct Path2 {
@@ -123,7 +95,7 @@ fn path_to(hs: &Synapse, d: &Path, name: &str) -> Path2 {
 
 /// Sends `body` from `from` and waits for it at `to`; returns the link bytes of `path` spent.
 fn message_bytes(nio: &mut Nio, room: &str, from: &str, to: &str, body: &str, path: &Path2) -> u64 {
-    let before = settled_bytes(&path.stats, &path.tunnel_pub);
+    let before = settled_link_bytes(&path.stats, &path.tunnel_pub, Duration::from_millis(1500));
     let sent = nio
         .step_ok(&json!({"op": "send", "client": from, "room_id": room, "body": body}))
         .unwrap_or_else(|e| panic!("{e}\n{}", path.logs()));
@@ -133,7 +105,7 @@ fn message_bytes(nio: &mut Nio, room: &str, from: &str, to: &str, body: &str, pa
         .unwrap_or_else(|e| panic!("{e}\n{}", path.logs()));
     assert_eq!(seen["event"]["event_id"], sent["event_id"]);
     assert_eq!(seen["event"]["content"]["body"], body, "content intact");
-    settled_bytes(&path.stats, &path.tunnel_pub) - before
+    settled_link_bytes(&path.stats, &path.tunnel_pub, Duration::from_millis(1500)) - before
 }
 
 #[test]

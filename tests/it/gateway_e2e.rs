@@ -6,39 +6,15 @@ use core::time::Duration;
 use std::path::Path;
 use std::time::Instant;
 
-use lowband_tests::gateway::{keygen, linksim_relay, lowband};
+use lowband_tests::gateway::{keygen, link_bytes, linksim_relay, lowband, settled_link_bytes};
+
+fn settled_bytes(stats: &Path, peer: &str) -> u64 {
+    settled_link_bytes(stats, peer, Duration::from_millis(1200))
+}
 use lowband_tests::{
     free_port, http, require_peers, wait_for_port, Gateway, Nio, Synapse, SynapseOpts, TempDir,
 };
 use serde_json::{json, Value};
-
-/// Link bytes (both directions) of the tunnel's session, from `serve --stats-file`.
-fn link_bytes(stats: &Path, peer: &str) -> u64 {
-    let Ok(text) = std::fs::read_to_string(stats) else {
-        return 0;
-    };
-    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let s = &v[peer];
-    s["bytes_in"].as_u64().unwrap_or(0) + s["bytes_out"].as_u64().unwrap_or(0)
-}
-
-/// Waits until the counters stop moving (trailing ACKs), then returns them.
-fn settled_bytes(stats: &Path, peer: &str) -> u64 {
-    let end = Instant::now() + Duration::from_secs(10);
-    let mut last = link_bytes(stats, peer);
-    let mut stable_since = Instant::now();
-    while Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(150));
-        let now = link_bytes(stats, peer);
-        if now != last {
-            last = now;
-            stable_since = Instant::now();
-        } else if stable_since.elapsed() >= Duration::from_millis(1200) {
-            break;
-        }
-    }
-    last
-}
 
 struct Setup {
     hs: Synapse,

@@ -96,3 +96,33 @@ impl Gateway {
         crate::proc::tail_file(&self.log, n)
     }
 }
+
+/// Link bytes (both directions) of `peer`'s session, from `serve --stats-file`; 0 until the
+/// file exists.
+pub fn link_bytes(stats: &Path, peer: &str) -> u64 {
+    let Ok(text) = std::fs::read_to_string(stats) else {
+        return 0;
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    let s = &v[peer];
+    s["bytes_in"].as_u64().unwrap_or(0) + s["bytes_out"].as_u64().unwrap_or(0)
+}
+
+/// Waits until `peer`'s counters have not moved for `quiet` (trailing acknowledgements), at
+/// most ten times `quiet`, then returns them.
+pub fn settled_link_bytes(stats: &Path, peer: &str, quiet: core::time::Duration) -> u64 {
+    let start = std::time::Instant::now();
+    let mut last = link_bytes(stats, peer);
+    let mut since = std::time::Instant::now();
+    while start.elapsed() < quiet * 10 {
+        std::thread::sleep(core::time::Duration::from_millis(150));
+        let now = link_bytes(stats, peer);
+        if now != last {
+            last = now;
+            since = std::time::Instant::now();
+        } else if since.elapsed() >= quiet {
+            break;
+        }
+    }
+    last
+}

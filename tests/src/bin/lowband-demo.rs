@@ -16,11 +16,10 @@
 //! ```
 
 use core::time::Duration;
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context};
-use lowband_tests::gateway::{keygen, linksim_relay, lowband};
+use lowband_tests::gateway::{keygen, linksim_relay, lowband, settled_link_bytes};
 use lowband_tests::{free_port, wait_for_port, Gateway, Nio, Synapse, SynapseOpts, TempDir, Venv};
 use serde_json::{json, Value};
 
@@ -28,33 +27,6 @@ fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
-}
-
-/// Link bytes (both directions) of a peer's session, from `serve --stats-file`.
-fn link_bytes(stats: &Path, peer: &str) -> u64 {
-    let Ok(text) = std::fs::read_to_string(stats) else {
-        return 0;
-    };
-    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    v[peer]["bytes_in"].as_u64().unwrap_or(0) + v[peer]["bytes_out"].as_u64().unwrap_or(0)
-}
-
-/// Waits until the counters stop moving (trailing acknowledgements), then returns them.
-fn settled(stats: &Path, peer: &str, quiet: Duration) -> u64 {
-    let end = Instant::now() + quiet * 10;
-    let mut last = link_bytes(stats, peer);
-    let mut since = Instant::now();
-    while Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = link_bytes(stats, peer);
-        if now != last {
-            last = now;
-            since = Instant::now();
-        } else if since.elapsed() >= quiet {
-            break;
-        }
-    }
-    last
 }
 
 fn main() -> anyhow::Result<()> {
@@ -151,7 +123,7 @@ fn main() -> anyhow::Result<()> {
     let quiet = Duration::from_millis(1500 + 20_000 / u64::from(rate.max(1)) * 100);
     let mut total = 0u64;
     let mut report = |what: &str, before: &mut u64, started: Instant| {
-        let now = settled(&stats, &tunnel_pub, quiet);
+        let now = settled_link_bytes(&stats, &tunnel_pub, quiet);
         let bytes = now - *before;
         *before = now;
         total += bytes;
