@@ -1152,7 +1152,9 @@ async fn remote_request(
     send.send_request(r).await.map_err(|e| e.to_string())
 }
 
-async fn read_response(resp: hyper::Response<hyper::body::Incoming>) -> HttpResponse {
+/// Reads a homeserver's HTTP response into the link's response form (headers that matter,
+/// body up to the media limit); shared by client-server and federation forwarding.
+pub(crate) async fn read_response(resp: hyper::Response<hyper::body::Incoming>) -> HttpResponse {
     let h = resp.headers();
     let get =
         |n: hyper::header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
@@ -849,30 +849,5 @@ async fn forward(
         }
         Ok(Ok(r)) => r,
     };
-    let status = resp.status().as_u16();
-    let h = resp.headers();
-    let get =
-        |n: hyper::header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let mut out = HttpResponse {
-        status,
-        content_type: get(hyper::header::CONTENT_TYPE),
-        retry_after: get(hyper::header::RETRY_AFTER),
-        location: get(hyper::header::LOCATION),
-        content_disposition: get(hyper::header::CONTENT_DISPOSITION),
-        body: Vec::new(),
-    };
-    match Limited::new(resp.into_body(), wire::MAX_MEDIA)
-        .collect()
-        .await
-    {
-        Ok(b) => out.body = b.to_bytes().to_vec(),
-        Err(_) => {
-            return HttpResponse::matrix_error(
-                502,
-                "M_TOO_LARGE",
-                "homeserver response too large or cut",
-            )
-        }
-    }
-    out
+    crate::federation::read_response(resp).await
 }
