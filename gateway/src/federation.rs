@@ -16,12 +16,12 @@
 //!   canonical-JSON bytes) intact, so PDUs' `hashes` and `signatures` stay valid.
 //! - **Not an open proxy.** `serve` sends federation requests to its configured homeserver
 //!   (`--federation-backend`) and, only when `--federation-ca` is given, to the homeserver named
-//!   as `destination` in the signed header, found by server discovery
-//!   (<https://spec.matrix.org/v1.11/server-server-api/#resolving-server-names>): a server name
-//!   with an explicit port or an IP literal. `.well-known` and SRV are not implemented
-//!   (TODO(federation)): such names are refused.
+//!   as `destination` in the signed header, found by server discovery ([`crate::discovery`]:
+//!   IP literal, explicit port, `.well-known` delegation, SRV, port 8448, as
+//!   <https://spec.matrix.org/v1.16/server-server-api/#resolving-server-names> says), over TLS
+//!   checked against `--federation-ca`. Nothing else: no URL or address from the link is ever
+//!   connected to.
 use alloc::sync::Arc;
-use core::net::IpAddr;
 use core::time::Duration;
 use std::path::{Path, PathBuf};
 
@@ -40,6 +40,7 @@ use alloc::collections::BTreeMap;
 
 use lowband_codec::coap::{Opt, Options};
 
+use crate::discovery::{self, Destination, Discovery, Host, NetLookup};
 use crate::wire::{self, HttpRequest, HttpResponse, WireError};
 
 /// Longest a federation request may take at the homeserver.
@@ -898,83 +899,11 @@ pub struct FederationConfig {
     /// The local homeserver's server name: requests for another `destination` are not sent to
     /// the backend. `None`: every request goes to the backend.
     pub server_name: Option<String>,
-    /// CA certificates (PEM) trusted for remote destinations; `None`: no remote destinations.
+    /// CA certificates (PEM) trusted for remote destinations (and their `.well-known`);
+    /// `None`: no remote destinations.
     pub remote_ca: Option<PathBuf>,
-}
-
-/// A destination found by server discovery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
-    /// Host to connect to and to check the certificate against.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// The `Host` header (the server name).
-    pub host_header: String,
-}
-
-/// Why a server name was not resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DiscoveryError {
-    /// Not a server name (grammar of the spec's appendix).
-    #[error("not a server name")]
-    BadName,
-    /// A DNS name without an explicit port needs `.well-known` / SRV (not implemented).
-    #[error("server name needs .well-known or SRV discovery (not supported)")]
-    Unsupported,
-}
-
-/// Resolves a server name by the rules that need no network: an IP literal (port or 8448)
-/// or a DNS name with an explicit port.
-/// <https://spec.matrix.org/v1.11/server-server-api/#resolving-server-names> steps 1 and 2.
-///
-/// # Errors
-/// [`DiscoveryError`].
-pub fn resolve_server_name(name: &str) -> Result<Resolved, DiscoveryError> {
-    let (host, port) = if let Some(r) = name.strip_prefix('[') {
-        let (ip, rest) = r.split_once(']').ok_or(DiscoveryError::BadName)?;
-        ip.parse::<core::net::Ipv6Addr>()
-            .map_err(|_| DiscoveryError::BadName)?;
-        let port = match rest {
-            "" => None,
-            p => Some(p.strip_prefix(':').ok_or(DiscoveryError::BadName)?),
-        };
-        (ip, port)
-    } else {
-        match name.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (name, None),
-        }
-    };
-    let port = match port {
-        None => None,
-        Some(p) => Some(
-            p.parse::<u16>()
-                .ok()
-                .filter(|n| *n != 0 && n.to_string() == p)
-                .ok_or(DiscoveryError::BadName)?,
-        ),
-    };
-    let is_ip = host.parse::<IpAddr>().is_ok();
-    let dns_ok = !host.is_empty()
-        && host.len() <= 255
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if !is_ip && !dns_ok {
-        return Err(DiscoveryError::BadName);
-    }
-    let port = match (port, is_ip) {
-        (Some(p), _) => p,
-        (None, true) => 8448,
-        // TODO(federation): .well-known (step 3) and SRV (steps 4-6).
-        (None, false) => return Err(DiscoveryError::Unsupported),
-    };
-    Ok(Resolved {
-        host: host.to_owned(),
-        port,
-        host_header: name.to_owned(),
-    })
+    /// The DNS server for server discovery (SRV, A/AAAA); `None`: the system's resolver.
+    pub dns: Option<core::net::SocketAddr>,
 }
 
 /// Where one federation request goes.
@@ -982,15 +911,22 @@ pub fn resolve_server_name(name: &str) -> Result<Resolved, DiscoveryError> {
 pub enum Target {
     /// The configured homeserver.
     Backend,
-    /// A remote homeserver, over TLS.
-    Remote(Resolved),
+    /// A remote homeserver, over TLS: its server name, to resolve by [`crate::discovery`].
+    Remote(String),
+}
+
+/// What `serve` needs to reach remote homeservers.
+#[derive(Debug)]
+struct Remote {
+    net: NetLookup,
+    discovery: Discovery,
 }
 
 /// `serve`'s federation forwarder.
 pub struct Federation {
     backend: Option<String>,
     server_name: Option<String>,
-    remote: Option<TlsConnector>,
+    remote: Option<Remote>,
     http: HttpClient<HttpConnector, Full<Bytes>>,
 }
 
@@ -1023,7 +959,10 @@ impl Federation {
             None => None,
         };
         let remote = match &cfg.remote_ca {
-            Some(p) => Some(tls_connector(p)?),
+            Some(p) => Some(Remote {
+                net: NetLookup::new(discovery::resolver(cfg.dns)?, tls_connector(p)?),
+                discovery: Discovery::new(),
+            }),
             None => None,
         };
         Ok(Federation {
@@ -1048,8 +987,8 @@ impl Federation {
             return Ok(Target::Backend);
         }
         match (dest, &self.remote) {
-            (Some(d), Some(_)) => resolve_server_name(d)
-                .map(Target::Remote)
+            (Some(d), Some(_)) => discovery::parse_server_name(d)
+                .map(|_| Target::Remote(d.to_owned()))
                 .map_err(|e| format!("lowband: destination {d}: {e}")),
             (None, _) => Err("lowband: no destination for this request".into()),
             (Some(d), None) => Err(format!("lowband: {d} is not this gateway's homeserver")),
@@ -1084,18 +1023,31 @@ impl Federation {
                 })
                 .await
             }
-            Target::Remote(d) => {
+            Target::Remote(name) => {
+                let Some(remote) = &self.remote else {
+                    return bad_request();
+                };
+                let now = std::time::Instant::now();
+                let dest = match remote.discovery.resolve(&remote.net, name, now).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::info!(%name, %e, "federation: discovery failed");
+                        return HttpResponse::matrix_error(
+                            502,
+                            "M_UNKNOWN",
+                            &format!("lowband: destination {name}: {e}"),
+                        );
+                    }
+                };
+                tracing::debug!(%name, ?dest, "federation: destination");
                 let Ok(r) = b
                     .uri(req.path_and_query.as_str())
-                    .header(hyper::header::HOST, d.host_header.as_str())
+                    .header(hyper::header::HOST, dest.host_header.as_str())
                     .body(body)
                 else {
                     return bad_request();
                 };
-                let Some(tls) = &self.remote else {
-                    return bad_request();
-                };
-                tokio::time::timeout(HTTP_TIMEOUT, remote_request(tls, d, r)).await
+                tokio::time::timeout(HTTP_TIMEOUT, remote_request(&remote.net, &dest, r)).await
             }
         };
         let resp = match r {
@@ -1130,17 +1082,34 @@ fn tls_connector(ca: &Path) -> anyhow::Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(cfg)))
 }
 
-/// One request on a fresh TLS connection to a discovered destination.
+/// One request on a fresh TLS connection to a discovered destination: its targets in turn
+/// until one connects, the certificate checked against [`Destination::tls_name`].
 async fn remote_request(
-    tls: &TlsConnector,
-    d: &Resolved,
+    net: &NetLookup,
+    d: &Destination,
     r: hyper::Request<Full<Bytes>>,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
-    let name = ServerName::try_from(d.host.clone()).map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect((d.host.as_str(), d.port))
+    let name = match &d.tls_name {
+        Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+        Host::Name(n) => ServerName::try_from(n.clone()).map_err(|e| e.to_string())?,
+    };
+    let mut last = String::from("no target");
+    let mut tcp = None;
+    for (host, port) in &d.targets {
+        match net.connect(host, *port).await {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let tcp = tcp.ok_or(last)?;
+    let stream = net
+        .tls()
+        .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let stream = tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
@@ -1227,36 +1196,12 @@ mod tests {
     }
 
     #[test]
-    fn discovery_rules() {
-        let r = resolve_server_name("localhost:8449").unwrap();
-        assert_eq!((r.host.as_str(), r.port), ("localhost", 8449));
-        assert_eq!(r.host_header, "localhost:8449");
-        let r = resolve_server_name("127.0.0.1").unwrap();
-        assert_eq!((r.host.as_str(), r.port), ("127.0.0.1", 8448));
-        let r = resolve_server_name("[::1]:99").unwrap();
-        assert_eq!((r.host.as_str(), r.port), ("::1", 99));
-        assert_eq!(
-            resolve_server_name("matrix.org"),
-            Err(DiscoveryError::Unsupported)
-        );
-        for bad in [
-            "", "a b:1", "x:0", "x:99999", "[::1", "[zz]:1", "a/b:1", "x:",
-        ] {
-            assert_eq!(
-                resolve_server_name(bad),
-                Err(DiscoveryError::BadName),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
     fn routing_is_not_an_open_proxy() {
         let h = |dest: &str| format!("X-Matrix origin=\"a:1\",destination=\"{dest}\"");
         let local = Federation::new(&FederationConfig {
             backend: Some("http://127.0.0.1:9".into()),
             server_name: Some("b:2".into()),
-            remote_ca: None,
+            ..FederationConfig::default()
         })
         .unwrap();
         assert_eq!(local.route(Some(&h("b:2"))), Ok(Target::Backend));

@@ -43,6 +43,10 @@ struct FederationArgs {
     /// only --federation-backend is reached.
     #[arg(long)]
     federation_ca: Option<PathBuf>,
+    /// DNS server (IP:port) for server discovery's SRV and address lookups; default: the
+    /// system's resolver (/etc/resolv.conf and the hosts file).
+    #[arg(long, value_name = "ADDR")]
+    dns: Option<SocketAddr>,
 }
 
 impl FederationArgs {
@@ -52,6 +56,7 @@ impl FederationArgs {
                 backend: self.federation_backend,
                 server_name: self.federation_server_name,
                 remote_ca: self.federation_ca,
+                dns: self.dns,
             },
         )
     }

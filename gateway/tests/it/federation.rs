@@ -137,6 +137,7 @@ async fn federation_requests_arrive_intact() {
             backend: Some(format!("http://{hs_addr}")),
             server_name: Some("hs-b.example:8448".into()),
             remote_ca: None,
+            dns: None,
         }),
         ..ServeConfig::default()
     }));
