@@ -8,10 +8,13 @@ use core::time::Duration;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use core::net::{Ipv4Addr, SocketAddr};
 use lowband_tests::gateway::{keygen, linksim_relay, lowband, settled_link_bytes};
+
 use lowband_tests::{
-    free_port, http, require_peers, wait_for_port, Federation, FederationPair, Gateway, Nio,
-    PairMode, Synapse, SynapseOpts, TempDir,
+    free_port, http, require_peers, wait_for_port, xmatrix_sign, DnsRecord, Federation,
+    FederationPair, Gateway, Nio, PairMode, Synapse, SynapseOpts, TempDir, TestDns, TlsFront,
+    WellKnownServer, DNS_SRV,
 };
 use serde_json::{json, Value};
 
@@ -227,9 +230,42 @@ fn federation_gateway() {
     eprintln!("federation_gateway: total {:?}", t0.elapsed());
 }
 
+/// A `serve` with no federation backend (remote destinations only, by server discovery
+/// with `--dns`, if given, and TLS checked against `ca`) and a plain-HTTP `tunnel` in front of
+/// it; returns both and the tunnel's port.
+fn discovery_gateways(d: &Path, ca: &Path, dns: Option<SocketAddr>) -> (Gateway, Gateway, u16) {
+    std::fs::create_dir_all(d).unwrap();
+    let gateway_pub = keygen(&d.join("serve.key")).expect("keygen serve");
+    let tunnel_pub = keygen(&d.join("tunnel.key")).expect("keygen tunnel");
+    let serve_addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let http_port = free_port().unwrap();
+    let mut c = lowband().unwrap();
+    c.args(["serve", "--listen-udp", &serve_addr])
+        .args(["--homeserver", "http://127.0.0.1:9"])
+        .arg("--federation-ca")
+        .arg(ca)
+        .arg("--key")
+        .arg(d.join("serve.key"))
+        .args(["--allow-key", &tunnel_pub, "--link-rate", "100000"])
+        .env("LOWBAND_LOG", "info,lowband_gateway=debug");
+    if let Some(a) = dns {
+        c.args(["--dns", &a.to_string()]);
+    }
+    let serve = Gateway::spawn("serve-disc", c, &d.join("serve.log")).expect("serve");
+    let mut c = lowband().unwrap();
+    c.args(["tunnel", "--listen-http", &format!("127.0.0.1:{http_port}")])
+        .args(["--gateway", &serve_addr, "--gateway-key", &gateway_pub])
+        .arg("--key")
+        .arg(d.join("tunnel.key"))
+        .args(["--link-rate", "100000"]);
+    let tunnel = Gateway::spawn("tunnel-disc", c, &d.join("tunnel.log")).expect("tunnel");
+    wait_for_port(http_port, Duration::from_secs(20)).expect("tunnel listening");
+    (serve, tunnel, http_port)
+}
+
 /// `serve` without a federation backend reaches a remote homeserver only by server discovery
 /// of the signed `destination` (explicit port -> TLS to that port, checked against the given
-/// CA), and refuses what it cannot resolve or what names no destination.
+/// CA), and refuses what is not a server name or what names no destination.
 #[test]
 fn federation_gateway_discovery() {
     let Some(venv) = require_peers("federation_gateway_discovery") else {
@@ -247,29 +283,7 @@ fn federation_gateway_discovery() {
     .expect("start synapse");
     let ca = hs.ca().expect("test CA").ca_pem();
     let dir = TempDir::new("fedgw-disc").expect("tempdir");
-    let d = dir.path();
-    let gateway_pub = keygen(&d.join("serve.key")).expect("keygen serve");
-    let tunnel_pub = keygen(&d.join("tunnel.key")).expect("keygen tunnel");
-    let serve_addr = format!("127.0.0.1:{}", free_port().unwrap());
-    let http_port = free_port().unwrap();
-    let mut c = lowband().unwrap();
-    c.args(["serve", "--listen-udp", &serve_addr])
-        .args(["--homeserver", &hs.client_url()])
-        .arg("--federation-ca")
-        .arg(&ca)
-        .arg("--key")
-        .arg(d.join("serve.key"))
-        .args(["--allow-key", &tunnel_pub, "--link-rate", "100000"])
-        .env("LOWBAND_LOG", "info,lowband_gateway=debug");
-    let serve = Gateway::spawn("serve-disc", c, &d.join("serve.log")).expect("serve");
-    let mut c = lowband().unwrap();
-    c.args(["tunnel", "--listen-http", &format!("127.0.0.1:{http_port}")])
-        .args(["--gateway", &serve_addr, "--gateway-key", &gateway_pub])
-        .arg("--key")
-        .arg(d.join("tunnel.key"))
-        .args(["--link-rate", "100000"]);
-    let _tunnel = Gateway::spawn("tunnel-disc", c, &d.join("tunnel.log")).expect("tunnel");
-    wait_for_port(http_port, Duration::from_secs(20)).expect("tunnel listening");
+    let (serve, _tunnel, http_port) = discovery_gateways(dir.path(), &ca, None);
     let sig = "A".repeat(86);
     let call = |path: &str, dest: Option<&str>| {
         let h = dest.map(|d| {
@@ -294,10 +308,162 @@ fn federation_gateway_discovery() {
         r.status,
         serve.log_tail(20)
     );
-    // A name that needs .well-known/SRV, and a request without a destination: refused.
-    let r = call("/_matrix/federation/v1/version", Some("matrix.org"));
+    // Not a server name, and a request without a destination: refused.
+    let r = call("/_matrix/federation/v1/version", Some("bad name"));
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
-    assert!(String::from_utf8_lossy(&r.body).contains("not supported"));
+    assert!(String::from_utf8_lossy(&r.body).contains("not a server name"));
     let r = call("/_matrix/key/v2/server", None);
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// A server name without a port, found through `.well-known` delegation and, separately,
+/// through an SRV record (spec steps 3.2 and 4): a homeserver B named `b.lowband.test` (no
+/// port) answers a federation query that homeserver A signed, through tunnel -> link ->
+/// `serve`, which finds B with a test DNS server (`--dns`) and a `.well-known` endpoint on
+/// port 443 of the address that DNS gives for B's name. Synapse B verifies A's signature
+/// (fetching A's key from A), so the request reached it intact with B's name as destination.
+#[test]
+fn federation_gateway_discovery_delegated() {
+    let Some(venv) = require_peers("federation_gateway_discovery_delegated") else {
+        return;
+    };
+    const NAME: &str = "b.lowband.test";
+    const FED: &str = "fed.lowband.test";
+    const SRV_TARGET: &str = "srv.lowband.test";
+    // The .well-known endpoint's address (port 443, as the spec has it), and an address where
+    // nothing listens on 443.
+    let wk_ip = Ipv4Addr::new(127, 0, 0, 44);
+    let dead_ip = Ipv4Addr::new(127, 0, 0, 45);
+    let t0 = Instant::now();
+    let dir = TempDir::new("fedgw-deleg").expect("tempdir");
+    let d = dir.path();
+    let pair = FederationPair::start_with(&venv, &d.join("pair"), PairMode::Direct, |o| {
+        o.presence = false;
+        if o.label == "b" {
+            o.extra_config.insert("server_name".into(), json!(NAME));
+        }
+    })
+    .expect("start pair");
+    let (bob, _) = pair.b.register_user("bob", "pw").expect("register bob");
+    assert_eq!(bob, format!("@bob:{NAME}"));
+    let ca = pair.ca.clone();
+    let issue = |n: &str| ca.issue(&d.join(n), &[n]).expect("certificate");
+    // B's TLS entry points in front of its plain federation listener: one for the delegated
+    // name (certificate for FED), one for the SRV target (certificate for B's own name).
+    let front_wk = TlsFront::start(
+        &venv,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, free_port().unwrap())),
+        &issue(FED),
+        pair.b.federation_backend(),
+    )
+    .expect("front for the delegated name");
+    let mut front_wk = front_wk;
+    let mut front_srv = TlsFront::start(
+        &venv,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, free_port().unwrap())),
+        &issue(NAME),
+        pair.b.federation_backend(),
+    )
+    .expect("front for the SRV target");
+    let wk = WellKnownServer::start(
+        &venv,
+        SocketAddr::from((wk_ip, 443)),
+        &issue(NAME),
+        &json!({"m.server": format!("{FED}:{}", front_wk.listen_addr().port())}).to_string(),
+        Some("max-age=3600"),
+    )
+    .expect("bind .well-known on port 443 (needs root or CAP_NET_BIND_SERVICE)");
+    let srv = |port: u16| DnsRecord::Srv {
+        priority: 10,
+        weight: 5,
+        port,
+        target: format!("{SRV_TARGET}."),
+    };
+    let srv_port = front_srv.listen_addr().port();
+    let lo = DnsRecord::A(Ipv4Addr::LOCALHOST);
+    // Both zones have the SRV record; only the first has a .well-known server at B's address.
+    let dns_wk = TestDns::start(&[
+        (NAME, DnsRecord::A(wk_ip)),
+        (FED, lo.clone()),
+        (&format!("_matrix-fed._tcp.{NAME}"), srv(srv_port)),
+        (SRV_TARGET, lo.clone()),
+    ])
+    .expect("dns");
+    let dns_srv = TestDns::start(&[
+        (NAME, DnsRecord::A(dead_ip)),
+        (&format!("_matrix-fed._tcp.{NAME}"), srv(srv_port)),
+        (SRV_TARGET, lo.clone()),
+    ])
+    .expect("dns");
+    let ca_pem = pair.ca.ca_pem();
+    let (serve_wk, _t1, port_wk) = discovery_gateways(&d.join("wk"), &ca_pem, Some(dns_wk.addr()));
+    let (serve_srv, _t2, port_srv) =
+        discovery_gateways(&d.join("srv"), &ca_pem, Some(dns_srv.addr()));
+    eprintln!(
+        "federation_gateway_discovery_delegated: set up in {:?}",
+        t0.elapsed()
+    );
+
+    let key = pair.a.dir().join("signing.key");
+    let uri =
+        format!("/_matrix/federation/v1/query/profile?user_id=%40bob%3A{NAME}&field=displayname");
+    let auth = xmatrix_sign(&venv, &key, pair.a.server_name(), NAME, "GET", &uri, None)
+        .expect("sign as A");
+    let query = |port: u16, serve: &Gateway| {
+        let r = http::request(
+            "GET",
+            &format!("http://127.0.0.1:{port}{uri}"),
+            &[("Authorization", auth.as_str())],
+            b"",
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", serve.log_tail(30)));
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert_eq!(
+            r.status,
+            200,
+            "{text}\n--- serve\n{}\n{}",
+            serve.log_tail(30),
+            pair.b.log_tail(20)
+        );
+        let v: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(v["displayname"], "bob", "{text}");
+    };
+
+    // .well-known delegation to FED:port (step 3.2): the endpoint is asked once (cached), the
+    // delegated front carries the requests, the SRV record is never looked up.
+    query(port_wk, &serve_wk);
+    query(port_wk, &serve_wk);
+    let asked = wk.requests();
+    assert_eq!(asked.len(), 1, "cached .well-known: {asked:?}");
+    assert_eq!(asked[0]["path"], "/.well-known/matrix/server");
+    assert_eq!(asked[0]["host"], NAME);
+    let (conns, up, _) = front_wk.totals().expect("front stats");
+    assert!(conns >= 1 && up > 0, "delegated front unused");
+    assert!(
+        !dns_wk.questions().iter().any(|(_, t)| *t == DNS_SRV),
+        "no SRV lookup after a delegation with a port: {:?}",
+        dns_wk.questions()
+    );
+    assert_eq!(front_srv.totals().expect("front stats").0, 0);
+
+    // No .well-known at B's address: SRV _matrix-fed._tcp (step 4) to the target's port, TLS
+    // checked for B's own name.
+    query(port_srv, &serve_srv);
+    let q = dns_srv.questions();
+    assert!(
+        q.contains(&(format!("_matrix-fed._tcp.{NAME}"), DNS_SRV)),
+        "{q:?}"
+    );
+    assert!(q.contains(&(SRV_TARGET.to_owned(), 1)), "{q:?}");
+    let (conns, up, _) = front_srv.totals().expect("front stats");
+    assert!(conns >= 1 && up > 0, "SRV front unused");
+    assert!(
+        wk.requests().is_empty(),
+        "the SRV path asked no .well-known there"
+    );
+    eprintln!(
+        "federation_gateway_discovery_delegated: total {:?}",
+        t0.elapsed()
+    );
 }

@@ -19,6 +19,8 @@
 extern crate alloc;
 
 mod ca;
+mod discovery;
+mod dns;
 mod env;
 mod federation;
 mod front;
@@ -32,6 +34,8 @@ mod synapse;
 mod tmp;
 
 pub use ca::{LeafCert, TestCa};
+pub use discovery::{xmatrix_sign, WellKnownServer};
+pub use dns::{DnsRecord, TestDns, SRV as DNS_SRV};
 pub use env::{py_script, require_peers, workspace_root, Venv};
 pub use federation::{FederationPair, PairMode};
 pub use front::TlsFront;
