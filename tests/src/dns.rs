@@ -5,11 +5,12 @@
 //! of other types only, NXDOMAIN otherwise. Every question is logged, so a test can check which
 //! lookups a resolver made. Nothing else (no TCP, no EDNS, no compression in questions).
 
+use alloc::sync::Arc;
 use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use core::sync::atomic::{AtomicBool, Ordering};
 use core::time::Duration;
 use std::net::UdpSocket;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// One resource record of a [`TestDns`] table.
 #[derive(Debug, Clone, PartialEq, Eq)]
