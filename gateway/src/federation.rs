@@ -1226,6 +1226,65 @@ mod tests {
         assert!(!is_federation_path("/_matrix/client/v3/sync"));
     }
 
+    #[test]
+    fn remote_destinations_only_by_discovery() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+            // A DNS server answering SERVFAIL to everything.
+            let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = sock.local_addr().unwrap();
+            tokio::spawn(async move {
+                let mut b = [0u8; 512];
+                while let Ok((n, from)) = sock.recv_from(&mut b).await {
+                    if n >= 12 {
+                        b[2] |= 0x80;
+                        b[3] = (b[3] & 0xf0) | 2;
+                        let _ = sock.send_to(&b[..n], from).await;
+                    }
+                }
+            });
+            let dns = discovery::resolver(Some(addr)).unwrap();
+            let f = Federation {
+                backend: Some("http://127.0.0.1:9".into()),
+                server_name: Some("b.org".into()),
+                remote: Some(Remote {
+                    net: NetLookup::new(dns, TlsConnector::from(Arc::new(tls))),
+                    discovery: Discovery::new(),
+                }),
+                http: HttpClient::builder(TokioExecutor::new()).build_http(),
+            };
+            let h = |dest: &str| format!("X-Matrix origin=\"a:1\",destination=\"{dest}\"");
+            assert_eq!(f.route(Some(&h("b.org"))), Ok(Target::Backend));
+            assert_eq!(
+                f.route(Some(&h("c.org"))),
+                Ok(Target::Remote("c.org".into()))
+            );
+            let e = f.route(Some(&h("c.org/x"))).unwrap_err();
+            assert!(e.contains("not a server name"), "{e}");
+            // Undiscoverable: no .well-known, SRV lookups fail: a clear 502, nothing sent.
+            let req = HttpRequest {
+                method: "GET".into(),
+                path_and_query: "/_matrix/federation/v1/version".into(),
+                content_type: None,
+                body: Vec::new(),
+            };
+            let r = f.forward(&req, Some(&h("c.org"))).await;
+            assert_eq!(r.status, 502);
+            let body = String::from_utf8_lossy(&r.body);
+            assert!(body.contains("c.org: DNS lookup failed"), "{body}");
+        });
+    }
+
     fn txn(body: &str, prev: &str) -> HttpRequest {
         let j = serde_json::json!({
             "origin": "localhost:8448",
