@@ -19,8 +19,8 @@
 //!   as `destination` in the signed header, found by server discovery ([`crate::discovery`]:
 //!   IP literal, explicit port, `.well-known` delegation, SRV, port 8448, as
 //!   <https://spec.matrix.org/v1.16/server-server-api/#resolving-server-names> says), over TLS
-//!   checked against `--federation-ca`. Nothing else: no URL or address from the link is ever
-//!   connected to.
+//!   checked against `--federation-ca`, with the `Host` header discovery gives. Nothing else
+//!   is reachable: a request names no URL or address, only the destination's server name.
 use alloc::sync::Arc;
 use core::time::Duration;
 use std::path::{Path, PathBuf};
