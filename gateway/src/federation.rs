@@ -698,7 +698,9 @@ pub fn expand_response(req: &HttpRequest, mut resp: HttpResponse) -> HttpRespons
         let key = match k.strip_prefix('\0') {
             None => k,
             Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
-                let (num, rule) = rest.split_at(rest.len() - 1);
+                // The rule is the last character (a peer may send any, even a multi-byte one).
+                let cut = rest.char_indices().last().map_or(0, |(i, _)| i);
+                let (num, rule) = rest.split_at(cut);
                 let id = num.parse::<usize>().ok().and_then(|i| {
                     let r = RULES.iter().position(|r| rule.starts_with(*r))?;
                     cands.get(i)?.get(r)?.clone()
@@ -1445,6 +1447,12 @@ mod tests {
             shrink_response(&req, answer(&[id.as_str()])).body,
             b"{\"pdus\":{\"\\u00000a\":{}}}"
         );
+        // A reference that names nothing (or ends in a multi-byte character) is refused.
+        for key in ["\u{0}1\u{e9}", "\u{0}9a", "\u{0}0z"] {
+            let mut r = answer(&[]);
+            r.body = serde_json::to_vec(&serde_json::json!({ "pdus": { key: {} } })).unwrap();
+            assert_eq!(expand_response(&req, r).status, 502, "{key:?}");
+        }
         // Not a transaction: untouched.
         let mut other = req.clone();
         other.path_and_query = "/_matrix/federation/v1/event/x".into();
