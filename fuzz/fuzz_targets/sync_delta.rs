@@ -26,7 +26,8 @@ fn valid_delta() -> &'static [u8] {
         let _ = s.response(&ctx, 200, Some(BASE));
         let mut p = "/_matrix/client/v3/sync?timeout=0".to_owned();
         let ctx = s.request(&[1, 0], &mut p).expect("entry 0 is held");
-        s.response(&ctx, 200, Some(NEXT)).expect("NEXT is a delta of BASE")
+        s.response(&ctx, 200, Some(NEXT))
+            .expect("NEXT is a delta of BASE")
     })
 }
 
@@ -73,7 +74,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(body.is_some(), "serve's own delta decodes");
     }
     if let Some(body) = body {
-        assert!(body.starts_with(b"{") && body.ends_with(b"}"), "a JSON object");
+        assert!(
+            body.starts_with(b"{") && body.ends_with(b"}"),
+            "a JSON object"
+        );
     }
     // Serve: entry 0 held, then a request whose SYNC option is the first bytes of rest.
     let mut s = ServeSync::default();
