@@ -39,8 +39,8 @@ struct FederationArgs {
     /// to --federation-backend.
     #[arg(long)]
     federation_server_name: Option<String>,
-    /// CA certificates (PEM) for remote destinations found by server discovery; without it,
-    /// only --federation-backend is reached.
+    /// CA certificates (PEM) for remote destinations found by server discovery (and their
+    /// .well-known); without it, only --federation-backend is reached.
     #[arg(long)]
     federation_ca: Option<PathBuf>,
     /// DNS server (IP:port) for server discovery's SRV and address lookups; default: the

@@ -316,11 +316,12 @@ fn federation_gateway_discovery() {
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
 }
 
-/// A server name without a port, found through `.well-known` delegation and, separately,
-/// through an SRV record (spec steps 3.2 and 4): a homeserver B named `b.lowband.test` (no
-/// port) answers a federation query that homeserver A signed, through tunnel -> link ->
-/// `serve`, which finds B with a test DNS server (`--dns`) and a `.well-known` endpoint on
-/// port 443 of the address that DNS gives for B's name. Synapse B verifies A's signature
+/// A server name without a port, found three ways (spec steps 3.2, 3.3 and 4): `.well-known`
+/// delegation to a name with a port; delegation to a name without one, then its SRV record;
+/// no `.well-known`, B's own SRV record. A homeserver B named `b.lowband.test` (no port)
+/// answers a federation query that homeserver A signed, through tunnel -> link -> `serve`,
+/// which finds B with a test DNS server (`--dns`) and a `.well-known` endpoint on port 443 of
+/// the address that DNS gives for B's name (one DNS zone and one `serve` per way). Synapse B verifies A's signature
 /// (fetching A's key from A), so the request reached it intact with B's name as destination.
 #[test]
 fn federation_gateway_discovery_delegated() {
@@ -334,6 +335,8 @@ fn federation_gateway_discovery_delegated() {
     // nothing listens on 443.
     let wk_ip = Ipv4Addr::new(127, 0, 0, 44);
     let dead_ip = Ipv4Addr::new(127, 0, 0, 45);
+    let wk2_ip = Ipv4Addr::new(127, 0, 0, 46);
+    const FED2: &str = "fed2.lowband.test";
     let t0 = Instant::now();
     let dir = TempDir::new("fedgw-deleg").expect("tempdir");
     let d = dir.path();
@@ -379,6 +382,21 @@ fn federation_gateway_discovery_delegated() {
         port,
         target: format!("{SRV_TARGET}."),
     };
+    let mut front_wk_srv = TlsFront::start(
+        &venv,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, free_port().unwrap())),
+        &issue(FED2),
+        pair.b.federation_backend(),
+    )
+    .expect("front for the delegated name's SRV target");
+    let wk2 = WellKnownServer::start(
+        &venv,
+        SocketAddr::from((wk2_ip, 443)),
+        &issue(NAME),
+        &json!({ "m.server": FED2 }).to_string(),
+        None,
+    )
+    .expect("bind .well-known on port 443");
     let srv_port = front_srv.listen_addr().port();
     let lo = DnsRecord::A(Ipv4Addr::LOCALHOST);
     // Both zones have the SRV record; only the first has a .well-known server at B's address.
@@ -395,10 +413,23 @@ fn federation_gateway_discovery_delegated() {
         (SRV_TARGET, lo.clone()),
     ])
     .expect("dns");
+    // Delegation without a port: the SRV record of the delegated name counts, B's does not.
+    let dns_wk_srv = TestDns::start(&[
+        (NAME, DnsRecord::A(wk2_ip)),
+        (
+            &format!("_matrix-fed._tcp.{FED2}"),
+            srv(front_wk_srv.listen_addr().port()),
+        ),
+        (&format!("_matrix-fed._tcp.{NAME}"), srv(srv_port)),
+        (SRV_TARGET, lo.clone()),
+    ])
+    .expect("dns");
     let ca_pem = pair.ca.ca_pem();
     let (serve_wk, _t1, port_wk) = discovery_gateways(&d.join("wk"), &ca_pem, Some(dns_wk.addr()));
     let (serve_srv, _t2, port_srv) =
         discovery_gateways(&d.join("srv"), &ca_pem, Some(dns_srv.addr()));
+    let (serve_wk_srv, _t3, port_wk_srv) =
+        discovery_gateways(&d.join("wk-srv"), &ca_pem, Some(dns_wk_srv.addr()));
     eprintln!(
         "federation_gateway_discovery_delegated: set up in {:?}",
         t0.elapsed()
@@ -456,11 +487,33 @@ fn federation_gateway_discovery_delegated() {
         "{q:?}"
     );
     assert!(q.contains(&(SRV_TARGET.to_owned(), 1)), "{q:?}");
-    let (conns, up, _) = front_srv.totals().expect("front stats");
-    assert!(conns >= 1 && up > 0, "SRV front unused");
+    let (srv_conns, up, _) = front_srv.totals().expect("front stats");
+    assert!(srv_conns >= 1 && up > 0, "SRV front unused");
     assert!(
         wk.requests().is_empty(),
         "the SRV path asked no .well-known there"
+    );
+
+    // Delegation to FED2 without a port (step 3.3): SRV _matrix-fed._tcp.FED2, TLS checked
+    // for FED2 (the front for it has no certificate for B's name).
+    query(port_wk_srv, &serve_wk_srv);
+    let asked = wk2.requests();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let q = dns_wk_srv.questions();
+    assert!(
+        q.contains(&(format!("_matrix-fed._tcp.{FED2}"), DNS_SRV)),
+        "{q:?}"
+    );
+    assert!(
+        !q.contains(&(format!("_matrix-fed._tcp.{NAME}"), DNS_SRV)),
+        "{q:?}"
+    );
+    let (conns, up, _) = front_wk_srv.totals().expect("front stats");
+    assert!(conns >= 1 && up > 0, "delegated SRV front unused");
+    assert_eq!(
+        front_srv.totals().expect("front stats").0,
+        srv_conns,
+        "no more connections to B's own SRV target"
     );
     eprintln!(
         "federation_gateway_discovery_delegated: total {:?}",
