@@ -58,7 +58,13 @@ pub mod opt {
     pub const BODY: u16 = 30;
     /// Tells concurrent block-wise uploads apart (a number chosen by the tunnel).
     pub const UPLOAD: u16 = 32;
+    /// The device profile's compact operation ([`super::dev`]): one byte of operation and
+    /// room slot, then operation arguments. Number 10 is unassigned in the CoAP registry and
+    /// even (elective); below 13 its option header is one byte.
+    pub const DEVICE: u16 = 10;
 }
+
+pub mod dev;
 
 /// Response code (4.12, with an empty body) for a request whose [`opt::AUTH`] number the
 /// server does not know: register the token again.

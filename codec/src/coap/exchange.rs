@@ -796,6 +796,17 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         }
     }
 
+    /// Whether a notification of `resource` is queued or awaiting its acknowledgement: a
+    /// server that sends deltas (lowband's device profile) sends the next one only after the
+    /// previous was acknowledged, so [`Endpoint::notify`] never replaces one in place.
+    pub fn notification_in_flight(&self, resource: u16) -> bool {
+        self.slots.iter().any(|s| {
+            s.state != SlotState::Free
+                && !matches!(s.state, SlotState::Failed(_))
+                && s.kind == (Kind::Notification { resource })
+        })
+    }
+
     /// Number of observers of `resource`.
     pub fn observer_count(&self, resource: u16) -> usize {
         self.observers.of(resource).count()
