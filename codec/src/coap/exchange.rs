@@ -807,6 +807,21 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         })
     }
 
+    /// Forgets every observer of `resource` (a client that registers again with a new token
+    /// replaces its old registration; RFC 7641 §4.1 only matches by token).
+    pub fn drop_observers(&mut self, resource: u16) {
+        let tokens: heapless::Vec<Token, OBS> =
+            self.observers.of(resource).map(|o| o.token).collect();
+        for t in tokens {
+            self.observers.deregister(&t);
+        }
+    }
+
+    /// Whether any resource has an observer (its state must then stay live).
+    pub fn has_observers(&self) -> bool {
+        self.observers.iter().next().is_some()
+    }
+
     /// Number of observers of `resource`.
     pub fn observer_count(&self, resource: u16) -> usize {
         self.observers.of(resource).count()
