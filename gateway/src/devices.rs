@@ -141,7 +141,10 @@ impl Devices {
         };
         match op {
             Op::Text { slot, boot, seq } => {
-                let Some(room) = ctx.aliases.get(usize::from(slot)).filter(|r| !r.contains('\0'))
+                let Some(room) = ctx
+                    .aliases
+                    .get(usize::from(slot))
+                    .filter(|r| !r.contains('\0'))
                 else {
                     return Answer::Now(lowband_codec::lb::AUTH_UNKNOWN);
                 };
@@ -217,7 +220,8 @@ impl Devices {
         };
         let ep = s.coap();
         ep.drop_observers(dev::RESOURCE);
-        if let Err(e) = ep.respond_observe(now, to, dev::RESOURCE, Code::CONTENT, Options::NONE, &[])
+        if let Err(e) =
+            ep.respond_observe(now, to, dev::RESOURCE, Code::CONTENT, Options::NONE, &[])
         {
             tracing::warn!(?e, "serve: device registration not accepted");
         }
@@ -297,7 +301,14 @@ impl Devices {
                 c.queue.pop_front();
                 continue;
             };
-            match ep.notify(now, dev::RESOURCE, true, Code::CONTENT, Options::NONE, &buf[..len]) {
+            match ep.notify(
+                now,
+                dev::RESOURCE,
+                true,
+                Code::CONTENT,
+                Options::NONE,
+                &buf[..len],
+            ) {
                 Ok(_) => {
                     tracing::debug!(item = n, link_body = len, "serve: device push");
                     c.inflight = Some(n);
@@ -552,7 +563,10 @@ mod tests {
         assert_eq!(user_number(&mut users, "@a", 1), (0, true));
         assert_eq!(user_number(&mut users, "@a", 2), (0, false));
         for i in 1..dev::USERS {
-            assert_eq!(user_number(&mut users, &format!("@u{i}"), 2 + i as u64), (i as u8, true));
+            assert_eq!(
+                user_number(&mut users, &format!("@u{i}"), 2 + i as u64),
+                (i as u8, true)
+            );
         }
         // @a (used at 2) is the least recent: its number goes to the newcomer.
         assert_eq!(user_number(&mut users, "@new", 100), (0, true));
