@@ -366,6 +366,12 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         self.push_refresh_ms = refresh_ms;
     }
 
+    /// Whether the gateway acknowledged the registration for pushed sync (and it was not
+    /// dropped since).
+    pub fn push_registered(&self) -> bool {
+        matches!(self.sync, Some((_, Pending::Observing)))
+    }
+
     /// Whether the secure session is up.
     pub fn is_connected(&self) -> bool {
         self.client.is_established()
@@ -596,7 +602,12 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                 let (ok, stored) = self.apply_sync_body(initial, inflate);
                 self.sync_due = if ok {
                     self.since_advanced = true;
-                    now + self.sync_interval_ms
+                    if self.push_refresh_ms.is_some() {
+                        // Pushed sync from here on: register right away.
+                        now
+                    } else {
+                        now + self.sync_interval_ms
+                    }
                 } else {
                     retry_at
                 };
