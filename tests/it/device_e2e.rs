@@ -422,7 +422,7 @@ fn device_joins_posts_answers_and_survives_reboots() {
     let log = std::fs::read_to_string(d.join("serve.log")).unwrap_or_default();
     let puts: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("request") && l.contains("/send/m.room.message/d2."))
+        .filter(|l| l.contains("device send") && l.contains("txn=d2."))
         .collect();
     assert!(puts.len() >= 2, "{puts:?}");
     let stats: Value =
