@@ -964,15 +964,21 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             return false;
         }
         let txn = out.txn;
-        let mut op = [0u8; 11];
+        // PUT payload: the operation, then the text.
+        let mut payload = [0u8; 11 + crate::outbox::OUT_BODY_LEN];
         let Ok(on) = (Op::Text {
             slot,
             boot: txn.boot,
             seq: txn.seq,
         })
-        .write(&mut op) else {
+        .write(&mut payload) else {
             return false;
         };
+        let Some(dst) = payload.get_mut(on..on + text.len()) else {
+            return false;
+        };
+        dst.copy_from_slice(text.as_str().as_bytes());
+        let payload_len = on + text.len();
         let mut def = [0u8; 1 + ROOM_ID_LEN];
         let mut def_len = 0;
         let mut alias = None;
@@ -986,16 +992,15 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         let registered = !self.token_acked;
         let mut auth = [0u8; 1 + TOKEN_LEN];
         let an = self.auth().write(&mut auth).unwrap_or(0);
-        let mut opts: heapless::Vec<Opt<'_>, 3> = heapless::Vec::new();
-        // INVARIANT: at most 3 options, pushed in option-number order (2, 8, 10).
+        let mut opts: heapless::Vec<Opt<'_>, 2> = heapless::Vec::new();
+        // INVARIANT: at most 2 options, pushed in option-number order (2, 8).
         if registered {
             let _ = opts.push(Opt::bytes(opt::AUTH, &auth[..an]));
         }
         if alias.is_some() {
             let _ = opts.push(Opt::bytes(opt::ALIAS, &def[..def_len]));
         }
-        let _ = opts.push(Opt::bytes(opt::DEVICE, &op[..on]));
-        let req = Request::con(Code::POST, Options::List(&opts), text.as_str().as_bytes());
+        let req = Request::con(Code::PUT, Options::List(&opts), &payload[..payload_len]);
         match self.client.request(now, req) {
             Ok(h) => {
                 self.send = Some((

@@ -126,14 +126,24 @@ impl Devices {
         )
     }
 
-    /// Handles a request carrying the [`opt::DEVICE`] option.
+    /// Whether `req` is a device-profile request: a GET or PUT (lowband's HTTP mapping only
+    /// uses POST), or one carrying the [`opt::DEVICE`] option.
+    pub fn is_device_request(req: &IncomingRequest<'_>) -> bool {
+        req.code == Code::GET || req.code == Code::PUT || req.options.first(opt::DEVICE).is_some()
+    }
+
+    /// Handles a device-profile request ([`Devices::is_device_request`]).
     pub fn request(&mut self, ctx: &Ctx<'_>, req: &IncomingRequest<'_>) -> Answer {
-        let Some(op) = req
-            .options
-            .first(opt::DEVICE)
-            .and_then(|o| o.as_bytes())
-            .and_then(|v| Op::parse(v).ok())
-        else {
+        let parsed = if req.code == Code::PUT {
+            Op::parse_prefix(req.payload).ok()
+        } else {
+            req.options
+                .first(opt::DEVICE)
+                .and_then(|o| o.as_bytes())
+                .and_then(|v| Op::parse(v).ok())
+                .map(|op| (op, req.payload))
+        };
+        let Some((op, payload)) = parsed else {
             return Answer::Now(Code::BAD_OPTION);
         };
         let Some(token) = ctx.token.clone() else {
@@ -148,7 +158,7 @@ impl Devices {
                 else {
                     return Answer::Now(lowband_codec::lb::AUTH_UNKNOWN);
                 };
-                let Ok(body) = core::str::from_utf8(req.payload) else {
+                let Ok(body) = core::str::from_utf8(payload) else {
                     return Answer::Now(Code::BAD_REQUEST);
                 };
                 let url = format!(
@@ -159,7 +169,7 @@ impl Devices {
                 let json = serde_json::json!({"msgtype": "m.text", "body": body}).to_string();
                 tracing::debug!(
                     txn = %format!("d{boot}.{seq}"),
-                    link_body = req.payload.len(),
+                    link_body = payload.len(),
                     "serve: device send"
                 );
                 let http = ctx.http.clone();
@@ -176,7 +186,7 @@ impl Devices {
                 }))
             }
             Op::Sync { last } => {
-                let Ok((since, filter)) = dev::parse_register(req.payload) else {
+                let Ok((since, filter)) = dev::parse_register(payload) else {
                     return Answer::Now(Code::BAD_REQUEST);
                 };
                 let c = self.cursors.entry(ctx.peer).or_default();

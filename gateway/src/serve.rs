@@ -361,7 +361,8 @@ impl State {
             return;
         };
         let packet = packet.to_vec();
-        let versions = [VERSION];
+        // Tunnels speak VERSION; devices may speak the device profile's (4-byte tags).
+        let versions = [VERSION, lowband_codec::lb::dev::LINK_VERSION];
         let cfg = ResponderConfig {
             local: &self.key,
             versions: &versions,
@@ -508,7 +509,7 @@ impl State {
         if p.aliases.define(defs.filter_map(|o| o.as_bytes())).is_err() {
             return self.respond_error(now, i, &to, 400, "M_UNKNOWN", "lowband: bad alias");
         }
-        if req.options.first(opt::DEVICE).is_some() {
+        if crate::devices::Devices::is_device_request(&req) {
             return self.device_request(now, i, peer, p, &req, token);
         }
         // Block1 upload.

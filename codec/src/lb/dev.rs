@@ -5,19 +5,42 @@
 //!
 //! A device talks to `lowband serve` over the same Noise session and CoAP endpoint as a
 //! tunnel; what changes is what the CoAP messages carry. Instead of an HTTP request encoded
-//! as a route and a packed JSON body, one [`opt::DEVICE`](super::opt::DEVICE) option names
-//! the operation in one byte, and the payload is the text itself.
+//! as a route and a packed JSON body (always CoAP POST), an operation of one byte plus its
+//! arguments, and the text itself. lowband's HTTP mapping never uses the CoAP methods GET and
+//! PUT, so they mark the device profile:
 //!
-//! # Operations (value of the `DEVICE` option)
+//! - **GET** with Observe 0 and a [`opt::DEVICE`](super::opt::DEVICE) option holding the
+//!   `SYNC` operation: register for pushed sync (RFC 7641 §3.1).
+//! - **PUT** whose payload is a `TEXT` operation followed by the text (no option: one byte of
+//!   option header saved on every post).
 //!
 //! ```text
 //!  byte 0:  op (high nibble) | room slot (low nibble, 0..=15)
-//!  SYNC  0x0_  [varint last]            register for pushed sync (Observe: 0, RFC 7641 §3.1);
-//!              payload = varint len ‖ since token ‖ filter (both may be empty)
-//!  TEXT  0x1k  [varint boot][varint seq] send m.text with the payload as body to the room of
-//!              session alias slot k; the transaction id is `d{boot}.{seq}`; answered 2.04,
-//!              empty (no event id: the device does not need it)
+//!  SYNC  0x0_  [varint last]            payload = varint len ‖ since token ‖ filter (both may
+//!              be empty)
+//!  TEXT  0x1k  [varint boot][varint seq] ‖ text: send m.text to the room of session alias
+//!              slot k; the transaction id is `d{boot}.{seq}`; answered 2.04, empty (no
+//!              event id: the device does not need it)
 //! ```
+//!
+//! # Where the bytes of a post go
+//!
+//! With the device's link version ([`LINK_VERSION`]: 4-byte transport tags) and the packet
+//! framing ([`crate::frame::serial::encode_packet`]: no FCS on authenticated packets), a post
+//! of a 32-byte text to a room whose alias is defined costs
+//!
+//! ```text
+//!  request  COBS 1 + delimiter 1 + Noise header 2 + CoAP header 4 + token 1 + payload
+//!           marker 1 + op 3 (slot, boot < 128, seq < 128) + text 32 + tag 4    = 49
+//!  ack      COBS 1 + delimiter 1 + Noise header 2 + CoAP 2.04 piggybacked 4 + token 1
+//!           + tag 4                                                              = 13
+//! ```
+//!
+//! 62 bytes, plus one leading delimiter per direction when the line was idle (see
+//! [`crate::frame::serial`]): 64 at most, issue 5's budget. A notification bringing a 32-byte
+//! text from a known sender in a known room: COBS 1 + delimiter 1 + Noise 2 + CoAP header 4 +
+//! token 1 + Observe 2 + marker 1 + item 3 + text 32 + tag 4 = 51, and the device's empty ACK
+//! 2 + 2 + 4 + 4 = 12: 63 (65 with idle leads), budget 96. Nothing new costs nothing.
 //!
 //! Varints are LEB128 (7 bits a byte, low first). The access token is implied: a device
 //! request without an [`opt::AUTH`](super::opt::AUTH) option uses the token the session
@@ -52,6 +75,14 @@
 //! below [`USERS`], reused least recently used first, so a device's table is a fixed array.
 
 use core::str;
+
+/// The link version a device-profile endpoint handshakes with: protocol
+/// [`DEVICE_PROTOCOL`](crate::noise::link::DEVICE_PROTOCOL) (4-byte transport tags, see there
+/// for the security argument) and dictionary 1, the one `serve` speaks.
+pub const LINK_VERSION: crate::noise::link::LinkVersion = crate::noise::link::LinkVersion {
+    protocol: crate::noise::link::DEVICE_PROTOCOL,
+    dict: 1,
+};
 
 /// Observe resource number of a device's pushed sync on `serve`.
 pub const RESOURCE: u16 = 0xD5;
@@ -141,6 +172,18 @@ impl Op {
     /// # Errors
     /// [`DevError::Malformed`].
     pub fn parse(v: &[u8]) -> Result<Self, DevError> {
+        match Self::parse_prefix(v)? {
+            (op, []) => Ok(op),
+            _ => Err(DevError::Malformed),
+        }
+    }
+
+    /// Parses an operation at the start of a payload (a `PUT`, see the module docs); returns
+    /// it and the rest.
+    ///
+    /// # Errors
+    /// [`DevError::Malformed`].
+    pub fn parse_prefix(v: &[u8]) -> Result<(Self, &[u8]), DevError> {
         let (&b, mut p) = v.split_first().ok_or(DevError::Malformed)?;
         let op = match b >> 4 {
             OP_SYNC if b & 0x0f == 0 => Op::Sync {
@@ -153,11 +196,7 @@ impl Op {
             },
             _ => return Err(DevError::Malformed),
         };
-        if p.is_empty() {
-            Ok(op)
-        } else {
-            Err(DevError::Malformed)
-        }
+        Ok((op, p))
     }
 
     /// Writes the option value; returns its length (at most 11 bytes).
