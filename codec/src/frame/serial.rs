@@ -148,7 +148,7 @@ pub fn encode(payload: &[u8], lead: bool, out: &mut [u8]) -> Result<usize, Encod
 ///
 /// [`EncodeError::BufferTooSmall`] if `out.len() < max_encoded_len(packet.len(), lead)`.
 pub fn encode_packet(packet: &[u8], lead: bool, out: &mut [u8]) -> Result<usize, EncodeError> {
-    if !packet.first().is_some_and(|b| b & 0x80 != 0) {
+    if packet.first().is_none_or(|b| b & 0x80 == 0) {
         return encode(packet, lead, out);
     }
     if out.len() < max_encoded_len(packet.len(), lead) {
