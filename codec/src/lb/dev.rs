@@ -87,7 +87,7 @@ pub const LINK_VERSION: crate::noise::link::LinkVersion = crate::noise::link::Li
 /// Observe resource number of a device's pushed sync on `serve`.
 pub const RESOURCE: u16 = 0xD5;
 /// User numbers in one registration: `serve` reuses the least recently used one beyond this.
-pub const USERS: usize = 8;
+pub const USERS: usize = 4;
 /// Room numbers in one registration (4 bits).
 pub const ROOMS: usize = 16;
 
