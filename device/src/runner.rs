@@ -2,18 +2,37 @@
 //! outbox and of sync, and the sync state, over a serial byte stream or a datagram radio.
 //!
 //! ```text
-//!  link bytes ──► SerialLink (Deframer) ──► packet ──► DeviceClient (Noise + CoAP) ──► response
-//!                                                                                       │
-//!   SyncState ◄── SyncUpdate items (cbor::Reader over the packed body) ◄────────────────┘
-//!   SyncState.outbox ──► PUT send / POST join / POST leave ──► DeviceClient ──► link
-//!   idle ──► GET /sync?since=..&timeout=..&filter=..
+//!  link bytes ──► SerialLink (packet framing) ──► packet ──► DeviceClient (Noise + CoAP)
+//!                                                                   │
+//!   SyncState ◄── SyncUpdate ◄── pushed item (lb::dev::Item) ◄───────┤ notification (Observe)
+//!   SyncState ◄── SyncUpdate ◄── /sync body (first boot only) ◄──────┘ response
+//!   SyncState.outbox ──► PUT [TEXT op ‖ text] (texts) / POST join, leave, custom ──► link
+//!   since known ──► GET Observe:0 [SYNC op] once, refreshed every PUSH_REFRESH_MS
 //! ```
 //!
-//! Requests travel as the gateway's `lowband serve` expects them ([`lowband_codec::lb`]): the
-//! target in one option ([`route::encode_target`]), the JSON body packed, the access token as
-//! `[n, token]` until the first response, then `[n]`. Responses bigger than one block come
-//! block-wise (the gateway keeps the body under a [`opt::BODY`] id) and are reassembled into a
-//! bounded buffer.
+//! # Two profiles
+//!
+//! - **Device profile** (the default, [`lowband_codec::lb::dev`]): after one full `/sync` on
+//!   a device's first boot, the runner registers for sync pushed by `serve` with Observe
+//!   (RFC 7641) and stays registered: nothing new costs no byte on the link, a new text in a
+//!   room arrives as one confirmable notification of a few bytes plus the text, applied in
+//!   order and exactly once (the number of the last item applied is persisted in the state
+//!   and sent with each registration). Texts go out as a `PUT` whose payload is the operation
+//!   (room alias slot, transaction id as two varints) and the text; `serve` answers an empty
+//!   2.04. With the device link version ([`lowband_codec::lb::dev::LINK_VERSION`], 4-byte
+//!   transport tags) a 32-character post with its acknowledgement costs 62 bytes on a serial
+//!   line, a pushed 32-character command 63 (see `lb::dev` for the accounting).
+//! - **Polling profile** ([`Runner::set_push`]`(None)`): every request is the gateway's HTTP
+//!   mapping ([`lowband_codec::lb`]): the target in one option ([`route::encode_target`]), the
+//!   JSON body packed, the access token as `[n, token]` until the first response, then `[n]`;
+//!   `/sync` is polled; responses bigger than one block come block-wise (the gateway keeps the
+//!   body under a [`opt::BODY`] id) and are reassembled into a bounded buffer.
+//!
+//! Packets cross the link as `serve` sends them: serial frames of the packet framing
+//! ([`frame::encode_packet`]: no FCS on AEAD-protected packets), and behind the fragmentation
+//! layer's single-fragment header when a packet starts with a byte `>= 0xC0`
+//! ([`frame::frag`]); real fragments are not reassembled (the gateway's link MTU must hold a
+//! device's packets).
 //!
 //! Transaction ids come from the outbox ([`crate::TxnId`], `d{boot}.{seq}`, persisted with the
 //! state), so a message resent after a reboot has the same id and the homeserver deduplicates

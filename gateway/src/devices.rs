@@ -10,9 +10,16 @@
 //! ```
 //!
 //! The cursor of a device (keyed by its static key) outlives its sessions and registrations:
-//! the since token, the queue of items not yet acknowledged and the item numbering. A device
-//! that registers again says which item it applied last; the queue resumes after it, so a
-//! reboot neither loses nor repeats an item. Nothing new costs nothing on the link.
+//! the since token, the items not known to be saved by the device and the item numbering. An
+//! item stays after its notification was acknowledged (the device may reboot before saving
+//! it) until a registration names a later item as the last one the device saved; the device
+//! registers at every boot, so a reboot resumes right after what it saved: nothing lost, and
+//! what it sees again it recognises by number ([`dev::next_seq`]). Nothing new costs nothing
+//! on the link.
+//!
+//! Not kept across a restart of `serve` (memory only): a device registering with a cursor
+//! `serve` does not hold starts from its since token if it never had a push, else from "now"
+//! (events of the outage are not pushed: never a replay of commands long handled).
 //!
 //! Events the device sent itself (their `unsigned.transaction_id` is set for the sending
 //! token) are not pushed: the 2.04 already confirmed them.
@@ -40,6 +47,10 @@ const POLL_TIMEOUT_MS: u32 = 30_000;
 const RETRY: Duration = Duration::from_secs(3);
 /// Longest body pushed (the device keeps 80 bytes of a body).
 const BODY_MAX: usize = 80;
+/// Items kept after their notification was acknowledged, until a registration says the
+/// device saved them: a device acknowledges an item when it applied it in RAM and saves its
+/// state right after, so one would do; 16 leave room for devices that save lazily.
+const KEEP_ACKED: usize = 16;
 
 /// One event for a device, before numbering and compression.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +78,10 @@ struct Cursor {
     token: String,
     /// Number of the last item queued (items are numbered from 1).
     last_queued: u32,
+    /// Items not known to be saved by the device, oldest first.
     queue: VecDeque<(u32, Pending)>,
+    /// Highest item whose notification the device acknowledged in this registration.
+    acked: u32,
     inflight: Option<u32>,
     registered: bool,
     /// Poller generation: a poller exits when it is no longer the current one.
@@ -126,15 +140,17 @@ impl Devices {
         )
     }
 
-    /// Whether `req` is a device-profile request: a GET or PUT (lowband's HTTP mapping only
-    /// uses POST), or one carrying the [`opt::DEVICE`] option.
+    /// Whether `req` is a device-profile request: one carrying the [`opt::DEVICE`] option
+    /// (registrations), or a PUT without a target (lowband's HTTP mapping only uses POST with
+    /// [`opt::TARGET`]).
     pub fn is_device_request(req: &IncomingRequest<'_>) -> bool {
-        req.code == Code::GET || req.code == Code::PUT || req.options.first(opt::DEVICE).is_some()
+        req.options.first(opt::DEVICE).is_some()
+            || (req.code == Code::PUT && req.options.first(opt::TARGET).is_none())
     }
 
     /// Handles a device-profile request ([`Devices::is_device_request`]).
     pub fn request(&mut self, ctx: &Ctx<'_>, req: &IncomingRequest<'_>) -> Answer {
-        let parsed = if req.code == Code::PUT {
+        let parsed = if req.options.first(opt::DEVICE).is_none() {
             Op::parse_prefix(req.payload).ok()
         } else {
             req.options
@@ -195,11 +211,13 @@ impl Devices {
                 }
                 c.filter = filter.to_owned();
                 c.token = token;
-                // Items the device applied are done; numbering continues after them.
+                // Items the device saved are done; the rest (acknowledged but maybe lost in
+                // a reboot before the device saved them) go again; numbering continues.
                 while c.queue.front().is_some_and(|(n, _)| *n <= last) {
                     c.queue.pop_front();
                 }
                 c.last_queued = c.last_queued.max(last);
+                c.acked = last;
                 c.inflight = None;
                 c.registered = true;
                 c.rooms.clear();
@@ -256,7 +274,8 @@ impl Devices {
     /// Sends the next item of every device whose previous one was acknowledged.
     pub fn pump(&mut self, now: u64, table: &mut SessionTable) {
         for (peer, c) in &mut self.cursors {
-            if !c.registered || (c.inflight.is_none() && c.queue.is_empty()) {
+            let waiting = c.queue.back().is_some_and(|(n, _)| *n > c.acked);
+            if !c.registered || (c.inflight.is_none() && !waiting) {
                 continue;
             }
             let Some(i) = table.find_peer(peer) else {
@@ -273,8 +292,12 @@ impl Devices {
                 }
                 c.inflight = None;
                 if observed {
-                    // Acknowledged.
-                    while c.queue.front().is_some_and(|(m, _)| *m <= n) {
+                    // Acknowledged: kept until a registration says it was saved (or the
+                    // window is full).
+                    c.acked = n;
+                    while c.queue.len() > KEEP_ACKED
+                        && c.queue.front().is_some_and(|(m, _)| *m <= c.acked)
+                    {
                         c.queue.pop_front();
                     }
                 }
@@ -285,7 +308,7 @@ impl Devices {
                 tracing::info!("serve: device no longer observing; pushes wait for it");
                 continue;
             }
-            let Some((n, p)) = c.queue.front().cloned() else {
+            let Some((n, p)) = c.queue.iter().find(|(m, _)| *m > c.acked).cloned() else {
                 continue;
             };
             let (room, room_def) = number(&mut c.rooms, &p.room, dev::ROOMS);

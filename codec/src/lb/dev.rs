@@ -11,8 +11,9 @@
 //!
 //! - **GET** with Observe 0 and a [`opt::DEVICE`](super::opt::DEVICE) option holding the
 //!   `SYNC` operation: register for pushed sync (RFC 7641 §3.1).
-//! - **PUT** whose payload is a `TEXT` operation followed by the text (no option: one byte of
-//!   option header saved on every post).
+//! - **PUT** without a [`opt::TARGET`](super::opt::TARGET), whose payload is a `TEXT`
+//!   operation followed by the text (no option: one byte of option header saved on every
+//!   post).
 //!
 //! ```text
 //!  byte 0:  op (high nibble) | room slot (low nibble, 0..=15)
