@@ -6,8 +6,8 @@
 //! A device talks to `lowband serve` over the same Noise session and CoAP endpoint as a
 //! tunnel; what changes is what the CoAP messages carry. Instead of an HTTP request encoded
 //! as a route and a packed JSON body (always CoAP POST), an operation of one byte plus its
-//! arguments, and the text itself. lowband's HTTP mapping never uses the CoAP methods GET and
-//! PUT, so they mark the device profile:
+//! arguments, and the text itself. lowband's HTTP mapping always uses POST with a target
+//! option, so the device profile is told apart by its option or its method:
 //!
 //! - **GET** with Observe 0 and a [`opt::DEVICE`](super::opt::DEVICE) option holding the
 //!   `SYNC` operation: register for pushed sync (RFC 7641 §3.1).
