@@ -82,13 +82,15 @@ struct Cursor {
     queue: VecDeque<(u32, Pending)>,
     /// Highest item whose notification the device acknowledged in this registration.
     acked: u32,
-    inflight: Option<u32>,
+    /// The item in flight, and the room and user numbers it defines.
+    inflight: Option<(u32, Option<u8>, Option<u8>)>,
     registered: bool,
     /// Poller generation: a poller exits when it is no longer the current one.
     generation: Arc<AtomicU64>,
-    rooms: Vec<String>,
-    /// (user id, last use) by number.
-    users: Vec<(String, u64)>,
+    /// Room ids by number, and whether a notification defining it was acknowledged.
+    rooms: Vec<(String, bool)>,
+    /// (user id, last use, definition acknowledged) by number.
+    users: Vec<(String, u64, bool)>,
     uses: u64,
 }
 
@@ -201,7 +203,7 @@ impl Devices {
                     }
                 }))
             }
-            Op::Sync { last } => {
+            Op::Sync { last, keep } => {
                 let Ok((since, filter)) = dev::parse_register(payload) else {
                     return Answer::Now(Code::BAD_REQUEST);
                 };
@@ -220,8 +222,10 @@ impl Devices {
                 c.acked = last;
                 c.inflight = None;
                 c.registered = true;
-                c.rooms.clear();
-                c.users.clear();
+                if !keep {
+                    c.rooms.clear();
+                    c.users.clear();
+                }
                 let generation = c.generation.fetch_add(1, Ordering::SeqCst) + 1;
                 tracing::info!(
                     last,
@@ -286,15 +290,21 @@ impl Devices {
             };
             let ep = s.coap();
             let observed = ep.observer_count(dev::RESOURCE) > 0;
-            if let Some(n) = c.inflight {
+            if let Some((n, room_def, user_def)) = c.inflight {
                 if ep.notification_in_flight(dev::RESOURCE) {
                     continue;
                 }
                 c.inflight = None;
                 if observed {
                     // Acknowledged: kept until a registration says it was saved (or the
-                    // window is full).
+                    // window is full); the numbers it defined are known to the device.
                     c.acked = n;
+                    if let Some(r) = room_def.and_then(|i| c.rooms.get_mut(usize::from(i))) {
+                        r.1 = true;
+                    }
+                    if let Some(u) = user_def.and_then(|i| c.users.get_mut(usize::from(i))) {
+                        u.2 = true;
+                    }
                     while c.queue.len() > KEEP_ACKED
                         && c.queue.front().is_some_and(|(m, _)| *m <= c.acked)
                     {
@@ -344,7 +354,7 @@ impl Devices {
             ) {
                 Ok(_) => {
                     tracing::debug!(item = n, link_body = len, "serve: device push");
-                    c.inflight = Some(n);
+                    c.inflight = Some((n, room_def.then_some(room), sender_def.then_some(sender)));
                 }
                 Err(e) => tracing::debug!(?e, "serve: device push deferred"),
             }
@@ -353,35 +363,35 @@ impl Devices {
 }
 
 /// The number of `id` in `table` (at most `max` entries, the oldest reused), and whether it
-/// must be defined.
-fn number(table: &mut Vec<String>, id: &str, max: usize) -> (u8, bool) {
-    if let Some(i) = table.iter().position(|r| r == id) {
-        return (i as u8, false);
+/// must be defined (new, or its definition not yet acknowledged).
+fn number(table: &mut Vec<(String, bool)>, id: &str, max: usize) -> (u8, bool) {
+    if let Some(i) = table.iter().position(|(r, _)| r == id) {
+        return (i as u8, !table[i].1);
     }
     if table.len() < max {
-        table.push(id.to_owned());
+        table.push((id.to_owned(), false));
         return ((table.len() - 1) as u8, true);
     }
     // Full: number 0 is reused (rare: more rooms than the device holds).
-    table[0] = id.to_owned();
+    table[0] = (id.to_owned(), false);
     (0, true)
 }
 
-fn user_number(table: &mut Vec<(String, u64)>, id: &str, now: u64) -> (u8, bool) {
-    if let Some(i) = table.iter().position(|(u, _)| u == id) {
+fn user_number(table: &mut Vec<(String, u64, bool)>, id: &str, now: u64) -> (u8, bool) {
+    if let Some(i) = table.iter().position(|(u, _, _)| u == id) {
         table[i].1 = now;
-        return (i as u8, false);
+        return (i as u8, !table[i].2);
     }
     if table.len() < dev::USERS {
-        table.push((id.to_owned(), now));
+        table.push((id.to_owned(), now, false));
         return ((table.len() - 1) as u8, true);
     }
-    let (i, _) = table
+    let i = table
         .iter()
         .enumerate()
-        .min_by_key(|(_, (_, t))| *t)
-        .unwrap_or((0, &(String::new(), 0)));
-    table[i] = (id.to_owned(), now);
+        .min_by_key(|(_, (_, t, _))| *t)
+        .map_or(0, |(i, _)| i);
+    table[i] = (id.to_owned(), now, false);
     (i as u8, true)
 }
 
@@ -594,6 +604,9 @@ mod tests {
     fn numbers_are_defined_once_and_reused_lru() {
         let mut users = Vec::new();
         assert_eq!(user_number(&mut users, "@a", 1), (0, true));
+        // Defined again until a notification carrying the definition was acknowledged.
+        assert_eq!(user_number(&mut users, "@a", 2), (0, true));
+        users[0].2 = true;
         assert_eq!(user_number(&mut users, "@a", 2), (0, false));
         for i in 1..dev::USERS {
             assert_eq!(
@@ -606,6 +619,8 @@ mod tests {
         let mut rooms = Vec::new();
         assert_eq!(number(&mut rooms, "!r", 16), (0, true));
         assert_eq!(number(&mut rooms, "!s", 16), (1, true));
+        assert_eq!(number(&mut rooms, "!r", 16), (0, true));
+        rooms[0].1 = true;
         assert_eq!(number(&mut rooms, "!r", 16), (0, false));
         assert_eq!(cut("aé", 2), "a");
     }

@@ -577,6 +577,14 @@ fn device_link_bytes_with_real_serve() {
     let (u2, d2) = wire(&bytes);
     let empty = (u2 - u1, d2 - d1);
 
+    // The periodic refresh of the registration (every PUSH_REFRESH_MS): its cost, amortised.
+    runner.refresh_push(t0.elapsed().as_millis() as u64);
+    run_until(&mut runner, "refresh", &|r| !r.push_registered());
+    run_until(&mut runner, "refreshed", &|r| r.push_registered());
+    let (u2b, d2b) = wire(&bytes);
+    let refresh = (u2b - u2, d2b - d2);
+    let (u2, d2) = (u2b, d2b);
+
     let command = "!led on please, and report status";
     let command = &command[..32];
     // What flash would hold if the device rebooted before saving after this command.
@@ -630,7 +638,7 @@ fn device_link_bytes_with_real_serve() {
     b.join().unwrap();
     eprintln!(
         "link bytes (serial, up+down): post {}+{}={} (budget 64), after 2 s idle {}+{}={}; nothing new for 5 s {}+{}={} \
-         (budget 24), pushed sync with one command {}+{}={} (budget 96); first push from a \
+         (budget 24), registration refresh {}+{}={} (every 15 min), pushed sync with one command {}+{}={} (budget 96); first push from a \
          new sender in a new registration {}+{}={}; runner {:?}",
         post.0,
         post.1,
@@ -641,6 +649,9 @@ fn device_link_bytes_with_real_serve() {
         empty.0,
         empty.1,
         empty.0 + empty.1,
+        refresh.0,
+        refresh.1,
+        refresh.0 + refresh.1,
         pushed.0,
         pushed.1,
         pushed.0 + pushed.1,
@@ -650,6 +661,8 @@ fn device_link_bytes_with_real_serve() {
         runner.stats()
     );
     assert!(empty.0 + empty.1 <= 24, "nothing new {empty:?}");
+    // Amortised over PUSH_REFRESH_MS (15 min) the refresh is far below a byte a minute.
+    assert!(refresh.0 + refresh.1 <= 60, "refresh {refresh:?}");
     assert!(pushed.0 + pushed.1 <= 96, "one command {pushed:?}");
     assert!(post.0 + post.1 <= 64, "post {post:?}");
     assert!(

@@ -17,8 +17,8 @@
 //!
 //! ```text
 //!  byte 0:  op (high nibble) | room slot (low nibble, 0..=15)
-//!  SYNC  0x0_  [varint last]            payload = varint len ‖ since token ‖ filter (both may
-//!              be empty)
+//!  SYNC  0x0k  [varint last]            payload = varint len ‖ since token ‖ filter (both may
+//!              be empty); k = 1: a refresh, the device kept its room and user numbers
 //!  TEXT  0x1k  [varint boot][varint seq] ‖ text: send m.text to the room of session alias
 //!              slot k; the transaction id is `d{boot}.{seq}`; answered 2.04, empty (no
 //!              event id: the device does not need it)
@@ -71,9 +71,12 @@
 //! ```
 //!
 //! Room and user numbers are session-local short numbers (like SCHC's context, RFC 8724 §7,
-//! learned in band instead of provisioned): `serve` defines a number inline the first time a
-//! registration needs it, and every registration starts with empty tables. User numbers are
-//! below [`USERS`], reused least recently used first, so a device's table is a fixed array.
+//! learned in band instead of provisioned): `serve` defines a number inline until a
+//! notification carrying the definition was acknowledged. A registration after a reboot
+//! starts with empty tables; a refresh (`k = 1`) keeps the acknowledged definitions, so the
+//! periodic refresh does not make the next item define its room and sender again. User
+//! numbers are below [`USERS`], reused least recently used first, so a device's table is a
+//! fixed array.
 
 use core::str;
 
@@ -155,6 +158,9 @@ pub enum Op {
     Sync {
         /// Last item applied.
         last: u32,
+        /// The device still holds the room and user numbers of its previous registration
+        /// (a refresh, not a reboot): `serve` keeps those whose definitions were acknowledged.
+        keep: bool,
     },
     /// Send a text to the room of alias slot `slot`, transaction id `d{boot}.{seq}`.
     Text {
@@ -187,8 +193,9 @@ impl Op {
     pub fn parse_prefix(v: &[u8]) -> Result<(Self, &[u8]), DevError> {
         let (&b, mut p) = v.split_first().ok_or(DevError::Malformed)?;
         let op = match b >> 4 {
-            OP_SYNC if b & 0x0f == 0 => Op::Sync {
+            OP_SYNC if b & 0x0e == 0 => Op::Sync {
                 last: read_varint(&mut p)?,
+                keep: b & 0x01 != 0,
             },
             OP_TEXT => Op::Text {
                 slot: b & 0x0f,
@@ -207,8 +214,8 @@ impl Op {
     pub fn write(&self, out: &mut [u8]) -> Result<usize, DevError> {
         let (first, rest) = out.split_first_mut().ok_or(DevError::BufferTooSmall)?;
         match *self {
-            Op::Sync { last } => {
-                *first = OP_SYNC << 4;
+            Op::Sync { last, keep } => {
+                *first = (OP_SYNC << 4) | u8::from(keep);
                 Ok(1 + write_varint(last, rest)?)
             }
             Op::Text { slot, boot, seq } => {
@@ -452,11 +459,19 @@ mod tests {
         let n = t.write(&mut b).unwrap();
         assert_eq!(&b[..n], &[0x12, 0x03, 0xc8, 0x01]);
         assert_eq!(Op::parse(&b[..n]), Ok(t));
-        let s = Op::Sync { last: 5 };
+        let s = Op::Sync {
+            last: 5,
+            keep: false,
+        };
         let n = s.write(&mut b).unwrap();
         assert_eq!(&b[..n], &[0x00, 0x05]);
         assert_eq!(Op::parse(&b[..n]), Ok(s));
-        assert_eq!(Op::parse(&[0x01, 0x05]), Err(DevError::Malformed));
+        let k = Op::Sync {
+            last: 5,
+            keep: true,
+        };
+        assert_eq!(Op::parse(&[0x01, 0x05]), Ok(k));
+        assert_eq!(Op::parse(&[0x02, 0x05]), Err(DevError::Malformed));
         assert_eq!(Op::parse(&[0x00, 0x05, 0x00]), Err(DevError::Malformed));
         assert_eq!(Op::parse(&[0x20]), Err(DevError::Malformed));
         assert_eq!(Op::parse(&[]), Err(DevError::Malformed));
