@@ -461,12 +461,12 @@ fn spawn_poller(
     let token = c.token.clone();
     tokio::spawn(async move {
         while current.load(Ordering::SeqCst) == generation {
-            let mut url = format!("{base}/_matrix/client/v3/sync?timeout={POLL_TIMEOUT_MS}");
+            // Without a since token the first sync only finds "now" (answered at once).
+            let timeout = if since.is_some() { POLL_TIMEOUT_MS } else { 0 };
+            let mut url = format!("{base}/_matrix/client/v3/sync?timeout={timeout}");
             if let Some(s) = &since {
                 url.push_str("&since=");
                 url.push_str(&percent(s));
-            } else {
-                url.push_str("&timeout=0");
             }
             if !filter.is_empty() {
                 url.push_str("&filter=");
