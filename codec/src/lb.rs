@@ -58,7 +58,15 @@ pub mod opt {
     pub const BODY: u16 = 30;
     /// Tells concurrent block-wise uploads apart (a number chosen by the tunnel).
     pub const UPLOAD: u16 = 32;
+    /// The device profile's operation ([`super::dev`]): one byte of operation and room slot,
+    /// then its arguments. 13 is unassigned in the CoAP registry and odd, so critical
+    /// (RFC 7252 §5.4.1): a server that does not speak the device profile refuses the request
+    /// with 4.02 instead of ignoring the option. A server that does lists it in its endpoint's
+    /// [`crate::coap::Config::extra_options`]. After Observe (6) its header is one byte.
+    pub const DEVICE: u16 = 13;
 }
+
+pub mod dev;
 
 /// Response code (4.12, with an empty body) for a request whose [`opt::AUTH`] number the
 /// server does not know: register the token again.

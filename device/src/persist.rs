@@ -192,7 +192,7 @@ impl<
         + OUTBOX * OUTGOING_MAX
         + varint_len(SEEN)
         + SEEN * U64_MAX
-        + 3 * U32_MAX
+        + 4 * U32_MAX
         + COUNTERS_MAX;
 
     /// Serialize into a record (generation 0) in `buf`; returns its length.
@@ -733,10 +733,11 @@ mod tests {
             1, // boot
             0, // txn_seq
             0, 0, 0, 0, 0, 0, 0, 0, 0, // counters
+            0, // push_seq
         ];
         assert_eq!(n, HEADER_LEN + payload.len() + TRAILER_LEN);
-        assert_eq!(&buf[..HEADER_LEN], &[1, KIND_SYNC_STATE, 0, 0, 0, 0, 17, 0]);
-        assert_eq!(&buf[HEADER_LEN..HEADER_LEN + 17], &payload);
+        assert_eq!(&buf[..HEADER_LEN], &[1, KIND_SYNC_STATE, 0, 0, 0, 0, 18, 0]);
+        assert_eq!(&buf[HEADER_LEN..HEADER_LEN + 18], &payload);
         let r = crate::DefaultSyncState::restore(&buf[..n]);
         assert_eq!(r.map(|r| (r.boot(), r.since().is_none())), Ok((1, true)));
     }
@@ -778,6 +779,7 @@ mod tests {
         put(&[0x00, 0x02, b'y', b'o']); // Text "yo"
         put(&[0x00, 0x02, 0x01, 0x01]); // no seen; next_seq 2, boot 1, txn_seq 1
         put(&[0; 9]); // counters
+        put(&[0]); // push_seq
         assert_eq!(&buf[HEADER_LEN..n - TRAILER_LEN], &want[..w]);
         // And back, with the short number gone (session-local).
         let r = crate::DefaultSyncState::restore(&buf[..n]);

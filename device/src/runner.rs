@@ -2,18 +2,37 @@
 //! outbox and of sync, and the sync state, over a serial byte stream or a datagram radio.
 //!
 //! ```text
-//!  link bytes ──► SerialLink (Deframer) ──► packet ──► DeviceClient (Noise + CoAP) ──► response
-//!                                                                                       │
-//!   SyncState ◄── SyncUpdate items (cbor::Reader over the packed body) ◄────────────────┘
-//!   SyncState.outbox ──► PUT send / POST join / POST leave ──► DeviceClient ──► link
-//!   idle ──► GET /sync?since=..&timeout=..&filter=..
+//!  link bytes ──► SerialLink (packet framing) ──► packet ──► DeviceClient (Noise + CoAP)
+//!                                                                   │
+//!   SyncState ◄── SyncUpdate ◄── pushed item (lb::dev::Item) ◄───────┤ notification (Observe)
+//!   SyncState ◄── SyncUpdate ◄── /sync body (first boot only) ◄──────┘ response
+//!   SyncState.outbox ──► PUT [TEXT op ‖ text] (texts) / POST join, leave, custom ──► link
+//!   since known ──► GET Observe:0 [SYNC op] once, refreshed every PUSH_REFRESH_MS
 //! ```
 //!
-//! Requests travel as the gateway's `lowband serve` expects them ([`lowband_codec::lb`]): the
-//! target in one option ([`route::encode_target`]), the JSON body packed, the access token as
-//! `[n, token]` until the first response, then `[n]`. Responses bigger than one block come
-//! block-wise (the gateway keeps the body under a [`opt::BODY`] id) and are reassembled into a
-//! bounded buffer.
+//! # Two profiles
+//!
+//! - **Device profile** (the default, [`lowband_codec::lb::dev`]): after one full `/sync` on
+//!   a device's first boot, the runner registers for sync pushed by `serve` with Observe
+//!   (RFC 7641) and stays registered: nothing new costs no byte on the link, a new text in a
+//!   room arrives as one confirmable notification of a few bytes plus the text, applied in
+//!   order and exactly once (the number of the last item applied is persisted in the state
+//!   and sent with each registration). Texts go out as a `PUT` whose payload is the operation
+//!   (room alias slot, transaction id as two varints) and the text; `serve` answers an empty
+//!   2.04. With the device link version ([`lowband_codec::lb::dev::LINK_VERSION`], 4-byte
+//!   transport tags) a 32-character post with its acknowledgement costs 62 bytes on a serial
+//!   line, a pushed 32-character command 63 (see `lb::dev` for the accounting).
+//! - **Polling profile** ([`Runner::set_push`]`(None)`): every request is the gateway's HTTP
+//!   mapping ([`lowband_codec::lb`]): the target in one option ([`route::encode_target`]), the
+//!   JSON body packed, the access token as `[n, token]` until the first response, then `[n]`;
+//!   `/sync` is polled; responses bigger than one block come block-wise (the gateway keeps the
+//!   body under a [`opt::BODY`] id) and are reassembled into a bounded buffer.
+//!
+//! Packets cross the link as `serve` sends them: serial frames of the packet framing
+//! ([`frame::encode_packet`]: no FCS on AEAD-protected packets), and behind the fragmentation
+//! layer's single-fragment header when a packet starts with a byte `>= 0xC0`
+//! ([`frame::frag`]); real fragments are not reassembled (the gateway's link MTU must hold a
+//! device's packets).
 //!
 //! Transaction ids come from the outbox ([`crate::TxnId`], `d{boot}.{seq}`, persisted with the
 //! state), so a message resent after a reboot has the same id and the homeserver deduplicates
@@ -40,13 +59,16 @@ use lowband_codec::coap::{
     BlockOpt, Code, IncomingResponse, Opt, Options, Received, Request, RequestHandle,
 };
 use lowband_codec::frame::{self, Deframer};
+use lowband_codec::lb::dev::{self, Item as DevItem, Kind as DevKind, Op, Seq};
 use lowband_codec::lb::{self, opt, Auth};
 use lowband_codec::session::{max_packet_len, DeviceClient, SessionEvent};
 use lowband_codec::{pack, route};
 use rand_core::{CryptoRng, RngCore};
 
 use crate::outbox::{Command, OutContent, TxnId};
-use crate::state::{Applied, Body, EventIn, RoomRef, SyncUpdate, ROOM_ID_LEN};
+use crate::state::{
+    Applied, Body, EventIn, RoomRef, SyncUpdate, ROOM_ID_LEN, SINCE_LEN, USER_ID_LEN,
+};
 use crate::text::Text;
 
 /// Bytes of preset dictionary an `inflate` buffer of [`Runner::poll`] needs before the body.
@@ -102,7 +124,7 @@ pub struct SerialLink<L> {
     inbuf: [u8; 32],
     in_pos: usize,
     in_len: usize,
-    out: [u8; frame::max_encoded_len(TX_PACKET, true)],
+    out: [u8; frame::max_encoded_len(TX_PACKET + 1, true)],
     last_tx: Option<u64>,
 }
 
@@ -111,11 +133,11 @@ impl<L> SerialLink<L> {
     pub const fn new(io: L) -> Self {
         SerialLink {
             io,
-            deframer: Deframer::new(),
+            deframer: Deframer::for_packets(),
             inbuf: [0; 32],
             in_pos: 0,
             in_len: 0,
-            out: [0; frame::max_encoded_len(TX_PACKET, true)],
+            out: [0; frame::max_encoded_len(TX_PACKET + 1, true)],
             last_tx: None,
         }
     }
@@ -168,7 +190,7 @@ impl<L: embedded_io::Read + embedded_io::Write + embedded_io::ReadReady> PacketL
         let lead = self
             .last_tx
             .is_none_or(|t| now.saturating_sub(t) >= LEAD_AFTER_IDLE_MS);
-        let n = frame::encode(packet, lead, &mut self.out)
+        let n = frame::encode_packet(packet, lead, &mut self.out)
             .map_err(|_| embedded_io::ErrorKind::InvalidInput)?;
         self.io.write_all(&self.out[..n]).map_err(|e| e.kind())?;
         self.io.flush().map_err(|e| e.kind())?;
@@ -246,12 +268,31 @@ enum Pending {
     Sync { initial: bool, registered: bool },
     /// The next block of a kept response body (of a sync).
     Block { id: u32, initial: bool },
+    /// A registration for pushed sync ([`dev`]).
+    Register(RegisterKind),
+    /// Registered: notifications arrive on this handle.
+    Observing,
 }
+
+/// What a registration asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RegisterKind {
+    /// The token went along (registered with it).
+    registered: bool,
+    /// The room and user numbers of the previous registration were kept.
+    keep: bool,
+}
+
+/// How often the runner registers for pushed sync again while registered (a gateway that
+/// restarted without its state, or lost the observation, pushes again from then on). Costs
+/// one registration and its answer per period, 37 bytes on a serial line (measured in
+/// `tests/it/device_e2e.rs`): 0.04 B/s at the default, the only cost of an idle device.
+pub const PUSH_REFRESH_MS: u64 = 15 * 60 * 1000;
 
 /// The device endpoint: owns the session, the sync state and the link buffers.
 ///
-/// Memory: [`RUNNER_SIZE`] bytes for `Runner<R>` with `R` = [`crate::EphemeralRng`]: 13 000 on
-/// thumbv7m, 12 880 on x86_64 (the sync state 5 KiB, the session ~3.5 KiB, the receive
+/// Memory: [`RUNNER_SIZE`] bytes for `Runner<R>` with `R` = [`crate::EphemeralRng`]: 13 208 on
+/// thumbv7m (the sync state 5 KiB, the session ~3.5 KiB, the receive
 /// packet, CoAP scratch and body buffers 1152 + 1152 + 2048 bytes). [`SerialLink`] adds 1536
 /// bytes on thumbv7m (deframer and frame buffers) plus the stream. A deflated response body
 /// needs the `inflate` buffer of [`Runner::poll`] ([`INFLATE_DICT_LEN`] = 14 392 bytes of
@@ -272,11 +313,20 @@ pub struct Runner<R> {
     since_advanced: bool,
     send: Option<(RequestHandle, Pending)>,
     sync: Option<(RequestHandle, Pending)>,
+    /// Pushed sync ([`dev`]) and how often the registration is refreshed; `None`: polling.
+    push_refresh_ms: Option<u64>,
+    refresh_due: u64,
+    /// The room and user numbers learned in this boot are valid (a registration succeeded).
+    push_tables: bool,
+    /// User ids by the gateway's number, for this registration (one byte over the state's
+    /// capacity so that an over-long id is still recognised as cut).
+    users: [Text<{ USER_ID_LEN + 4 }>; dev::USERS],
     body_len: usize,
     rx: [u8; RX_PACKET],
     scratch: [u8; RX_PACKET],
     body: [u8; BODY_MAX],
-    tx: [u8; TX_PACKET],
+    /// Byte 0 is room for the fragmentation layer's escape ([`frame::frag`]).
+    tx: [u8; TX_PACKET + 1],
     stats: RunnerStats,
 }
 
@@ -284,7 +334,7 @@ pub struct Runner<R> {
 pub const RUNNER_SIZE: usize = core::mem::size_of::<Runner<crate::EphemeralRng>>();
 const _: () = assert!(RUNNER_SIZE <= 16 * 1024);
 #[cfg(all(target_arch = "arm", target_pointer_width = "32"))]
-const _: () = assert!(RUNNER_SIZE == 13_000);
+const _: () = assert!(RUNNER_SIZE == 13_208);
 #[cfg(all(target_arch = "arm", target_pointer_width = "32"))]
 const _: () = assert!(core::mem::size_of::<SerialLink<()>>() == 1536);
 
@@ -313,11 +363,15 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             since_advanced: false,
             send: None,
             sync: None,
+            push_refresh_ms: Some(PUSH_REFRESH_MS),
+            refresh_due: 0,
+            push_tables: false,
+            users: [const { Text::new() }; dev::USERS],
             body_len: 0,
             rx: [0; RX_PACKET],
             scratch: [0; RX_PACKET],
             body: [0; BODY_MAX],
-            tx: [0; TX_PACKET],
+            tx: [0; TX_PACKET + 1],
             stats: RunnerStats::default(),
         })
     }
@@ -337,6 +391,25 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         self.stats
     }
 
+    /// Chooses how sync results arrive: pushed by the gateway (`Some(refresh_ms)`, the
+    /// default with [`PUSH_REFRESH_MS`]; the device profile of [`lowband_codec::lb::dev`], sends
+    /// of texts compact too) or polled with `/sync` requests (`None`).
+    pub fn set_push(&mut self, refresh_ms: Option<u64>) {
+        self.push_refresh_ms = refresh_ms;
+    }
+
+    /// Registers for pushed sync again at the next [`poll`](Self::poll) (what the periodic
+    /// refresh does; for an application that suspects the gateway restarted).
+    pub fn refresh_push(&mut self, now: u64) {
+        self.refresh_due = now;
+    }
+
+    /// Whether the gateway acknowledged the registration for pushed sync (and it was not
+    /// dropped since).
+    pub fn push_registered(&self) -> bool {
+        matches!(self.sync, Some((_, Pending::Observing)))
+    }
+
     /// Whether the secure session is up.
     pub fn is_connected(&self) -> bool {
         self.client.is_established()
@@ -353,6 +426,9 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         let mut t = self.client.poll_timeout().unwrap_or(u64::MAX);
         if self.sync.is_none() {
             t = t.min(self.sync_due);
+        }
+        if matches!(self.sync, Some((_, Pending::Observing))) && self.push_refresh_ms.is_some() {
+            t = t.min(self.refresh_due);
         }
         t
     }
@@ -379,10 +455,18 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             progress.packets += 1;
             self.stats.packets_in += 1;
             self.stats.bytes_in += n as u64;
+            // The gateway's fragmentation layer (frame::frag): a packet starting with a byte
+            // >= 0xC0 comes behind the single-fragment header; real fragments are not
+            // reassembled here (a device's gateway link MTU must hold its packets).
+            let start = match self.rx.first() {
+                Some(&frame::frag::SINGLE) => 1,
+                Some(&b) if b & frame::frag::HEADER_MARK == frame::frag::HEADER_MARK => continue,
+                _ => 0,
+            };
             let base = self.scratch.as_ptr() as usize;
             let received = self
                 .client
-                .handle_packet(now, &self.rx[..n], &mut self.scratch);
+                .handle_packet(now, &self.rx[start..n], &mut self.scratch);
             if let Some(Received::Response(r)) = received {
                 let r = Resp::copy(&r, base);
                 if self.on_response(now, &r, inflate) {
@@ -397,10 +481,16 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             self.drain_events(now);
         }
         self.queue_requests(now);
-        while let Some(n) = self.client.poll_transmit(now, &mut self.tx) {
+        while let Some(n) = self.client.poll_transmit(now, &mut self.tx[1..]) {
             self.stats.packets_out += 1;
             self.stats.bytes_out += n as u64;
-            link.send(now, &self.tx[..n])?;
+            let p = if self.tx[1] & frame::frag::HEADER_MARK == frame::frag::HEADER_MARK {
+                self.tx[0] = frame::frag::SINGLE;
+                &self.tx[..=n]
+            } else {
+                &self.tx[1..=n]
+            };
+            link.send(now, p)?;
         }
         Ok(progress)
     }
@@ -413,6 +503,12 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                     // defined again, to be safe).
                     self.token_acked = false;
                     self.forget_aliases();
+                    // The gateway's new session holds no observation: register again.
+                    if let Some((h, Pending::Register(_) | Pending::Observing)) = self.sync {
+                        self.client.coap().cancel(h);
+                        self.sync = None;
+                        self.sync_due = now;
+                    }
                 }
                 SessionEvent::Coap(lowband_codec::coap::Event::Failed { handle, .. }) => {
                     self.stats.failures += 1;
@@ -432,6 +528,11 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     /// Handles one response (copied out of the scratch as offsets); `true` if the state
     /// changed.
     fn on_response(&mut self, now: u64, r: &Resp, inflate: &mut [u8]) -> bool {
+        if let Some((h, p @ (Pending::Register(_) | Pending::Observing))) = self.sync {
+            if h == r.handle {
+                return self.on_push(now, r, p);
+            }
+        }
         let (is_send, pending) = if self.send.is_some_and(|(h, _)| h == r.handle) {
             (true, self.send.take())
         } else if self.sync.is_some_and(|(h, _)| h == r.handle) {
@@ -483,6 +584,8 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         }
         let status = lb::code_to_status(r.code, r.status);
         match pending {
+            // Handled by on_push before.
+            Pending::Register(_) | Pending::Observing => false,
             Pending::Send { txn, .. } => {
                 if (200..300).contains(&status) {
                     self.stats.sent += 1;
@@ -537,13 +640,170 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                 let (ok, stored) = self.apply_sync_body(initial, inflate);
                 self.sync_due = if ok {
                     self.since_advanced = true;
-                    now + self.sync_interval_ms
+                    if self.push_refresh_ms.is_some() {
+                        // Pushed sync from here on: register right away.
+                        now
+                    } else {
+                        now + self.sync_interval_ms
+                    }
                 } else {
                     retry_at
                 };
                 stored
             }
         }
+    }
+
+    /// A response or notification of the pushed-sync registration; `true` if the state changed.
+    fn on_push(&mut self, now: u64, r: &Resp, pending: Pending) -> bool {
+        let retry_at = now + self.sync_interval_ms.max(1000);
+        if r.code.class() != 2 || r.observe.is_none() {
+            // Refused, or the gateway did not keep the observation: start over.
+            self.stats.failures += 1;
+            if r.code == lb::AUTH_UNKNOWN && r.auth_option {
+                self.token_acked = false;
+            }
+            if let Some((h, _)) = self.sync.take() {
+                self.client.coap().cancel(h);
+            }
+            self.sync_due = retry_at;
+            return false;
+        }
+        if let Pending::Register(k) = pending {
+            if k.registered {
+                self.token_acked = true;
+            }
+            if !k.keep {
+                // A registration after a reboot starts with empty number tables on both ends.
+                for u in self.users.iter_mut() {
+                    *u = Text::new();
+                }
+                self.state.forget_short_ids();
+            }
+            self.push_tables = true;
+            self.sync = Some((r.handle, Pending::Observing));
+            self.refresh_due = now + self.push_refresh_ms.unwrap_or(u64::MAX / 4);
+        }
+        let Some(payload) = self
+            .scratch
+            .get(r.payload_off..r.payload_off + r.payload_len)
+        else {
+            return false;
+        };
+        if payload.is_empty() {
+            return false;
+        }
+        // The item borrows the scratch; copy it out to apply it to the state.
+        let mut item_buf = [0u8; COAP_MTU + 2 * ROOM_ID_LEN];
+        let Some(dst) = item_buf.get_mut(..payload.len()) else {
+            self.stats.failures += 1;
+            return false;
+        };
+        dst.copy_from_slice(payload);
+        match DevItem::parse(&item_buf[..payload.len()]) {
+            Ok(it) => self.apply_item(&it),
+            Err(_) => {
+                self.stats.failures += 1;
+                false
+            }
+        }
+    }
+
+    /// Applies one pushed item unless it was applied before; `true` if the state changed.
+    fn apply_item(&mut self, it: &DevItem<'_>) -> bool {
+        let n = match dev::next_seq(self.state.push_seq(), it.seq) {
+            Seq::Old => return false,
+            Seq::Next(n) | Seq::Gap(n) => n,
+        };
+        let u = usize::from(it.sender);
+        if let (Some(def), Some(slot)) = (it.sender_def, self.users.get_mut(u)) {
+            *slot = Text::truncated(def).0;
+        }
+        let sender = self.users.get(u).copied().unwrap_or_default();
+        let short = u16::from(it.room);
+        let room = match it.room_def {
+            Some(id) => RoomRef::Id(id),
+            None => RoomRef::Short(short),
+        };
+        match it.kind {
+            DevKind::Text | DevKind::Notice => {
+                if let Some(id) = it.room_def {
+                    self.state.apply(SyncUpdate::Joined {
+                        room: id,
+                        short: Some(short),
+                    });
+                }
+                let mut id: Text<12> = Text::new();
+                let _ = write!(id, "^{n}");
+                self.state.apply(SyncUpdate::Event(EventIn {
+                    room: RoomRef::Short(short),
+                    event_id: id.as_str(),
+                    sender: sender.as_str(),
+                    kind: "m.room.message",
+                    msgtype: Some(if it.kind == DevKind::Text {
+                        "m.text"
+                    } else {
+                        "m.notice"
+                    }),
+                    body: Body::Text(it.body),
+                    ts: 0,
+                }));
+            }
+            DevKind::Invite => {
+                if let Some(id) = it.room_def {
+                    self.state.apply(SyncUpdate::Invited {
+                        room: id,
+                        inviter: sender.as_str(),
+                    });
+                }
+            }
+            DevKind::Left => {
+                self.state.apply(SyncUpdate::Left { room });
+            }
+        }
+        self.state.set_push_seq(n);
+        self.stats.syncs += 1;
+        true
+    }
+
+    /// Registers for pushed sync (Observe, RFC 7641 §3.1) with the number of the last item
+    /// applied. The since token goes along only before the first item: a gateway that lost
+    /// the device's cursor then starts from "now" rather than replaying commands handled
+    /// long ago.
+    fn queue_register(&mut self, now: u64) -> Result<(), ()> {
+        let since = if self.state.push_seq() == 0 {
+            self.state.since().unwrap_or("")
+        } else {
+            ""
+        };
+        let mut payload = [0u8; SINCE_LEN + FILTER_LEN + 2];
+        let pn = dev::write_register(since, self.filter.as_str(), &mut payload).map_err(|_| ())?;
+        let mut op = [0u8; 11];
+        let keep = self.push_tables;
+        let on = Op::Sync {
+            last: self.state.push_seq(),
+            keep,
+        }
+        .write(&mut op)
+        .map_err(|_| ())?;
+        let registered = !self.token_acked;
+        let mut auth = [0u8; 1 + TOKEN_LEN];
+        let an = self.auth().write(&mut auth).map_err(|_| ())?;
+        let with_auth = [
+            Opt::bytes(opt::AUTH, &auth[..an]),
+            Opt::uint(lowband_codec::coap::opt::OBSERVE, 0),
+            Opt::bytes(opt::DEVICE, &op[..on]),
+        ];
+        let opts: &[Opt<'_>] = if registered {
+            &with_auth
+        } else {
+            &with_auth[1..]
+        };
+        let mut req = Request::con(Code::GET, Options::List(opts), &payload[..pn]);
+        req.timeout = Some(120_000);
+        let h = self.client.request(now, req).map_err(|_| ())?;
+        self.sync = Some((h, Pending::Register(RegisterKind { registered, keep })));
+        Ok(())
     }
 
     fn forget_aliases(&mut self) {
@@ -574,9 +834,24 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         if self.send.is_none() {
             self.queue_send(now);
         }
-        if self.sync.is_none() && now >= self.sync_due && self.queue_sync(now).is_err() {
-            self.stats.failures += 1;
-            self.sync_due = now + self.sync_interval_ms.max(1000);
+        if let (Some(_), Some((h, Pending::Observing))) = (self.push_refresh_ms, self.sync) {
+            if now >= self.refresh_due {
+                self.client.coap().cancel(h);
+                self.sync = None;
+                self.sync_due = now;
+            }
+        }
+        let push = self.push_refresh_ms.is_some() && self.state.since().is_some();
+        if self.sync.is_none() && now >= self.sync_due {
+            let r = if push {
+                self.queue_register(now)
+            } else {
+                self.queue_sync(now)
+            };
+            if r.is_err() {
+                self.stats.failures += 1;
+                self.sync_due = now + self.sync_interval_ms.max(1000);
+            }
         }
     }
 
@@ -589,6 +864,9 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             return;
         };
         let slot = self.alias_slot(room.as_str());
+        if self.push_refresh_ms.is_some() && self.queue_send_compact(now, slot) {
+            return;
+        }
         let Some(out) = self.state.next_outgoing() else {
             return;
         };
@@ -707,6 +985,82 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         }
     }
 
+    /// Sends the next outbox entry as the device profile's compact TEXT operation if it is a
+    /// text message (`true` if it went out or is handled): no path, no JSON, the transaction
+    /// id as two varints, the token implied by the session once registered.
+    fn queue_send_compact(&mut self, now: u64, slot: Option<u8>) -> bool {
+        let Some(slot) = slot.filter(|s| *s <= 0x0f) else {
+            return false;
+        };
+        let Some(out) = self.state.next_outgoing() else {
+            return false;
+        };
+        let Command::Message {
+            kind,
+            content: OutContent::Text(text),
+            ..
+        } = &out.cmd
+        else {
+            return false;
+        };
+        if kind.as_str() != "m.room.message" {
+            return false;
+        }
+        let txn = out.txn;
+        // PUT payload: the operation, then the text.
+        let mut payload = [0u8; 11 + crate::outbox::OUT_BODY_LEN];
+        let Ok(on) = (Op::Text {
+            slot,
+            boot: txn.boot,
+            seq: txn.seq,
+        })
+        .write(&mut payload) else {
+            return false;
+        };
+        let Some(dst) = payload.get_mut(on..on + text.len()) else {
+            return false;
+        };
+        dst.copy_from_slice(text.as_str().as_bytes());
+        let payload_len = on + text.len();
+        let mut def = [0u8; 1 + ROOM_ID_LEN];
+        let mut def_len = 0;
+        let mut alias = None;
+        let (t, acked) = &self.aliases[usize::from(slot)];
+        if !acked {
+            def[0] = slot;
+            def[1..1 + t.len()].copy_from_slice(t.as_str().as_bytes());
+            def_len = 1 + t.len();
+            alias = Some(slot);
+        }
+        let registered = !self.token_acked;
+        let mut auth = [0u8; 1 + TOKEN_LEN];
+        let an = self.auth().write(&mut auth).unwrap_or(0);
+        let mut opts: heapless::Vec<Opt<'_>, 2> = heapless::Vec::new();
+        // INVARIANT: at most 2 options, pushed in option-number order (2, 8).
+        if registered {
+            let _ = opts.push(Opt::bytes(opt::AUTH, &auth[..an]));
+        }
+        if alias.is_some() {
+            let _ = opts.push(Opt::bytes(opt::ALIAS, &def[..def_len]));
+        }
+        let req = Request::con(Code::PUT, Options::List(&opts), &payload[..payload_len]);
+        match self.client.request(now, req) {
+            Ok(h) => {
+                self.send = Some((
+                    h,
+                    Pending::Send {
+                        txn,
+                        registered,
+                        alias,
+                    },
+                ));
+                true
+            }
+            Err(lowband_codec::coap::SendError::TooBig) => false,
+            Err(_) => true, // no free slot: next poll
+        }
+    }
+
     /// An outbox entry that can never go out (does not fit a request): dropped, counted.
     fn drop_unsendable(&mut self, txn: TxnId) {
         self.stats.refused += 1;
@@ -807,6 +1161,7 @@ struct Resp {
     status: Option<u32>,
     auth_option: bool,
     alias_option: bool,
+    observe: Option<u32>,
     block2: Option<BlockOpt>,
     body_id: Option<u32>,
     payload_off: usize,
@@ -822,6 +1177,7 @@ impl Resp {
             status: r.options.uint(opt::STATUS),
             auth_option: r.options.first(opt::AUTH).is_some(),
             alias_option: r.options.first(opt::ALIAS).is_some(),
+            observe: r.observe,
             block2: BlockOpt::from_options(&r.options, opt::BLOCK2)
                 .ok()
                 .flatten(),

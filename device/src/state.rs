@@ -458,6 +458,9 @@ pub struct SyncState<
     boot: u32,
     txn_seq: u32,
     counters: Counters,
+    /// Number of the last pushed sync item applied ([`lowband_codec::lb::dev`]); persisted so a
+    /// reboot neither loses nor repeats an item.
+    push_seq: u32,
     /// Set by `new`/`begin_boot` in this run; a restored state must begin a boot before it
     /// hands out transaction ids.
     booted: bool,
@@ -485,6 +488,7 @@ impl<
             boot,
             txn_seq: 0,
             counters: Counters::ZERO,
+            push_seq: 0,
             booted: true,
         }
     }
@@ -500,6 +504,7 @@ impl<
         self.boot = boot;
         self.txn_seq = 0;
         self.counters = Counters::ZERO;
+        self.push_seq = 0;
         self.booted = false;
     }
 
@@ -533,7 +538,8 @@ impl<
         o.put(&self.next_seq)?;
         o.put(&self.boot)?;
         o.put(&self.txn_seq)?;
-        o.put(&self.counters)
+        o.put(&self.counters)?;
+        o.put(&self.push_seq)
     }
 
     /// Read what [`Self::encode`] wrote, into `self` in place: only one event at a time is on
@@ -586,6 +592,7 @@ impl<
         self.boot = take(p)?;
         self.txn_seq = take(p)?;
         self.counters = take(p)?;
+        self.push_seq = take(p)?;
         if !p.is_empty() {
             return Err(PersistError::Decode);
         }
@@ -638,6 +645,16 @@ impl<
     /// The dedupe window (digests of evicted and echoed event ids), oldest first.
     pub fn seen_window(&self) -> &[u64] {
         &self.seen
+    }
+
+    /// Number of the last pushed sync item applied (0: none yet).
+    pub fn push_seq(&self) -> u32 {
+        self.push_seq
+    }
+
+    /// Records that pushed item `n` was applied (save the state afterwards).
+    pub fn set_push_seq(&mut self, n: u32) {
+        self.push_seq = n;
     }
 
     /// Forget the gateway's short room numbers (a new gateway session assigns new ones).

@@ -7,6 +7,7 @@ pub mod alias;
 pub mod bench;
 pub mod bench_link;
 pub mod config;
+pub mod devices;
 pub mod discovery;
 pub mod federation;
 pub mod keys;

@@ -1,8 +1,9 @@
 //! A serial port (or pty) as a datagram link: COBS + CRC framing over the byte stream.
 //!
 //! Each datagram (a link packet or one fragment of it, see [`crate::transport::Datagrams`])
-//! travels as one [`lowband_codec::frame::serial`] frame: COBS-stuffed, FCS-16 checked
-//! (RFC 1662 §C.2), `0x00`-delimited. A frame that fails its check is dropped and counted;
+//! travels as one [`lowband_codec::frame::serial`] frame of the packet framing
+//! ([`encode_packet`]): COBS-stuffed, `0x00`-delimited, FCS-16 checked (RFC 1662 §C.2) unless
+//! it is a Noise transport packet, whose AEAD tag already detects any damage. A frame that fails its check is dropped and counted;
 //! the session layer's retransmissions repair the loss, exactly as for a lost UDP datagram.
 //!
 //! The port is driven by two plain threads (the `serialport` crate is blocking): a reader
@@ -14,7 +15,7 @@ use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::time::Instant;
 
-use lowband_codec::frame::serial::{encode, max_encoded_len, Deframer};
+use lowband_codec::frame::serial::{encode_packet, max_encoded_len, Deframer};
 use serialport::{SerialPort as _, TTYPort};
 use tokio::sync::mpsc;
 
@@ -61,7 +62,7 @@ pub fn attach(mut port: TTYPort) -> anyhow::Result<SerialLink> {
     std::thread::Builder::new()
         .name("serial-read".into())
         .spawn(move || {
-            let mut de: Box<Deframer<MAX_DATAGRAM>> = Box::default();
+            let mut de: Box<Deframer<MAX_DATAGRAM>> = Box::new(Deframer::for_packets());
             let mut buf = [0u8; 512];
             loop {
                 let n = match reader.read(&mut buf) {
@@ -99,7 +100,7 @@ pub fn attach(mut port: TTYPort) -> anyhow::Result<SerialLink> {
             let mut out = vec![0u8; max_encoded_len(MAX_DATAGRAM, true)];
             while let Some(d) = out_rx.blocking_recv() {
                 let lead = last.elapsed() >= IDLE_LEAD;
-                let Ok(n) = encode(&d, lead, &mut out) else {
+                let Ok(n) = encode_packet(&d, lead, &mut out) else {
                     tracing::warn!(len = d.len(), "serial: datagram too large; dropped");
                     continue;
                 };

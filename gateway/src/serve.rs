@@ -150,6 +150,8 @@ struct State {
     metrics: Metrics,
     store: Option<Store>,
     tracker: Tracker,
+    /// The device profile's cursors (crate::devices).
+    devices: crate::devices::Devices,
 }
 
 /// Runs the gateway until an I/O error.
@@ -222,6 +224,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     cfg.metrics.set_sessions(server.len());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let (devices, mut dev_rx) = crate::devices::Devices::new();
     let mut st = State {
         server,
         key: Keypair::from_secret(cfg.key),
@@ -238,6 +241,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         metrics: cfg.metrics.clone(),
         store,
         tracker: Tracker::new(PERSIST_PERIOD_MS),
+        devices,
     };
     let start = Instant::now();
     let mut buf = vec![0u8; 65_536];
@@ -295,6 +299,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                 None => anyhow::bail!("serve: the serial link stopped"),
             },
             Some(d) = done_rx.recv() => st.on_done(now_ms(start), d),
+            Some(b) = dev_rx.recv() => st.devices.on_batch(b),
             () = sleep => {
                 let now = now_ms(start);
                 st.server.handle_timeout(now);
@@ -356,7 +361,8 @@ impl State {
             return;
         };
         let packet = packet.to_vec();
-        let versions = [VERSION];
+        // Tunnels speak VERSION; devices may speak the device profile's (4-byte tags).
+        let versions = [VERSION, lowband_codec::lb::dev::LINK_VERSION];
         let cfg = ResponderConfig {
             local: &self.key,
             versions: &versions,
@@ -503,6 +509,9 @@ impl State {
         if p.aliases.define(defs.filter_map(|o| o.as_bytes())).is_err() {
             return self.respond_error(now, i, &to, 400, "M_UNKNOWN", "lowband: bad alias");
         }
+        if crate::devices::Devices::is_device_request(&req) {
+            return self.device_request(now, i, peer, p, &req, token);
+        }
         // Block1 upload.
         let block1 = match BlockOpt::from_options(&req.options, opt::BLOCK1) {
             Ok(b) => b,
@@ -634,6 +643,57 @@ impl State {
         });
     }
 
+    /// A device-profile request (crate::devices); the token is implied (number 0) when the
+    /// request carries none.
+    fn device_request(
+        &mut self,
+        now: u64,
+        i: usize,
+        peer: [u8; 32],
+        p: &mut Peer,
+        req: &IncomingRequest<'_>,
+        token: Option<String>,
+    ) {
+        let to = req.responder;
+        let token = token.or_else(|| p.tokens.resolve(&Auth::Number(0)));
+        if token.is_none() {
+            let o = [Opt::bytes(opt::AUTH, &[])];
+            return self.respond(now, i, &to, Code::new(4, 12), Options::List(&o), &[]);
+        }
+        let aliases = p.aliases.list();
+        let ctx = crate::devices::Ctx {
+            peer,
+            token,
+            aliases: &aliases,
+            http: &self.http,
+            homeserver: &self.homeserver,
+        };
+        match self.devices.request(&ctx, req) {
+            crate::devices::Answer::Now(c) if c == lowband_codec::lb::AUTH_UNKNOWN => {
+                let o = [Opt::bytes(ALIAS, &[])];
+                self.respond(now, i, &to, c, Options::List(&o), &[]);
+            }
+            crate::devices::Answer::Now(c) => self.respond(now, i, &to, c, Options::NONE, &[]),
+            crate::devices::Answer::Registered => {
+                self.devices.accept(now, &mut self.server, i, &to);
+            }
+            crate::devices::Answer::Later(h) => {
+                let tx = self.done_tx.clone();
+                tokio::spawn(async move {
+                    let response = h.await.unwrap_or_else(|_| {
+                        HttpResponse::matrix_error(502, "M_UNKNOWN", "lowband: send failed")
+                    });
+                    let _ = tx.send(Done {
+                        peer,
+                        responder: to,
+                        response,
+                        sync: None,
+                    });
+                });
+            }
+        }
+    }
+
     fn on_done(&mut self, now: u64, d: Done) {
         let Some(i) = self.server.find_peer(&d.peer) else {
             tracing::info!("serve: session gone before its response");
@@ -713,6 +773,7 @@ impl State {
     }
 
     async fn flush(&mut self, now: u64, socket: Option<&UdpSocket>, serial: Option<&SerialLink>) {
+        self.devices.pump(now, &mut self.server);
         let mut out = vec![0u8; PACKET];
         let reasm_timeout = 2 * self.link.transmission().ack_timeout;
         let mtu = self.link.mtu;

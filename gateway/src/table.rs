@@ -165,9 +165,13 @@ impl SessionTable {
     pub fn hibernate_idle(&mut self, now: u64) -> usize {
         let mut n = 0;
         for e in &mut self.sessions {
-            let Body::Live(s) = &e.body else {
+            let Body::Live(s) = &mut e.body else {
                 continue;
             };
+            // An observed session (a device's pushed sync) keeps its observer table.
+            if s.coap().has_observers() {
+                continue;
+            }
             let quiet = if e.used {
                 self.quiet_ms
             } else {

@@ -53,7 +53,8 @@ impl LinkParams {
             params: self.transmission(),
             seed,
             token_len: 1,
-            extra_options: &[],
+            // The device profile's critical option (crate::devices).
+            extra_options: &[lowband_codec::lb::opt::DEVICE],
         }
     }
 

@@ -796,6 +796,32 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         }
     }
 
+    /// Whether a notification of `resource` is queued or awaiting its acknowledgement: a
+    /// server that sends deltas (lowband's device profile) sends the next one only after the
+    /// previous was acknowledged, so [`Endpoint::notify`] never replaces one in place.
+    pub fn notification_in_flight(&self, resource: u16) -> bool {
+        self.slots.iter().any(|s| {
+            s.state != SlotState::Free
+                && !matches!(s.state, SlotState::Failed(_))
+                && s.kind == (Kind::Notification { resource })
+        })
+    }
+
+    /// Forgets every observer of `resource` (a client that registers again with a new token
+    /// replaces its old registration; RFC 7641 §4.1 only matches by token).
+    pub fn drop_observers(&mut self, resource: u16) {
+        let tokens: heapless::Vec<Token, OBS> =
+            self.observers.of(resource).map(|o| o.token).collect();
+        for t in tokens {
+            self.observers.deregister(&t);
+        }
+    }
+
+    /// Whether any resource has an observer (its state must then stay live).
+    pub fn has_observers(&self) -> bool {
+        self.observers.iter().next().is_some()
+    }
+
     /// Number of observers of `resource`.
     pub fn observer_count(&self, resource: u16) -> usize {
         self.observers.of(resource).count()

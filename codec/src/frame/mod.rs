@@ -30,5 +30,6 @@ pub use frag::{
     Fragment, FragmentError, Fragmenter, Fragments, Reassembler, ReassemblyError, ReassemblyStats,
 };
 pub use serial::{
-    encode, encoded_len, max_encoded_len, DeframeError, DeframeStats, Deframer, EncodeError,
+    encode, encode_packet, encoded_len, max_encoded_len, DeframeError, DeframeStats, Deframer,
+    EncodeError,
 };

@@ -133,6 +133,66 @@ pub fn encode(payload: &[u8], lead: bool, out: &mut [u8]) -> Result<usize, Encod
     Ok(w + 1)
 }
 
+/// Encodes a link packet as one frame of the packet framing: a packet whose first byte has
+/// its top bit set (a Noise transport packet, or a fragment header) travels without FCS, any
+/// other (handshake messages, rejects) with it. Read with [`Deframer::for_packets`].
+///
+/// The FCS guards integrity; a transport packet's AEAD tag already does that, and better
+/// (RFC 8439 §2.8: Poly1305 rejects any change, a 16-bit CRC misses 1 in 65 536 damaged
+/// frames), so on a packet link the CRC only costs 2 bytes a frame (160 ms at 100 bit/s).
+/// Noise transport packets start with `1xxxxxxx` (see [`crate::noise::link`]), handshake
+/// messages and rejects with `0xxxxxxx`, which is what makes the rule unambiguous. Damaged
+/// transport packets reach the session layer and fail authentication there, counted as dropped.
+///
+/// # Errors
+///
+/// [`EncodeError::BufferTooSmall`] if `out.len() < max_encoded_len(packet.len(), lead)`.
+pub fn encode_packet(packet: &[u8], lead: bool, out: &mut [u8]) -> Result<usize, EncodeError> {
+    if packet.first().is_none_or(|b| b & 0x80 == 0) {
+        return encode(packet, lead, out);
+    }
+    if out.len() < max_encoded_len(packet.len(), lead) {
+        return Err(EncodeError::BufferTooSmall);
+    }
+    let mut w = 0;
+    if lead {
+        out[w] = DELIMITER;
+        w += 1;
+    }
+    let mut code_pos = w;
+    w += 1;
+    let mut code = 1u8;
+    let mut after_ff = false;
+    for &b in packet {
+        if b == 0 {
+            out[code_pos] = code;
+            code_pos = w;
+            w += 1;
+            code = 1;
+            after_ff = false;
+        } else {
+            out[w] = b;
+            w += 1;
+            code += 1;
+            after_ff = false;
+            if code == 0xFF {
+                out[code_pos] = code;
+                code_pos = w;
+                w += 1;
+                code = 1;
+                after_ff = true;
+            }
+        }
+    }
+    if code == 1 && after_ff {
+        w -= 1;
+    } else {
+        out[code_pos] = code;
+    }
+    out[w] = DELIMITER;
+    Ok(w + 1)
+}
+
 /// Why a received frame was dropped. The stream is back in sync at the next delimiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeframeError {
@@ -233,6 +293,8 @@ pub struct Deframer<const N: usize> {
     /// Outcome of the last `handle_bytes`, until polled.
     pending: Option<Result<(), DeframeError>>,
     stats: DeframeStats,
+    /// Packet framing ([`encode_packet`]): frames starting with a byte `>= 0x80` have no FCS.
+    packets: bool,
 }
 
 impl<const N: usize> Default for Deframer<N> {
@@ -262,7 +324,16 @@ impl<const N: usize> Deframer<N> {
                 truncated: 0,
                 too_short: 0,
             },
+            packets: false,
         }
+    }
+
+    /// A deframer of the packet framing ([`encode_packet`]): a frame whose first byte has its
+    /// top bit set carries no FCS.
+    pub const fn for_packets() -> Self {
+        let mut d = Self::new();
+        d.packets = true;
+        d
     }
 
     /// Largest payload this deframer accepts.
@@ -377,6 +448,22 @@ impl<const N: usize> Deframer<N> {
         if self.remaining != 0 {
             return self.fail(DeframeError::Truncated);
         }
+        let first = if self.len > 0 {
+            self.buf[0]
+        } else {
+            self.tail[0]
+        };
+        if self.packets && self.tail_len > 0 && first & 0x80 != 0 {
+            // No FCS: the delay line holds the packet's last bytes.
+            let t = usize::from(self.tail_len);
+            let Some(dst) = self.buf.get_mut(self.len..self.len + t) else {
+                return self.fail(DeframeError::TooLong);
+            };
+            dst.copy_from_slice(&self.tail[..t]);
+            self.len += t;
+            self.stats.frames += 1;
+            return Ok(());
+        }
         if self.tail_len < 2 {
             return self.fail(DeframeError::TooShort);
         }
@@ -411,6 +498,58 @@ mod tests {
         assert_eq!(n, encoded_len(payload, lead));
         assert!(n <= max_encoded_len(payload.len(), lead));
         (out, n)
+    }
+
+    #[test]
+    fn packet_framing_drops_the_fcs_of_transport_packets() {
+        extern crate alloc;
+        use alloc::{vec, vec::Vec};
+        let mut out = [0u8; 32];
+        // A transport packet (top bit set): COBS only.
+        let n = encode_packet(&[0x85, 0x01, 0x00, 0x07], false, &mut out).unwrap();
+        assert_eq!(&out[..n], &[0x03, 0x85, 0x01, 0x02, 0x07, 0x00]);
+        let mut d = Deframer::<8>::for_packets();
+        let mut got = None;
+        for &b in &out[..n] {
+            if let Some(f) = d.handle_byte(b) {
+                got = Some(f.map(<[u8]>::to_vec));
+            }
+        }
+        assert_eq!(got, Some(Ok(vec![0x85, 0x01, 0x00, 0x07])));
+        // A handshake packet keeps its FCS, same as `encode`.
+        let n = encode_packet(b"hi", true, &mut out).unwrap();
+        assert_eq!(&out[..n], &[0x00, 0x05, b'h', b'i', 0x15, 0x5A, 0x00]);
+        let mut got = None;
+        for &b in &out[..n] {
+            if let Some(f) = d.handle_byte(b) {
+                got = Some(f.map(<[u8]>::to_vec));
+            }
+        }
+        assert_eq!(got, Some(Ok(b"hi".to_vec())));
+        // One-byte and capacity-sized transport packets.
+        let n = encode_packet(&[0x90], false, &mut out).unwrap();
+        assert_eq!(&out[..n], &[0x02, 0x90, 0x00]);
+        let mut d1 = Deframer::<8>::for_packets();
+        let r: Vec<_> = out[..n]
+            .iter()
+            .filter_map(|&b| d1.handle_byte(b).map(|f| f.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(r, vec![Ok(vec![0x90])]);
+        let big = [0x99u8; 9];
+        let n = encode_packet(&big, false, &mut out).unwrap();
+        let r: Vec<_> = out[..n]
+            .iter()
+            .filter_map(|&b| d1.handle_byte(b).map(|f| f.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(r, vec![Err(DeframeError::TooLong)]);
+        // A plain deframer still checks every FCS.
+        let n = encode_packet(&[0x85, 0x01], false, &mut out).unwrap();
+        let mut p = Deframer::<8>::new();
+        let r: Vec<_> = out[..n]
+            .iter()
+            .filter_map(|&b| p.handle_byte(b).map(|f| f.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(r, vec![Err(DeframeError::Crc)]);
     }
 
     #[test]

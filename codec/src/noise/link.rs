@@ -76,6 +76,21 @@ pub const MAX_MSG1: usize = 96 + MAX_EARLY_DATA;
 pub const MAX_MSG2: usize = 48 + 1 + MAX_EARLY_DATA;
 /// Length of a reject packet.
 pub const REJECT_LEN: usize = 4;
+/// Protocol version of the device profile ([`crate::lb::dev`]): its transport packets carry a
+/// [`SHORT_TAG_LEN`]-byte tag instead of 16. Being part of the prologue, the version is
+/// authenticated by the handshake, so both ends agree on the tag length without a byte on the
+/// wire.
+///
+/// Why 4 bytes are enough here (the argument of LoRaWAN's 4-byte MIC, LoRaWAN 1.1 §4.4): a
+/// forger succeeds with probability about 2^-32 per packet (times the few nonce candidates a
+/// receiver tries), every attempt costs airtime on the device's slow link (an 11-byte packet
+/// is ~1 s at 100 bit/s: 2^31 attempts take ~68 years), a failed attempt changes no state,
+/// and the replay window still refuses every nonce seen. Confidentiality is unchanged
+/// (ChaCha20 with the same keys); only the authentication margin shrinks. Links where an
+/// attacker can try millions of packets per second should keep protocol 1.
+pub const DEVICE_PROTOCOL: u8 = 2;
+/// Tag bytes of a device-profile transport packet ([`DEVICE_PROTOCOL`]).
+pub const SHORT_TAG_LEN: usize = 4;
 /// Transport header length (type/epoch/session byte and truncated nonce).
 pub const TRANSPORT_HEADER_LEN: usize = 2;
 /// Bytes a transport packet adds to its payload: header + tag = 18.
@@ -119,6 +134,16 @@ pub struct LinkVersion {
 }
 
 impl LinkVersion {
+    /// Tag bytes of this version's transport packets: [`SHORT_TAG_LEN`] for
+    /// [`DEVICE_PROTOCOL`], else the full 16.
+    pub const fn tag_len(self) -> usize {
+        if self.protocol == DEVICE_PROTOCOL {
+            SHORT_TAG_LEN
+        } else {
+            TAGLEN
+        }
+    }
+
     fn prologue(self) -> [u8; 10] {
         let mut p = [0u8; 10];
         p[..7].copy_from_slice(PROLOGUE_TAG);
@@ -497,7 +522,14 @@ impl Initiator {
         let id = SessionId(packet[0] & 0x3f);
         let keys = hs.into_transport()?;
         Ok((
-            Session::new(id, keys.tx, keys.rx, keys.handshake_hash, self.transport),
+            Session::new(
+                id,
+                keys.tx,
+                keys.rx,
+                keys.handshake_hash,
+                self.transport,
+                self.version.tag_len(),
+            ),
             response.len(),
         ))
     }
@@ -726,7 +758,14 @@ impl Msg1 {
             // INVARIANT: n <= MAX_MSG2, the buffer it was written into.
             cached.extend_from_slice(&msg2[..n]).expect("msg2 fits");
             return Ok(ResponderSession {
-                session: Session::new(id, keys.tx, keys.rx, keys.handshake_hash, self.transport),
+                session: Session::new(
+                    id,
+                    keys.tx,
+                    keys.rx,
+                    keys.handshake_hash,
+                    self.transport,
+                    self.version.tag_len(),
+                ),
                 msg2: cached,
                 initiator_e: self.initiator_e,
                 peer: self.peer,
@@ -874,6 +913,8 @@ pub struct Session {
     window: ReplayWindow,
     rekey_interval: u64,
     handshake_hash: [u8; HASHLEN],
+    /// Tag bytes per packet ([`LinkVersion::tag_len`]).
+    tag_len: u8,
 }
 
 /// The whole per-session transport state (both directions and the replay window).
@@ -883,6 +924,8 @@ const _: () = assert!(core::mem::size_of::<Session>() <= 256);
 pub const SESSION_EXPORT_LEN: usize = 1 + 1 + 8 + (1 + 32 + 8) * 3 + 8 + 8 + 8 + 8 + HASHLEN;
 
 const EXPORT_FORMAT: u8 = 1;
+/// Export format of a session with [`SHORT_TAG_LEN`]-byte tags (same layout).
+const EXPORT_FORMAT_SHORT_TAGS: u8 = 2;
 
 /// Length of [`ResponderSession::export`]'s output.
 pub const RESPONDER_EXPORT_LEN: usize = DHLEN + 3 + SESSION_EXPORT_LEN;
@@ -897,6 +940,7 @@ impl Session {
         rx: CipherState,
         handshake_hash: [u8; HASHLEN],
         cfg: TransportConfig,
+        tag_len: usize,
     ) -> Self {
         Session {
             id,
@@ -908,7 +952,13 @@ impl Session {
             window: ReplayWindow::new(),
             rekey_interval: cfg.rekey_interval.max(1),
             handshake_hash,
+            tag_len: tag_len.clamp(1, TAGLEN) as u8,
         }
+    }
+
+    /// Tag bytes of this session's packets (16, or [`SHORT_TAG_LEN`] for the device profile).
+    pub fn tag_len(&self) -> usize {
+        usize::from(self.tag_len)
     }
 
     /// Writes the whole transport state for persistence (a gateway that restarts keeps its
@@ -922,7 +972,12 @@ impl Session {
             out: &mut out[..],
             at: 0,
         };
-        w.put(&[EXPORT_FORMAT, self.id.0]);
+        let format = if self.tag_len() == TAGLEN {
+            EXPORT_FORMAT
+        } else {
+            EXPORT_FORMAT_SHORT_TAGS
+        };
+        w.put(&[format, self.id.0]);
         w.put(&self.rekey_interval.to_be_bytes());
         for cs in [Some(&self.tx), Some(&self.rx), self.rx_prev.as_ref()] {
             let (k, n) = cs.map_or((None, 0), CipherState::parts);
@@ -943,7 +998,12 @@ impl Session {
     /// # Errors
     /// [`TransportError::Malformed`] for bytes that are not an export of this format.
     pub fn import(bytes: &[u8]) -> Result<Self, TransportError> {
-        if bytes.len() != SESSION_EXPORT_LEN || bytes[0] != EXPORT_FORMAT {
+        let tag_len = match bytes.first() {
+            Some(&EXPORT_FORMAT) => TAGLEN,
+            Some(&EXPORT_FORMAT_SHORT_TAGS) => SHORT_TAG_LEN,
+            _ => return Err(TransportError::Malformed),
+        };
+        if bytes.len() != SESSION_EXPORT_LEN {
             return Err(TransportError::Malformed);
         }
         let id = SessionId::new(bytes[1]).ok_or(TransportError::Malformed)?;
@@ -980,6 +1040,7 @@ impl Session {
             window: ReplayWindow::from_parts(highest, bitmap),
             rekey_interval,
             handshake_hash,
+            tag_len: tag_len as u8,
         };
         // Nonces of the current epoch may have been used after the export: never reuse them.
         let next = (s.tx_epoch + 1).saturating_mul(s.rekey_interval);
@@ -1047,7 +1108,8 @@ impl Session {
             .seal_at(n, &header, payload, &mut out[2..])
             .map_err(|_| TransportError::BufferTooSmall)?;
         self.tx.set_nonce(n + 1);
-        Ok(2 + len)
+        // A short tag is the full tag's first bytes.
+        Ok(2 + len - (TAGLEN - self.tag_len()))
     }
 
     /// Candidate full nonces for the truncated `low`, most likely first: the nearest to the
@@ -1073,13 +1135,14 @@ impl Session {
     /// Authenticates and decrypts a transport packet into `out`; returns the payload length.
     /// Replays, too-old and forged packets are refused and leave the state unchanged.
     pub fn open(&mut self, packet: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
-        if packet.len() < TRANSPORT_OVERHEAD || packet[0] & 0x80 == 0 {
+        let overhead = TRANSPORT_HEADER_LEN + self.tag_len();
+        if packet.len() < overhead || packet[0] & 0x80 == 0 {
             return Err(TransportError::Malformed);
         }
         if packet[0] & 0x3f != self.id.0 {
             return Err(TransportError::WrongSession);
         }
-        if out.len() < packet.len() - TRANSPORT_OVERHEAD {
+        if out.len() < packet.len() - overhead {
             return Err(TransportError::BufferTooSmall);
         }
         let header = &packet[..2];
@@ -1109,15 +1172,16 @@ impl Session {
             if epoch > self.rx_epoch.saturating_add(MAX_EPOCHS_AHEAD) {
                 continue;
             }
+            let t = self.tag_len();
             let opened = if epoch == self.rx_epoch {
-                self.rx.open_at(n, header, body, out).is_ok()
+                self.rx.open_truncated_at(n, header, body, t, out).is_ok()
             } else if epoch + 1 == self.rx_epoch {
                 self.rx_prev
                     .as_ref()
-                    .is_some_and(|k| k.open_at(n, header, body, out).is_ok())
+                    .is_some_and(|k| k.open_truncated_at(n, header, body, t, out).is_ok())
             } else {
                 let (prev, key) = self.derive_rx(epoch);
-                if key.open_at(n, header, body, out).is_ok() {
+                if key.open_truncated_at(n, header, body, t, out).is_ok() {
                     self.rx_prev = Some(prev);
                     self.rx = key;
                     self.rx_epoch = epoch;
@@ -1128,7 +1192,7 @@ impl Session {
             };
             if opened {
                 self.window.commit(n);
-                return Ok(body.len() - TAGLEN);
+                return Ok(body.len() - self.tag_len());
             }
         }
         Err(err)
@@ -1242,6 +1306,65 @@ mod tests {
     }
 
     #[test]
+    fn device_profile_sessions_carry_4_byte_tags() {
+        let cfg = TransportConfig { rekey_interval: 16 };
+        let v = LinkVersion {
+            protocol: DEVICE_PROTOCOL,
+            dict: 1,
+        };
+        let t = v.tag_len();
+        assert_eq!(t, SHORT_TAG_LEN);
+        let id = SessionId(3);
+        let mk = |a: u8, b: u8| {
+            Session::new(
+                id,
+                CipherState::new([a; 32]),
+                CipherState::new([b; 32]),
+                [0; 32],
+                cfg,
+                t,
+            )
+        };
+        let (mut a, mut b) = (mk(1, 2), mk(2, 1));
+        let mut p = [0u8; 64];
+        let mut o = [0u8; 64];
+        let n = b.seal(b"ping", &mut p).unwrap();
+        assert_eq!(n, 2 + 4 + 4, "header, payload, 4-byte tag");
+        // The short tag is the full tag's prefix.
+        let mut full = mk(2, 1);
+        let mut q = [0u8; 64];
+        let m = full.seal(b"ping", &mut q).unwrap();
+        assert_eq!(&p[..n], &q[..n]);
+        assert_eq!(m, n);
+        let k = a.open(&p[..n], &mut o).unwrap();
+        assert_eq!(&o[..k], b"ping");
+        // Any flipped bit (header, body or tag) fails, and changes nothing.
+        let n = b.seal(b"pong", &mut p).unwrap();
+        for i in 0..n {
+            for bit in 0..8 {
+                let mut x = p;
+                x[i] ^= 1 << bit;
+                assert!(a.open(&x[..n], &mut o).is_err(), "byte {i} bit {bit}");
+            }
+        }
+        let k = a.open(&p[..n], &mut o).unwrap();
+        assert_eq!(&o[..k], b"pong");
+        assert_eq!(a.open(&p[..n], &mut o), Err(TransportError::Replay));
+        // Too short for a header and a tag.
+        assert_eq!(a.open(&p[..5], &mut o), Err(TransportError::Malformed));
+        // Export and import keep the tag length.
+        let mut saved = [0u8; SESSION_EXPORT_LEN];
+        b.export(&mut saved);
+        assert_eq!(saved[0], EXPORT_FORMAT_SHORT_TAGS);
+        let mut b2 = Session::import(&saved).unwrap();
+        assert_eq!(b2.tag_len(), SHORT_TAG_LEN);
+        let n = b2.seal(b"again", &mut p).unwrap();
+        assert_eq!(n, 2 + 5 + 4);
+        let k = a.open(&p[..n], &mut o).unwrap();
+        assert_eq!(&o[..k], b"again");
+    }
+
+    #[test]
     fn export_import_resumes_without_nonce_reuse() {
         let cfg = TransportConfig { rekey_interval: 16 };
         let id = SessionId(3);
@@ -1251,6 +1374,7 @@ mod tests {
             CipherState::new([2; 32]),
             [0; 32],
             cfg,
+            TAGLEN,
         );
         let mut b = Session::new(
             id,
@@ -1258,6 +1382,7 @@ mod tests {
             CipherState::new([1; 32]),
             [0; 32],
             cfg,
+            TAGLEN,
         );
         let mut p = [0u8; 64];
         let mut o = [0u8; 64];

@@ -111,7 +111,7 @@ impl Gateway {
             keys,
             allowed: [device.public()],
             rng: ChaCha20Rng::seed_from_u64(3),
-            deframer: frame::Deframer::new(),
+            deframer: frame::Deframer::for_packets(),
             seen: Vec::new(),
             syncs: VecDeque::new(),
             room: Vec::new(),
@@ -135,6 +135,8 @@ impl Gateway {
             let Some(Ok(p)) = self.deframer.poll_frame() else {
                 continue;
             };
+            // serve's fragmentation layer: a lone packet starting >= 0xC0 is escaped by 0xC1.
+            let p = p.strip_prefix(&[frame::frag::SINGLE]).unwrap_or(p);
             let packet = p.to_vec();
             let wire_bytes = consumed_to - frame_start;
             frame_start = consumed_to;
@@ -143,7 +145,12 @@ impl Gateway {
         let mut out = vec![0u8; 1500];
         let mut framed = vec![0u8; 3100];
         while let Some((_, n)) = self.server.poll_transmit(now, &mut out) {
-            let m = frame::encode(&out[..n], false, &mut framed).unwrap();
+            let mut pkt = Vec::with_capacity(n + 1);
+            if out[0] >= 0xC0 {
+                pkt.push(frame::frag::SINGLE);
+            }
+            pkt.extend_from_slice(&out[..n]);
+            let m = frame::encode_packet(&pkt, false, &mut framed).unwrap();
             self.sent_bytes += m;
             self.last_response_bytes = m;
             wire.to_dev.extend(&framed[..m]);
@@ -296,8 +303,12 @@ fn device(keys: &Keypair, gw: &Keypair, state: DefaultSyncState, boot_seed: u8) 
         sync_interval_ms: 500,
         filter: "0",
     };
+    let mut runner = Box::new(Runner::new(client, state, &cfg).unwrap());
+    // This fake gateway speaks the polling profile (HTTP routes, /sync); the pushed device
+    // profile is tested against the real `serve` in tests/it/device_e2e.rs.
+    runner.set_push(None);
     Device {
-        runner: Box::new(Runner::new(client, state, &cfg).unwrap()),
+        runner,
         link: SerialLink::new(Wire::default()),
     }
 }

@@ -1,0 +1,542 @@
+//! The device profile: a compact request for "send this text to room k" and sync pushed as
+//! compact Observe notifications, for endpoints that count every byte (issue 5's budgets: a
+//! post with its acknowledgement <= 64 bytes, a sync bringing one command <= 96, nothing new
+//! <= 24).
+//!
+//! A device talks to `lowband serve` over the same Noise session and CoAP endpoint as a
+//! tunnel; what changes is what the CoAP messages carry. Instead of an HTTP request encoded
+//! as a route and a packed JSON body (always CoAP POST), an operation of one byte plus its
+//! arguments, and the text itself. lowband's HTTP mapping always uses POST with a target
+//! option, so the device profile is told apart by its option or its method:
+//!
+//! - **GET** with Observe 0 and a [`opt::DEVICE`](super::opt::DEVICE) option holding the
+//!   `SYNC` operation: register for pushed sync (RFC 7641 §3.1).
+//! - **PUT** without a [`opt::TARGET`](super::opt::TARGET), whose payload is a `TEXT`
+//!   operation followed by the text (no option: one byte of option header saved on every
+//!   post).
+//!
+//! ```text
+//!  byte 0:  op (high nibble) | room slot (low nibble, 0..=15)
+//!  SYNC  0x0k  [varint last]            payload = varint len ‖ since token ‖ filter (both may
+//!              be empty); k = 1: a refresh, the device kept its room and user numbers
+//!  TEXT  0x1k  [varint boot][varint seq] ‖ text: send m.text to the room of session alias
+//!              slot k; the transaction id is `d{boot}.{seq}`; answered 2.04, empty (no
+//!              event id: the device does not need it)
+//! ```
+//!
+//! # Where the bytes of a post go
+//!
+//! With the device's link version ([`LINK_VERSION`]: 4-byte transport tags) and the packet
+//! framing ([`crate::frame::serial::encode_packet`]: no FCS on authenticated packets), a post
+//! of a 32-byte text to a room whose alias is defined costs
+//!
+//! ```text
+//!  request  COBS 1 + delimiter 1 + Noise header 2 + CoAP header 4 + token 1 + payload
+//!           marker 1 + op 3 (slot, boot < 128, seq < 128) + text 32 + tag 4    = 49
+//!  ack      COBS 1 + delimiter 1 + Noise header 2 + CoAP 2.04 piggybacked 4 + token 1
+//!           + tag 4                                                              = 13
+//! ```
+//!
+//! 62 bytes, plus one leading delimiter per direction when the line was idle (see
+//! [`crate::frame::serial`]): 64 at most, issue 5's budget. A notification bringing a 32-byte
+//! text from a known sender in a known room: COBS 1 + delimiter 1 + Noise 2 + CoAP header 4 +
+//! token 1 + Observe 2 + marker 1 + item 3 + text 32 + tag 4 = 51, and the device's empty ACK
+//! 2 + 2 + 4 + 4 = 12: 63 (65 with idle leads), budget 96. Nothing new costs nothing.
+//!
+//! Varints are LEB128 (7 bits a byte, low first). The access token is implied: a device
+//! request without an [`opt::AUTH`](super::opt::AUTH) option uses the token the session
+//! registered under number 0 (registered once, with the first request).
+//!
+//! # Pushed sync
+//!
+//! `serve` long-polls the homeserver for the device's account with the since token it keeps
+//! for the device, and turns each new event the device needs into one [`Item`], sent as a
+//! confirmable notification of the registration (resource [`RESOURCE`]). Exactly one item is
+//! in flight at a time, so items arrive in order and a notification is never replaced by a
+//! newer one (RFC 7641 §4.5.2 allows replacing *state*; an item is a delta). Each item carries
+//! the low 8 bits of its number in the device's stream ([`Item::seq`]); the device persists
+//! the number of the last item it applied and sends it with every registration, so after a
+//! reboot `serve` resumes with the next one: an item acknowledged but not yet saved is
+//! recognised by its number and applied once ([`next_seq`]). Nothing new costs nothing on the
+//! link; the registration is refreshed periodically (the device's choice), which is the only
+//! idle cost.
+//!
+//! # Items (notification payload)
+//!
+//! ```text
+//!  seq8 | kk r u nnnn | sender | [len room id] | [len user id] | body
+//!  kk    kind: 0 m.text message, 1 m.notice message, 2 invite (sender = inviter), 3 left
+//!  r     the room id of number nnnn follows (defined for the rest of this registration)
+//!  u     the user id of number `sender` follows (likewise)
+//! ```
+//!
+//! Room and user numbers are session-local short numbers (like SCHC's context, RFC 8724 §7,
+//! learned in band instead of provisioned): `serve` defines a number inline until a
+//! notification carrying the definition was acknowledged. A registration after a reboot
+//! starts with empty tables; a refresh (`k = 1`) keeps the acknowledged definitions, so the
+//! periodic refresh does not make the next item define its room and sender again. User
+//! numbers are below [`USERS`], reused least recently used first, so a device's table is a
+//! fixed array.
+
+use core::str;
+
+/// The link version a device-profile endpoint handshakes with: protocol
+/// [`DEVICE_PROTOCOL`](crate::noise::link::DEVICE_PROTOCOL) (4-byte transport tags, see there
+/// for the security argument) and dictionary 1, the one `serve` speaks.
+pub const LINK_VERSION: crate::noise::link::LinkVersion = crate::noise::link::LinkVersion {
+    protocol: crate::noise::link::DEVICE_PROTOCOL,
+    dict: 1,
+};
+
+/// Observe resource number of a device's pushed sync on `serve`.
+pub const RESOURCE: u16 = 0xD5;
+/// User numbers in one registration: `serve` reuses the least recently used one beyond this.
+pub const USERS: usize = 4;
+/// Room numbers in one registration (4 bits).
+pub const ROOMS: usize = 16;
+
+/// Operation: register for pushed sync.
+pub const OP_SYNC: u8 = 0x0;
+/// Operation: send a text.
+pub const OP_TEXT: u8 = 0x1;
+
+/// Why a device-profile value did not parse or encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevError {
+    /// Truncated, overlong or otherwise malformed bytes.
+    Malformed,
+    /// Text that is not UTF-8.
+    Utf8,
+    /// The output buffer is too small.
+    BufferTooSmall,
+}
+
+/// Writes `v` as LEB128 into `out`; returns the length.
+///
+/// # Errors
+/// [`DevError::BufferTooSmall`].
+pub fn write_varint(mut v: u32, out: &mut [u8]) -> Result<usize, DevError> {
+    let mut i = 0;
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        let slot = out.get_mut(i).ok_or(DevError::BufferTooSmall)?;
+        i += 1;
+        if v == 0 {
+            *slot = b;
+            return Ok(i);
+        }
+        *slot = b | 0x80;
+    }
+}
+
+/// Reads a LEB128 u32 off the front of `p`.
+///
+/// # Errors
+/// [`DevError::Malformed`] when truncated or longer than a u32.
+pub fn read_varint(p: &mut &[u8]) -> Result<u32, DevError> {
+    let mut v: u32 = 0;
+    for i in 0..5 {
+        let (&b, rest) = p.split_first().ok_or(DevError::Malformed)?;
+        *p = rest;
+        let bits = u32::from(b & 0x7f);
+        if i == 4 && bits > 0x0f {
+            return Err(DevError::Malformed);
+        }
+        v |= bits << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(DevError::Malformed)
+}
+
+/// A device operation (the `DEVICE` option value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Register for pushed sync; `last` is the number of the last item applied (0: none).
+    Sync {
+        /// Last item applied.
+        last: u32,
+        /// The device still holds the room and user numbers of its previous registration
+        /// (a refresh, not a reboot): `serve` keeps those whose definitions were acknowledged.
+        keep: bool,
+    },
+    /// Send a text to the room of alias slot `slot`, transaction id `d{boot}.{seq}`.
+    Text {
+        /// Session alias slot of the room.
+        slot: u8,
+        /// Boot number of the transaction id.
+        boot: u32,
+        /// Sequence number of the transaction id.
+        seq: u32,
+    },
+}
+
+impl Op {
+    /// Parses an option value.
+    ///
+    /// # Errors
+    /// [`DevError::Malformed`].
+    pub fn parse(v: &[u8]) -> Result<Self, DevError> {
+        match Self::parse_prefix(v)? {
+            (op, []) => Ok(op),
+            _ => Err(DevError::Malformed),
+        }
+    }
+
+    /// Parses an operation at the start of a payload (a `PUT`, see the module docs); returns
+    /// it and the rest.
+    ///
+    /// # Errors
+    /// [`DevError::Malformed`].
+    pub fn parse_prefix(v: &[u8]) -> Result<(Self, &[u8]), DevError> {
+        let (&b, mut p) = v.split_first().ok_or(DevError::Malformed)?;
+        let op = match b >> 4 {
+            OP_SYNC if b & 0x0e == 0 => Op::Sync {
+                last: read_varint(&mut p)?,
+                keep: b & 0x01 != 0,
+            },
+            OP_TEXT => Op::Text {
+                slot: b & 0x0f,
+                boot: read_varint(&mut p)?,
+                seq: read_varint(&mut p)?,
+            },
+            _ => return Err(DevError::Malformed),
+        };
+        Ok((op, p))
+    }
+
+    /// Writes the option value; returns its length (at most 11 bytes).
+    ///
+    /// # Errors
+    /// [`DevError::BufferTooSmall`]; [`DevError::Malformed`] for a slot above 15.
+    pub fn write(&self, out: &mut [u8]) -> Result<usize, DevError> {
+        let (first, rest) = out.split_first_mut().ok_or(DevError::BufferTooSmall)?;
+        match *self {
+            Op::Sync { last, keep } => {
+                *first = (OP_SYNC << 4) | u8::from(keep);
+                Ok(1 + write_varint(last, rest)?)
+            }
+            Op::Text { slot, boot, seq } => {
+                if slot > 0x0f {
+                    return Err(DevError::Malformed);
+                }
+                *first = (OP_TEXT << 4) | slot;
+                let n = write_varint(boot, rest)?;
+                let m = write_varint(seq, rest.get_mut(n..).ok_or(DevError::BufferTooSmall)?)?;
+                Ok(1 + n + m)
+            }
+        }
+    }
+}
+
+/// The payload of a [`Op::Sync`] registration: the device's since token (where `serve` starts
+/// when it holds no cursor for the device) and its sync filter.
+///
+/// # Errors
+/// [`DevError::BufferTooSmall`].
+pub fn write_register(since: &str, filter: &str, out: &mut [u8]) -> Result<usize, DevError> {
+    let len = u32::try_from(since.len()).map_err(|_| DevError::Malformed)?;
+    let n = write_varint(len, out)?;
+    let total = n + since.len() + filter.len();
+    let dst = out.get_mut(n..total).ok_or(DevError::BufferTooSmall)?;
+    dst[..since.len()].copy_from_slice(since.as_bytes());
+    dst[since.len()..].copy_from_slice(filter.as_bytes());
+    Ok(total)
+}
+
+/// Reads a registration payload: (since, filter), either may be empty.
+///
+/// # Errors
+/// [`DevError::Malformed`], [`DevError::Utf8`].
+pub fn parse_register(mut p: &[u8]) -> Result<(&str, &str), DevError> {
+    let len = read_varint(&mut p)? as usize;
+    if len > p.len() {
+        return Err(DevError::Malformed);
+    }
+    let (since, filter) = p.split_at(len);
+    Ok((
+        str::from_utf8(since).map_err(|_| DevError::Utf8)?,
+        str::from_utf8(filter).map_err(|_| DevError::Utf8)?,
+    ))
+}
+
+/// What an [`Item`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An `m.room.message` with msgtype `m.text`; the body is its text.
+    Text,
+    /// An `m.room.message` with msgtype `m.notice`.
+    Notice,
+    /// An invite to the room (sender: the inviter); no body.
+    Invite,
+    /// The device left or was removed from the room; no body.
+    Left,
+}
+
+/// One pushed sync item (a notification payload), borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Item<'a> {
+    /// Low 8 bits of the item's number in the device's stream ([`next_seq`]).
+    pub seq: u8,
+    /// What it is.
+    pub kind: Kind,
+    /// Room number (0..=15).
+    pub room: u8,
+    /// The room id, when this item defines the room number.
+    pub room_def: Option<&'a str>,
+    /// Sender's user number (below [`USERS`]).
+    pub sender: u8,
+    /// The sender's user id, when this item defines the number.
+    pub sender_def: Option<&'a str>,
+    /// Message text (empty for invites and leaves).
+    pub body: &'a str,
+}
+
+fn take_def<'a>(p: &mut &'a [u8]) -> Result<&'a str, DevError> {
+    let (&n, rest) = p.split_first().ok_or(DevError::Malformed)?;
+    let n = usize::from(n);
+    if n == 0 || n > rest.len() {
+        return Err(DevError::Malformed);
+    }
+    let (s, rest) = rest.split_at(n);
+    *p = rest;
+    str::from_utf8(s).map_err(|_| DevError::Utf8)
+}
+
+fn put(out: &mut [u8], at: &mut usize, b: &[u8]) -> Result<(), DevError> {
+    let end = *at + b.len();
+    out.get_mut(*at..end)
+        .ok_or(DevError::BufferTooSmall)?
+        .copy_from_slice(b);
+    *at = end;
+    Ok(())
+}
+
+impl<'a> Item<'a> {
+    /// Parses a notification payload.
+    ///
+    /// # Errors
+    /// [`DevError::Malformed`] or [`DevError::Utf8`].
+    pub fn parse(p: &'a [u8]) -> Result<Self, DevError> {
+        let [seq, hdr, sender, ref rest @ ..] = *p else {
+            return Err(DevError::Malformed);
+        };
+        let mut rest: &[u8] = rest;
+        let kind = match hdr >> 6 {
+            0 => Kind::Text,
+            1 => Kind::Notice,
+            2 => Kind::Invite,
+            _ => Kind::Left,
+        };
+        if usize::from(sender) >= USERS {
+            return Err(DevError::Malformed);
+        }
+        let room_def = if hdr & 0x20 != 0 {
+            Some(take_def(&mut rest)?)
+        } else {
+            None
+        };
+        let sender_def = if hdr & 0x10 != 0 {
+            Some(take_def(&mut rest)?)
+        } else {
+            None
+        };
+        let body = str::from_utf8(rest).map_err(|_| DevError::Utf8)?;
+        if matches!(kind, Kind::Invite | Kind::Left) && !body.is_empty() {
+            return Err(DevError::Malformed);
+        }
+        Ok(Item {
+            seq,
+            kind,
+            room: hdr & 0x0f,
+            room_def,
+            sender,
+            sender_def,
+            body,
+        })
+    }
+
+    /// Writes the payload into `out`; returns its length.
+    ///
+    /// # Errors
+    /// [`DevError::BufferTooSmall`]; [`DevError::Malformed`] for numbers out of range or a
+    /// definition that is empty or longer than 255 bytes.
+    pub fn write(&self, out: &mut [u8]) -> Result<usize, DevError> {
+        if usize::from(self.room) >= ROOMS || usize::from(self.sender) >= USERS {
+            return Err(DevError::Malformed);
+        }
+        let kind = match self.kind {
+            Kind::Text => 0u8,
+            Kind::Notice => 1,
+            Kind::Invite => 2,
+            Kind::Left => 3,
+        };
+        let hdr = (kind << 6)
+            | (u8::from(self.room_def.is_some()) << 5)
+            | (u8::from(self.sender_def.is_some()) << 4)
+            | self.room;
+        let mut at = 0;
+        put(out, &mut at, &[self.seq, hdr, self.sender])?;
+        for d in [self.room_def, self.sender_def].into_iter().flatten() {
+            let n = u8::try_from(d.len()).map_err(|_| DevError::Malformed)?;
+            if n == 0 {
+                return Err(DevError::Malformed);
+            }
+            put(out, &mut at, &[n])?;
+            put(out, &mut at, d.as_bytes())?;
+        }
+        put(out, &mut at, self.body.as_bytes())?;
+        Ok(at)
+    }
+}
+
+/// What a received item number means, given the number `last` of the last item applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seq {
+    /// The next item: apply it, it is item number `.0`.
+    Next(u32),
+    /// An item already applied (a retransmission after a lost ACK or a reboot): skip it.
+    Old,
+    /// Neither (an item was skipped: `serve` lost its cursor); apply it as item `.0`.
+    Gap(u32),
+}
+
+/// Classifies the low 8 bits `seq8` of an item's number against `last` (items come one at a
+/// time and in order, so only `last + 1` is new; anything within the 128 numbers before it
+/// was applied already).
+pub fn next_seq(last: u32, seq8: u8) -> Seq {
+    let next = last.wrapping_add(1);
+    let d = seq8.wrapping_sub(next as u8);
+    if d == 0 {
+        Seq::Next(next)
+    } else if d >= 128 {
+        Seq::Old
+    } else {
+        Seq::Gap(next.wrapping_add(u32::from(d)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints() {
+        let mut b = [0u8; 5];
+        for (v, enc) in [
+            (0u32, &[0u8][..]),
+            (127, &[0x7f]),
+            (128, &[0x80, 0x01]),
+            (300, &[0xac, 0x02]),
+            (u32::MAX, &[0xff, 0xff, 0xff, 0xff, 0x0f]),
+        ] {
+            let n = write_varint(v, &mut b).unwrap();
+            assert_eq!(&b[..n], enc);
+            let mut p = enc;
+            assert_eq!(read_varint(&mut p), Ok(v));
+            assert!(p.is_empty());
+        }
+        let mut p: &[u8] = &[0xff, 0xff, 0xff, 0xff, 0x1f];
+        assert_eq!(read_varint(&mut p), Err(DevError::Malformed));
+        let mut p: &[u8] = &[0x80];
+        assert_eq!(read_varint(&mut p), Err(DevError::Malformed));
+        assert_eq!(
+            write_varint(300, &mut b[..1]),
+            Err(DevError::BufferTooSmall)
+        );
+    }
+
+    #[test]
+    fn ops() {
+        let mut b = [0u8; 11];
+        let t = Op::Text {
+            slot: 2,
+            boot: 3,
+            seq: 200,
+        };
+        let n = t.write(&mut b).unwrap();
+        assert_eq!(&b[..n], &[0x12, 0x03, 0xc8, 0x01]);
+        assert_eq!(Op::parse(&b[..n]), Ok(t));
+        let s = Op::Sync {
+            last: 5,
+            keep: false,
+        };
+        let n = s.write(&mut b).unwrap();
+        assert_eq!(&b[..n], &[0x00, 0x05]);
+        assert_eq!(Op::parse(&b[..n]), Ok(s));
+        let k = Op::Sync {
+            last: 5,
+            keep: true,
+        };
+        assert_eq!(Op::parse(&[0x01, 0x05]), Ok(k));
+        assert_eq!(Op::parse(&[0x02, 0x05]), Err(DevError::Malformed));
+        assert_eq!(Op::parse(&[0x00, 0x05, 0x00]), Err(DevError::Malformed));
+        assert_eq!(Op::parse(&[0x20]), Err(DevError::Malformed));
+        assert_eq!(Op::parse(&[]), Err(DevError::Malformed));
+        let bad = Op::Text {
+            slot: 16,
+            boot: 0,
+            seq: 0,
+        };
+        assert_eq!(bad.write(&mut b), Err(DevError::Malformed));
+    }
+
+    #[test]
+    fn register_payload() {
+        let mut b = [0u8; 16];
+        let n = write_register("s9", "7", &mut b).unwrap();
+        assert_eq!(&b[..n], b"\x02s97");
+        assert_eq!(parse_register(&b[..n]), Ok(("s9", "7")));
+        assert_eq!(parse_register(b"\x00"), Ok(("", "")));
+        assert_eq!(parse_register(b"\x05ab"), Err(DevError::Malformed));
+    }
+
+    #[test]
+    fn items() {
+        let mut b = [0u8; 64];
+        let it = Item {
+            seq: 7,
+            kind: Kind::Text,
+            room: 1,
+            room_def: Some("!r:x"),
+            sender: 3,
+            sender_def: Some("@a:x"),
+            body: "!status",
+        };
+        let n = it.write(&mut b).unwrap();
+        assert_eq!(&b[..n], b"\x07\x31\x03\x04!r:x\x04@a:x!status");
+        assert_eq!(Item::parse(&b[..n]), Ok(it));
+        // Steady state: 3 bytes plus the text.
+        let it = Item {
+            room_def: None,
+            sender_def: None,
+            ..it
+        };
+        let n = it.write(&mut b).unwrap();
+        assert_eq!(&b[..n], b"\x07\x01\x03!status");
+        assert_eq!(Item::parse(&b[..n]), Ok(it));
+        assert_eq!(Item::parse(b"\x07\x01"), Err(DevError::Malformed));
+        assert_eq!(Item::parse(b"\x07\x01\x08"), Err(DevError::Malformed));
+        assert_eq!(Item::parse(b"\x07\x21\x03\x09!r"), Err(DevError::Malformed));
+        assert_eq!(Item::parse(b"\x07\x01\x03\xff"), Err(DevError::Utf8));
+        assert_eq!(Item::parse(b"\x07\x81\x03x"), Err(DevError::Malformed));
+        let inv = Item::parse(b"\x01\xa0\x00\x02!r").unwrap();
+        assert_eq!(
+            (inv.kind, inv.room_def, inv.body),
+            (Kind::Invite, Some("!r"), "")
+        );
+        assert_eq!(it.write(&mut b[..5]), Err(DevError::BufferTooSmall));
+    }
+
+    #[test]
+    fn sequence_numbers() {
+        assert_eq!(next_seq(0, 1), Seq::Next(1));
+        assert_eq!(next_seq(255, 0), Seq::Next(256));
+        assert_eq!(next_seq(256, 0), Seq::Old);
+        assert_eq!(next_seq(300, 200), Seq::Old);
+        assert_eq!(next_seq(10, 13), Seq::Gap(13));
+        assert_eq!(next_seq(u32::MAX, 0), Seq::Next(0));
+    }
+}
