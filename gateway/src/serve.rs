@@ -306,6 +306,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         st.flush(now_ms(start), socket.as_ref(), serial.as_ref())
             .await;
         let slept = st.server.hibernate_idle(now_ms(start));
+        st.metrics.set_sessions_asleep(st.server.asleep());
+        st.metrics.retransmissions(st.server.take_retransmissions());
         if slept > 0 {
             st.forget_idle_links();
             tracing::debug!(
