@@ -39,11 +39,13 @@
 //!                 ──► at poll_timeout(): handle_timeout(now), then poll_transmit again
 //! ```
 
+use core::marker::PhantomData;
+
 use heapless::{Deque, Vec};
 
 use rand_core::{CryptoRng, RngCore};
 
-use crate::coap::{self, Endpoint, Received, Request, RequestHandle, SendError};
+use crate::coap::{self, Endpoint, MsgBuf, Received, Request, RequestHandle, SendError};
 use crate::noise::link::{
     classify, Initiator, InitiatorConfig, InitiatorError, LinkVersion, Msg1, PacketKind,
     RejectCode, ResponderConfig, ResponderError, ResponderSession, Session, SessionId,
@@ -354,17 +356,22 @@ impl<
 
 /// One session on the responding side (a gateway's view of a device or tunnel).
 #[derive(Debug)]
-pub struct ServerSession<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
-{
+pub struct ServerSession<
+    const SLOTS: usize,
+    const DEDUP: usize,
+    const OBS: usize,
+    const MTU: usize,
+    B: MsgBuf = [u8; MTU],
+> {
     rs: ResponderSession,
-    coap: Endpoint<SLOTS, DEDUP, OBS, MTU>,
+    coap: Endpoint<SLOTS, DEDUP, OBS, MTU, B>,
     /// msg2 must be (re)sent.
     msg2_due: bool,
     stats: SessionStats,
 }
 
-impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
-    ServerSession<SLOTS, DEDUP, OBS, MTU>
+impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize, B: MsgBuf>
+    ServerSession<SLOTS, DEDUP, OBS, MTU, B>
 {
     /// Accepts a msg1 (already checked against the allow list by
     /// [`ResponderConfig::read_msg1`]) with a session id for which `is_free` says yes.
@@ -443,7 +450,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     }
 
     /// The CoAP endpoint, to respond and notify.
-    pub fn coap(&mut self) -> &mut Endpoint<SLOTS, DEDUP, OBS, MTU> {
+    pub fn coap(&mut self) -> &mut Endpoint<SLOTS, DEDUP, OBS, MTU, B> {
         &mut self.coap
     }
 
@@ -533,6 +540,7 @@ pub trait SessionStore<
     const DEDUP: usize,
     const OBS: usize,
     const MTU: usize,
+    B: MsgBuf = [u8; MTU],
 >
 {
     /// Number of sessions.
@@ -559,11 +567,11 @@ pub trait SessionStore<
     fn readdress(&mut self, i: usize, to: A);
 
     /// Session `i` if it is held live (a hibernating session is not woken: `None`).
-    fn live_mut(&mut self, i: usize) -> Option<&mut ServerSession<SLOTS, DEDUP, OBS, MTU>>;
+    fn live_mut(&mut self, i: usize) -> Option<&mut ServerSession<SLOTS, DEDUP, OBS, MTU, B>>;
 
     /// Session `i`, woken if needed, to hand it a datagram or let the application respond on
     /// it; it must be polled for output afterwards.
-    fn session_mut(&mut self, i: usize) -> Option<&mut ServerSession<SLOTS, DEDUP, OBS, MTU>>;
+    fn session_mut(&mut self, i: usize) -> Option<&mut ServerSession<SLOTS, DEDUP, OBS, MTU, B>>;
 
     /// Opens a transport packet with session `i`'s keys ([`ServerSession::open`]). A store
     /// holding the session in another form wakes it only if the packet opens: a packet that
@@ -594,8 +602,8 @@ pub trait SessionStore<
         &mut self,
         now: u64,
         to: A,
-        s: ServerSession<SLOTS, DEDUP, OBS, MTU>,
-    ) -> Result<usize, ServerSession<SLOTS, DEDUP, OBS, MTU>>;
+        s: ServerSession<SLOTS, DEDUP, OBS, MTU, B>,
+    ) -> Result<usize, ServerSession<SLOTS, DEDUP, OBS, MTU, B>>;
 
     /// Removes session `i`; the last session takes its index.
     fn swap_remove(&mut self, i: usize);
@@ -765,12 +773,14 @@ pub struct ServerWith<
     const DEDUP: usize,
     const OBS: usize,
     const MTU: usize,
+    B: MsgBuf = [u8; MTU],
 > {
     store: S,
     /// Handshake replies (rejects) waiting to go out.
     replies: Deque<(A, [u8; REJECT_LEN]), REPLIES>,
     coap: coap::Config,
     drops: Deque<ServerDrop, 8>,
+    buffers: PhantomData<fn() -> B>,
 }
 
 impl<
@@ -790,12 +800,13 @@ impl<
 
 impl<
         A: Copy + PartialEq,
-        S: SessionStore<A, SLOTS, DEDUP, OBS, MTU>,
+        S: SessionStore<A, SLOTS, DEDUP, OBS, MTU, B>,
         const SLOTS: usize,
         const DEDUP: usize,
         const OBS: usize,
         const MTU: usize,
-    > ServerWith<A, S, SLOTS, DEDUP, OBS, MTU>
+        B: MsgBuf,
+    > ServerWith<A, S, SLOTS, DEDUP, OBS, MTU, B>
 {
     /// A server over `store`, whose new sessions use `coap` settings.
     pub fn with_store(store: S, coap: coap::Config) -> Self {
@@ -804,6 +815,7 @@ impl<
             replies: Deque::new(),
             coap,
             drops: Deque::new(),
+            buffers: PhantomData,
         }
     }
 
@@ -833,7 +845,10 @@ impl<
     }
 
     /// The session at `index` (stable until a session is removed), woken if needed.
-    pub fn session(&mut self, index: usize) -> Option<&mut ServerSession<SLOTS, DEDUP, OBS, MTU>> {
+    pub fn session(
+        &mut self,
+        index: usize,
+    ) -> Option<&mut ServerSession<SLOTS, DEDUP, OBS, MTU, B>> {
         if index >= self.store.len() {
             return None;
         }
@@ -854,8 +869,8 @@ impl<
     pub fn insert(
         &mut self,
         to: A,
-        s: ServerSession<SLOTS, DEDUP, OBS, MTU>,
-    ) -> Result<usize, ServerSession<SLOTS, DEDUP, OBS, MTU>> {
+        s: ServerSession<SLOTS, DEDUP, OBS, MTU, B>,
+    ) -> Result<usize, ServerSession<SLOTS, DEDUP, OBS, MTU, B>> {
         self.store.push(0, to, s)
     }
 

@@ -27,7 +27,7 @@
 //! for timers; [`hibernate_idle`](SessionTable::hibernate_idle) now and then. No I/O, no clock.
 use core::net::SocketAddr;
 
-use lowband_codec::coap::{self, Received};
+use lowband_codec::coap::{self, MsgBuf, Received};
 use lowband_codec::noise::link::{
     ResponderConfig, SessionId, TransportError, RESPONDER_EXPORT_LEN,
 };
@@ -42,8 +42,37 @@ pub const SLOTS: usize = 16;
 /// Message ids remembered per session.
 pub const DEDUP: usize = 32;
 
-/// One responder session of `serve`.
-pub type GwSession = ServerSession<SLOTS, DEDUP, 1, COAP_MTU>;
+/// One responder session of `serve`: its CoAP messages on the heap, each as long as it is.
+pub type GwSession = ServerSession<SLOTS, DEDUP, 1, COAP_MTU, HeapBuf>;
+
+/// A CoAP message buffer on the heap, exactly as long as the message it holds (empty: no
+/// allocation): a live session costs what its messages take, not `(SLOTS + DEDUP) × MTU`
+/// (~70 KB) of inline buffers.
+#[derive(Debug, Default)]
+pub struct HeapBuf(Box<[u8]>);
+
+impl MsgBuf for HeapBuf {
+    fn empty() -> Self {
+        HeapBuf(Box::default())
+    }
+
+    fn store(&mut self, msg: &[u8]) -> bool {
+        if self.0.len() == msg.len() {
+            self.0.copy_from_slice(msg);
+        } else {
+            self.0 = msg.into();
+        }
+        true
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
 
 /// What one hibernating session costs: its table entry, its export, and the allocator's
 /// header of the export's box (16 bytes on glibc x86_64).
@@ -150,7 +179,7 @@ impl Sessions {
     }
 }
 
-impl SessionStore<SocketAddr, SLOTS, DEDUP, 1, COAP_MTU> for Sessions {
+impl SessionStore<SocketAddr, SLOTS, DEDUP, 1, COAP_MTU, HeapBuf> for Sessions {
     fn len(&self) -> usize {
         self.sessions.len()
     }
@@ -290,7 +319,7 @@ impl SessionStore<SocketAddr, SLOTS, DEDUP, 1, COAP_MTU> for Sessions {
 /// `serve`'s sessions: the codec's demultiplexer over [`Sessions`].
 #[derive(Debug)]
 pub struct SessionTable {
-    server: ServerWith<SocketAddr, Sessions, SLOTS, DEDUP, 1, COAP_MTU>,
+    server: ServerWith<SocketAddr, Sessions, SLOTS, DEDUP, 1, COAP_MTU, HeapBuf>,
 }
 
 impl SessionTable {
