@@ -7,10 +7,14 @@
 //! decides how sessions are held: [`Sessions`] keeps each live [`ServerSession`] in its own
 //! box, grows on demand up to a limit, and polls only the sessions something happened to.
 //!
+//! A live session keeps its CoAP messages in [`HeapBuf`]s, each as long as the message it
+//! holds: ~4.7 KB with nothing in flight (exchange and duplicate-cache bookkeeping, Noise
+//! state) plus its messages, where inline MTU-sized buffers would cost ~71 KB.
+//!
 //! Idle sessions hibernate: a session with no timer, no output and no traffic for a quiet
-//! period is kept only as its [`ServerSession::export`] ([`RESPONDER_EXPORT_LEN`] bytes
-//! instead of the ~70 KB of a live session with its CoAP endpoint) and restored by the next
-//! packet that opens under it. The quiet period after the session's last request is the CoAP
+//! period is kept only as its [`ServerSession::export`] ([`RESPONDER_EXPORT_LEN`] bytes; with
+//! its table entry [`IDLE_SESSION_BYTES`]) and restored by the next packet that opens under
+//! it. The quiet period after the session's last request is the CoAP
 //! duplicate window (`MAX_TRANSMIT_SPAN + MAX_LATENCY`, RFC 7252 §4.8.2), after which the
 //! endpoint's duplicate cache has nothing left to recognise; a session that never carried a
 //! request only waits out its handshake (a late msg1 simply starts a new session). A restore
@@ -18,8 +22,7 @@
 //!
 //! A hibernation sweep hands the freed memory back to the system (`malloc_trim` on glibc):
 //! the allocator would otherwise keep the live sessions' pages for reuse, and an idle
-//! gateway would stay as big as it was at its busiest. An idle session then costs its
-//! [`IDLE_SESSION_BYTES`].
+//! gateway would stay as big as it was at its busiest.
 //!
 //! Call protocol as for the codec's `Server`: [`handle_packet`](SessionTable::handle_packet)
 //! each link packet, then [`poll_transmit`](SessionTable::poll_transmit) until `None`;
