@@ -164,7 +164,19 @@ pub struct Sessions {
     /// CoAP retransmissions of all sessions not yet taken by
     /// [`SessionTable::take_retransmissions`].
     retransmissions: u64,
+    /// No hibernation sweep before this time, ms.
+    next_sweep: u64,
+    /// Sessions went to sleep since memory was last handed back.
+    trim_pending: bool,
+    /// When memory was last handed back, ms.
+    last_trim: u64,
 }
+
+/// Hibernation sweeps (a scan of every session) at most this often, ms.
+const SWEEP_MS: u64 = 100;
+/// Memory handed back to the system at most this often while sessions are still live, ms
+/// (a trim walks the allocator's free lists).
+const TRIM_MS: u64 = 1_000;
 
 impl Sessions {
     fn wake(&mut self, i: usize) -> Option<&mut GwSession> {
@@ -339,6 +351,9 @@ impl SessionTable {
             handshake_quiet_ms: 4 * p.ack_timeout,
             asleep: 0,
             retransmissions: 0,
+            next_sweep: 0,
+            trim_pending: false,
+            last_trim: 0,
         };
         SessionTable {
             server: ServerWith::with_store(store, coap),
@@ -356,8 +371,15 @@ impl SessionTable {
 
     /// Hibernates the sessions that have been quiet long enough (see the module docs) and
     /// hands the memory they freed back to the system; returns how many went to sleep.
+    ///
+    /// Cheap to call often: it scans the sessions at most every 100 ms, and trims memory at
+    /// most once a second, or as soon as every session sleeps.
     pub fn hibernate_idle(&mut self, now: u64) -> usize {
         let t = self.server.store_mut();
+        if now < t.next_sweep {
+            return 0;
+        }
+        t.next_sweep = now + SWEEP_MS;
         let mut n = 0;
         for e in &mut t.sessions {
             let Body::Live(s) = &e.body else {
@@ -378,8 +400,11 @@ impl SessionTable {
             n += 1;
         }
         t.asleep += n;
-        if n > 0 {
+        t.trim_pending |= n > 0;
+        if t.trim_pending && (now >= t.last_trim + TRIM_MS || t.asleep == t.sessions.len()) {
             release_free_memory();
+            t.trim_pending = false;
+            t.last_trim = now;
         }
         n
     }
