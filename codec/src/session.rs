@@ -1045,4 +1045,202 @@ mod tests {
         std::println!("DeviceClient<()> = {n} bytes");
         assert!(n + 512 <= 4096);
     }
+
+    use crate::coap::{Code, Options};
+    use crate::noise::link::{InitiatorConfig, LinkPattern, RetransmitConfig, TransportConfig};
+    use crate::noise::Keypair;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    type TestClient = Client<StdRng, 2, 4, 1, 64>;
+    type Inner = FixedSessions<u8, 4, 2, 4, 1, 64>;
+
+    /// A store that keeps its sessions in a [`FixedSessions`] and records which sessions the
+    /// server tried to open packets with.
+    #[derive(Debug, Default)]
+    struct Spy {
+        inner: Inner,
+        opened: alloc::vec::Vec<usize>,
+    }
+
+    impl SessionStore<u8, 2, 4, 1, 64> for Spy {
+        fn len(&self) -> usize {
+            self.inner.len()
+        }
+        fn is_full(&self) -> bool {
+            self.inner.is_full()
+        }
+        fn id(&self, i: usize) -> SessionId {
+            self.inner.id(i)
+        }
+        fn peer(&self, i: usize) -> PublicKey {
+            self.inner.peer(i)
+        }
+        fn addr(&self, i: usize) -> u8 {
+            self.inner.addr(i)
+        }
+        fn readdress(&mut self, i: usize, to: u8) {
+            self.inner.readdress(i, to);
+        }
+        fn live_mut(&mut self, i: usize) -> Option<&mut ServerSession<2, 4, 1, 64>> {
+            self.inner.live_mut(i)
+        }
+        fn session_mut(&mut self, i: usize) -> Option<&mut ServerSession<2, 4, 1, 64>> {
+            self.inner.session_mut(i)
+        }
+        fn open(
+            &mut self,
+            now: u64,
+            i: usize,
+            packet: &[u8],
+            scratch: &mut [u8],
+        ) -> Result<usize, TransportError> {
+            self.opened.push(i);
+            self.inner.open(now, i, packet, scratch)
+        }
+        fn push(
+            &mut self,
+            now: u64,
+            to: u8,
+            s: ServerSession<2, 4, 1, 64>,
+        ) -> Result<usize, ServerSession<2, 4, 1, 64>> {
+            self.inner.push(now, to, s)
+        }
+        fn swap_remove(&mut self, i: usize) {
+            self.inner.swap_remove(i);
+        }
+        fn poll_transmit(&mut self, now: u64, out: &mut [u8]) -> Option<(u8, usize)> {
+            self.inner.poll_transmit(now, out)
+        }
+        fn poll_timeout(&self) -> Option<u64> {
+            self.inner.poll_timeout()
+        }
+        fn handle_timeout(&mut self, now: u64) {
+            self.inner.handle_timeout(now);
+        }
+    }
+
+    /// Moves packets between `c` (at address `at`) and `srv` until quiet; answers requests;
+    /// returns (requests served, the address the last server packet went to).
+    fn pump<S: SessionStore<u8, 2, 4, 1, 64>>(
+        now: u64,
+        srv: &mut ServerWith<u8, S, 2, 4, 1, 64>,
+        c: &mut TestClient,
+        at: u8,
+        cfg: &ResponderConfig<'_>,
+        rng: &mut StdRng,
+    ) -> (usize, Option<u8>) {
+        let mut out = [0u8; max_packet_len(64)];
+        let mut scratch = [0u8; max_packet_len(64)];
+        let (mut served, mut to) = (0, None);
+        for _ in 0..6 {
+            while let Some(n) = c.poll_transmit(now, &mut out) {
+                if let Some((i, Some(Received::Request(r)))) =
+                    srv.handle_packet(now, cfg, rng, at, &out[..n], &mut scratch)
+                {
+                    let who = r.responder;
+                    served += 1;
+                    srv.session(i)
+                        .unwrap()
+                        .coap()
+                        .respond(now, &who, Code::CONTENT, Options::NONE, b"ok")
+                        .unwrap();
+                }
+            }
+            while let Some((a, n)) = srv.poll_transmit(now, &mut out) {
+                to = Some(a);
+                if a == at {
+                    let _ = c.handle_packet(now, &out[..n], &mut scratch);
+                }
+            }
+        }
+        (served, to)
+    }
+
+    #[test]
+    fn a_custom_store_gets_the_same_demultiplexing() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let gw = Keypair::generate(&mut rng);
+        let keys = [Keypair::generate(&mut rng), Keypair::generate(&mut rng)];
+        let allowed = [keys[0].public(), keys[1].public()];
+        let versions = [LinkVersion {
+            protocol: 1,
+            dict: 1,
+        }];
+        let cfg = ResponderConfig {
+            local: &gw,
+            versions: &versions,
+            known_versions: &[],
+            allowed: &allowed,
+            accept_ik: true,
+            accept_kk: false,
+            transport: TransportConfig::default(),
+        };
+        let client = |k: &Keypair, seed: u64| -> TestClient {
+            let init = InitiatorConfig {
+                pattern: LinkPattern::IK,
+                version: versions[0],
+                local: k.clone(),
+                remote: gw.public(),
+                retransmit: RetransmitConfig::for_link_rate(1_000_000, 0),
+                transport: TransportConfig::default(),
+            };
+            Client::new(init, coap::Config::default(), StdRng::seed_from_u64(seed)).unwrap()
+        };
+        let mut srv: ServerWith<u8, Spy, 2, 4, 1, 64> =
+            ServerWith::with_store(Spy::default(), coap::Config::default());
+        let (mut a, mut b) = (client(&keys[0], 2), client(&keys[1], 3));
+        pump(0, &mut srv, &mut a, 1, &cfg, &mut rng);
+        pump(0, &mut srv, &mut b, 2, &cfg, &mut rng);
+        assert!(a.is_established() && b.is_established());
+        assert_eq!(srv.len(), 2);
+        assert_ne!(a.session_id(), b.session_id());
+        // A request is opened by its own session only (the other has another id).
+        srv.store_mut().opened.clear();
+        a.request(0, Request::con(Code::GET, Options::NONE, &[]))
+            .unwrap();
+        assert_eq!(pump(0, &mut srv, &mut a, 1, &cfg, &mut rng), (1, Some(1)));
+        assert_eq!(srv.store().opened, [0]);
+        // The peer moved: its session follows it there once a packet authenticated.
+        b.request(0, Request::con(Code::GET, Options::NONE, &[]))
+            .unwrap();
+        assert_eq!(pump(0, &mut srv, &mut b, 9, &cfg, &mut rng), (1, Some(9)));
+        assert_eq!(srv.store().addr(1), 9);
+        // A forged packet under a's id from b's address authenticates with nobody and
+        // changes nothing.
+        let mut out = [0u8; max_packet_len(64)];
+        a.request(0, Request::con(Code::GET, Options::NONE, &[]))
+            .unwrap();
+        let n = a.poll_transmit(0, &mut out).unwrap();
+        out[n - 1] ^= 1;
+        let mut scratch = [0u8; max_packet_len(64)];
+        assert!(srv
+            .handle_packet(0, &cfg, &mut rng, 9, &out[..n], &mut scratch)
+            .is_none());
+        assert_eq!(
+            srv.poll_drop(),
+            Some(ServerDrop::Transport(TransportError::Decrypt))
+        );
+        assert_eq!(srv.store().addr(0), 1);
+        // A server that lost its sessions rejects, and the client handshakes again.
+        srv.clear();
+        assert!(srv.is_empty());
+        // (a's request whose packet was corrupted is retransmitted on its timer.)
+        let (mut served, _) = pump(10_000, &mut srv, &mut a, 1, &cfg, &mut rng);
+        assert_eq!(srv.poll_drop(), Some(ServerDrop::UnknownSession));
+        assert_eq!(a.stats().handshakes, 2);
+        assert_eq!(srv.len(), 1);
+        // The request reaches the new session (on its retransmission timer), once.
+        for now in (11_000..90_000).step_by(1_000) {
+            served += pump(now, &mut srv, &mut a, 1, &cfg, &mut rng).0;
+        }
+        let mut events = alloc::vec::Vec::new();
+        while let Some(e) = a.poll_event() {
+            events.push(e);
+        }
+        assert_eq!(served, 1, "{events:?}");
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Coap(coap::Event::Failed { .. }))));
+    }
 }
