@@ -1,6 +1,7 @@
 //! `lowband serve`: the gateway next to the homeserver.
 //!
-//! One UDP socket, one [`Server`] holding every tunnel's or device's session (demultiplexed
+//! One UDP socket, one [`SessionTable`] (the codec's `Server` demultiplexer over sessions that
+//! hibernate when idle) holding every tunnel's or device's session (demultiplexed
 //! by session id and key, never by address), and one HTTP client that talks to the configured
 //! homeserver only: a request's target is always resolved against `--homeserver`, so the
 //! gateway is not an open proxy. Keys not on the allow list are refused at the handshake and
