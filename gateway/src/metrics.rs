@@ -2,8 +2,8 @@
 //!
 //! Output is the Prometheus text exposition format 0.0.4
 //! (<https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format>).
-//! Hand-rolled rather than a metrics crate: a handful of families, a fixed label set each, so every
-//! series is one atomic and no dependency or registry is needed.
+//! Hand-rolled rather than a metrics crate: a handful of families, a fixed label set each, so
+//! every series is one atomic and no dependency or registry is needed.
 //!
 //! | family | type | labels |
 //! |---|---|---|
@@ -391,6 +391,7 @@ mod tests {
             "lowband_link_bytes_total{direction=\"in\"} 0",
             "lowband_link_packets_total{direction=\"out\"} 0",
             "lowband_sessions 0",
+            "lowband_sessions_asleep 0",
             "lowband_handshakes_total{result=\"refused\"} 0",
             "lowband_retransmissions_total 0",
             "lowband_requests_total{status_class=\"error\"} 0",
