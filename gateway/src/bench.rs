@@ -265,6 +265,9 @@ pub fn load(sessions: usize, requests: usize) -> anyhow::Result<LoadReport> {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // serve hands its start-up garbage back right before its loop (as it does after a
+        // hibernation sweep): let it get there, so that both figures are measured alike.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let rss_base = rss_kib(pid).ok_or_else(|| anyhow::anyhow!("serve did not start"))?;
         let ready = Arc::new(Barrier::new(sessions + 1));
         let go = Arc::new(Barrier::new(sessions + 1));

@@ -245,6 +245,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut last_stats = Instant::now();
     // Restored sessions count as written.
     st.persist(0, false);
+    st.server.release_memory();
     loop {
         let now = now_ms(start);
         let wake = [st.server.poll_timeout()]

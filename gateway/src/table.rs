@@ -409,6 +409,12 @@ impl SessionTable {
         n
     }
 
+    /// Hands the memory the allocator holds free back to the system now (`serve` does at
+    /// start, so that its footprint is that of what it holds, not of its start-up).
+    pub fn release_memory(&self) {
+        release_free_memory();
+    }
+
     /// Number of sessions.
     pub fn len(&self) -> usize {
         self.server.len()
