@@ -20,8 +20,8 @@ pub mod uri;
 
 pub use block::{block_slice, transfer_key, BlockError, BlockOpt, Progress, Reassembly};
 pub use exchange::{
-    Config, DeviceEndpoint, Endpoint, Event, GatewayEndpoint, IncomingRequest, IncomingResponse,
-    Received, Request, RequestError, RequestHandle, Responder, SendError,
+    Config, DeviceEndpoint, Endpoint, EndpointStats, Event, GatewayEndpoint, IncomingRequest,
+    IncomingResponse, MsgBuf, Received, Request, RequestError, RequestHandle, Responder, SendError,
 };
 pub use msg::{
     opt, Code, MsgType, Opt, OptValue, OptionList, Options, Packet, ParseError, Repr, Token,

@@ -39,11 +39,13 @@
 //!                 ──► at poll_timeout(): handle_timeout(now), then poll_transmit again
 //! ```
 
+use core::marker::PhantomData;
+
 use heapless::{Deque, Vec};
 
 use rand_core::{CryptoRng, RngCore};
 
-use crate::coap::{self, Endpoint, Received, Request, RequestHandle, SendError};
+use crate::coap::{self, Endpoint, MsgBuf, Received, Request, RequestHandle, SendError};
 use crate::noise::link::{
     classify, Initiator, InitiatorConfig, InitiatorError, LinkVersion, Msg1, PacketKind,
     RejectCode, ResponderConfig, ResponderError, ResponderSession, Session, SessionId,
@@ -106,6 +108,8 @@ pub struct SessionStats {
     pub dropped: u64,
     /// Handshakes started (the first included).
     pub handshakes: u32,
+    /// CoAP messages sent again on timeout ([`coap::EndpointStats::retransmissions`]).
+    pub retransmissions: u32,
 }
 
 // The variants differ by ~450 bytes; boxing is not an option without an allocator, and the
@@ -178,7 +182,10 @@ impl<
 
     /// Counters.
     pub fn stats(&self) -> SessionStats {
-        self.stats
+        SessionStats {
+            retransmissions: self.coap.stats().retransmissions,
+            ..self.stats
+        }
     }
 
     /// The CoAP endpoint, to respond to requests from the server or inspect it.
@@ -349,17 +356,22 @@ impl<
 
 /// One session on the responding side (a gateway's view of a device or tunnel).
 #[derive(Debug)]
-pub struct ServerSession<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
-{
+pub struct ServerSession<
+    const SLOTS: usize,
+    const DEDUP: usize,
+    const OBS: usize,
+    const MTU: usize,
+    B: MsgBuf = [u8; MTU],
+> {
     rs: ResponderSession,
-    coap: Endpoint<SLOTS, DEDUP, OBS, MTU>,
+    coap: Endpoint<SLOTS, DEDUP, OBS, MTU, B>,
     /// msg2 must be (re)sent.
     msg2_due: bool,
     stats: SessionStats,
 }
 
-impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
-    ServerSession<SLOTS, DEDUP, OBS, MTU>
+impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize, B: MsgBuf>
+    ServerSession<SLOTS, DEDUP, OBS, MTU, B>
 {
     /// Accepts a msg1 (already checked against the allow list by
     /// [`ResponderConfig::read_msg1`]) with a session id for which `is_free` says yes.
@@ -421,7 +433,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
 
     /// Counters.
     pub fn stats(&self) -> SessionStats {
-        self.stats
+        SessionStats {
+            retransmissions: self.coap.stats().retransmissions,
+            ..self.stats
+        }
     }
 
     /// Whether `packet` is a retransmission of the msg1 this session answered; if so the
@@ -435,7 +450,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     }
 
     /// The CoAP endpoint, to respond and notify.
-    pub fn coap(&mut self) -> &mut Endpoint<SLOTS, DEDUP, OBS, MTU> {
+    pub fn coap(&mut self) -> &mut Endpoint<SLOTS, DEDUP, OBS, MTU, B> {
         &mut self.coap
     }
 
@@ -512,12 +527,107 @@ pub enum ServerDrop {
     Full,
 }
 
-/// A responder with up to `N` sessions, demultiplexed by session id and key, not by address.
+/// Where a [`ServerWith`] keeps its sessions: a fixed array ([`FixedSessions`], no
+/// allocator, for devices and tests) or, in a gateway, a growable table whose idle sessions
+/// hibernate. The server does the demultiplexing (which session a packet belongs to, who may
+/// start one); the store decides how sessions are held, woken and polled.
 ///
-/// `A` is whatever the caller uses to say where a packet came from and goes to (a socket
-/// address, a serial port index); it only decides where replies go.
+/// Indices are `0..len()` and stay valid until [`swap_remove`](Self::swap_remove); the
+/// server only ever passes indices in that range (an implementation may panic otherwise).
+pub trait SessionStore<
+    A,
+    const SLOTS: usize,
+    const DEDUP: usize,
+    const OBS: usize,
+    const MTU: usize,
+    B: MsgBuf = [u8; MTU],
+>
+{
+    /// Number of sessions.
+    fn len(&self) -> usize;
+
+    /// Whether there is no session.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether another session would not fit.
+    fn is_full(&self) -> bool;
+
+    /// Session `i`'s id (without waking it).
+    fn id(&self, i: usize) -> SessionId;
+
+    /// Session `i`'s peer key (without waking it).
+    fn peer(&self, i: usize) -> PublicKey;
+
+    /// Where session `i`'s packets go.
+    fn addr(&self, i: usize) -> A;
+
+    /// From now on session `i`'s packets go to `to`.
+    fn readdress(&mut self, i: usize, to: A);
+
+    /// Session `i` if it is held live (a hibernating session is not woken: `None`).
+    fn live_mut(&mut self, i: usize) -> Option<&mut ServerSession<SLOTS, DEDUP, OBS, MTU, B>>;
+
+    /// Session `i`, woken if needed, to hand it a datagram or let the application respond on
+    /// it; it must be polled for output afterwards.
+    fn session_mut(&mut self, i: usize) -> Option<&mut ServerSession<SLOTS, DEDUP, OBS, MTU, B>>;
+
+    /// Opens a transport packet with session `i`'s keys ([`ServerSession::open`]). A store
+    /// holding the session in another form wakes it only if the packet opens: a packet that
+    /// fails must change nothing.
+    ///
+    /// # Errors
+    /// As [`ServerSession::open`].
+    fn open(
+        &mut self,
+        now: u64,
+        i: usize,
+        packet: &[u8],
+        scratch: &mut [u8],
+    ) -> Result<usize, TransportError> {
+        let _ = now;
+        match self.live_mut(i) {
+            Some(s) => s.open(packet, scratch),
+            None => Err(TransportError::Decrypt),
+        }
+    }
+
+    /// Adds a session whose packets go to `to`; `now` is when it was accepted.
+    ///
+    /// # Errors
+    /// Gives the session back when full.
+    #[allow(clippy::result_large_err)]
+    fn push(
+        &mut self,
+        now: u64,
+        to: A,
+        s: ServerSession<SLOTS, DEDUP, OBS, MTU, B>,
+    ) -> Result<usize, ServerSession<SLOTS, DEDUP, OBS, MTU, B>>;
+
+    /// Removes session `i`; the last session takes its index.
+    fn swap_remove(&mut self, i: usize);
+
+    /// Removes every session.
+    fn clear(&mut self) {
+        while !self.is_empty() {
+            self.swap_remove(self.len() - 1);
+        }
+    }
+
+    /// The next link packet of any session and where it goes.
+    fn poll_transmit(&mut self, now: u64, out: &mut [u8]) -> Option<(A, usize)>;
+
+    /// Earliest timer of all sessions.
+    fn poll_timeout(&self) -> Option<u64>;
+
+    /// Advances the timers of the sessions that are due.
+    fn handle_timeout(&mut self, now: u64);
+}
+
+/// Up to `N` sessions inline, with where their replies go; polled round-robin.
 #[derive(Debug)]
-pub struct Server<
+pub struct FixedSessions<
     A,
     const N: usize,
     const SLOTS: usize,
@@ -526,12 +636,151 @@ pub struct Server<
     const MTU: usize,
 > {
     sessions: Vec<(A, ServerSession<SLOTS, DEDUP, OBS, MTU>), N>,
-    /// Handshake replies (rejects) waiting to go out.
-    replies: Deque<(A, [u8; REJECT_LEN]), 4>,
-    coap: coap::Config,
-    drops: Deque<ServerDrop, 8>,
     /// Round-robin start for fairness in `poll_transmit`.
     next: usize,
+}
+
+impl<
+        A,
+        const N: usize,
+        const SLOTS: usize,
+        const DEDUP: usize,
+        const OBS: usize,
+        const MTU: usize,
+    > Default for FixedSessions<A, N, SLOTS, DEDUP, OBS, MTU>
+{
+    fn default() -> Self {
+        FixedSessions {
+            sessions: Vec::new(),
+            next: 0,
+        }
+    }
+}
+
+impl<
+        A: Copy,
+        const N: usize,
+        const SLOTS: usize,
+        const DEDUP: usize,
+        const OBS: usize,
+        const MTU: usize,
+    > SessionStore<A, SLOTS, DEDUP, OBS, MTU> for FixedSessions<A, N, SLOTS, DEDUP, OBS, MTU>
+{
+    fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn is_full(&self) -> bool {
+        self.sessions.is_full()
+    }
+
+    fn id(&self, i: usize) -> SessionId {
+        self.sessions[i].1.id()
+    }
+
+    fn peer(&self, i: usize) -> PublicKey {
+        self.sessions[i].1.peer()
+    }
+
+    fn addr(&self, i: usize) -> A {
+        self.sessions[i].0
+    }
+
+    fn readdress(&mut self, i: usize, to: A) {
+        self.sessions[i].0 = to;
+    }
+
+    fn live_mut(&mut self, i: usize) -> Option<&mut ServerSession<SLOTS, DEDUP, OBS, MTU>> {
+        self.sessions.get_mut(i).map(|(_, s)| s)
+    }
+
+    fn session_mut(&mut self, i: usize) -> Option<&mut ServerSession<SLOTS, DEDUP, OBS, MTU>> {
+        self.live_mut(i)
+    }
+
+    fn push(
+        &mut self,
+        _now: u64,
+        to: A,
+        s: ServerSession<SLOTS, DEDUP, OBS, MTU>,
+    ) -> Result<usize, ServerSession<SLOTS, DEDUP, OBS, MTU>> {
+        self.sessions.push((to, s)).map_err(|(_, s)| s)?;
+        Ok(self.sessions.len() - 1)
+    }
+
+    fn swap_remove(&mut self, i: usize) {
+        self.sessions.swap_remove(i);
+    }
+
+    fn clear(&mut self) {
+        self.sessions.clear();
+    }
+
+    fn poll_transmit(&mut self, now: u64, out: &mut [u8]) -> Option<(A, usize)> {
+        let n = self.sessions.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            let (to, s) = &mut self.sessions[i];
+            if let Some(len) = s.poll_transmit(now, out) {
+                self.next = (i + 1) % n;
+                return Some((*to, len));
+            }
+        }
+        None
+    }
+
+    fn poll_timeout(&self) -> Option<u64> {
+        self.sessions
+            .iter()
+            .filter_map(|(_, s)| s.poll_timeout())
+            .min()
+    }
+
+    fn handle_timeout(&mut self, now: u64) {
+        for (_, s) in self.sessions.iter_mut() {
+            s.handle_timeout(now);
+        }
+    }
+}
+
+/// A responder with up to `N` sessions held inline: [`ServerWith`] over [`FixedSessions`].
+pub type Server<
+    A,
+    const N: usize,
+    const SLOTS: usize,
+    const DEDUP: usize,
+    const OBS: usize,
+    const MTU: usize,
+> = ServerWith<A, FixedSessions<A, N, SLOTS, DEDUP, OBS, MTU>, SLOTS, DEDUP, OBS, MTU>;
+
+/// Rejects waiting to go out at most; more are dropped (the peer retries).
+const REPLIES: usize = 16;
+
+/// A responder demultiplexing link packets to the sessions of store `S` by session id and
+/// key, not by address.
+///
+/// `A` is whatever the caller uses to say where a packet came from and goes to (a socket
+/// address, a serial port index); it only decides where replies go. The rules: a msg1 from a
+/// known peer replaces its session (a retransmitted msg1 gets the same msg2 again); a
+/// transport packet is tried against the sessions with its 6-bit id (ids are shared beyond
+/// 64 sessions), those last heard from the packet's address first, and an authenticated
+/// packet moves the session's reply address. See the module docs for the call protocol.
+#[derive(Debug)]
+pub struct ServerWith<
+    A,
+    S,
+    const SLOTS: usize,
+    const DEDUP: usize,
+    const OBS: usize,
+    const MTU: usize,
+    B: MsgBuf = [u8; MTU],
+> {
+    store: S,
+    /// Handshake replies (rejects) waiting to go out.
+    replies: Deque<(A, [u8; REJECT_LEN]), REPLIES>,
+    coap: coap::Config,
+    drops: Deque<ServerDrop, 8>,
+    buffers: PhantomData<fn() -> B>,
 }
 
 impl<
@@ -541,52 +790,88 @@ impl<
         const DEDUP: usize,
         const OBS: usize,
         const MTU: usize,
-    > Server<A, N, SLOTS, DEDUP, OBS, MTU>
+    > ServerWith<A, FixedSessions<A, N, SLOTS, DEDUP, OBS, MTU>, SLOTS, DEDUP, OBS, MTU>
 {
-    /// An empty server whose sessions use `coap` settings.
+    /// An empty server of up to `N` sessions using `coap` settings.
     pub fn new(coap: coap::Config) -> Self {
-        Server {
-            sessions: Vec::new(),
+        Self::with_store(FixedSessions::default(), coap)
+    }
+}
+
+impl<
+        A: Copy + PartialEq,
+        S: SessionStore<A, SLOTS, DEDUP, OBS, MTU, B>,
+        const SLOTS: usize,
+        const DEDUP: usize,
+        const OBS: usize,
+        const MTU: usize,
+        B: MsgBuf,
+    > ServerWith<A, S, SLOTS, DEDUP, OBS, MTU, B>
+{
+    /// A server over `store`, whose new sessions use `coap` settings.
+    pub fn with_store(store: S, coap: coap::Config) -> Self {
+        ServerWith {
+            store,
             replies: Deque::new(),
             coap,
             drops: Deque::new(),
-            next: 0,
+            buffers: PhantomData,
         }
+    }
+
+    /// The session store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The session store, mutably.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// The CoAP settings of new sessions.
+    pub fn coap_config(&self) -> coap::Config {
+        self.coap
     }
 
     /// Number of sessions.
     pub fn len(&self) -> usize {
-        self.sessions.len()
+        self.store.len()
     }
 
     /// Whether there is no session.
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
+        self.store.is_empty()
     }
 
-    /// The session at `index` (stable until a session is removed).
-    pub fn session(&mut self, index: usize) -> Option<&mut ServerSession<SLOTS, DEDUP, OBS, MTU>> {
-        self.sessions.get_mut(index).map(|(_, s)| s)
+    /// The session at `index` (stable until a session is removed), woken if needed.
+    pub fn session(
+        &mut self,
+        index: usize,
+    ) -> Option<&mut ServerSession<SLOTS, DEDUP, OBS, MTU, B>> {
+        if index >= self.store.len() {
+            return None;
+        }
+        self.store.session_mut(index)
     }
 
     /// Removes every session (as a restart without persisted state would).
     pub fn clear(&mut self) {
-        self.sessions.clear();
+        self.store.clear();
     }
 
     /// Adds a restored session (see [`ServerSession::import`]); replies go to `to` until the
     /// peer is heard from.
     ///
     /// # Errors
-    /// Gives the session back when the table is full (heapless style: the caller keeps it).
+    /// Gives the session back when the store is full (heapless style: the caller keeps it).
     #[allow(clippy::result_large_err)]
     pub fn insert(
         &mut self,
         to: A,
-        s: ServerSession<SLOTS, DEDUP, OBS, MTU>,
-    ) -> Result<usize, ServerSession<SLOTS, DEDUP, OBS, MTU>> {
-        self.sessions.push((to, s)).map_err(|(_, s)| s)?;
-        Ok(self.sessions.len() - 1)
+        s: ServerSession<SLOTS, DEDUP, OBS, MTU, B>,
+    ) -> Result<usize, ServerSession<SLOTS, DEDUP, OBS, MTU, B>> {
+        self.store.push(0, to, s)
     }
 
     fn drop_packet(&mut self, why: ServerDrop) {
@@ -625,83 +910,102 @@ impl<
                 None
             }
             Some(PacketKind::Handshake) => {
-                if let Some(i) = self
-                    .sessions
-                    .iter_mut()
-                    .position(|(_, s)| s.handle_retransmitted_msg1(packet))
-                {
-                    self.sessions[i].0 = from;
-                    return Some((i, None));
-                }
-                let msg1 = match cfg.read_msg1(packet, scratch) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        self.queue_reject(cfg, from, e.reject_code());
-                        self.drop_packet(ServerDrop::Refused(e));
-                        return None;
-                    }
-                };
-                // A new handshake from a known peer replaces its old session.
-                let peer = msg1.peer();
-                if let Some(i) = self.sessions.iter().position(|(_, s)| s.peer() == peer) {
-                    self.sessions.swap_remove(i);
-                }
-                if self.sessions.is_full() {
-                    self.queue_reject(cfg, from, RejectCode::Busy);
-                    self.drop_packet(ServerDrop::Full);
-                    return None;
-                }
-                let sessions = &self.sessions;
-                // Prefer an unused id; share one only when all 64 are taken.
-                let crowded = sessions.len() >= 64;
-                let is_free = |id: SessionId| crowded || sessions.iter().all(|(_, s)| s.id() != id);
-                match ServerSession::accept(msg1, rng, is_free, self.coap) {
-                    Ok(s) => {
-                        // INVARIANT: not full, checked above.
-                        let _ = self.sessions.push((from, s));
-                        Some((self.sessions.len() - 1, None))
-                    }
-                    Err(e) => {
-                        self.drop_packet(ServerDrop::Refused(e));
-                        None
-                    }
-                }
+                self.handle_handshake(now, cfg, rng, from, packet, scratch)
             }
             Some(PacketKind::Transport(id)) => {
-                // Candidates with this id; the one last heard from `from` first.
-                let mut order: Vec<usize, N> = self
-                    .sessions
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (_, s))| s.id() == id)
-                    .map(|(i, _)| i)
-                    .collect();
-                if order.is_empty() {
+                // Candidates with this id: those last heard from `from` first, then the rest,
+                // each in index order.
+                let n = self.store.len();
+                let mut any = false;
+                let mut last = TransportError::Decrypt;
+                let mut hit = None;
+                'passes: for same_addr in [true, false] {
+                    for i in 0..n {
+                        if self.store.id(i) != id || (self.store.addr(i) == from) != same_addr {
+                            continue;
+                        }
+                        any = true;
+                        match self.store.open(now, i, packet, scratch) {
+                            Ok(len) => {
+                                hit = Some((i, len));
+                                break 'passes;
+                            }
+                            Err(e) => last = e,
+                        }
+                    }
+                }
+                if !any {
                     self.queue_reject(cfg, from, UNKNOWN_SESSION);
                     self.drop_packet(ServerDrop::UnknownSession);
                     return None;
                 }
-                order.sort_unstable_by_key(|&i| (self.sessions[i].0 != from, i));
-                let mut last = TransportError::Decrypt;
-                let mut hit = None;
-                for &i in &order {
-                    match self.sessions[i].1.open(packet, scratch) {
-                        Ok(n) => {
-                            hit = Some((i, n));
-                            break;
-                        }
-                        Err(e) => last = e,
-                    }
-                }
-                let Some((i, n)) = hit else {
+                let Some((i, len)) = hit else {
                     self.drop_packet(ServerDrop::Transport(last));
                     return None;
                 };
-                let (addr, s) = &mut self.sessions[i];
                 // Authenticated: replies follow the peer to its new address.
-                *addr = from;
-                let data: &'a [u8] = &scratch[..n];
+                self.store.readdress(i, from);
+                let data: &'a [u8] = &scratch[..len];
+                let s = self.store.session_mut(i)?;
                 Some((i, s.deliver(now, data)))
+            }
+        }
+    }
+
+    fn handle_handshake<R: RngCore + CryptoRng>(
+        &mut self,
+        now: u64,
+        cfg: &ResponderConfig<'_>,
+        rng: &mut R,
+        from: A,
+        packet: &[u8],
+        scratch: &mut [u8],
+    ) -> Option<(usize, Option<Received<'static>>)> {
+        for i in 0..self.store.len() {
+            let again = self
+                .store
+                .live_mut(i)
+                .is_some_and(|s| s.handle_retransmitted_msg1(packet));
+            if again {
+                self.store.readdress(i, from);
+                // Marks it for polling: the cached msg2 goes out again.
+                let _ = self.store.session_mut(i);
+                return Some((i, None));
+            }
+        }
+        let msg1 = match cfg.read_msg1(packet, scratch) {
+            Ok(m) => m,
+            Err(e) => {
+                self.queue_reject(cfg, from, e.reject_code());
+                self.drop_packet(ServerDrop::Refused(e));
+                return None;
+            }
+        };
+        // A new handshake from a known peer replaces its old session.
+        let peer = msg1.peer();
+        if let Some(i) = (0..self.store.len()).find(|&i| self.store.peer(i) == peer) {
+            self.store.swap_remove(i);
+        }
+        if self.store.is_full() {
+            self.queue_reject(cfg, from, RejectCode::Busy);
+            self.drop_packet(ServerDrop::Full);
+            return None;
+        }
+        let store = &self.store;
+        // Prefer an unused id; share one only when all 64 are taken.
+        let crowded = store.len() >= 64;
+        let is_free = |id: SessionId| crowded || (0..store.len()).all(|i| store.id(i) != id);
+        match ServerSession::accept(msg1, rng, is_free, self.coap) {
+            Ok(s) => match self.store.push(now, from, s) {
+                Ok(i) => Some((i, None)),
+                Err(_) => {
+                    self.drop_packet(ServerDrop::Full);
+                    None
+                }
+            },
+            Err(e) => {
+                self.drop_packet(ServerDrop::Refused(e));
+                None
             }
         }
     }
@@ -713,16 +1017,7 @@ impl<
             dst.copy_from_slice(&r);
             return Some((to, REJECT_LEN));
         }
-        let n = self.sessions.len();
-        for k in 0..n {
-            let i = (self.next + k) % n;
-            let (to, s) = &mut self.sessions[i];
-            if let Some(len) = s.poll_transmit(now, out) {
-                self.next = (i + 1) % n;
-                return Some((*to, len));
-            }
-        }
-        None
+        self.store.poll_transmit(now, out)
     }
 
     /// Earliest timer of all sessions.
@@ -730,17 +1025,12 @@ impl<
         if !self.replies.is_empty() {
             return Some(0);
         }
-        self.sessions
-            .iter()
-            .filter_map(|(_, s)| s.poll_timeout())
-            .min()
+        self.store.poll_timeout()
     }
 
     /// Advances every session's timers.
     pub fn handle_timeout(&mut self, now: u64) {
-        for (_, s) in self.sessions.iter_mut() {
-            s.handle_timeout(now);
-        }
+        self.store.handle_timeout(now);
     }
 }
 
@@ -754,5 +1044,203 @@ mod tests {
         // Printed for the docs; the bound is checked at compile time above.
         std::println!("DeviceClient<()> = {n} bytes");
         assert!(n + 512 <= 4096);
+    }
+
+    use crate::coap::{Code, Options};
+    use crate::noise::link::{InitiatorConfig, LinkPattern, RetransmitConfig, TransportConfig};
+    use crate::noise::Keypair;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    type TestClient = Client<StdRng, 2, 4, 1, 64>;
+    type Inner = FixedSessions<u8, 4, 2, 4, 1, 64>;
+
+    /// A store that keeps its sessions in a [`FixedSessions`] and records which sessions the
+    /// server tried to open packets with.
+    #[derive(Debug, Default)]
+    struct Spy {
+        inner: Inner,
+        opened: alloc::vec::Vec<usize>,
+    }
+
+    impl SessionStore<u8, 2, 4, 1, 64> for Spy {
+        fn len(&self) -> usize {
+            self.inner.len()
+        }
+        fn is_full(&self) -> bool {
+            self.inner.is_full()
+        }
+        fn id(&self, i: usize) -> SessionId {
+            self.inner.id(i)
+        }
+        fn peer(&self, i: usize) -> PublicKey {
+            self.inner.peer(i)
+        }
+        fn addr(&self, i: usize) -> u8 {
+            self.inner.addr(i)
+        }
+        fn readdress(&mut self, i: usize, to: u8) {
+            self.inner.readdress(i, to);
+        }
+        fn live_mut(&mut self, i: usize) -> Option<&mut ServerSession<2, 4, 1, 64>> {
+            self.inner.live_mut(i)
+        }
+        fn session_mut(&mut self, i: usize) -> Option<&mut ServerSession<2, 4, 1, 64>> {
+            self.inner.session_mut(i)
+        }
+        fn open(
+            &mut self,
+            now: u64,
+            i: usize,
+            packet: &[u8],
+            scratch: &mut [u8],
+        ) -> Result<usize, TransportError> {
+            self.opened.push(i);
+            self.inner.open(now, i, packet, scratch)
+        }
+        fn push(
+            &mut self,
+            now: u64,
+            to: u8,
+            s: ServerSession<2, 4, 1, 64>,
+        ) -> Result<usize, ServerSession<2, 4, 1, 64>> {
+            self.inner.push(now, to, s)
+        }
+        fn swap_remove(&mut self, i: usize) {
+            self.inner.swap_remove(i);
+        }
+        fn poll_transmit(&mut self, now: u64, out: &mut [u8]) -> Option<(u8, usize)> {
+            self.inner.poll_transmit(now, out)
+        }
+        fn poll_timeout(&self) -> Option<u64> {
+            self.inner.poll_timeout()
+        }
+        fn handle_timeout(&mut self, now: u64) {
+            self.inner.handle_timeout(now);
+        }
+    }
+
+    /// Moves packets between `c` (at address `at`) and `srv` until quiet; answers requests;
+    /// returns (requests served, the address the last server packet went to).
+    fn pump<S: SessionStore<u8, 2, 4, 1, 64>>(
+        now: u64,
+        srv: &mut ServerWith<u8, S, 2, 4, 1, 64>,
+        c: &mut TestClient,
+        at: u8,
+        cfg: &ResponderConfig<'_>,
+        rng: &mut StdRng,
+    ) -> (usize, Option<u8>) {
+        let mut out = [0u8; max_packet_len(64)];
+        let mut scratch = [0u8; max_packet_len(64)];
+        let (mut served, mut to) = (0, None);
+        for _ in 0..6 {
+            while let Some(n) = c.poll_transmit(now, &mut out) {
+                if let Some((i, Some(Received::Request(r)))) =
+                    srv.handle_packet(now, cfg, rng, at, &out[..n], &mut scratch)
+                {
+                    let who = r.responder;
+                    served += 1;
+                    srv.session(i)
+                        .unwrap()
+                        .coap()
+                        .respond(now, &who, Code::CONTENT, Options::NONE, b"ok")
+                        .unwrap();
+                }
+            }
+            while let Some((a, n)) = srv.poll_transmit(now, &mut out) {
+                to = Some(a);
+                if a == at {
+                    let _ = c.handle_packet(now, &out[..n], &mut scratch);
+                }
+            }
+        }
+        (served, to)
+    }
+
+    #[test]
+    fn a_custom_store_gets_the_same_demultiplexing() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let gw = Keypair::generate(&mut rng);
+        let keys = [Keypair::generate(&mut rng), Keypair::generate(&mut rng)];
+        let allowed = [keys[0].public(), keys[1].public()];
+        let versions = [LinkVersion {
+            protocol: 1,
+            dict: 1,
+        }];
+        let cfg = ResponderConfig {
+            local: &gw,
+            versions: &versions,
+            known_versions: &[],
+            allowed: &allowed,
+            accept_ik: true,
+            accept_kk: false,
+            transport: TransportConfig::default(),
+        };
+        let client = |k: &Keypair, seed: u64| -> TestClient {
+            let init = InitiatorConfig {
+                pattern: LinkPattern::IK,
+                version: versions[0],
+                local: k.clone(),
+                remote: gw.public(),
+                retransmit: RetransmitConfig::for_link_rate(1_000_000, 0),
+                transport: TransportConfig::default(),
+            };
+            Client::new(init, coap::Config::default(), StdRng::seed_from_u64(seed)).unwrap()
+        };
+        let mut srv: ServerWith<u8, Spy, 2, 4, 1, 64> =
+            ServerWith::with_store(Spy::default(), coap::Config::default());
+        let (mut a, mut b) = (client(&keys[0], 2), client(&keys[1], 3));
+        pump(0, &mut srv, &mut a, 1, &cfg, &mut rng);
+        pump(0, &mut srv, &mut b, 2, &cfg, &mut rng);
+        assert!(a.is_established() && b.is_established());
+        assert_eq!(srv.len(), 2);
+        assert_ne!(a.session_id(), b.session_id());
+        // A request is opened by its own session only (the other has another id).
+        srv.store_mut().opened.clear();
+        a.request(0, Request::con(Code::GET, Options::NONE, &[]))
+            .unwrap();
+        assert_eq!(pump(0, &mut srv, &mut a, 1, &cfg, &mut rng), (1, Some(1)));
+        assert_eq!(srv.store().opened, [0]);
+        // The peer moved: its session follows it there once a packet authenticated.
+        b.request(0, Request::con(Code::GET, Options::NONE, &[]))
+            .unwrap();
+        assert_eq!(pump(0, &mut srv, &mut b, 9, &cfg, &mut rng), (1, Some(9)));
+        assert_eq!(srv.store().addr(1), 9);
+        // A forged packet under a's id from b's address authenticates with nobody and
+        // changes nothing.
+        let mut out = [0u8; max_packet_len(64)];
+        a.request(0, Request::con(Code::GET, Options::NONE, &[]))
+            .unwrap();
+        let n = a.poll_transmit(0, &mut out).unwrap();
+        out[n - 1] ^= 1;
+        let mut scratch = [0u8; max_packet_len(64)];
+        assert!(srv
+            .handle_packet(0, &cfg, &mut rng, 9, &out[..n], &mut scratch)
+            .is_none());
+        assert_eq!(
+            srv.poll_drop(),
+            Some(ServerDrop::Transport(TransportError::Decrypt))
+        );
+        assert_eq!(srv.store().addr(0), 1);
+        // A server that lost its sessions rejects, and the client handshakes again.
+        srv.clear();
+        assert!(srv.is_empty());
+        // (a's request whose packet was corrupted is retransmitted on its timer.)
+        let (mut served, _) = pump(10_000, &mut srv, &mut a, 1, &cfg, &mut rng);
+        assert_eq!(srv.poll_drop(), Some(ServerDrop::UnknownSession));
+        assert_eq!(a.stats().handshakes, 2);
+        assert_eq!(srv.len(), 1);
+        // The request reaches the new session (on its retransmission timer), once.
+        for now in (11_000..90_000).step_by(1_000) {
+            served += pump(now, &mut srv, &mut a, 1, &cfg, &mut rng).0;
+        }
+        let mut events = alloc::vec::Vec::new();
+        while let Some(e) = a.poll_event() {
+            events.push(e);
+        }
+        assert_eq!(served, 1, "{events:?}");
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Coap(coap::Event::Failed { .. }))));
     }
 }

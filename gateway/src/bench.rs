@@ -8,9 +8,13 @@
 //!
 //! * requests/second over the measured phase (every session busy, one request in flight
 //!   each);
-//! * memory per idle session: `serve`'s resident set (`VmRSS` of `/proc/PID/status`) after
-//!   every session completed its handshake and went idle long enough to hibernate (see
-//!   [`crate::table`]), minus before any, over the session count.
+//! * memory per idle session: `serve`'s resident set (`VmRSS` of `/proc/PID/status`) once
+//!   every session completed its handshake and `serve` itself reports all of them hibernated
+//!   (its `lowband_sessions_asleep` gauge, read from its metrics listener; see
+//!   [`crate::table`]), minus its resident set before any session, over the session count.
+//!   Everything `serve` holds for an idle session counts (table entry, hibernated export,
+//!   allocator overhead and whatever the allocator kept of the live session), measured from
+//!   outside the process.
 use alloc::sync::Arc;
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -46,11 +50,6 @@ pub enum BenchCommand {
         /// Requests in total over the measured phase, spread over the sessions.
         #[arg(long, default_value_t = 20_000)]
         requests: usize,
-        /// Run `serve` with glibc's `MALLOC_MMAP_THRESHOLD_=65536`: live session boxes
-        /// (~70 KB) come from mmap, so a session that hibernates gives its memory back to
-        /// the system (otherwise the allocator keeps it for reuse and RSS does not drop).
-        #[arg(long)]
-        mmap_sessions: bool,
     },
     /// Link bytes per Matrix operation: `serve` and `tunnel` in this process (loopback UDP,
     /// no emulator) in front of `--homeserver`, driven by plain HTTP calls.
@@ -73,12 +72,8 @@ pub enum BenchCommand {
 /// Set-up failures (files, sockets, the `serve` child).
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Load {
-            sessions,
-            requests,
-            mmap_sessions,
-        } => {
-            let r = load(sessions.max(1), requests, mmap_sessions)?;
+        BenchCommand::Load { sessions, requests } => {
+            let r = load(sessions.max(1), requests)?;
             println!("metric\tvalue");
             println!("sessions\t{}", r.sessions);
             println!("handshake_s\t{:.3}", r.handshake_s);
@@ -86,10 +81,15 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             println!("requests_failed\t{}", r.failed);
             println!("elapsed_s\t{:.3}", r.elapsed_s);
             println!("requests_per_s\t{:.0}", r.per_s);
+            println!("sessions_asleep\t{}", r.asleep);
             println!("serve_rss_base_kib\t{}", r.rss_base_kib);
             println!("serve_rss_idle_sessions_kib\t{}", r.rss_idle_kib);
             println!("serve_rss_after_load_kib\t{}", r.rss_after_kib);
             println!("bytes_per_idle_session\t{:.0}", r.bytes_per_idle_session);
+            println!(
+                "idle_session_bytes_in_table\t{}",
+                crate::table::IDLE_SESSION_BYTES
+            );
             Ok(())
         }
         BenchCommand::Link {
@@ -127,9 +127,11 @@ pub struct LoadReport {
     pub elapsed_s: f64,
     /// `ok / elapsed_s`.
     pub per_s: f64,
+    /// Sessions `serve` reported hibernating when the idle figure was taken.
+    pub asleep: u64,
     /// `serve`'s RSS before any session, KiB.
     pub rss_base_kib: u64,
-    /// With every session established and idle, KiB.
+    /// With every session established, idle and hibernated, KiB.
     pub rss_idle_kib: u64,
     /// After the load, KiB.
     pub rss_after_kib: u64,
@@ -184,6 +186,7 @@ fn write_config(
     hs: SocketAddr,
     key: &Path,
     allowed: &[String],
+    metrics: SocketAddr,
 ) -> anyhow::Result<PathBuf> {
     let p = dir.join("serve.toml");
     let mut f = std::fs::File::create(&p)?;
@@ -195,6 +198,7 @@ fn write_config(
         writeln!(f, "  \"{k}\",")?;
     }
     writeln!(f, "]")?;
+    writeln!(f, "metrics = \"{metrics}\"")?;
     writeln!(f, "[link]\nrate_bps = 100000000\nmtu = 1400")?;
     Ok(p)
 }
@@ -205,12 +209,23 @@ const BENCH_LINK: LinkParams = LinkParams {
     mtu: 1400,
 };
 
-/// Runs the load bench: `sessions` clients, `requests` requests in total; `mmap_sessions`
-/// as the flag of [`BenchCommand::Load`].
+/// One gauge or counter of `serve`'s metrics listener at `addr` (`None`: not reachable or
+/// not exported).
+async fn scrape(addr: SocketAddr, name: &str) -> Option<u64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut c = tokio::net::TcpStream::connect(addr).await.ok()?;
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
+    let mut body = String::new();
+    c.read_to_string(&mut body).await.ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Runs the load bench: `sessions` clients, `requests` requests in total.
 ///
 /// # Errors
-/// Set-up failures.
-pub fn load(sessions: usize, requests: usize, mmap_sessions: bool) -> anyhow::Result<LoadReport> {
+/// Set-up failures; `serve` not hibernating its idle sessions in time.
+pub fn load(sessions: usize, requests: usize) -> anyhow::Result<LoadReport> {
     let dir = std::env::temp_dir().join(format!("lowband-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -230,19 +245,29 @@ pub fn load(sessions: usize, requests: usize, mmap_sessions: bool) -> anyhow::Re
     let r = rt.block_on(async move {
         let hs = stub_homeserver().await?;
         let udp = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
-        let cfg = write_config(&dir, udp, hs, &key_path, &allowed)?;
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let cfg = write_config(&dir, udp, hs, &key_path, &allowed, metrics)?;
         let child = Child(
             std::process::Command::new(std::env::current_exe()?)
                 .arg("serve")
                 .arg("--config")
                 .arg(&cfg)
                 .env("LOWBAND_LOG", "warn")
-                .envs(mmap_sessions.then_some(("MALLOC_MMAP_THRESHOLD_", "65536")))
                 .stdin(std::process::Stdio::null())
                 .spawn()?,
         );
         let pid = child.0.id();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let up = Instant::now();
+        while scrape(metrics, "lowband_sessions").await.is_none() {
+            anyhow::ensure!(
+                up.elapsed() < Duration::from_secs(10),
+                "serve did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // serve hands its start-up garbage back right before its loop (as it does after a
+        // hibernation sweep): let it get there, so that both figures are measured alike.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let rss_base = rss_kib(pid).ok_or_else(|| anyhow::anyhow!("serve did not start"))?;
         let ready = Arc::new(Barrier::new(sessions + 1));
         let go = Arc::new(Barrier::new(sessions + 1));
@@ -261,9 +286,24 @@ pub fn load(sessions: usize, requests: usize, mmap_sessions: bool) -> anyhow::Re
         }
         ready.wait().await;
         let handshake_s = start.elapsed().as_secs_f64();
-        // Long enough for the handshake-only sessions to hibernate (see `table`).
-        let quiet = 4 * BENCH_LINK.transmission().ack_timeout + 2_500;
-        tokio::time::sleep(Duration::from_millis(quiet)).await;
+        // Handshake-only sessions hibernate after a quiet period (see `table`): wait until
+        // serve says they all did, then measure.
+        let quiet = 4 * BENCH_LINK.transmission().ack_timeout;
+        let deadline = Instant::now() + Duration::from_millis(quiet + 30_000);
+        let mut asleep = 0;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            asleep = scrape(metrics, "lowband_sessions_asleep")
+                .await
+                .unwrap_or(0);
+            if asleep >= sessions as u64 {
+                break;
+            }
+        }
+        anyhow::ensure!(
+            asleep >= sessions as u64,
+            "serve hibernated only {asleep} of {sessions} idle sessions"
+        );
         let rss_idle = rss_kib(pid).unwrap_or(0);
         let t0 = Instant::now();
         go.wait().await;
@@ -307,6 +347,7 @@ pub fn load(sessions: usize, requests: usize, mmap_sessions: bool) -> anyhow::Re
             failed,
             elapsed_s,
             per_s: ok as f64 / elapsed_s.max(1e-9),
+            asleep,
             rss_base_kib: rss_base,
             rss_idle_kib: rss_idle,
             rss_after_kib: rss_after,

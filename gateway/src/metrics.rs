@@ -2,14 +2,15 @@
 //!
 //! Output is the Prometheus text exposition format 0.0.4
 //! (<https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format>).
-//! Hand-rolled rather than a metrics crate: seven families, a fixed label set each, so every
-//! series is one atomic and no dependency or registry is needed.
+//! Hand-rolled rather than a metrics crate: a handful of families, a fixed label set each, so
+//! every series is one atomic and no dependency or registry is needed.
 //!
 //! | family | type | labels |
 //! |---|---|---|
 //! | `lowband_link_bytes_total` | counter | `direction="in"\|"out"` |
 //! | `lowband_link_packets_total` | counter | `direction` |
 //! | `lowband_sessions` | gauge | |
+//! | `lowband_sessions_asleep` | gauge | |
 //! | `lowband_handshakes_total` | counter | `result="ok"\|"refused"` |
 //! | `lowband_retransmissions_total` | counter | |
 //! | `lowband_requests_total` | counter | `status_class="1xx".."5xx"\|"other"\|"error"` |
@@ -60,6 +61,7 @@ struct Inner {
     link_bytes: [AtomicU64; 2],
     link_packets: [AtomicU64; 2],
     sessions: AtomicI64,
+    sessions_asleep: AtomicI64,
     handshakes: [AtomicU64; 2],
     retransmissions: AtomicU64,
     requests: [AtomicU64; 7],
@@ -81,6 +83,8 @@ pub struct Snapshot {
     pub link_packets: [u64; 2],
     /// Open sessions.
     pub sessions: i64,
+    /// Sessions hibernating (kept only as their export until their next packet).
+    pub sessions_asleep: i64,
     /// Handshakes `[ok, refused]`.
     pub handshakes: [u64; 2],
     /// Retransmissions.
@@ -122,6 +126,13 @@ impl Metrics {
             .store(i64::try_from(n).unwrap_or(i64::MAX), Relaxed);
     }
 
+    /// Sets the number of hibernating sessions.
+    pub fn set_sessions_asleep(&self, n: usize) {
+        self.0
+            .sessions_asleep
+            .store(i64::try_from(n).unwrap_or(i64::MAX), Relaxed);
+    }
+
     /// A handshake finished.
     pub fn handshake(&self, result: Handshake) {
         self.0.handshakes[result as usize].fetch_add(1, Relaxed);
@@ -158,6 +169,7 @@ impl Metrics {
             link_bytes: ld(&self.0.link_bytes),
             link_packets: ld(&self.0.link_packets),
             sessions: self.0.sessions.load(Relaxed),
+            sessions_asleep: self.0.sessions_asleep.load(Relaxed),
             handshakes: ld(&self.0.handshakes),
             retransmissions: self.0.retransmissions.load(Relaxed),
             requests: core::array::from_fn(|i| self.0.requests[i].load(Relaxed)),
@@ -189,6 +201,13 @@ impl Metrics {
         }
         family(&mut o, "lowband_sessions", "gauge", "Open link sessions.");
         let _ = writeln!(o, "lowband_sessions {}", s.sessions);
+        family(
+            &mut o,
+            "lowband_sessions_asleep",
+            "gauge",
+            "Link sessions hibernating until their next packet.",
+        );
+        let _ = writeln!(o, "lowband_sessions_asleep {}", s.sessions_asleep);
         family(
             &mut o,
             "lowband_handshakes_total",
@@ -372,6 +391,7 @@ mod tests {
             "lowband_link_bytes_total{direction=\"in\"} 0",
             "lowband_link_packets_total{direction=\"out\"} 0",
             "lowband_sessions 0",
+            "lowband_sessions_asleep 0",
             "lowband_handshakes_total{result=\"refused\"} 0",
             "lowband_retransmissions_total 0",
             "lowband_requests_total{status_class=\"error\"} 0",

@@ -1,6 +1,7 @@
 //! `lowband serve`: the gateway next to the homeserver.
 //!
-//! One UDP socket, one [`Server`] holding every tunnel's or device's session (demultiplexed
+//! One UDP socket, one [`SessionTable`] (the codec's `Server` demultiplexer over sessions that
+//! hibernate when idle) holding every tunnel's or device's session (demultiplexed
 //! by session id and key, never by address), and one HTTP client that talks to the configured
 //! homeserver only: a request's target is always resolved against `--homeserver`, so the
 //! gateway is not an open proxy. Keys not on the allow list are refused at the handshake and
@@ -248,6 +249,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut last_stats = Instant::now();
     // Restored sessions count as written.
     st.persist(0, false);
+    st.server.release_memory();
     loop {
         let now = now_ms(start);
         let wake = [st.server.poll_timeout()]
@@ -311,6 +313,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         st.flush(now_ms(start), socket.as_ref(), serial.as_ref())
             .await;
         let slept = st.server.hibernate_idle(now_ms(start));
+        st.metrics.set_sessions_asleep(st.server.asleep());
+        st.metrics.retransmissions(st.server.take_retransmissions());
         if slept > 0 {
             st.forget_idle_links();
             tracing::debug!(

@@ -400,9 +400,12 @@ async fn session_task(
         let now = now_ms(start);
         s.events();
         let mut out = vec![0u8; PACKET];
+        let retransmitted = s.client.stats().retransmissions;
         while let Some(n) = s.client.poll_transmit(now, &mut out) {
             s.link.push(&out[..n]);
         }
+        let retransmitted = s.client.stats().retransmissions.wrapping_sub(retransmitted);
+        s.metrics.retransmissions(u64::from(retransmitted));
         while let Some(d) = s.link.out.pop_front() {
             s.metrics.link_packet(Direction::Out, d.len());
             if let Err(e) = socket.send(&d).await {

@@ -226,7 +226,7 @@ enum SlotState {
 }
 
 #[derive(Debug, Clone)]
-struct Slot<const MTU: usize> {
+struct Slot<B> {
     state: SlotState,
     kind: Kind,
     con: bool,
@@ -241,10 +241,10 @@ struct Slot<const MTU: usize> {
     deadline: u64,
     fresh: Freshness,
     len: u16,
-    buf: [u8; MTU],
+    buf: B,
 }
 
-impl<const MTU: usize> Slot<MTU> {
+impl<B: MsgBuf> Slot<B> {
     fn free() -> Self {
         Slot {
             state: SlotState::Free,
@@ -261,7 +261,7 @@ impl<const MTU: usize> Slot<MTU> {
             deadline: u64::MAX,
             fresh: Freshness::new(),
             len: 0,
-            buf: [0; MTU],
+            buf: B::empty(),
         }
     }
 }
@@ -286,7 +286,7 @@ enum DState {
 }
 
 #[derive(Debug, Clone)]
-struct Dedup<const MTU: usize> {
+struct Dedup<B> {
     state: DState,
     mid: u16,
     token: Token,
@@ -294,10 +294,10 @@ struct Dedup<const MTU: usize> {
     expires: u64,
     tx: bool,
     len: u16,
-    buf: [u8; MTU],
+    buf: B,
 }
 
-impl<const MTU: usize> Dedup<MTU> {
+impl<B: MsgBuf> Dedup<B> {
     fn free() -> Self {
         Dedup {
             state: DState::Free,
@@ -307,7 +307,7 @@ impl<const MTU: usize> Dedup<MTU> {
             expires: 0,
             tx: false,
             len: 0,
-            buf: [0; MTU],
+            buf: B::empty(),
         }
     }
     fn is_request(&self) -> bool {
@@ -315,25 +315,100 @@ impl<const MTU: usize> Dedup<MTU> {
     }
 }
 
+/// Counters of an [`Endpoint`], for logs and metrics (never sent over the link).
+///
+/// A retransmission is a CON message of ours (request, separate response or notification)
+/// sent again because its ACK did not come within the retransmission timeout (RFC 7252
+/// §4.2); answering a peer's duplicate from the cache is counted apart, as `duplicates`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// CON messages sent again on timeout.
+    pub retransmissions: u32,
+    /// Duplicate messages from the peer (answered from the cache or re-acknowledged, never
+    /// delivered twice).
+    pub duplicates: u32,
+}
+
+/// Where an [`Endpoint`] keeps one message: the outgoing message of an exchange slot (kept
+/// for retransmission) or a cached response (resent for duplicates).
+///
+/// The default, `[u8; MTU]`, holds every buffer inline at full size: no allocator, a fixed
+/// footprint (devices). A host with many sessions can hold only what is stored, on the heap,
+/// so that a session costs what its messages take rather than `(SLOTS + DEDUP) × MTU`.
+pub trait MsgBuf: core::fmt::Debug {
+    /// A buffer holding nothing.
+    fn empty() -> Self;
+    /// Holds `msg` (at most the endpoint's MTU bytes) from now on, replacing what was held;
+    /// `false` when it cannot (then the endpoint refuses the message as too big).
+    fn store(&mut self, msg: &[u8]) -> bool;
+    /// The bytes held; the message last stored is a prefix.
+    fn bytes(&self) -> &[u8];
+    /// The same, mutably (message ids are patched in place).
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+impl<const N: usize> MsgBuf for [u8; N] {
+    fn empty() -> Self {
+        [0; N]
+    }
+    fn store(&mut self, msg: &[u8]) -> bool {
+        match self.get_mut(..msg.len()) {
+            Some(d) => {
+                d.copy_from_slice(msg);
+                true
+            }
+            None => false,
+        }
+    }
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+/// Emits a message with `f` into an `MTU`-byte scratch buffer and stores it in `buf`.
+fn emit_to<B: MsgBuf, const MTU: usize>(
+    buf: &mut B,
+    f: impl FnOnce(&mut [u8]) -> Result<usize, msg::EmitError>,
+) -> Result<usize, SendError> {
+    let mut tmp = [0u8; MTU];
+    let n = f(&mut tmp)?;
+    if buf.store(&tmp[..n]) {
+        Ok(n)
+    } else {
+        Err(SendError::TooBig)
+    }
+}
+
 /// A CoAP endpoint towards one peer, both client and server.
 ///
 /// Capacities are in the type: `SLOTS` outgoing exchanges (requests in flight or queued,
 /// separate responses, notifications), `DEDUP` remembered incoming message IDs with their
-/// cached responses, `OBS` observers, `MTU` largest CoAP message in bytes. See the module
-/// documentation for the call protocol.
+/// cached responses, `OBS` observers, `MTU` largest CoAP message in bytes; `B` holds each
+/// message (see [`MsgBuf`]; inline `[u8; MTU]` by default). See the module documentation for
+/// the call protocol.
 #[derive(Debug)]
-pub struct Endpoint<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize> {
+pub struct Endpoint<
+    const SLOTS: usize,
+    const DEDUP: usize,
+    const OBS: usize,
+    const MTU: usize,
+    B: MsgBuf = [u8; MTU],
+> {
     cfg: Config,
     rng: u64,
     next_mid: u16,
     next_token: u64,
     next_handle: u32,
     next_order: u32,
-    slots: [Slot<MTU>; SLOTS],
-    dedup: [Dedup<MTU>; DEDUP],
+    slots: [Slot<B>; SLOTS],
+    dedup: [Dedup<B>; DEDUP],
     ctl: heapless::Deque<(MsgType, u16), 4>,
     events: heapless::Deque<Event, 4>,
     observers: Observers<OBS>,
+    stats: EndpointStats,
 }
 
 /// The device's endpoint: 3 exchanges, 4 remembered message IDs, 2 observers, 128-byte
@@ -342,7 +417,7 @@ pub type DeviceEndpoint = Endpoint<3, 4, 2, 128>;
 /// The gateway's per-device endpoint: 16 exchanges, 32 message IDs, 8 observers, 1152 bytes.
 pub type GatewayEndpoint = Endpoint<16, 32, 8, 1152>;
 
-// Measured: 1568 bytes on thumbv7m-none-eabi, 1608 on x86_64 (a device session must fit
+// Measured: 1576 bytes on thumbv7m-none-eabi, 1616 on x86_64 (a device session must fit
 // 4 KiB together with the Noise state).
 const _: () = assert!(core::mem::size_of::<DeviceEndpoint>() <= 1664);
 
@@ -355,8 +430,8 @@ fn unknown_critical(cfg: &Config, o: &Options<'_>) -> bool {
         .any(|o| opt::is_critical(o.number) && !known(cfg, o.number))
 }
 
-impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
-    Endpoint<SLOTS, DEDUP, OBS, MTU>
+impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize, B: MsgBuf>
+    Endpoint<SLOTS, DEDUP, OBS, MTU, B>
 {
     /// A fresh endpoint.
     pub fn new(cfg: Config) -> Self {
@@ -376,6 +451,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             ctl: heapless::Deque::new(),
             events: heapless::Deque::new(),
             observers: Observers::new(),
+            stats: EndpointStats::default(),
         };
         e.next_mid = e.rand() as u16;
         e.next_token = e.rand();
@@ -390,6 +466,11 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     /// The transmission parameters in use.
     pub fn params(&self) -> &TransmissionParams {
         &self.cfg.params
+    }
+
+    /// Counters since the endpoint was created.
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
     }
 
     fn rand(&mut self) -> u64 {
@@ -459,15 +540,17 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         } else {
             MsgType::Non
         };
-        let n = msg::emit_message(
-            mtype,
-            req.code,
-            0,
-            &token,
-            req.options.iter(),
-            req.payload,
-            &mut self.slots[i].buf,
-        )?;
+        let n = emit_to::<B, MTU>(&mut self.slots[i].buf, |out| {
+            msg::emit_message(
+                mtype,
+                req.code,
+                0,
+                &token,
+                req.options.iter(),
+                req.payload,
+                out,
+            )
+        })?;
         let observe = req.options.uint(opt::OBSERVE) == Some(REGISTER);
         let handle = self.next_handle;
         self.next_handle = self.next_handle.wrapping_add(1).max(1);
@@ -524,19 +607,21 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         if self.slots[i].state != SlotState::Observing {
             return Err(SendError::UnknownRequest);
         }
-        let old = self.slots[i].buf;
-        let r = Repr::parse(&old[..self.slots[i].len as usize]).map_err(|_| SendError::Encoding)?;
+        let mut old = [0u8; MTU];
+        let len = usize::from(self.slots[i].len);
+        let held = self.slots[i]
+            .buf
+            .bytes()
+            .get(..len)
+            .ok_or(SendError::Encoding)?;
+        let old = old.get_mut(..len).ok_or(SendError::Encoding)?;
+        old.copy_from_slice(held);
+        let r = Repr::parse(old).map_err(|_| SendError::Encoding)?;
         let extra = [Opt::uint(opt::OBSERVE, DEREGISTER)];
         let opts = merge(r.options, &[opt::OBSERVE], &extra);
-        let n = msg::emit_message(
-            r.mtype,
-            r.code,
-            0,
-            &r.token,
-            opts,
-            r.payload,
-            &mut self.slots[i].buf,
-        )?;
+        let n = emit_to::<B, MTU>(&mut self.slots[i].buf, |out| {
+            msg::emit_message(r.mtype, r.code, 0, &r.token, opts, r.payload, out)
+        })?;
         let order = self.next_order;
         self.next_order = self.next_order.wrapping_add(1);
         let deadline = now.saturating_add(self.cfg.params.default_deadline());
@@ -659,15 +744,9 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
         match self.dedup[d].state {
             DState::Pending { .. } => {
                 let e = &mut self.dedup[d];
-                let n = msg::emit_message(
-                    MsgType::Ack,
-                    code,
-                    to.mid,
-                    &to.token,
-                    opts,
-                    payload,
-                    &mut e.buf,
-                )?;
+                let n = emit_to::<B, MTU>(&mut e.buf, |out| {
+                    msg::emit_message(MsgType::Ack, code, to.mid, &to.token, opts, payload, out)
+                })?;
                 e.len = n as u16;
                 e.state = DState::Responded;
                 e.tx = true;
@@ -703,15 +782,9 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
     ) -> Result<usize, SendError> {
         let i = self.free_slot().ok_or(SendError::NoSlot)?;
         let mtype = if con { MsgType::Con } else { MsgType::Non };
-        let n = msg::emit_message(
-            mtype,
-            code,
-            0,
-            &token,
-            opts,
-            payload,
-            &mut self.slots[i].buf,
-        )?;
+        let n = emit_to::<B, MTU>(&mut self.slots[i].buf, |out| {
+            msg::emit_message(mtype, code, 0, &token, opts, payload, out)
+        })?;
         let order = self.next_order;
         self.next_order = self.next_order.wrapping_add(1);
         let s = &mut self.slots[i];
@@ -764,7 +837,9 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             if let (Some(i), true) = (busy, confirmable) {
                 let mid = self.alloc_mid();
                 let s = &mut self.slots[i];
-                match msg::emit_message(MsgType::Con, code, mid, &t, opts, payload, &mut s.buf) {
+                match emit_to::<B, MTU>(&mut s.buf, |out| {
+                    msg::emit_message(MsgType::Con, code, mid, &t, opts, payload, out)
+                }) {
                     Ok(n) => {
                         s.len = n as u16;
                         if s.state == SlotState::Sent {
@@ -773,7 +848,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
                         }
                         sent += 1;
                     }
-                    Err(e) => err = Some(e.into()),
+                    Err(e) => err = Some(e),
                 }
                 continue;
             }
@@ -943,6 +1018,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             .iter()
             .position(|d| d.is_request() && d.mid == r.mid && d.expires > now)
         {
+            self.stats.duplicates = self.stats.duplicates.wrapping_add(1);
             if con {
                 match self.dedup[d].state {
                     DState::Responded => self.dedup[d].tx = true,
@@ -958,15 +1034,17 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             if con {
                 if let Some(d) = self.alloc_dedup(now) {
                     let e = &mut self.dedup[d];
-                    let n = Repr {
-                        mtype: MsgType::Ack,
-                        code: Code::BAD_OPTION,
-                        mid: r.mid,
-                        token: r.token,
-                        options: Options::NONE,
-                        payload: &[],
-                    }
-                    .emit(&mut e.buf)
+                    let n = emit_to::<B, MTU>(&mut e.buf, |out| {
+                        Repr {
+                            mtype: MsgType::Ack,
+                            code: Code::BAD_OPTION,
+                            mid: r.mid,
+                            token: r.token,
+                            options: Options::NONE,
+                            payload: &[],
+                        }
+                        .emit(out)
+                    })
                     .ok()?;
                     e.len = n as u16;
                     e.state = DState::Responded;
@@ -1037,6 +1115,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
                     .iter()
                     .any(|d| d.state == DState::AckedResponse && d.mid == r.mid && d.expires > now)
             {
+                self.stats.duplicates = self.stats.duplicates.wrapping_add(1);
                 self.queue_ctl(MsgType::Ack, r.mid);
                 return None;
             }
@@ -1243,7 +1322,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             if d.tx && d.state == DState::Responded && out.len() >= d.len as usize {
                 d.tx = false;
                 let n = d.len as usize;
-                out[..n].copy_from_slice(&d.buf[..n]);
+                out[..n].copy_from_slice(d.buf.bytes().get(..n)?);
                 return Some(n);
             }
         }
@@ -1251,7 +1330,8 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             if s.due && s.state == SlotState::Sent && out.len() >= s.len as usize {
                 s.due = false;
                 let n = s.len as usize;
-                out[..n].copy_from_slice(&s.buf[..n]);
+                out[..n].copy_from_slice(s.buf.bytes().get(..n)?);
+                self.stats.retransmissions = self.stats.retransmissions.wrapping_add(1);
                 return Some(n);
             }
         }
@@ -1273,7 +1353,9 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
             return None;
         }
         s.mid = mid;
-        s.buf[2..4].copy_from_slice(&mid.to_be_bytes());
+        if let Some(m) = s.buf.bytes_mut().get_mut(2..4) {
+            m.copy_from_slice(&mid.to_be_bytes());
+        }
         if s.con {
             s.state = SlotState::Sent;
             s.retransmits = 0;
@@ -1288,7 +1370,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize>
                 _ => s.state = SlotState::Free,
             }
         }
-        out[..n].copy_from_slice(&s.buf[..n]);
+        out[..n].copy_from_slice(s.buf.bytes().get(..n)?);
         Some(n)
     }
 
@@ -1415,5 +1497,106 @@ mod tests {
         assert_eq!(m2, 12);
         // duplicate response: ignored
         assert!(c.handle_datagram(40, &out[..m2]).is_none());
+    }
+
+    #[test]
+    fn retransmissions_and_duplicates_are_counted() {
+        let cfg = Config {
+            seed: 3,
+            token_len: 1,
+            ..Config::default()
+        };
+        let mut c = Ep::new(cfg);
+        let mut s = Ep::new(Config { seed: 4, ..cfg });
+        c.request(0, Request::con(Code::GET, Options::NONE, &[]))
+            .unwrap();
+        let mut first = [0u8; 64];
+        let n = c.poll_transmit(0, &mut first).unwrap();
+        // The first transmission is lost; nothing is retransmitted before the timeout.
+        assert_eq!(c.stats().retransmissions, 0);
+        let mut buf = [0u8; 64];
+        assert!(c.poll_transmit(1_999, &mut buf).is_none());
+        // ACK_TIMEOUT × ACK_RANDOM_FACTOR is the latest the first retransmission is due.
+        let t = c.poll_timeout().unwrap();
+        assert!((2_000..=3_000).contains(&t), "{t}");
+        let m = c.poll_transmit(t, &mut buf).unwrap();
+        assert_eq!(&buf[..m], &first[..n]);
+        assert_eq!(c.stats().retransmissions, 1);
+        // Delivered once; answered piggybacked.
+        let Some(Received::Request(r)) = s.handle_datagram(t + 1, &buf[..m]) else {
+            panic!()
+        };
+        s.respond(t + 1, &r.responder, Code::CONTENT, Options::NONE, b"1")
+            .unwrap();
+        let mut ack = [0u8; 64];
+        let k = s.poll_transmit(t + 1, &mut ack).unwrap();
+        // The late first transmission arrives: a duplicate, answered from the cache.
+        assert!(s.handle_datagram(t + 2, &first[..n]).is_none());
+        assert_eq!(s.stats().duplicates, 1);
+        assert_eq!(s.stats().retransmissions, 0);
+        let mut again = [0u8; 64];
+        let k2 = s.poll_transmit(t + 2, &mut again).unwrap();
+        assert_eq!(&again[..k2], &ack[..k]);
+        assert!(matches!(
+            c.handle_datagram(t + 3, &ack[..k]),
+            Some(Received::Response(_))
+        ));
+        // Acknowledged: no further retransmission, the count stays.
+        assert!(c.poll_transmit(t + 60_000, &mut buf).is_none());
+        assert_eq!(c.stats().retransmissions, 1);
+    }
+
+    /// A buffer on the heap, as long as its message (what a gateway uses).
+    #[derive(Debug)]
+    struct Heap(alloc::vec::Vec<u8>);
+
+    impl MsgBuf for Heap {
+        fn empty() -> Self {
+            Heap(alloc::vec::Vec::new())
+        }
+        fn store(&mut self, msg: &[u8]) -> bool {
+            self.0.clear();
+            self.0.extend_from_slice(msg);
+            true
+        }
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+        fn bytes_mut(&mut self) -> &mut [u8] {
+            &mut self.0
+        }
+    }
+
+    #[test]
+    fn message_storage_does_not_change_the_bytes() {
+        let cfg = Config {
+            seed: 9,
+            token_len: 1,
+            ..Config::default()
+        };
+        let mut inline = Ep::new(cfg);
+        let mut heap = Endpoint::<2, 2, 1, 64, Heap>::new(cfg);
+        let path = [Opt::str(opt::URI_PATH, "t")];
+        let req = Request::con(Code::GET, Options::List(&path), b"abc");
+        inline.request(0, req).unwrap();
+        heap.request(0, req).unwrap();
+        assert!(
+            heap.slots[0].buf.0.len() < 16,
+            "{}",
+            heap.slots[0].buf.0.len()
+        );
+        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+        let n = inline.poll_transmit(0, &mut a).unwrap();
+        assert_eq!(heap.poll_transmit(0, &mut b), Some(n));
+        assert_eq!(a[..n], b[..n]);
+        // Retransmitted from storage, message id patched in place: the same bytes again.
+        let t = inline.poll_timeout().unwrap();
+        assert_eq!(heap.poll_timeout(), Some(t));
+        assert_eq!(inline.poll_transmit(t, &mut a), Some(n));
+        assert_eq!(heap.poll_transmit(t, &mut b), Some(n));
+        assert_eq!(a[..n], b[..n]);
+        // A buffer smaller than the message refuses it.
+        let mut small = Endpoint::<2, 2, 1, 64, [u8; 8]>::new(cfg);
+        assert_eq!(small.request(0, req), Err(SendError::TooBig));
     }
 }
