@@ -2,7 +2,7 @@
 //!
 //! Output is the Prometheus text exposition format 0.0.4
 //! (<https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format>).
-//! Hand-rolled rather than a metrics crate: seven families, a fixed label set each, so every
+//! Hand-rolled rather than a metrics crate: eight families, a fixed label set each, so every
 //! series is one atomic and no dependency or registry is needed.
 //!
 //! | family | type | labels |
@@ -14,6 +14,7 @@
 //! | `lowband_retransmissions_total` | counter | |
 //! | `lowband_requests_total` | counter | `status_class="1xx".."5xx"\|"other"\|"error"` |
 //! | `lowband_request_duration_seconds` | histogram | buckets 0.1 s .. 600 s |
+//! | `lowband_observe_link_bytes_total` | counter | |
 //!
 //! Every series is exported from the start (at 0), so rates work from the first scrape.
 
@@ -66,6 +67,7 @@ struct Inner {
     /// Non-cumulative counts per bucket; the last one is +Inf.
     buckets: [AtomicU64; 13],
     duration_sum_us: AtomicU64,
+    observe_bytes: AtomicU64,
 }
 
 /// The gateway's metrics. Cheap to clone (one `Arc`); all methods are lock-free.
@@ -151,6 +153,17 @@ impl Metrics {
         self.0.duration_sum_us.fetch_add(us, Relaxed);
     }
 
+    /// `bytes` of pushed sync results (Observe notifications and their ACKs, link framing
+    /// included) crossed the link (crate::observe).
+    pub fn observe_bytes(&self, bytes: u64) {
+        self.0.observe_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// Link bytes of pushed sync results so far.
+    pub fn observe_bytes_total(&self) -> u64 {
+        self.0.observe_bytes.load(Relaxed)
+    }
+
     /// Reads the current values.
     pub fn snapshot(&self) -> Snapshot {
         let ld = |a: &[AtomicU64; 2]| [a[0].load(Relaxed), a[1].load(Relaxed)];
@@ -231,6 +244,17 @@ impl Metrics {
         let sum = self.0.duration_sum_us.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(o, "{name}_sum {sum}");
         let _ = writeln!(o, "{name}_count {cum}");
+        family(
+            &mut o,
+            "lowband_observe_link_bytes_total",
+            "counter",
+            "Link bytes of pushed sync results (Observe notifications and their ACKs).",
+        );
+        let _ = writeln!(
+            o,
+            "lowband_observe_link_bytes_total {}",
+            self.observe_bytes_total()
+        );
         o
     }
 }
@@ -404,6 +428,17 @@ mod tests {
         ] {
             assert!(r.lines().any(|l| l == line), "missing {line}\n{r}");
         }
+    }
+
+    #[test]
+    fn observe_bytes_are_counted() {
+        let m = Metrics::new();
+        m.observe_bytes(95);
+        m.observe_bytes(22);
+        assert!(m
+            .render()
+            .lines()
+            .any(|l| l == "lowband_observe_link_bytes_total 117"));
     }
 
     #[test]

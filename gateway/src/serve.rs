@@ -41,6 +41,7 @@ use tokio::sync::mpsc;
 use crate::alias::{ServeAliases, ALIAS};
 use crate::logging::redact_url;
 use crate::metrics::{Direction, Handshake, Metrics};
+use crate::observe::{Cycle, CycleNext, PushKind, ServeStreams, WATCH};
 use crate::persist::{Store, Tracker};
 use crate::serial::SerialLink;
 use crate::syncstate::{ServeSync, SyncCtx, SYNC};
@@ -121,6 +122,16 @@ struct Done {
     responder: Responder,
     response: HttpResponse,
     sync: Option<SyncCtx>,
+    /// A watch (crate::observe): stream number, params, access token.
+    watch: Option<(u8, String, Option<String>)>,
+}
+
+/// A homeserver long-poll of a watched stream came back (crate::observe).
+#[derive(Debug)]
+struct CycleDone {
+    peer: [u8; 32],
+    cycle: Cycle,
+    response: HttpResponse,
 }
 
 #[derive(Debug, Default)]
@@ -132,6 +143,9 @@ struct Peer {
     sync: ServeSync,
     aliases: ServeAliases,
     fed_aliases: crate::federation::AliasRegistry,
+    observe: ServeStreams,
+    /// Link bytes of pushed sync results (notifications and their ACKs).
+    observe_bytes: u64,
 }
 
 struct State {
@@ -146,6 +160,9 @@ struct State {
     homeserver: String,
     federation: Option<alloc::sync::Arc<crate::federation::Federation>>,
     done_tx: mpsc::UnboundedSender<Done>,
+    cycle_tx: mpsc::UnboundedSender<CycleDone>,
+    /// Peers with a notification in flight.
+    pushing: Vec<[u8; 32]>,
     stats_dirty: bool,
     metrics: Metrics,
     store: Option<Store>,
@@ -222,6 +239,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     cfg.metrics.set_sessions(server.len());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let (cycle_tx, mut cycle_rx) = mpsc::unbounded_channel();
     let mut st = State {
         server,
         key: Keypair::from_secret(cfg.key),
@@ -234,6 +252,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         homeserver,
         federation,
         done_tx,
+        cycle_tx,
+        pushing: Vec::new(),
         stats_dirty: false,
         metrics: cfg.metrics.clone(),
         store,
@@ -295,6 +315,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                 None => anyhow::bail!("serve: the serial link stopped"),
             },
             Some(d) = done_rx.recv() => st.on_done(now_ms(start), d),
+            Some(d) = cycle_rx.recv() => st.on_cycle(now_ms(start), d),
             () = sleep => {
                 let now = now_ms(start);
                 st.server.handle_timeout(now);
@@ -305,6 +326,11 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         }
         st.flush(now_ms(start), socket.as_ref(), serial.as_ref())
             .await;
+        if !st.pushing.is_empty() {
+            st.observe_progress(now_ms(start));
+            st.flush(now_ms(start), socket.as_ref(), serial.as_ref())
+                .await;
+        }
         let slept = st.server.hibernate_idle(now_ms(start));
         if slept > 0 {
             st.forget_idle_links();
@@ -436,7 +462,11 @@ impl State {
             return;
         };
         let mut p = self.peers.remove(&peer).unwrap_or_default();
-        self.on_request_of(now, i, peer, &mut p, req);
+        if req.code == Code::GET && req.observe == Some(lowband_codec::coap::observe::REGISTER) {
+            self.on_feed(now, i, &mut p, &req.responder);
+        } else {
+            self.on_request_of(now, i, peer, &mut p, req);
+        }
         self.peers.insert(peer, p);
     }
 
@@ -587,6 +617,10 @@ impl State {
         if !http.path_and_query.starts_with('/') {
             return self.respond_error(now, i, &to, 400, "M_UNRECOGNIZED", "lowband: bad path");
         }
+        let watch = watch_of(&req.options, &http, token.as_deref(), sync.is_some());
+        if let Some((_, params, access)) = &watch {
+            p.observe.watch_arrived(access.as_deref(), params);
+        }
         tracing::debug!(
             method = %http.method,
             path = %redact_url(path_only(&http.path_and_query)),
@@ -630,6 +664,7 @@ impl State {
                 responder: to,
                 response,
                 sync,
+                watch,
             });
         });
     }
@@ -649,6 +684,7 @@ impl State {
             let p = self.peers.entry(d.peer).or_default();
             p.sync.response(c, r.status, json)
         });
+        let watched = self.watch_answered(now, &d);
         let encoded = match &delta {
             None => WireResponse::encode(&d.response),
             Some(b) => WireResponse::encode(&HttpResponse {
@@ -685,6 +721,9 @@ impl State {
         let mut l: OptionList<'_, 12> = w.options();
         if delta.is_some() {
             let _ = l.push(Opt::bytes(SYNC, &[]));
+        }
+        if watched {
+            let _ = l.push(Opt::bytes(WATCH, &[]));
         }
         if w.body.bytes.len() <= BLOCK {
             let o = l.as_options();
@@ -745,8 +784,11 @@ impl State {
                 }
             }
         }
-        while let Some((_, e)) = self.server.poll_event() {
+        while let Some((i, e)) = self.server.poll_event() {
             tracing::debug!(?e, "serve: session event");
+            if let lowband_codec::coap::Event::ObserverGone { token, .. } = e {
+                self.observer_gone(i, &token);
+            }
         }
     }
 
@@ -806,6 +848,7 @@ impl State {
                     serde_json::json!({
                         "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
                         "packets_in": st.packets_in, "packets_out": st.packets_out,
+                        "observe_bytes": self.peers.get(&p).map_or(0, |x| x.observe_bytes),
                     }),
                 );
             }
@@ -850,4 +893,201 @@ async fn forward(
         Ok(Ok(r)) => r,
     };
     crate::federation::read_response(resp).await
+}
+
+/// The watch of a request (option [`WATCH`] on an observable sync): stream number, params,
+/// access token.
+fn watch_of(
+    options: &Options<'_>,
+    http: &HttpRequest,
+    token: Option<&str>,
+    sync: bool,
+) -> Option<(u8, String, Option<String>)> {
+    let n = match options.first(WATCH).and_then(|o| o.as_bytes()) {
+        Some(&[n]) => n,
+        _ => return None,
+    };
+    let (params, _, _) = crate::observe::split_sync(&http.method, &http.path_and_query)?;
+    sync.then(|| (n, params, token.map(str::to_owned)))
+}
+
+/// Pushed sync results (crate::observe): the feed, watches, homeserver long-polls, pushes.
+impl State {
+    /// A feed registration (GET with Observe: 0): answered with sequence number 0.
+    fn on_feed(&mut self, now: u64, i: usize, p: &mut Peer, to: &Responder) {
+        p.observe.register_feed(to.token());
+        if let Some(s) = self.server.session(i) {
+            if let Err(e) =
+                s.coap()
+                    .respond_observe_seq(now, to, 0, Code::CONTENT, Options::NONE, &[])
+            {
+                tracing::warn!(?e, "serve: feed registration not answered");
+            }
+        }
+        tracing::debug!("serve: sync feed registered");
+    }
+
+    /// A watched sync was answered: starts the stream (true: the answer says so).
+    fn watch_answered(&mut self, now: u64, d: &Done) -> bool {
+        let (Some((n, params, access)), Some(ctx)) = (&d.watch, &d.sync) else {
+            return false;
+        };
+        if d.response.status != 200 {
+            return false;
+        }
+        let Some(p) = self.peers.get_mut(&d.peer) else {
+            return false;
+        };
+        let Some(head) = p.sync.entry(ctx) else {
+            return false;
+        };
+        let Some(c) = p
+            .observe
+            .watch_answered(now, *n, access.clone(), params.clone(), head)
+        else {
+            return false;
+        };
+        tracing::debug!(stream = n, "serve: sync stream watched");
+        self.spawn_cycle(d.peer, c);
+        true
+    }
+
+    /// Runs one homeserver long-poll of a stream.
+    fn spawn_cycle(&self, peer: [u8; 32], cycle: Cycle) {
+        let client = self.http.clone();
+        let base = self.homeserver.clone();
+        let tx = self.cycle_tx.clone();
+        tokio::spawn(async move {
+            let req = HttpRequest {
+                method: "GET".to_owned(),
+                path_and_query: cycle.path_and_query.clone(),
+                content_type: None,
+                body: Vec::new(),
+            };
+            let response = forward(&client, &base, &req, cycle.access.as_deref()).await;
+            let _ = tx.send(CycleDone {
+                peer,
+                cycle,
+                response,
+            });
+        });
+    }
+
+    /// A stream's long-poll came back: poll again, or push.
+    fn on_cycle(&mut self, now: u64, d: CycleDone) {
+        let Some(p) = self.peers.get_mut(&d.peer) else {
+            return;
+        };
+        let r = &d.response;
+        let json = r
+            .content_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with("application/json"))
+            .then_some(r.body.as_slice());
+        match p.observe.cycle_done(now, &d.cycle, r.status, json) {
+            CycleNext::Again(c) => self.spawn_cycle(d.peer, c),
+            CycleNext::Queued => self.pump(now, d.peer),
+            CycleNext::Stop => {}
+        }
+    }
+
+    /// Sends the peer's next notification, if none is in flight.
+    fn pump(&mut self, now: u64, peer: [u8; 32]) {
+        let Some(i) = self.server.find_peer(&peer) else {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                if let Some(t) = p.observe.feed_token() {
+                    p.observe.feed_lost(&t);
+                }
+            }
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some((token, seq, note)) = p.observe.next_note() else {
+            return;
+        };
+        let sync = note.kind.option(note.n);
+        let full = match note.kind {
+            PushKind::Full => WireResponse::encode(&HttpResponse {
+                status: 200,
+                content_type: Some("application/json".to_owned()),
+                body: note.payload.clone(),
+                ..HttpResponse::default()
+            })
+            .ok(),
+            _ => None,
+        };
+        let (code, mut l, payload): (Code, OptionList<'_, 12>, &[u8]) = match &full {
+            Some(w) => (w.code, w.options(), &w.body.bytes),
+            None => (Code::CONTENT, OptionList::new(), &note.payload),
+        };
+        let _ = l.push(Opt::bytes(SYNC, &sync));
+        let r = self.server.session(i).map(|s| {
+            s.coap()
+                .notify_token(now, token, seq, code, l.as_options(), payload)
+        });
+        match r {
+            Some(Ok(())) => {
+                tracing::debug!(
+                    stream = note.n,
+                    seq,
+                    len = payload.len(),
+                    "serve: sync pushed"
+                );
+                if !self.pushing.contains(&peer) {
+                    self.pushing.push(peer);
+                }
+            }
+            e => {
+                tracing::warn!(?e, "serve: sync push not sent; feed ended");
+                p.observe.feed_lost(&token);
+            }
+        }
+    }
+
+    /// Notifications acknowledged: their streams poll on; next notifications go out.
+    fn observe_progress(&mut self, now: u64) {
+        for peer in core::mem::take(&mut self.pushing) {
+            let Some(i) = self.server.find_peer(&peer) else {
+                continue;
+            };
+            let Some(p) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            let Some(token) = p.observe.feed_token().filter(|_| p.observe.in_flight()) else {
+                continue;
+            };
+            let Some(s) = self.server.session(i) else {
+                continue;
+            };
+            let pending = s.coap().notification_pending(&token);
+            let t = s.coap().take_push_traffic();
+            let bytes = u64::from(t.bytes)
+                + u64::from(t.messages) * lowband_codec::noise::link::TRANSPORT_OVERHEAD as u64;
+            p.observe_bytes += bytes;
+            self.metrics.observe_bytes(bytes);
+            if pending {
+                self.pushing.push(peer);
+                continue;
+            }
+            if let Some(c) = p.observe.acked() {
+                self.spawn_cycle(peer, c);
+            }
+            self.stats_dirty = true;
+            self.pump(now, peer);
+        }
+    }
+
+    /// A notification of session `i` was reset or never acknowledged.
+    fn observer_gone(&mut self, i: usize, token: &lowband_codec::coap::Token) {
+        let Some(peer) = self.server.peer(i) else {
+            return;
+        };
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.observe.feed_lost(token) {
+                tracing::info!("serve: sync feed lost (push reset or unacknowledged)");
+            }
+        }
+    }
 }

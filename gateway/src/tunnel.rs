@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::alias::{self, AliasReq, TunnelAliases};
 use crate::metrics::{Direction, Handshake, Metrics};
+use crate::observe::{Decision, PushKind, Pushed, TunnelStreams, WATCH};
 use crate::serial::SerialLink;
 use crate::syncstate::{self, SyncReq, TunnelSync};
 use crate::transport::{
@@ -162,6 +163,17 @@ struct Op {
     alias_retried: bool,
     method: String,
     pq: String,
+    /// The watch of stream n (crate::observe).
+    watch: Option<u8>,
+}
+
+/// A client's sync waiting for a push (crate::observe).
+#[derive(Debug)]
+struct Waiter {
+    n: u8,
+    since: String,
+    until: u64,
+    cmd: Cmd,
 }
 
 struct Session {
@@ -175,6 +187,8 @@ struct Session {
     metrics: Metrics,
     sync: TunnelSync,
     aliases: TunnelAliases,
+    streams: TunnelStreams,
+    waiters: Vec<Waiter>,
 }
 
 /// Runs the tunnel until an I/O error.
@@ -367,16 +381,22 @@ async fn session_task(
         metrics: cfg.metrics.clone(),
         sync: TunnelSync::default(),
         aliases: TunnelAliases::default(),
+        streams: TunnelStreams::default(),
+        waiters: Vec::new(),
     };
     let start = Instant::now();
     let mut buf = vec![0u8; 65_536];
     loop {
         let now = now_ms(start);
-        let wake = [s.client.poll_timeout(), s.link.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now + 60_000);
+        let wake = [
+            s.client.poll_timeout(),
+            s.link.poll_timeout(),
+            s.waiters.iter().map(|w| w.until).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + 60_000);
         let sleep = tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now)));
         tokio::select! {
             r = socket.recv(&mut buf) => match r {
@@ -398,6 +418,7 @@ async fn session_task(
             }
         }
         let now = now_ms(start);
+        s.expire_waiters(now);
         s.events();
         let mut out = vec![0u8; PACKET];
         while let Some(n) = s.client.poll_transmit(now, &mut out) {
@@ -415,6 +436,30 @@ async fn session_task(
 
 impl Session {
     fn start(&mut self, now: u64, mut c: Cmd) {
+        // Pushed sync results (crate::observe): answered here, or waiting for a push.
+        let d = self.streams.on_sync(
+            now,
+            c.token.as_deref(),
+            &c.req.method,
+            &c.req.path_and_query,
+        );
+        self.maybe_feed(now);
+        let watch = match d {
+            Decision::Answer(body) => {
+                let _ = c.reply.send(json_response(body));
+                return;
+            }
+            Decision::Wait { n, since, until } => {
+                self.waiters.push(Waiter {
+                    n,
+                    since,
+                    until,
+                    cmd: c,
+                });
+                return;
+            }
+            Decision::Forward(w) => w,
+        };
         let sync = self.sync.request(&c.req.method, &mut c.req.path_and_query);
         let (req, fed) = if crate::federation::is_federation_path(&c.req.path_and_query) {
             let (r, link) = self.fed.encode(&c.req, c.xmatrix.as_deref());
@@ -468,6 +513,7 @@ impl Session {
             alias_retried: false,
             method: c.req.method,
             pq: c.req.path_and_query,
+            watch,
         };
         self.send(now, op);
     }
@@ -477,6 +523,7 @@ impl Session {
         op.auth = op.token.as_deref().map(|t| self.tokens.auth_for(t));
         let auth = op.auth.as_ref().map(Auth::to_bytes);
         let sync_opt = op.sync.as_ref().map(SyncReq::option);
+        let watch_opt = op.watch.map(|n| [n]);
         let r = {
             let mut l: OptionList<'_, 12>;
             let payload: &[u8];
@@ -485,6 +532,9 @@ impl Session {
                     l = op.wire.options(auth.as_deref());
                     if let Some(v) = &sync_opt {
                         let _ = l.push(Opt::bytes(syncstate::SYNC, v));
+                    }
+                    if let Some(w) = &watch_opt {
+                        let _ = l.push(Opt::bytes(WATCH, w));
                     }
                     for d in &op.alias.defs {
                         let _ = l.push(Opt::bytes(alias::ALIAS, d));
@@ -556,6 +606,9 @@ impl Session {
         else {
             return;
         };
+        if self.streams.is_feed(r.handle) {
+            return self.on_feed(now, &r);
+        }
         if !r.last {
             return;
         }
@@ -588,6 +641,8 @@ impl Session {
         }
         // The server lost our token number: register again, once.
         if r.code == Code::new(4, 12) && r.options.first(opt::AUTH).is_some() {
+            // It lost its per-session state (restarted): pushed streams too.
+            self.reset_streams(now);
             if let Some(Auth::Number(n)) = &op.auth {
                 self.tokens.forget(*n);
             }
@@ -709,6 +764,17 @@ impl Session {
                 None => {}
             }
         }
+        if let (Some(n), Some(sr)) = (op.watch, &op.sync) {
+            let accepted = resp.status == 200 && opts.iter().any(|(n, _)| *n == WATCH);
+            let head = self.sync.entry(sr.k);
+            let pushed = self.streams.watch_answer(n, accepted, head);
+            if accepted {
+                tracing::debug!(stream = n, "tunnel: sync stream watched");
+            }
+            for p in pushed {
+                self.on_pushed(now, p);
+            }
+        }
         self.aliases.done(&op.alias);
         let _ = op.reply.send(resp);
     }
@@ -732,6 +798,9 @@ impl Session {
             if let Some(sr) = &op.sync {
                 self.sync.done(sr);
             }
+            if let Some(n) = op.watch {
+                self.streams.watch_failed(n);
+            }
             self.aliases.done(&op.alias);
             let _ = op
                 .reply
@@ -749,6 +818,7 @@ impl Session {
                     if self.established_once {
                         self.tokens.reset();
                         self.fed.reset();
+                        self.reset_streams(0);
                     }
                     self.established_once = true;
                 }
@@ -757,6 +827,7 @@ impl Session {
                     self.metrics.set_sessions(0);
                     self.tokens.reset();
                     self.fed.reset();
+                    self.reset_streams(0);
                 }
                 SessionEvent::Rejected(e) | SessionEvent::Refused(e) => {
                     tracing::warn!(?e, "tunnel: the gateway refused this tunnel's key");
@@ -770,7 +841,14 @@ impl Session {
                     tracing::info!("tunnel: gateway not answering; retrying")
                 }
                 SessionEvent::Coap(coap::Event::Failed { handle, error }) => {
+                    if self.streams.is_feed(handle) {
+                        tracing::info!(?error, "tunnel: sync feed registration failed");
+                        self.reset_streams(0);
+                    }
                     if let Some(op) = self.ops.remove(&handle) {
+                        if let Some(n) = op.watch {
+                            self.streams.watch_failed(n);
+                        }
                         tracing::info!(?error, "tunnel: request failed on the link");
                         if let Some(sr) = &op.sync {
                             self.sync.done(sr);
@@ -786,6 +864,163 @@ impl Session {
                 SessionEvent::Coap(e) => tracing::debug!(?e, "tunnel: coap event"),
             }
         }
+    }
+}
+
+/// A 200 answer with a JSON body.
+fn json_response(body: Vec<u8>) -> HttpResponse {
+    HttpResponse {
+        status: 200,
+        content_type: Some("application/json".to_owned()),
+        body,
+        ..HttpResponse::default()
+    }
+}
+
+/// `pq` with its `timeout` query item set to `ms`.
+fn with_timeout(pq: &str, ms: u64) -> String {
+    match pq.split_once('?') {
+        Some((path, q)) => {
+            let items: Vec<String> = q
+                .split('&')
+                .map(|i| {
+                    if i.starts_with("timeout=") {
+                        format!("timeout={ms}")
+                    } else {
+                        i.to_owned()
+                    }
+                })
+                .collect();
+            format!("{path}?{}", items.join("&"))
+        }
+        None => pq.to_owned(),
+    }
+}
+
+/// Pushed sync results (crate::observe).
+impl Session {
+    /// Registers the feed when the streams want it.
+    fn maybe_feed(&mut self, now: u64) {
+        if !self.streams.want_feed(now) || !self.client.is_established() {
+            return;
+        }
+        let o = [Opt::uint(coap::opt::OBSERVE, coap::observe::REGISTER)];
+        let req = Request {
+            confirmable: true,
+            code: Code::GET,
+            options: Options::List(&o),
+            payload: &[],
+            timeout: None,
+        };
+        match self.client.request(now, req) {
+            Ok(h) => {
+                tracing::debug!("tunnel: registering the sync feed");
+                self.streams.feed_sent(h);
+            }
+            Err(e) => tracing::debug!(?e, "tunnel: sync feed not registered"),
+        }
+    }
+
+    /// A message on the feed: its registration's answer or a push.
+    fn on_feed(&mut self, now: u64, r: &coap::IncomingResponse<'_>) {
+        if self.streams.feed_handle() == Some(r.handle) && !self.streams_feed_up() {
+            let seq = r.observe.filter(|_| !r.last && r.code == Code::CONTENT);
+            self.streams.feed_answer(now, r.handle, seq);
+            tracing::debug!(up = seq.is_some(), "tunnel: sync feed answered");
+            return;
+        }
+        let sync = r.options.first(syncstate::SYNC).and_then(|o| o.as_bytes());
+        let full;
+        let payload: &[u8] = match sync.and_then(PushKind::parse) {
+            Some((_, PushKind::Full)) => {
+                full = wire::decode_response(r.code, &r.options, r.payload)
+                    .map(|x| x.body)
+                    .unwrap_or_default();
+                &full
+            }
+            _ => r.payload,
+        };
+        let p = self
+            .streams
+            .on_notification(r.observe, r.last, sync, payload);
+        tracing::debug!(?p, seq = ?r.observe, len = r.payload.len(), "tunnel: sync push");
+        if p == Pushed::FeedLost {
+            self.client.coap().cancel(r.handle);
+        }
+        self.on_pushed(now, p);
+    }
+
+    fn streams_feed_up(&self) -> bool {
+        // The feed is up once its registration was answered: pushes then carry SYNC.
+        self.streams.feed_handle().is_some() && self.streams.feed_is_up()
+    }
+
+    /// Answers the waiters a push concerns.
+    fn on_pushed(&mut self, now: u64, p: Pushed) {
+        match p {
+            Pushed::Stream(n) => {
+                let mut keep = Vec::new();
+                for w in core::mem::take(&mut self.waiters) {
+                    match (w.n == n).then(|| self.streams.held(n, &w.since)).flatten() {
+                        Some(b) => {
+                            let _ = w.cmd.reply.send(json_response(b));
+                        }
+                        None => keep.push(w),
+                    }
+                }
+                self.waiters = keep;
+            }
+            Pushed::Ended(n) => self.forward_waiters(now, |w| w.n == n),
+            Pushed::FeedLost => {
+                self.forward_waiters(now, |_| true);
+                self.maybe_feed(now);
+            }
+            Pushed::Nothing => {}
+        }
+    }
+
+    /// Sends the waiters `which` selects over the link (with what is left of their timeout).
+    fn forward_waiters(&mut self, now: u64, which: impl Fn(&Waiter) -> bool) {
+        let (go, keep): (Vec<Waiter>, Vec<Waiter>) = core::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(which);
+        self.waiters = keep;
+        for mut w in go {
+            w.cmd.req.path_and_query =
+                with_timeout(&w.cmd.req.path_and_query, w.until.saturating_sub(now));
+            self.start(now, w.cmd);
+        }
+    }
+
+    /// Waiters whose timeout passed: the empty answer while trusted, else over the link.
+    fn expire_waiters(&mut self, now: u64) {
+        if self.waiters.iter().all(|w| w.until > now) {
+            return;
+        }
+        let (due, keep): (Vec<Waiter>, Vec<Waiter>) = core::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| w.until <= now);
+        self.waiters = keep;
+        for mut w in due {
+            match self.streams.expired(now, w.n, &w.since) {
+                Some(b) => {
+                    let _ = w.cmd.reply.send(json_response(b));
+                }
+                None => {
+                    w.cmd.req.path_and_query = with_timeout(&w.cmd.req.path_and_query, 0);
+                    self.start(now, w.cmd);
+                }
+            }
+        }
+    }
+
+    /// Serve may have lost the feed and streams: forget them, register again.
+    fn reset_streams(&mut self, now: u64) {
+        let (_, h) = self.streams.reset();
+        if let Some(h) = h {
+            self.client.coap().cancel(h);
+        }
+        self.forward_waiters(now, |_| true);
     }
 }
 
