@@ -294,13 +294,16 @@ impl TunnelStreams {
 
     /// Decides how to answer a client's request (`token`: its access token).
     pub fn on_sync(&mut self, now: u64, token: Option<&str>, method: &str, pq: &str) -> Decision {
+        // A client of the client-server API will sync: the feed is registered early, so
+        // that it is up by the client's first incremental sync.
+        if pq.starts_with("/_matrix/client/")
+            || pq.split('?').next().is_some_and(|p| p.ends_with("/sync"))
+        {
+            self.syncs_seen = true;
+        }
         let Some((params, since, timeout)) = split_sync(method, pq) else {
-            if method == "GET" && pq.split('?').next().is_some_and(|p| p.ends_with("/sync")) {
-                self.syncs_seen = true;
-            }
             return Decision::Forward(None);
         };
-        self.syncs_seen = true;
         if let Some(i) = self.find(token, &params) {
             let s = &mut self.streams[i];
             if let Some(j) = s.held.iter().position(|(from, _)| *from == since) {

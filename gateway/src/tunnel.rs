@@ -419,7 +419,7 @@ async fn session_task(
         }
         let now = now_ms(start);
         s.expire_waiters(now);
-        s.events();
+        s.events(now);
         let mut out = vec![0u8; PACKET];
         while let Some(n) = s.client.poll_transmit(now, &mut out) {
             s.link.push(&out[..n]);
@@ -430,7 +430,7 @@ async fn session_task(
                 tracing::debug!(%e, "tunnel: send failed");
             }
         }
-        s.events();
+        s.events(now);
     }
 }
 
@@ -808,7 +808,7 @@ impl Session {
         }
     }
 
-    fn events(&mut self) {
+    fn events(&mut self, now: u64) {
         while let Some(e) = self.client.poll_event() {
             match e {
                 SessionEvent::Established(_) => {
@@ -818,16 +818,17 @@ impl Session {
                     if self.established_once {
                         self.tokens.reset();
                         self.fed.reset();
-                        self.reset_streams(0);
+                        self.reset_streams(now);
                     }
                     self.established_once = true;
+                    self.maybe_feed(now);
                 }
                 SessionEvent::Rehandshake => {
                     tracing::info!("tunnel: gateway lost our session; handshaking again");
                     self.metrics.set_sessions(0);
                     self.tokens.reset();
                     self.fed.reset();
-                    self.reset_streams(0);
+                    self.reset_streams(now);
                 }
                 SessionEvent::Rejected(e) | SessionEvent::Refused(e) => {
                     tracing::warn!(?e, "tunnel: the gateway refused this tunnel's key");
@@ -843,7 +844,7 @@ impl Session {
                 SessionEvent::Coap(coap::Event::Failed { handle, error }) => {
                     if self.streams.is_feed(handle) {
                         tracing::info!(?error, "tunnel: sync feed registration failed");
-                        self.reset_streams(0);
+                        self.reset_streams(now);
                     }
                     if let Some(op) = self.ops.remove(&handle) {
                         if let Some(n) = op.watch {
