@@ -58,6 +58,11 @@ use crate::syncstate::{self, Entry};
 
 /// The CoAP option of a watch request (elective, unassigned in RFC 7252's registry).
 pub const WATCH: u16 = 34;
+/// The CoAP option of a write's answer: the sequence number of the last push queued
+/// (elective).
+pub const SEQ: u16 = 36;
+/// How long a sync waits for pushes a write announced before it goes over the link.
+pub const BARRIER_WAIT_MS: u64 = 15_000;
 /// How long the tunnel trusts a stream after sending its watch.
 pub const LEASE_MS: u64 = 300_000;
 /// How much longer serve keeps a stream than the tunnel trusts it.
@@ -111,10 +116,10 @@ pub fn split_sync(method: &str, pq: &str) -> Option<(String, String, u64)> {
     Some((params, since, timeout))
 }
 
-/// The homeserver request of one long-poll cycle.
-pub fn cycle_query(params: &str, since: &str) -> String {
+/// The homeserver request of one cycle (`timeout_ms`: the long-poll's, or 0 for a probe).
+pub fn cycle_query(params: &str, since: &str, timeout_ms: u64) -> String {
     let sep = if params.contains('?') { '&' } else { '?' };
-    format!("{params}{sep}since={since}&timeout={CYCLE_MS}")
+    format!("{params}{sep}since={since}&timeout={timeout_ms}")
 }
 
 fn void(v: &Value) -> bool {
@@ -225,8 +230,8 @@ struct Stream {
 pub enum Decision {
     /// Answer now with this JSON body.
     Answer(Vec<u8>),
-    /// Wait for a push on stream `n` until `until` (ms), then ask again with
-    /// [`TunnelStreams::expired`].
+    /// Wait for a push on stream `n` until `until` (ms); see
+    /// [`TunnelStreams::check_waiter`].
     Wait {
         /// The stream.
         n: u8,
@@ -237,6 +242,17 @@ pub enum Decision {
     },
     /// Send over the link; with `Some(n)` as the watch of stream `n` (option [`WATCH`]).
     Forward(Option<u8>),
+}
+
+/// What to do with a waiting sync ([`TunnelStreams::check_waiter`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// Answer with this JSON body.
+    Answer(Vec<u8>),
+    /// Send it over the link.
+    Forward,
+    /// Keep waiting.
+    Keep,
 }
 
 /// What a feed notification did ([`TunnelStreams::on_notification`]).
@@ -259,15 +275,18 @@ pub enum Pushed {
 /// feed registration (GET with Observe: 0) and report it with
 /// [`TunnelStreams::feed_sent`], its answer with [`TunnelStreams::feed_answer`]; a watch's
 /// answer with [`TunnelStreams::watch_answer`]; feed notifications with
-/// [`TunnelStreams::on_notification`]; waiters with [`TunnelStreams::held`] (after a push) and
-/// [`TunnelStreams::expired`] (at their deadline); [`TunnelStreams::reset`] when serve may
-/// have lost its state. No I/O, no clock.
+/// [`TunnelStreams::on_notification`]; a write's [`SEQ`] with [`TunnelStreams::set_barrier`];
+/// waiters with [`TunnelStreams::check_waiter`] after every push and barrier and at
+/// [`TunnelStreams::waiter_wake`]; [`TunnelStreams::reset`] when serve may have lost its
+/// state. No I/O, no clock.
 #[derive(Debug)]
 pub struct TunnelStreams {
     feed: Feed,
     streams: Vec<Stream>,
     next_n: u8,
     syncs_seen: bool,
+    /// The last push a write's answer announced ([`SEQ`]).
+    barrier: Option<u32>,
 }
 
 impl Default for TunnelStreams {
@@ -277,11 +296,35 @@ impl Default for TunnelStreams {
             streams: Vec::new(),
             next_n: 0,
             syncs_seen: false,
+            barrier: None,
         }
     }
 }
 
+/// Whether 24-bit sequence number `a` comes before `b` (RFC 7641 §3.4).
+fn seq_before(a: u32, b: u32) -> bool {
+    a != b && (b.wrapping_sub(a) & 0xff_ffff) < 1 << 23
+}
+
 impl TunnelStreams {
+    /// A write's answer announced pushes up to `seq` ([`SEQ`]).
+    pub fn set_barrier(&mut self, seq: u32) {
+        if !matches!(self.feed, Feed::Up(..)) {
+            return;
+        }
+        if self.barrier.is_none_or(|b| seq_before(b, seq)) {
+            self.barrier = Some(seq & 0xff_ffff);
+        }
+    }
+
+    /// Whether a push a write announced has not arrived yet.
+    fn behind(&self) -> bool {
+        match (self.feed, self.barrier) {
+            (Feed::Up(_, seq), Some(b)) => seq_before(seq, b),
+            _ => false,
+        }
+    }
+
     fn find(&self, token: Option<&str>, params: &str) -> Option<usize> {
         self.streams
             .iter()
@@ -304,6 +347,7 @@ impl TunnelStreams {
         let Some((params, since, timeout)) = split_sync(method, pq) else {
             return Decision::Forward(None);
         };
+        let behind = self.behind();
         if let Some(i) = self.find(token, &params) {
             let s = &mut self.streams[i];
             if let Some(j) = s.held.iter().position(|(from, _)| *from == since) {
@@ -313,7 +357,7 @@ impl TunnelStreams {
             }
             if let (true, Some(h)) = (s.up, &s.head) {
                 if h.next_batch == since && now < s.trust_until {
-                    if timeout == 0 {
+                    if timeout == 0 && !behind {
                         s.held.clear();
                         return Decision::Answer(
                             empty_answer(&h.body, &since).to_string().into_bytes(),
@@ -398,6 +442,7 @@ impl TunnelStreams {
         if self.feed != Feed::Pending(h) {
             return;
         }
+        self.barrier = None;
         self.feed = match observe {
             Some(s) => Feed::Up(h, s),
             None => Feed::Refused(now + 60_000),
@@ -414,6 +459,7 @@ impl TunnelStreams {
     }
 
     fn end_all(&mut self) -> Vec<u8> {
+        self.barrier = None;
         let ended: Vec<u8> = self.streams.iter().map(|s| s.n).collect();
         for s in &mut self.streams {
             s.up = false;
@@ -522,24 +568,59 @@ impl TunnelStreams {
         }
     }
 
-    /// A waiter's answer once stream `n` moved: the held push from `since`.
-    pub fn held(&mut self, n: u8, since: &str) -> Option<Vec<u8>> {
+    /// The held push from `since` on stream `n`.
+    fn held(&mut self, n: u8, since: &str) -> Option<Vec<u8>> {
         let s = self.by_n(n)?;
         let j = s.held.iter().position(|(from, _)| from == since)?;
         s.held.drain(..j);
         Some(s.held[0].1.to_vec())
     }
 
-    /// A waiter's deadline passed: the held push from `since`, else the empty answer while the
-    /// stream is trusted (`None`: send the request over the link).
-    pub fn expired(&mut self, now: u64, n: u8, since: &str) -> Option<Vec<u8>> {
+    /// Where a waiting sync stands (call after every push, barrier and at
+    /// [`TunnelStreams::waiter_wake`]): `start` when it began waiting, `until` its own deadline.
+    pub fn check_waiter(
+        &mut self,
+        now: u64,
+        n: u8,
+        since: &str,
+        start: u64,
+        until: u64,
+    ) -> WaitOutcome {
         if let Some(b) = self.held(n, since) {
-            return Some(b);
+            return WaitOutcome::Answer(b);
         }
-        let s = self.by_n(n)?;
-        let h = s.head.as_ref()?;
-        (s.up && h.next_batch == since && now < s.trust_until)
-            .then(|| empty_answer(&h.body, since).to_string().into_bytes())
+        let behind = self.behind();
+        let Some(s) = self.by_n(n) else {
+            return WaitOutcome::Forward;
+        };
+        let Some(h) = s.head.clone() else {
+            return WaitOutcome::Forward;
+        };
+        if !(s.up && h.next_batch == since && now < s.trust_until) {
+            return WaitOutcome::Forward;
+        }
+        if behind {
+            if now >= until.max(start + BARRIER_WAIT_MS) {
+                // An announced push does not come: the stream is not to be trusted.
+                s.up = false;
+                return WaitOutcome::Forward;
+            }
+            return WaitOutcome::Keep;
+        }
+        if now >= until {
+            WaitOutcome::Answer(empty_answer(&h.body, since).to_string().into_bytes())
+        } else {
+            WaitOutcome::Keep
+        }
+    }
+
+    /// When to check a waiter next.
+    pub fn waiter_wake(&self, start: u64, until: u64) -> u64 {
+        if self.behind() {
+            until.max(start + BARRIER_WAIT_MS)
+        } else {
+            until
+        }
     }
 
     /// Whether stream `n` is trusted at `now` (waiters of an untrusted stream go over the
@@ -559,17 +640,21 @@ impl TunnelStreams {
 // ---------------------------------------------------------------------------------------
 // Serve side.
 
-/// One homeserver long-poll to run for a stream: `GET path_and_query` with `access`.
+/// One homeserver sync to run for a stream: `GET path_and_query` with `access`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cycle {
     /// The stream.
     pub n: u8,
-    /// Its generation (a result of an older generation is dropped).
-    pub generation: u64,
+    /// Its id (the result of a cycle that is no longer the stream's running one is dropped).
+    pub id: u64,
+    /// The since it polls from.
+    pub since: String,
     /// The request target.
     pub path_and_query: String,
     /// The access token.
     pub access: Option<String>,
+    /// A probe (`timeout=0`, after a write through this session) rather than the long-poll.
+    pub probe: bool,
 }
 
 /// A notification to send on the feed.
@@ -590,8 +675,11 @@ struct ServeStream {
     params: String,
     head: Arc<Entry>,
     since: String,
-    generation: u64,
     until: u64,
+    /// The long-poll running, by id.
+    running: Option<u64>,
+    /// Notes of this stream queued or in flight.
+    queued: usize,
 }
 
 /// The feed and streams of one peer, serve side.
@@ -599,29 +687,21 @@ struct ServeStream {
 /// Call protocol: [`ServeStreams::register_feed`] for a feed registration (answer it with
 /// Observe 0); [`ServeStreams::watch_arrived`] when a watch request arrives and
 /// [`ServeStreams::watch_answered`] with its answer's entry (run the [`Cycle`] returned);
-/// [`ServeStreams::cycle_done`] with each cycle's homeserver answer; then
-/// [`ServeStreams::next_note`] whenever no notification is in flight (send it with
-/// [`ServeStreams::feed_token`] and the returned sequence number) and
-/// [`ServeStreams::acked`] when it was acknowledged (run the cycle returned);
-/// [`ServeStreams::feed_lost`] when the feed's notification was reset or never acknowledged.
+/// [`ServeStreams::cycle_done`] with each cycle's homeserver answer (run the cycle it
+/// returns); then [`ServeStreams::next_note`] whenever no notification is in flight (send it
+/// with the returned token and sequence number) and [`ServeStreams::acked`] when it was
+/// acknowledged (run the cycle returned); [`ServeStreams::feed_lost`] when a notification was
+/// reset or never acknowledged. After a write request through the session, run the
+/// [`ServeStreams::probes`] before answering it, feed their results to
+/// [`ServeStreams::cycle_done`], and put [`ServeStreams::barrier`] in the answer: the tunnel
+/// then answers no sync locally before it has every push up to there (read-your-writes).
 #[derive(Debug, Default)]
 pub struct ServeStreams {
     feed: Option<(Token, u32)>,
     streams: Vec<ServeStream>,
     queue: VecDeque<Note>,
     in_flight: Option<u8>,
-    generation: u64,
-}
-
-/// A cycle's outcome ([`ServeStreams::cycle_done`]).
-#[derive(Debug, PartialEq, Eq)]
-pub enum CycleNext {
-    /// Poll again.
-    Again(Cycle),
-    /// A note was queued: call [`ServeStreams::next_note`].
-    Queued,
-    /// The stream is over.
-    Stop,
+    next_id: u64,
 }
 
 impl ServeStreams {
@@ -636,11 +716,6 @@ impl ServeStreams {
     /// The feed's token.
     pub fn feed_token(&self) -> Option<Token> {
         self.feed.map(|f| f.0)
-    }
-
-    /// Whether anything is running (streams or notifications).
-    pub fn is_active(&self) -> bool {
-        !self.streams.is_empty() || self.in_flight.is_some() || !self.queue.is_empty()
     }
 
     /// Whether a notification is in flight.
@@ -666,6 +741,23 @@ impl ServeStreams {
             .retain(|s| !(s.access.as_deref() == access && s.params == params));
     }
 
+    fn start(&mut self, i: usize) -> Option<Cycle> {
+        let s = self.streams.get_mut(i)?;
+        if s.running.is_some() || s.queued > 0 {
+            return None;
+        }
+        self.next_id += 1;
+        s.running = Some(self.next_id);
+        Some(Cycle {
+            n: s.n,
+            id: self.next_id,
+            since: s.since.clone(),
+            path_and_query: cycle_query(&s.params, &s.since, CYCLE_MS),
+            access: s.access.clone(),
+            probe: false,
+        })
+    }
+
     /// The watch of stream `n` was answered with `head` (the entry the tunnel holds): the
     /// stream starts, `None` when it cannot (no feed). Lasts until `now` + lease + grace.
     pub fn watch_answered(
@@ -682,43 +774,68 @@ impl ServeStreams {
         if self.streams.len() >= STREAMS {
             return None;
         }
-        self.generation += 1;
-        let s = ServeStream {
+        self.streams.push(ServeStream {
             n,
             access,
             params,
             since: head.next_batch.clone(),
             head,
-            generation: self.generation,
             until: now + LEASE_MS + GRACE_MS,
-        };
-        let c = cycle_of(&s);
-        self.streams.push(s);
-        Some(c)
+            running: None,
+            queued: 0,
+        });
+        self.start(self.streams.len() - 1)
     }
 
-    /// A cycle's answer: `status` and its JSON body.
+    /// Probes of every stream (`timeout=0` from where each stands), to run after a write
+    /// through this session and before answering it.
+    pub fn probes(&self) -> Vec<Cycle> {
+        self.streams
+            .iter()
+            .map(|s| Cycle {
+                n: s.n,
+                id: 0,
+                since: s.since.clone(),
+                path_and_query: cycle_query(&s.params, &s.since, 0),
+                access: s.access.clone(),
+                probe: true,
+            })
+            .collect()
+    }
+
+    /// A cycle's answer (`status` and its JSON body): the next cycle to run, if any. Call
+    /// [`ServeStreams::next_note`] after it.
     pub fn cycle_done(
         &mut self,
         now: u64,
         c: &Cycle,
         status: u16,
         json: Option<&[u8]>,
-    ) -> CycleNext {
-        let Some(i) = self
-            .streams
-            .iter()
-            .position(|s| s.n == c.n && s.generation == c.generation)
-        else {
-            return CycleNext::Stop;
-        };
-        if now >= self.streams[i].until {
-            self.streams.remove(i);
-            return CycleNext::Stop;
-        }
+    ) -> Option<Cycle> {
+        let i = self.streams.iter().position(|s| s.n == c.n)?;
+        let s = &mut self.streams[i];
         let body: Option<Value> = json
             .filter(|_| status == 200)
             .and_then(|j| serde_json::from_slice(j).ok());
+        if c.probe {
+            // Only news from where the stream still stands; failures are the long-poll's.
+            match &body {
+                Some(b) if s.since == c.since && has_news(b, &s.head.body) => {
+                    // The running long-poll would bring the same: its answer is dropped.
+                    s.running = None;
+                }
+                _ => return None,
+            }
+        } else {
+            if s.running != Some(c.id) {
+                return None;
+            }
+            s.running = None;
+            if now >= s.until {
+                self.streams.remove(i);
+                return None;
+            }
+        }
         let Some(body) = body else {
             // The homeserver refused (logged out, ...) or failed: the client asks it itself.
             let s = self.streams.remove(i);
@@ -727,16 +844,14 @@ impl ServeStreams {
                 kind: PushKind::Ended,
                 payload: Vec::new(),
             });
-            return CycleNext::Queued;
+            return None;
         };
-        let s = &mut self.streams[i];
         if !has_news(&body, &s.head.body) {
             if let Some(nb) = body.get("next_batch").and_then(Value::as_str) {
                 s.since = nb.to_owned();
             }
-            return CycleNext::Again(cycle_of(s));
+            return self.start(i);
         }
-        // INVARIANT: json is Some when body is.
         let pushed = json.and_then(|j| syncstate::push_encode(&s.head, j).map(|p| (p, j)));
         let note = match pushed {
             Some(((Some(d), e), _)) if d.len() <= MAX_PUSH => Some((PushKind::Delta, d, e)),
@@ -747,6 +862,7 @@ impl ServeStreams {
             Some((kind, payload, e)) => {
                 s.head = Arc::new(e);
                 s.since = s.head.next_batch.clone();
+                s.queued += 1;
                 self.queue.push_back(Note {
                     n: s.n,
                     kind,
@@ -763,7 +879,7 @@ impl ServeStreams {
                 });
             }
         }
-        CycleNext::Queued
+        None
     }
 
     /// The next notification to send and its sequence number, when none is in flight.
@@ -778,24 +894,30 @@ impl ServeStreams {
         Some((*token, *seq, note))
     }
 
-    /// The notification in flight was acknowledged: its stream polls again (if it goes on).
+    /// The notification in flight was acknowledged: its stream polls on once it has nothing
+    /// else queued.
     pub fn acked(&mut self) -> Option<Cycle> {
         let n = self.in_flight.take()?;
-        self.streams.iter().find(|s| s.n == n).map(cycle_of)
+        let i = self.streams.iter().position(|s| s.n == n)?;
+        let s = &mut self.streams[i];
+        s.queued = s.queued.saturating_sub(1);
+        self.start(i)
+    }
+
+    /// The sequence number of the last notification queued so far (`None`: no feed or no
+    /// streams): what a write's answer tells the tunnel to wait for.
+    pub fn barrier(&self) -> Option<u32> {
+        let (_, seq) = self.feed?;
+        if self.streams.is_empty() && self.queue.is_empty() && self.in_flight.is_none() {
+            return None;
+        }
+        let q = u32::try_from(self.queue.len()).unwrap_or(0);
+        Some((seq + q) & 0xff_ffff)
     }
 
     /// Streams running.
     pub fn streams(&self) -> usize {
         self.streams.len()
-    }
-}
-
-fn cycle_of(s: &ServeStream) -> Cycle {
-    Cycle {
-        n: s.n,
-        generation: s.generation,
-        path_and_query: cycle_query(&s.params, &s.since),
-        access: s.access.clone(),
     }
 }
 
@@ -840,10 +962,13 @@ mod tests {
         assert_eq!(split_sync("GET", "/sync?since=a&full_state=true"), None);
         assert_eq!(split_sync("POST", "/sync?since=a"), None);
         assert_eq!(split_sync("GET", "/sync?since=a&timeout=x"), None);
-        assert_eq!(cycle_query("/sync", "s1"), "/sync?since=s1&timeout=30000");
         assert_eq!(
-            cycle_query("/sync?filter=0", "s1"),
-            "/sync?filter=0&since=s1&timeout=30000"
+            cycle_query("/sync", "s1", CYCLE_MS),
+            "/sync?since=s1&timeout=30000"
+        );
+        assert_eq!(
+            cycle_query("/sync?filter=0", "s1", 0),
+            "/sync?filter=0&since=s1&timeout=0"
         );
     }
 
@@ -921,21 +1046,27 @@ mod tests {
         assert_eq!(c.path_and_query, "/sync?since=b&timeout=30000");
         // A cycle with nothing new: polled again from the new token, nothing pushed.
         let j = empty("b2").to_string();
-        let c = match s.cycle_done(30, &c, 200, Some(j.as_bytes())) {
-            CycleNext::Again(c) => c,
-            x => panic!("{x:?}"),
-        };
+        let c = s.cycle_done(30, &c, 200, Some(j.as_bytes())).unwrap();
         assert_eq!(c.path_and_query, "/sync?since=b2&timeout=30000");
+        // A late answer of a cycle that is no longer running is dropped.
+        assert_eq!(
+            s.cycle_done(31, &Cycle { id: 0, ..c.clone() }, 200, Some(j.as_bytes())),
+            None
+        );
         assert!(s.next_note().is_none());
         // A message: pushed as a delta against b.
         let mut m = empty("c");
         m["rooms"] = json!({"join": {"!r:hs": {"timeline": {"events": [
             {"type": "m.room.message", "content": {"body": "hello bob", "msgtype": "m.text"}}]}}}});
         let j = m.to_string();
-        assert_eq!(
-            s.cycle_done(40, &c, 200, Some(j.as_bytes())),
-            CycleNext::Queued
-        );
+        // A write's probe finds it first: pushed once, the long-poll's answer dropped.
+        let probes = s.probes();
+        assert_eq!(probes.len(), 1);
+        assert_eq!(probes[0].path_and_query, "/sync?since=b2&timeout=0");
+        assert_eq!(s.cycle_done(39, &probes[0], 200, Some(j.as_bytes())), None);
+        assert_eq!(s.barrier(), Some(1));
+        assert_eq!(s.cycle_done(40, &c, 200, Some(j.as_bytes())), None);
+        assert_eq!(s.cycle_done(40, &probes[0], 200, Some(j.as_bytes())), None);
         let (tk, seq, note) = s.next_note().unwrap();
         assert_eq!((tk, seq, note.n, &note.kind), (tok, 1, 0, &PushKind::Delta));
         assert!(note.payload.len() < 120, "{}", note.payload.len());
@@ -967,9 +1098,10 @@ mod tests {
                 until: 2062
             }
         );
+        assert_eq!(t.check_waiter(2061, 0, "c", 62, 2062), WaitOutcome::Keep);
         assert_eq!(
-            t.expired(2062, 0, "c").unwrap(),
-            empty("c").to_string().into_bytes()
+            t.check_waiter(2062, 0, "c", 62, 2062),
+            WaitOutcome::Answer(empty("c").to_string().into_bytes())
         );
         // Another client or other params: over the link.
         assert_eq!(
@@ -983,6 +1115,80 @@ mod tests {
         // The ack lets the stream poll on from c.
         let c = s.acked().unwrap();
         assert_eq!(c.path_and_query, "/sync?since=c&timeout=30000");
+    }
+
+    #[test]
+    fn a_write_makes_syncs_wait_for_its_pushes() {
+        let mut t = TunnelStreams::default();
+        let mut s = ServeStreams::default();
+        let _ = t.on_sync(0, None, "GET", "/sync?since=a");
+        let fh = h(1);
+        t.feed_sent(fh);
+        s.register_feed(Token::new(&[3]).unwrap());
+        t.feed_answer(0, fh, Some(0));
+        assert_eq!(
+            t.on_sync(1, None, "GET", "/sync?since=a"),
+            Decision::Forward(Some(0))
+        );
+        let e = entry(empty("b"));
+        let c = s
+            .watch_answered(2, 0, None, "/sync".into(), e.clone())
+            .unwrap();
+        t.watch_answer(0, true, Some(e));
+        // No write yet, no push: the empty answer.
+        assert!(matches!(
+            t.on_sync(3, None, "GET", "/sync?since=b&timeout=0"),
+            Decision::Answer(_)
+        ));
+        // A write's probe finds a message; the write's answer announces push 1.
+        let mut m = empty("c");
+        m["rooms"] = json!({"join": {"!r:hs": {"timeline": {"events": [{"body": "hi"}]}}}});
+        let j = m.to_string();
+        let p = s.probes();
+        assert_eq!(s.cycle_done(4, &p[0], 200, Some(j.as_bytes())), None);
+        // The long-poll's own answer with the same news is dropped.
+        assert_eq!(s.cycle_done(4, &c, 200, Some(j.as_bytes())), None);
+        t.set_barrier(s.barrier().unwrap());
+        // The answer arrived before the push: a sync at b waits, even with timeout 0.
+        assert_eq!(
+            t.on_sync(5, None, "GET", "/sync?since=b&timeout=0"),
+            Decision::Wait {
+                n: 0,
+                since: "b".into(),
+                until: 5
+            }
+        );
+        assert_eq!(t.check_waiter(6, 0, "b", 5, 5), WaitOutcome::Keep);
+        assert_eq!(t.waiter_wake(5, 5), 5 + BARRIER_WAIT_MS);
+        let (_, seq, note) = s.next_note().unwrap();
+        let o = note.kind.option(note.n);
+        assert_eq!(
+            t.on_notification(Some(seq), false, Some(&o), &note.payload),
+            Pushed::Stream(0)
+        );
+        let WaitOutcome::Answer(a) = t.check_waiter(7, 0, "b", 5, 5) else {
+            panic!()
+        };
+        assert_eq!(serde_json::from_slice::<Value>(&a).unwrap(), m);
+        // A push that never comes: after the wait the sync goes over the link.
+        t.set_barrier(seq + 1);
+        assert!(matches!(
+            t.on_sync(8, None, "GET", "/sync?since=c&timeout=0"),
+            Decision::Wait { .. }
+        ));
+        assert_eq!(
+            t.check_waiter(8 + BARRIER_WAIT_MS, 0, "c", 8, 8),
+            WaitOutcome::Forward
+        );
+        assert_eq!(
+            t.on_sync(9 + BARRIER_WAIT_MS, None, "GET", "/sync?since=c&timeout=0"),
+            Decision::Forward(Some(1))
+        );
+        // Serve polls on once the push is acknowledged.
+        assert_eq!(
+            s.acked().unwrap().path_and_query,
+            "/sync?since=c&timeout=30000"
+        );
     }
 
     #[test]
@@ -1062,7 +1268,7 @@ mod tests {
             .watch_answered(0, 0, None, "/sync".into(), e.clone())
             .unwrap();
         // A logged-out token: the stream ends with a note.
-        assert_eq!(s.cycle_done(1, &c, 401, Some(b"{}")), CycleNext::Queued);
+        assert_eq!(s.cycle_done(1, &c, 401, Some(b"{}")), None);
         let (_, seq, n) = s.next_note().unwrap();
         assert_eq!((seq, n.kind), (1, PushKind::Ended));
         assert_eq!(s.acked(), None);
@@ -1073,17 +1279,16 @@ mod tests {
         let j = empty("c").to_string();
         assert_eq!(
             s.cycle_done(LEASE_MS + GRACE_MS, &c, 200, Some(j.as_bytes())),
-            CycleNext::Stop
+            None
         );
+        assert_eq!(s.streams(), 0);
         // A new watch of the same stream replaces the old one; old results are dropped.
         let c = s
             .watch_answered(0, 2, None, "/sync".into(), e.clone())
             .unwrap();
         s.watch_arrived(None, "/sync");
-        assert_eq!(
-            s.cycle_done(1, &c, 200, Some(j.as_bytes())),
-            CycleNext::Stop
-        );
+        assert_eq!(s.cycle_done(1, &c, 200, Some(j.as_bytes())), None);
+        assert_eq!(s.barrier(), None);
         // A lost feed ends everything.
         let _ = s.watch_answered(0, 3, None, "/sync".into(), e).unwrap();
         assert!(!s.feed_lost(&Token::new(&[9]).unwrap()));

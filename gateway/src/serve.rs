@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use crate::alias::{ServeAliases, ALIAS};
 use crate::logging::redact_url;
 use crate::metrics::{Direction, Handshake, Metrics};
-use crate::observe::{Cycle, CycleNext, PushKind, ServeStreams, WATCH};
+use crate::observe::{Cycle, PushKind, ServeStreams, SEQ, WATCH};
 use crate::persist::{Store, Tracker};
 use crate::serial::SerialLink;
 use crate::syncstate::{ServeSync, SyncCtx, SYNC};
@@ -124,6 +124,10 @@ struct Done {
     sync: Option<SyncCtx>,
     /// A watch (crate::observe): stream number, params, access token.
     watch: Option<(u8, String, Option<String>)>,
+    /// A write with pushed streams running: its answer carries the push barrier
+    /// (crate::observe::SEQ), after the streams' probes (and their answers).
+    write: bool,
+    probes: Vec<(Cycle, HttpResponse)>,
 }
 
 /// A homeserver long-poll of a watched stream came back (crate::observe).
@@ -647,6 +651,13 @@ impl State {
             None
         };
         let metrics = self.metrics.clone();
+        // A write: the streams look for what it changed before it is answered.
+        let write = fed.is_none() && http.method != "GET" && p.observe.streams() > 0;
+        let probes = if write {
+            p.observe.probes()
+        } else {
+            Vec::new()
+        };
         tokio::spawn(async move {
             let t0 = Instant::now();
             let response = match fed {
@@ -659,21 +670,37 @@ impl State {
                 None => forward(&client, &base, &http, token.as_deref()).await,
             };
             metrics.request(Some(response.status), t0.elapsed());
+            let mut probed = Vec::new();
+            if (200..300).contains(&response.status) {
+                for c in probes {
+                    let r = HttpRequest {
+                        method: "GET".to_owned(),
+                        path_and_query: c.path_and_query.clone(),
+                        content_type: None,
+                        body: Vec::new(),
+                    };
+                    let a = forward(&client, &base, &r, c.access.as_deref()).await;
+                    probed.push((c, a));
+                }
+            }
             let _ = tx.send(Done {
                 peer,
                 responder: to,
                 response,
                 sync,
                 watch,
+                write,
+                probes: probed,
             });
         });
     }
 
-    fn on_done(&mut self, now: u64, d: Done) {
+    fn on_done(&mut self, now: u64, mut d: Done) {
         let Some(i) = self.server.find_peer(&d.peer) else {
             tracing::info!("serve: session gone before its response");
             return;
         };
+        let barrier = self.probed(now, &mut d);
         let delta = d.sync.as_ref().and_then(|c| {
             let r = &d.response;
             let json = r
@@ -724,6 +751,9 @@ impl State {
         }
         if watched {
             let _ = l.push(Opt::bytes(WATCH, &[]));
+        }
+        if let Some(b) = barrier {
+            let _ = l.push(Opt::uint(SEQ, b));
         }
         if w.body.bytes.len() <= BLOCK {
             let o = l.as_options();
@@ -984,11 +1014,32 @@ impl State {
             .as_deref()
             .is_some_and(|c| c.starts_with("application/json"))
             .then_some(r.body.as_slice());
-        match p.observe.cycle_done(now, &d.cycle, r.status, json) {
-            CycleNext::Again(c) => self.spawn_cycle(d.peer, c),
-            CycleNext::Queued => self.pump(now, d.peer),
-            CycleNext::Stop => {}
+        if let Some(c) = p.observe.cycle_done(now, &d.cycle, r.status, json) {
+            self.spawn_cycle(d.peer, c);
         }
+        self.pump(now, d.peer);
+    }
+
+    /// A write's probes came back: what they found is queued; the barrier for its answer.
+    fn probed(&mut self, now: u64, d: &mut Done) -> Option<u32> {
+        if !d.write {
+            return None;
+        }
+        for (c, r) in core::mem::take(&mut d.probes) {
+            let json = r
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/json"))
+                .then_some(r.body.as_slice());
+            let p = self.peers.get_mut(&d.peer)?;
+            if let Some(c) = p.observe.cycle_done(now, &c, r.status, json) {
+                self.spawn_cycle(d.peer, c);
+            }
+        }
+        let p = self.peers.get_mut(&d.peer)?;
+        let b = p.observe.barrier();
+        self.pump(now, d.peer);
+        b
     }
 
     /// Sends the peer's next notification, if none is in flight.

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::alias::{self, AliasReq, TunnelAliases};
 use crate::metrics::{Direction, Handshake, Metrics};
-use crate::observe::{Decision, PushKind, Pushed, TunnelStreams, WATCH};
+use crate::observe::{Decision, PushKind, Pushed, TunnelStreams, WaitOutcome, SEQ, WATCH};
 use crate::serial::SerialLink;
 use crate::syncstate::{self, SyncReq, TunnelSync};
 use crate::transport::{
@@ -172,6 +172,7 @@ struct Op {
 struct Waiter {
     n: u8,
     since: String,
+    start: u64,
     until: u64,
     cmd: Cmd,
 }
@@ -391,7 +392,10 @@ async fn session_task(
         let wake = [
             s.client.poll_timeout(),
             s.link.poll_timeout(),
-            s.waiters.iter().map(|w| w.until).min(),
+            s.waiters
+                .iter()
+                .map(|w| s.streams.waiter_wake(w.start, w.until))
+                .min(),
         ]
         .into_iter()
         .flatten()
@@ -418,7 +422,9 @@ async fn session_task(
             }
         }
         let now = now_ms(start);
-        s.expire_waiters(now);
+        if !s.waiters.is_empty() {
+            s.check_waiters(now);
+        }
         s.events(now);
         let mut out = vec![0u8; PACKET];
         while let Some(n) = s.client.poll_transmit(now, &mut out) {
@@ -453,6 +459,7 @@ impl Session {
                 self.waiters.push(Waiter {
                     n,
                     since,
+                    start: now,
                     until,
                     cmd: c,
                 });
@@ -608,6 +615,10 @@ impl Session {
         };
         if self.streams.is_feed(r.handle) {
             return self.on_feed(now, &r);
+        }
+        // A write's answer: syncs wait for the pushes it announces (crate::observe).
+        if let Some(b) = r.options.uint(SEQ) {
+            self.streams.set_barrier(b);
         }
         if !r.last {
             return;
@@ -956,59 +967,29 @@ impl Session {
         self.streams.feed_handle().is_some() && self.streams.feed_is_up()
     }
 
-    /// Answers the waiters a push concerns.
+    /// After a push: waiters may have their answer.
     fn on_pushed(&mut self, now: u64, p: Pushed) {
-        match p {
-            Pushed::Stream(n) => {
-                let mut keep = Vec::new();
-                for w in core::mem::take(&mut self.waiters) {
-                    match (w.n == n).then(|| self.streams.held(n, &w.since)).flatten() {
-                        Some(b) => {
-                            let _ = w.cmd.reply.send(json_response(b));
-                        }
-                        None => keep.push(w),
-                    }
-                }
-                self.waiters = keep;
-            }
-            Pushed::Ended(n) => self.forward_waiters(now, |w| w.n == n),
-            Pushed::FeedLost => {
-                self.forward_waiters(now, |_| true);
-                self.maybe_feed(now);
-            }
-            Pushed::Nothing => {}
+        self.check_waiters(now);
+        if p == Pushed::FeedLost {
+            self.maybe_feed(now);
         }
     }
 
-    /// Sends the waiters `which` selects over the link (with what is left of their timeout).
-    fn forward_waiters(&mut self, now: u64, which: impl Fn(&Waiter) -> bool) {
-        let (go, keep): (Vec<Waiter>, Vec<Waiter>) = core::mem::take(&mut self.waiters)
-            .into_iter()
-            .partition(which);
-        self.waiters = keep;
-        for mut w in go {
-            w.cmd.req.path_and_query =
-                with_timeout(&w.cmd.req.path_and_query, w.until.saturating_sub(now));
-            self.start(now, w.cmd);
-        }
-    }
-
-    /// Waiters whose timeout passed: the empty answer while trusted, else over the link.
-    fn expire_waiters(&mut self, now: u64) {
-        if self.waiters.iter().all(|w| w.until > now) {
-            return;
-        }
-        let (due, keep): (Vec<Waiter>, Vec<Waiter>) = core::mem::take(&mut self.waiters)
-            .into_iter()
-            .partition(|w| w.until <= now);
-        self.waiters = keep;
-        for mut w in due {
-            match self.streams.expired(now, w.n, &w.since) {
-                Some(b) => {
+    /// Answers, keeps or sends over the link (with what is left of their timeout) each
+    /// waiting sync.
+    fn check_waiters(&mut self, now: u64) {
+        for mut w in core::mem::take(&mut self.waiters) {
+            match self
+                .streams
+                .check_waiter(now, w.n, &w.since, w.start, w.until)
+            {
+                WaitOutcome::Answer(b) => {
                     let _ = w.cmd.reply.send(json_response(b));
                 }
-                None => {
-                    w.cmd.req.path_and_query = with_timeout(&w.cmd.req.path_and_query, 0);
+                WaitOutcome::Keep => self.waiters.push(w),
+                WaitOutcome::Forward => {
+                    w.cmd.req.path_and_query =
+                        with_timeout(&w.cmd.req.path_and_query, w.until.saturating_sub(now));
                     self.start(now, w.cmd);
                 }
             }
@@ -1021,7 +1002,7 @@ impl Session {
         if let Some(h) = h {
             self.client.coap().cancel(h);
         }
-        self.forward_waiters(now, |_| true);
+        self.check_waiters(now);
     }
 }
 
