@@ -28,6 +28,9 @@
 //! dictionary. A patch is only sent when applying it reproduces the homeserver's body exactly
 //! (as a JSON value); otherwise the body goes in full. Serve stores what the tunnel will
 //! decode (it runs the tunnel's decoder on its own output), so both ends hold the same bytes.
+//!
+//! Pushed results ([`crate::observe`]) use the same encoding: a push is a delta against its
+//! stream's head entry ([`push_encode`], [`push_decode`]).
 //! <https://www.rfc-editor.org/rfc/rfc7386>
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
