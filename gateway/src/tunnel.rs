@@ -781,6 +781,14 @@ impl Session {
             let pushed = self.streams.watch_answer(n, accepted, head);
             if accepted {
                 tracing::debug!(stream = n, "tunnel: sync stream watched");
+            } else if resp.status == 200 {
+                // Serve has no feed of ours (it lost its state): register again.
+                tracing::debug!(
+                    stream = n,
+                    "tunnel: watch refused; registering the feed again"
+                );
+                self.reset_streams(now);
+                self.maybe_feed(now);
             }
             for p in pushed {
                 self.on_pushed(now, p);
