@@ -81,6 +81,8 @@ pub const BARRIER_WAIT_MS: u64 = 15_000;
 pub const LEASE_MS: u64 = 300_000;
 /// How much longer serve keeps a stream than the tunnel trusts it.
 pub const GRACE_MS: u64 = 60_000;
+/// After a refused or failed feed registration, the next try waits this long.
+pub const FEED_RETRY_MS: u64 = 600_000;
 /// Serve's homeserver long-poll timeout.
 pub const CYCLE_MS: u64 = 30_000;
 /// Pushes held by the tunnel per stream; at this many the stream stops (the client catches up
@@ -451,7 +453,7 @@ impl TunnelStreams {
     }
 
     /// The feed registration's answer: `observe` its sequence number (`None`: refused or
-    /// failed; tried again after a minute).
+    /// failed; tried again after [`FEED_RETRY_MS`]).
     pub fn feed_answer(&mut self, now: u64, h: RequestHandle, observe: Option<u32>) {
         if self.feed != Feed::Pending(h) {
             return;
@@ -459,7 +461,7 @@ impl TunnelStreams {
         self.barrier = None;
         self.feed = match observe {
             Some(s) => Feed::Up(h, s),
-            None => Feed::Refused(now + 60_000),
+            None => Feed::Refused(now + FEED_RETRY_MS),
         };
     }
 
@@ -1265,7 +1267,8 @@ mod tests {
         t.feed_sent(fh);
         t.feed_answer(0, fh, None);
         assert!(!t.want_feed(1));
-        assert!(t.want_feed(60_000));
+        assert!(!t.want_feed(FEED_RETRY_MS - 1));
+        assert!(t.want_feed(FEED_RETRY_MS));
     }
 
     #[test]
