@@ -1207,6 +1207,71 @@ mod tests {
         );
     }
 
+    /// A result that a merge patch cannot carry (a null) travels in full, through the wire's
+    /// JSON packing, and both ends hold the same head afterwards.
+    #[test]
+    fn full_pushes_through_the_wire() {
+        use crate::wire::{self, HttpResponse, WireResponse};
+        let mut s = ServeStreams::default();
+        let mut t = TunnelStreams::default();
+        let _ = t.on_sync(0, None, "GET", "/sync?since=a");
+        let fh = h(1);
+        t.feed_sent(fh);
+        s.register_feed(Token::new(&[3]).unwrap());
+        t.feed_answer(0, fh, Some(0));
+        let _ = t.on_sync(1, None, "GET", "/sync?since=a");
+        let e = entry(empty("b"));
+        let c = s
+            .watch_answered(2, 0, None, "/sync".into(), e.clone())
+            .unwrap();
+        t.watch_answer(0, true, Some(e));
+        let mut m = empty("c");
+        m["presence"] = json!({"events": [{"type": "m.presence"}], "x": null});
+        let j = m.to_string();
+        assert_eq!(s.cycle_done(3, &c, 200, Some(j.as_bytes())), None);
+        let (_, seq, note) = s.next_note().unwrap();
+        assert_eq!(note.kind, PushKind::Full);
+        // Serve's side of the link...
+        let w = WireResponse::encode(&HttpResponse {
+            status: 200,
+            content_type: Some("application/json".to_owned()),
+            body: note.payload.clone(),
+            ..HttpResponse::default()
+        })
+        .unwrap();
+        let o = note.kind.option(note.n);
+        let mut l = w.options();
+        l.push(lowband_codec::coap::Opt::bytes(crate::syncstate::SYNC, &o))
+            .unwrap();
+        // ... and the tunnel's.
+        let r = wire::decode_response(w.code, &l.as_options(), &w.body.bytes).unwrap();
+        assert_eq!(
+            t.on_notification(Some(seq), false, Some(&o), &r.body),
+            Pushed::Stream(0)
+        );
+        let Decision::Answer(a) = t.on_sync(4, None, "GET", "/sync?since=b") else {
+            panic!()
+        };
+        assert_eq!(serde_json::from_slice::<Value>(&a).unwrap(), m);
+        // The next push is a delta against the same head on both ends.
+        let c = s.acked().unwrap();
+        let mut m2 = empty("d");
+        m2["rooms"] = json!({"join": {"!r:hs": {"timeline": {"events": [{"body": "x"}]}}}});
+        let j2 = m2.to_string();
+        assert_eq!(s.cycle_done(5, &c, 200, Some(j2.as_bytes())), None);
+        let (_, seq, note) = s.next_note().unwrap();
+        assert_eq!(note.kind, PushKind::Delta);
+        let o = note.kind.option(note.n);
+        assert_eq!(
+            t.on_notification(Some(seq), false, Some(&o), &note.payload),
+            Pushed::Stream(0)
+        );
+        let Decision::Answer(a) = t.on_sync(6, None, "GET", "/sync?since=c") else {
+            panic!()
+        };
+        assert_eq!(serde_json::from_slice::<Value>(&a).unwrap(), m2);
+    }
+
     #[test]
     fn gaps_and_ends_send_the_client_to_the_link() {
         let mut t = TunnelStreams::default();
