@@ -13,6 +13,7 @@ pub mod federation;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
+pub mod observe;
 pub mod persist;
 pub mod plaincoap;
 pub mod serial;

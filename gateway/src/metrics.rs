@@ -15,6 +15,7 @@
 //! | `lowband_retransmissions_total` | counter | |
 //! | `lowband_requests_total` | counter | `status_class="1xx".."5xx"\|"other"\|"error"` |
 //! | `lowband_request_duration_seconds` | histogram | buckets 0.1 s .. 600 s |
+//! | `lowband_observe_link_bytes_total` | counter | |
 //!
 //! Every series is exported from the start (at 0), so rates work from the first scrape.
 
@@ -68,6 +69,7 @@ struct Inner {
     /// Non-cumulative counts per bucket; the last one is +Inf.
     buckets: [AtomicU64; 13],
     duration_sum_us: AtomicU64,
+    observe_bytes: AtomicU64,
 }
 
 /// The gateway's metrics. Cheap to clone (one `Arc`); all methods are lock-free.
@@ -162,6 +164,17 @@ impl Metrics {
         self.0.duration_sum_us.fetch_add(us, Relaxed);
     }
 
+    /// `bytes` of pushed sync results (Observe notifications and their ACKs, link framing
+    /// included) crossed the link (crate::observe).
+    pub fn observe_bytes(&self, bytes: u64) {
+        self.0.observe_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// Link bytes of pushed sync results so far.
+    pub fn observe_bytes_total(&self) -> u64 {
+        self.0.observe_bytes.load(Relaxed)
+    }
+
     /// Reads the current values.
     pub fn snapshot(&self) -> Snapshot {
         let ld = |a: &[AtomicU64; 2]| [a[0].load(Relaxed), a[1].load(Relaxed)];
@@ -250,6 +263,17 @@ impl Metrics {
         let sum = self.0.duration_sum_us.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(o, "{name}_sum {sum}");
         let _ = writeln!(o, "{name}_count {cum}");
+        family(
+            &mut o,
+            "lowband_observe_link_bytes_total",
+            "counter",
+            "Link bytes of pushed sync results (Observe notifications and their ACKs).",
+        );
+        let _ = writeln!(
+            o,
+            "lowband_observe_link_bytes_total {}",
+            self.observe_bytes_total()
+        );
         o
     }
 }
@@ -424,6 +448,17 @@ mod tests {
         ] {
             assert!(r.lines().any(|l| l == line), "missing {line}\n{r}");
         }
+    }
+
+    #[test]
+    fn observe_bytes_are_counted() {
+        let m = Metrics::new();
+        m.observe_bytes(95);
+        m.observe_bytes(22);
+        assert!(m
+            .render()
+            .lines()
+            .any(|l| l == "lowband_observe_link_bytes_total 117"));
     }
 
     #[test]

@@ -42,6 +42,7 @@ use tokio::sync::mpsc;
 use crate::alias::{ServeAliases, ALIAS};
 use crate::logging::redact_url;
 use crate::metrics::{Direction, Handshake, Metrics};
+use crate::observe::{Cycle, PushKind, ServeStreams, SEQ, WATCH};
 use crate::persist::{Store, Tracker};
 use crate::serial::SerialLink;
 use crate::syncstate::{ServeSync, SyncCtx, SYNC};
@@ -122,6 +123,20 @@ struct Done {
     responder: Responder,
     response: HttpResponse,
     sync: Option<SyncCtx>,
+    /// A watch (crate::observe): stream number, params, access token.
+    watch: Option<(u8, String, Option<String>)>,
+    /// A write with pushed streams running: its answer carries the push barrier
+    /// (crate::observe::SEQ), after the streams' probes (and their answers).
+    write: bool,
+    probes: Vec<(Cycle, HttpResponse)>,
+}
+
+/// A homeserver long-poll of a watched stream came back (crate::observe).
+#[derive(Debug)]
+struct CycleDone {
+    peer: [u8; 32],
+    cycle: Cycle,
+    response: HttpResponse,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +148,9 @@ struct Peer {
     sync: ServeSync,
     aliases: ServeAliases,
     fed_aliases: crate::federation::AliasRegistry,
+    observe: ServeStreams,
+    /// Link bytes of pushed sync results (notifications and their ACKs).
+    observe_bytes: u64,
 }
 
 struct State {
@@ -147,6 +165,9 @@ struct State {
     homeserver: String,
     federation: Option<alloc::sync::Arc<crate::federation::Federation>>,
     done_tx: mpsc::UnboundedSender<Done>,
+    cycle_tx: mpsc::UnboundedSender<CycleDone>,
+    /// Peers with a notification in flight.
+    pushing: Vec<[u8; 32]>,
     stats_dirty: bool,
     metrics: Metrics,
     store: Option<Store>,
@@ -226,6 +247,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     cfg.metrics.set_sessions(server.len());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let (devices, mut dev_rx) = crate::devices::Devices::new();
+    let (cycle_tx, mut cycle_rx) = mpsc::unbounded_channel();
     let mut st = State {
         server,
         key: Keypair::from_secret(cfg.key),
@@ -238,6 +260,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         homeserver,
         federation,
         done_tx,
+        cycle_tx,
+        pushing: Vec::new(),
         stats_dirty: false,
         metrics: cfg.metrics.clone(),
         store,
@@ -302,6 +326,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             },
             Some(d) = done_rx.recv() => st.on_done(now_ms(start), d),
             Some(b) = dev_rx.recv() => st.devices.on_batch(b),
+            Some(d) = cycle_rx.recv() => st.on_cycle(now_ms(start), d),
             () = sleep => {
                 let now = now_ms(start);
                 st.server.handle_timeout(now);
@@ -312,6 +337,11 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         }
         st.flush(now_ms(start), socket.as_ref(), serial.as_ref())
             .await;
+        if !st.pushing.is_empty() {
+            st.observe_progress(now_ms(start));
+            st.flush(now_ms(start), socket.as_ref(), serial.as_ref())
+                .await;
+        }
         let slept = st.server.hibernate_idle(now_ms(start));
         st.metrics.set_sessions_asleep(st.server.asleep());
         st.metrics.retransmissions(st.server.take_retransmissions());
@@ -446,7 +476,11 @@ impl State {
             return;
         };
         let mut p = self.peers.remove(&peer).unwrap_or_default();
-        self.on_request_of(now, i, peer, &mut p, req);
+        if req.code == Code::GET && req.observe == Some(lowband_codec::coap::observe::REGISTER) {
+            self.on_feed(now, i, &mut p, &req.responder);
+        } else {
+            self.on_request_of(now, i, peer, &mut p, req);
+        }
         self.peers.insert(peer, p);
     }
 
@@ -600,6 +634,10 @@ impl State {
         if !http.path_and_query.starts_with('/') {
             return self.respond_error(now, i, &to, 400, "M_UNRECOGNIZED", "lowband: bad path");
         }
+        let watch = watch_of(&req.options, &http, token.as_deref(), sync.is_some());
+        if let Some((_, params, access)) = &watch {
+            p.observe.watch_arrived(access.as_deref(), params);
+        }
         tracing::debug!(
             method = %http.method,
             path = %redact_url(path_only(&http.path_and_query)),
@@ -626,6 +664,13 @@ impl State {
             None
         };
         let metrics = self.metrics.clone();
+        // A write: the streams look for what it changed before it is answered.
+        let write = fed.is_none() && http.method != "GET" && p.observe.streams() > 0;
+        let probes = if write {
+            p.observe.probes()
+        } else {
+            Vec::new()
+        };
         tokio::spawn(async move {
             let t0 = Instant::now();
             let response = match fed {
@@ -638,11 +683,27 @@ impl State {
                 None => forward(&client, &base, &http, token.as_deref()).await,
             };
             metrics.request(Some(response.status), t0.elapsed());
+            let mut probed = Vec::new();
+            if (200..300).contains(&response.status) {
+                for c in probes {
+                    let r = HttpRequest {
+                        method: "GET".to_owned(),
+                        path_and_query: c.path_and_query.clone(),
+                        content_type: None,
+                        body: Vec::new(),
+                    };
+                    let a = forward(&client, &base, &r, c.access.as_deref()).await;
+                    probed.push((c, a));
+                }
+            }
             let _ = tx.send(Done {
                 peer,
                 responder: to,
                 response,
                 sync,
+                watch,
+                write,
+                probes: probed,
             });
         });
     }
@@ -692,17 +753,21 @@ impl State {
                         responder: to,
                         response,
                         sync: None,
+                        watch: None,
+                        write: false,
+                        probes: Vec::new(),
                     });
                 });
             }
         }
     }
 
-    fn on_done(&mut self, now: u64, d: Done) {
+    fn on_done(&mut self, now: u64, mut d: Done) {
         let Some(i) = self.server.find_peer(&d.peer) else {
             tracing::info!("serve: session gone before its response");
             return;
         };
+        let barrier = self.probed(now, &mut d);
         let delta = d.sync.as_ref().and_then(|c| {
             let r = &d.response;
             let json = r
@@ -713,6 +778,7 @@ impl State {
             let p = self.peers.entry(d.peer).or_default();
             p.sync.response(c, r.status, json)
         });
+        let watched = self.watch_answered(now, &d);
         let encoded = match &delta {
             None => WireResponse::encode(&d.response),
             Some(b) => WireResponse::encode(&HttpResponse {
@@ -749,6 +815,12 @@ impl State {
         let mut l: OptionList<'_, 12> = w.options();
         if delta.is_some() {
             let _ = l.push(Opt::bytes(SYNC, &[]));
+        }
+        if watched {
+            let _ = l.push(Opt::bytes(WATCH, &[]));
+        }
+        if let Some(b) = barrier {
+            let _ = l.push(Opt::uint(SEQ, b));
         }
         if w.body.bytes.len() <= BLOCK {
             let o = l.as_options();
@@ -810,8 +882,11 @@ impl State {
                 }
             }
         }
-        while let Some((_, e)) = self.server.poll_event() {
+        while let Some((i, e)) = self.server.poll_event() {
             tracing::debug!(?e, "serve: session event");
+            if let lowband_codec::coap::Event::ObserverGone { token, .. } = e {
+                self.observer_gone(i, &token);
+            }
         }
     }
 
@@ -871,6 +946,7 @@ impl State {
                     serde_json::json!({
                         "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
                         "packets_in": st.packets_in, "packets_out": st.packets_out,
+                        "observe_bytes": self.peers.get(&p).map_or(0, |x| x.observe_bytes),
                     }),
                 );
             }
@@ -915,4 +991,222 @@ async fn forward(
         Ok(Ok(r)) => r,
     };
     crate::federation::read_response(resp).await
+}
+
+/// The watch of a request (option [`WATCH`] on an observable sync): stream number, params,
+/// access token.
+fn watch_of(
+    options: &Options<'_>,
+    http: &HttpRequest,
+    token: Option<&str>,
+    sync: bool,
+) -> Option<(u8, String, Option<String>)> {
+    let n = match options.first(WATCH).and_then(|o| o.as_bytes()) {
+        Some(&[n]) => n,
+        _ => return None,
+    };
+    let (params, _, _) = crate::observe::split_sync(&http.method, &http.path_and_query)?;
+    sync.then(|| (n, params, token.map(str::to_owned)))
+}
+
+/// Pushed sync results (crate::observe): the feed, watches, homeserver long-polls, pushes.
+impl State {
+    /// A feed registration (GET with Observe: 0): answered with sequence number 0.
+    fn on_feed(&mut self, now: u64, i: usize, p: &mut Peer, to: &Responder) {
+        p.observe.register_feed(to.token());
+        if let Some(s) = self.server.session(i) {
+            if let Err(e) =
+                s.coap()
+                    .respond_observe_seq(now, to, 0, Code::CONTENT, Options::NONE, &[])
+            {
+                tracing::warn!(?e, "serve: feed registration not answered");
+            }
+        }
+        tracing::debug!("serve: sync feed registered");
+    }
+
+    /// A watched sync was answered: starts the stream (true: the answer says so).
+    fn watch_answered(&mut self, now: u64, d: &Done) -> bool {
+        let (Some((n, params, access)), Some(ctx)) = (&d.watch, &d.sync) else {
+            return false;
+        };
+        if d.response.status != 200 {
+            return false;
+        }
+        let Some(p) = self.peers.get_mut(&d.peer) else {
+            return false;
+        };
+        let Some(head) = p.sync.entry(ctx) else {
+            return false;
+        };
+        let Some(c) = p
+            .observe
+            .watch_answered(now, *n, access.clone(), params.clone(), head)
+        else {
+            return false;
+        };
+        tracing::debug!(stream = n, "serve: sync stream watched");
+        self.spawn_cycle(d.peer, c);
+        true
+    }
+
+    /// Runs one homeserver long-poll of a stream.
+    fn spawn_cycle(&self, peer: [u8; 32], cycle: Cycle) {
+        let client = self.http.clone();
+        let base = self.homeserver.clone();
+        let tx = self.cycle_tx.clone();
+        tokio::spawn(async move {
+            let req = HttpRequest {
+                method: "GET".to_owned(),
+                path_and_query: cycle.path_and_query.clone(),
+                content_type: None,
+                body: Vec::new(),
+            };
+            let response = forward(&client, &base, &req, cycle.access.as_deref()).await;
+            let _ = tx.send(CycleDone {
+                peer,
+                cycle,
+                response,
+            });
+        });
+    }
+
+    /// A stream's long-poll came back: poll again, or push.
+    fn on_cycle(&mut self, now: u64, d: CycleDone) {
+        let Some(p) = self.peers.get_mut(&d.peer) else {
+            return;
+        };
+        let r = &d.response;
+        let json = r
+            .content_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with("application/json"))
+            .then_some(r.body.as_slice());
+        if let Some(c) = p.observe.cycle_done(now, &d.cycle, r.status, json) {
+            self.spawn_cycle(d.peer, c);
+        }
+        self.pump(now, d.peer);
+    }
+
+    /// A write's probes came back: what they found is queued; the barrier for its answer.
+    fn probed(&mut self, now: u64, d: &mut Done) -> Option<u32> {
+        if !d.write {
+            return None;
+        }
+        for (c, r) in core::mem::take(&mut d.probes) {
+            let json = r
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/json"))
+                .then_some(r.body.as_slice());
+            let p = self.peers.get_mut(&d.peer)?;
+            if let Some(c) = p.observe.cycle_done(now, &c, r.status, json) {
+                self.spawn_cycle(d.peer, c);
+            }
+        }
+        let p = self.peers.get_mut(&d.peer)?;
+        let b = p.observe.barrier();
+        self.pump(now, d.peer);
+        b
+    }
+
+    /// Sends the peer's next notification, if none is in flight.
+    fn pump(&mut self, now: u64, peer: [u8; 32]) {
+        let Some(i) = self.server.find_peer(&peer) else {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                if let Some(t) = p.observe.feed_token() {
+                    p.observe.feed_lost(&t);
+                }
+            }
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some((token, seq, note)) = p.observe.next_note() else {
+            return;
+        };
+        let sync = note.kind.option(note.n);
+        let full = match note.kind {
+            PushKind::Full => WireResponse::encode(&HttpResponse {
+                status: 200,
+                content_type: Some("application/json".to_owned()),
+                body: note.payload.clone(),
+                ..HttpResponse::default()
+            })
+            .ok(),
+            _ => None,
+        };
+        let (code, mut l, payload): (Code, OptionList<'_, 12>, &[u8]) = match &full {
+            Some(w) => (w.code, w.options(), &w.body.bytes),
+            None => (Code::CONTENT, OptionList::new(), &note.payload),
+        };
+        let _ = l.push(Opt::bytes(SYNC, &sync));
+        let r = self.server.session(i).map(|s| {
+            s.coap()
+                .notify_token(now, token, seq, code, l.as_options(), payload)
+        });
+        match r {
+            Some(Ok(())) => {
+                tracing::debug!(
+                    stream = note.n,
+                    seq,
+                    len = payload.len(),
+                    "serve: sync pushed"
+                );
+                if !self.pushing.contains(&peer) {
+                    self.pushing.push(peer);
+                }
+            }
+            e => {
+                tracing::warn!(?e, "serve: sync push not sent; feed ended");
+                p.observe.feed_lost(&token);
+            }
+        }
+    }
+
+    /// Notifications acknowledged: their streams poll on; next notifications go out.
+    fn observe_progress(&mut self, now: u64) {
+        for peer in core::mem::take(&mut self.pushing) {
+            let Some(i) = self.server.find_peer(&peer) else {
+                continue;
+            };
+            let Some(p) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            let Some(token) = p.observe.feed_token().filter(|_| p.observe.in_flight()) else {
+                continue;
+            };
+            let Some(s) = self.server.session(i) else {
+                continue;
+            };
+            let pending = s.coap().notification_pending(&token);
+            let t = s.coap().take_push_traffic();
+            let bytes = u64::from(t.bytes)
+                + u64::from(t.messages) * lowband_codec::noise::link::TRANSPORT_OVERHEAD as u64;
+            p.observe_bytes += bytes;
+            self.metrics.observe_bytes(bytes);
+            if pending {
+                self.pushing.push(peer);
+                continue;
+            }
+            if let Some(c) = p.observe.acked() {
+                self.spawn_cycle(peer, c);
+            }
+            self.stats_dirty = true;
+            self.pump(now, peer);
+        }
+    }
+
+    /// A notification of session `i` was reset or never acknowledged.
+    fn observer_gone(&mut self, i: usize, token: &lowband_codec::coap::Token) {
+        let Some(peer) = self.server.peer(i) else {
+            return;
+        };
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.observe.feed_lost(token) {
+                tracing::info!("serve: sync feed lost (push reset or unacknowledged)");
+            }
+        }
+    }
 }

@@ -28,6 +28,9 @@
 //! dictionary. A patch is only sent when applying it reproduces the homeserver's body exactly
 //! (as a JSON value); otherwise the body goes in full. Serve stores what the tunnel will
 //! decode (it runs the tunnel's decoder on its own output), so both ends hold the same bytes.
+//!
+//! Pushed results ([`crate::observe`]) use the same encoding: a push is a delta against its
+//! stream's head entry ([`push_encode`], [`push_decode`]).
 //! <https://www.rfc-editor.org/rfc/rfc7386>
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
@@ -255,6 +258,44 @@ pub fn encode_delta(base: &Entry, body: &Value) -> Option<Vec<u8>> {
     (decode_delta(base, &out).as_ref() == Some(body)).then_some(out)
 }
 
+/// What the tunnel decodes from a plain (non-delta) JSON body: the body after the wire's
+/// packing round trip.
+fn as_decoded(json: &[u8]) -> Option<Value> {
+    pack::pack_vec(json)
+        .ok()
+        .and_then(|p| pack::unpack_vec(&p).ok())
+        .and_then(|j| serde_json::from_slice(&j).ok())
+}
+
+/// Serve: encodes a pushed sync result against a stream's `head` (crate::observe): the delta
+/// payload (`None`: send the body in full) and the entry both ends hold afterwards.
+pub fn push_encode(head: &Entry, json: &[u8]) -> Option<(Option<Vec<u8>>, Entry)> {
+    let body: Value = serde_json::from_slice(json).ok()?;
+    let delta = encode_delta(head, &body);
+    let seen = match &delta {
+        Some(d) => decode_delta(head, d)?,
+        None => as_decoded(json)?,
+    };
+    let e = Entry::new(0, Some(head), seen)?;
+    Some((delta, e))
+}
+
+/// Tunnel: decodes a push against the stream's `head` (`delta` payload, or the plain `json`
+/// body): the body and the new head.
+pub fn push_decode(
+    head: &Entry,
+    delta: Option<&[u8]>,
+    json: Option<&[u8]>,
+) -> Option<(Value, Entry)> {
+    let body = match (delta, json) {
+        (Some(d), _) => decode_delta(head, d)?,
+        (None, Some(j)) => serde_json::from_slice(j).ok()?,
+        (None, None) => return None,
+    };
+    let e = Entry::new(0, Some(head), body.clone())?;
+    Some((body, e))
+}
+
 /// Where the `since` item sits in a sync request's query.
 fn split_since(pq: &str) -> Option<(usize, &str, String)> {
     let (path, q) = pq.split_once('?')?;
@@ -367,6 +408,11 @@ impl TunnelSync {
         Some(r)
     }
 
+    /// The entry stored under `k` (the answer of a request numbered `k`).
+    pub fn entry(&self, k: u8) -> Option<Arc<Entry>> {
+        self.ring.get(k)
+    }
+
     /// Serve did not hold the base: the path to send instead (since in full).
     pub fn unknown(&mut self, r: &mut SyncReq) -> String {
         if let Some(b) = r.base.take() {
@@ -453,6 +499,11 @@ impl ServeSync {
         }
     }
 
+    /// The entry stored for the request of `ctx` (after [`ServeSync::response`]).
+    pub fn entry(&self, ctx: &SyncCtx) -> Option<Arc<Entry>> {
+        self.ring.get(ctx.k)
+    }
+
     /// Encodes an answer: `Some(payload)` to send as a delta (with an empty [`SYNC`] option),
     /// `None` to send as usual. Either way remembers what the tunnel will decode.
     pub fn response(&mut self, ctx: &SyncCtx, status: u16, json: Option<&[u8]>) -> Option<Vec<u8>> {
@@ -461,10 +512,7 @@ impl ServeSync {
         // What the tunnel will hold: the decoded delta, or the unpacked plain body.
         let seen = match (&delta, &ctx.base) {
             (Some(d), Some(b)) => decode_delta(b, d),
-            _ => pack::pack_vec(json?)
-                .ok()
-                .and_then(|p| pack::unpack_vec(&p).ok())
-                .and_then(|j| serde_json::from_slice(&j).ok()),
+            _ => as_decoded(json?),
         };
         if status == 200 {
             if let Some(e) = seen.and_then(|s| Entry::new(ctx.k, ctx.base.as_deref(), s)) {

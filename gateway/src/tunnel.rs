@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::alias::{self, AliasReq, TunnelAliases};
 use crate::metrics::{Direction, Handshake, Metrics};
+use crate::observe::{Decision, PushKind, Pushed, TunnelStreams, WaitOutcome, SEQ, WATCH};
 use crate::serial::SerialLink;
 use crate::syncstate::{self, SyncReq, TunnelSync};
 use crate::transport::{
@@ -162,6 +163,18 @@ struct Op {
     alias_retried: bool,
     method: String,
     pq: String,
+    /// The watch of stream n (crate::observe).
+    watch: Option<u8>,
+}
+
+/// A client's sync waiting for a push (crate::observe).
+#[derive(Debug)]
+struct Waiter {
+    n: u8,
+    since: String,
+    start: u64,
+    until: u64,
+    cmd: Cmd,
 }
 
 struct Session {
@@ -175,6 +188,8 @@ struct Session {
     metrics: Metrics,
     sync: TunnelSync,
     aliases: TunnelAliases,
+    streams: TunnelStreams,
+    waiters: Vec<Waiter>,
 }
 
 /// Runs the tunnel until an I/O error.
@@ -367,16 +382,25 @@ async fn session_task(
         metrics: cfg.metrics.clone(),
         sync: TunnelSync::default(),
         aliases: TunnelAliases::default(),
+        streams: TunnelStreams::default(),
+        waiters: Vec::new(),
     };
     let start = Instant::now();
     let mut buf = vec![0u8; 65_536];
     loop {
         let now = now_ms(start);
-        let wake = [s.client.poll_timeout(), s.link.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now + 60_000);
+        let wake = [
+            s.client.poll_timeout(),
+            s.link.poll_timeout(),
+            s.waiters
+                .iter()
+                .map(|w| s.streams.waiter_wake(w.start, w.until))
+                .min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + 60_000);
         let sleep = tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now)));
         tokio::select! {
             r = socket.recv(&mut buf) => match r {
@@ -398,7 +422,10 @@ async fn session_task(
             }
         }
         let now = now_ms(start);
-        s.events();
+        if !s.waiters.is_empty() {
+            s.check_waiters(now);
+        }
+        s.events(now);
         let mut out = vec![0u8; PACKET];
         let retransmitted = s.client.stats().retransmissions;
         while let Some(n) = s.client.poll_transmit(now, &mut out) {
@@ -412,12 +439,37 @@ async fn session_task(
                 tracing::debug!(%e, "tunnel: send failed");
             }
         }
-        s.events();
+        s.events(now);
     }
 }
 
 impl Session {
     fn start(&mut self, now: u64, mut c: Cmd) {
+        // Pushed sync results (crate::observe): answered here, or waiting for a push.
+        let d = self.streams.on_sync(
+            now,
+            c.token.as_deref(),
+            &c.req.method,
+            &c.req.path_and_query,
+        );
+        self.maybe_feed(now);
+        let watch = match d {
+            Decision::Answer(body) => {
+                let _ = c.reply.send(json_response(body));
+                return;
+            }
+            Decision::Wait { n, since, until } => {
+                self.waiters.push(Waiter {
+                    n,
+                    since,
+                    start: now,
+                    until,
+                    cmd: c,
+                });
+                return;
+            }
+            Decision::Forward(w) => w,
+        };
         let sync = self.sync.request(&c.req.method, &mut c.req.path_and_query);
         let (req, fed) = if crate::federation::is_federation_path(&c.req.path_and_query) {
             let (r, link) = self.fed.encode(&c.req, c.xmatrix.as_deref());
@@ -471,6 +523,7 @@ impl Session {
             alias_retried: false,
             method: c.req.method,
             pq: c.req.path_and_query,
+            watch,
         };
         self.send(now, op);
     }
@@ -480,6 +533,7 @@ impl Session {
         op.auth = op.token.as_deref().map(|t| self.tokens.auth_for(t));
         let auth = op.auth.as_ref().map(Auth::to_bytes);
         let sync_opt = op.sync.as_ref().map(SyncReq::option);
+        let watch_opt = op.watch.map(|n| [n]);
         let r = {
             let mut l: OptionList<'_, 12>;
             let payload: &[u8];
@@ -488,6 +542,9 @@ impl Session {
                     l = op.wire.options(auth.as_deref());
                     if let Some(v) = &sync_opt {
                         let _ = l.push(Opt::bytes(syncstate::SYNC, v));
+                    }
+                    if let Some(w) = &watch_opt {
+                        let _ = l.push(Opt::bytes(WATCH, w));
                     }
                     for d in &op.alias.defs {
                         let _ = l.push(Opt::bytes(alias::ALIAS, d));
@@ -559,6 +616,13 @@ impl Session {
         else {
             return;
         };
+        if self.streams.is_feed(r.handle) {
+            return self.on_feed(now, &r);
+        }
+        // A write's answer: syncs wait for the pushes it announces (crate::observe).
+        if let Some(b) = r.options.uint(SEQ) {
+            self.streams.set_barrier(b);
+        }
         if !r.last {
             return;
         }
@@ -591,6 +655,8 @@ impl Session {
         }
         // The server lost our token number: register again, once.
         if r.code == Code::new(4, 12) && r.options.first(opt::AUTH).is_some() {
+            // It lost its per-session state (restarted): pushed streams too.
+            self.reset_streams(now);
             if let Some(Auth::Number(n)) = &op.auth {
                 self.tokens.forget(*n);
             }
@@ -712,6 +778,25 @@ impl Session {
                 None => {}
             }
         }
+        if let (Some(n), Some(sr)) = (op.watch, &op.sync) {
+            let accepted = resp.status == 200 && opts.iter().any(|(n, _)| *n == WATCH);
+            let head = self.sync.entry(sr.k);
+            let pushed = self.streams.watch_answer(n, accepted, head);
+            if accepted {
+                tracing::debug!(stream = n, "tunnel: sync stream watched");
+            } else if resp.status == 200 {
+                // Serve has no feed of ours (it lost its state): register again.
+                tracing::debug!(
+                    stream = n,
+                    "tunnel: watch refused; registering the feed again"
+                );
+                self.reset_streams(now);
+                self.maybe_feed(now);
+            }
+            for p in pushed {
+                self.on_pushed(now, p);
+            }
+        }
         self.aliases.done(&op.alias);
         let _ = op.reply.send(resp);
     }
@@ -735,6 +820,9 @@ impl Session {
             if let Some(sr) = &op.sync {
                 self.sync.done(sr);
             }
+            if let Some(n) = op.watch {
+                self.streams.watch_failed(n);
+            }
             self.aliases.done(&op.alias);
             let _ = op
                 .reply
@@ -742,7 +830,7 @@ impl Session {
         }
     }
 
-    fn events(&mut self) {
+    fn events(&mut self, now: u64) {
         while let Some(e) = self.client.poll_event() {
             match e {
                 SessionEvent::Established(_) => {
@@ -752,14 +840,17 @@ impl Session {
                     if self.established_once {
                         self.tokens.reset();
                         self.fed.reset();
+                        self.reset_streams(now);
                     }
                     self.established_once = true;
+                    self.maybe_feed(now);
                 }
                 SessionEvent::Rehandshake => {
                     tracing::info!("tunnel: gateway lost our session; handshaking again");
                     self.metrics.set_sessions(0);
                     self.tokens.reset();
                     self.fed.reset();
+                    self.reset_streams(now);
                 }
                 SessionEvent::Rejected(e) | SessionEvent::Refused(e) => {
                     tracing::warn!(?e, "tunnel: the gateway refused this tunnel's key");
@@ -773,7 +864,14 @@ impl Session {
                     tracing::info!("tunnel: gateway not answering; retrying")
                 }
                 SessionEvent::Coap(coap::Event::Failed { handle, error }) => {
+                    if self.streams.is_feed(handle) {
+                        tracing::info!(?error, "tunnel: sync feed registration failed");
+                        self.reset_streams(now);
+                    }
                     if let Some(op) = self.ops.remove(&handle) {
+                        if let Some(n) = op.watch {
+                            self.streams.watch_failed(n);
+                        }
                         tracing::info!(?error, "tunnel: request failed on the link");
                         if let Some(sr) = &op.sync {
                             self.sync.done(sr);
@@ -789,6 +887,133 @@ impl Session {
                 SessionEvent::Coap(e) => tracing::debug!(?e, "tunnel: coap event"),
             }
         }
+    }
+}
+
+/// A 200 answer with a JSON body.
+fn json_response(body: Vec<u8>) -> HttpResponse {
+    HttpResponse {
+        status: 200,
+        content_type: Some("application/json".to_owned()),
+        body,
+        ..HttpResponse::default()
+    }
+}
+
+/// `pq` with its `timeout` query item set to `ms`.
+fn with_timeout(pq: &str, ms: u64) -> String {
+    match pq.split_once('?') {
+        Some((path, q)) => {
+            let items: Vec<String> = q
+                .split('&')
+                .map(|i| {
+                    if i.starts_with("timeout=") {
+                        format!("timeout={ms}")
+                    } else {
+                        i.to_owned()
+                    }
+                })
+                .collect();
+            format!("{path}?{}", items.join("&"))
+        }
+        None => pq.to_owned(),
+    }
+}
+
+/// Pushed sync results (crate::observe).
+impl Session {
+    /// Registers the feed when the streams want it.
+    fn maybe_feed(&mut self, now: u64) {
+        if !self.streams.want_feed(now) || !self.client.is_established() {
+            return;
+        }
+        let o = [Opt::uint(coap::opt::OBSERVE, coap::observe::REGISTER)];
+        let req = Request {
+            confirmable: true,
+            code: Code::GET,
+            options: Options::List(&o),
+            payload: &[],
+            timeout: None,
+        };
+        match self.client.request(now, req) {
+            Ok(h) => {
+                tracing::debug!("tunnel: registering the sync feed");
+                self.streams.feed_sent(h);
+            }
+            Err(e) => tracing::debug!(?e, "tunnel: sync feed not registered"),
+        }
+    }
+
+    /// A message on the feed: its registration's answer or a push.
+    fn on_feed(&mut self, now: u64, r: &coap::IncomingResponse<'_>) {
+        if self.streams.feed_handle() == Some(r.handle) && !self.streams_feed_up() {
+            let seq = r.observe.filter(|_| !r.last && r.code == Code::CONTENT);
+            self.streams.feed_answer(now, r.handle, seq);
+            tracing::debug!(up = seq.is_some(), "tunnel: sync feed answered");
+            return;
+        }
+        let sync = r.options.first(syncstate::SYNC).and_then(|o| o.as_bytes());
+        let full;
+        let payload: &[u8] = match sync.and_then(PushKind::parse) {
+            Some((_, PushKind::Full)) => {
+                full = wire::decode_response(r.code, &r.options, r.payload)
+                    .map(|x| x.body)
+                    .unwrap_or_default();
+                &full
+            }
+            _ => r.payload,
+        };
+        let p = self
+            .streams
+            .on_notification(r.observe, r.last, sync, payload);
+        tracing::debug!(?p, seq = ?r.observe, len = r.payload.len(), "tunnel: sync push");
+        if p == Pushed::FeedLost {
+            self.client.coap().cancel(r.handle);
+        }
+        self.on_pushed(now, p);
+    }
+
+    fn streams_feed_up(&self) -> bool {
+        // The feed is up once its registration was answered: pushes then carry SYNC.
+        self.streams.feed_handle().is_some() && self.streams.feed_is_up()
+    }
+
+    /// After a push: waiters may have their answer.
+    fn on_pushed(&mut self, now: u64, p: Pushed) {
+        self.check_waiters(now);
+        if p == Pushed::FeedLost {
+            self.maybe_feed(now);
+        }
+    }
+
+    /// Answers, keeps or sends over the link (with what is left of their timeout) each
+    /// waiting sync.
+    fn check_waiters(&mut self, now: u64) {
+        for mut w in core::mem::take(&mut self.waiters) {
+            match self
+                .streams
+                .check_waiter(now, w.n, &w.since, w.start, w.until)
+            {
+                WaitOutcome::Answer(b) => {
+                    let _ = w.cmd.reply.send(json_response(b));
+                }
+                WaitOutcome::Keep => self.waiters.push(w),
+                WaitOutcome::Forward => {
+                    w.cmd.req.path_and_query =
+                        with_timeout(&w.cmd.req.path_and_query, w.until.saturating_sub(now));
+                    self.start(now, w.cmd);
+                }
+            }
+        }
+    }
+
+    /// Serve may have lost the feed and streams: forget them, register again.
+    fn reset_streams(&mut self, now: u64) {
+        let (_, h) = self.streams.reset();
+        if let Some(h) = h {
+            self.client.coap().cancel(h);
+        }
+        self.check_waiters(now);
     }
 }
 

@@ -25,7 +25,9 @@
 //! <https://www.rfc-editor.org/rfc/rfc7252#section-4>
 
 use super::msg::{self, merge, opt, Code, MsgType, Opt, Options, ParseError, Repr, Token};
-use super::observe::{Freshness, Observer, Observers, DEREGISTER, REGISTER};
+use super::observe::{
+    Freshness, Observer, Observers, PushTraffic, DEREGISTER, REGISTER, UNTRACKED,
+};
 use super::params::TransmissionParams;
 
 /// Endpoint configuration.
@@ -409,6 +411,7 @@ pub struct Endpoint<
     events: heapless::Deque<Event, 4>,
     observers: Observers<OBS>,
     stats: EndpointStats,
+    push_traffic: PushTraffic,
 }
 
 /// The device's endpoint: 3 exchanges, 4 remembered message IDs, 2 observers, 128-byte
@@ -452,6 +455,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
             events: heapless::Deque::new(),
             observers: Observers::new(),
             stats: EndpointStats::default(),
+            push_traffic: PushTraffic::ZERO,
         };
         e.next_mid = e.rand() as u16;
         e.next_token = e.rand();
@@ -897,6 +901,75 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
         self.observers.iter().next().is_some()
     }
 
+    /// Answer an observation request with sequence number `seq` without entering the
+    /// observer table: for an application that keeps its observations itself (in state that
+    /// outlives this endpoint) and notifies with [`Endpoint::notify_token`] (RFC 7641 §4.1).
+    ///
+    /// # Errors
+    /// As [`Endpoint::respond`].
+    pub fn respond_observe_seq(
+        &mut self,
+        now: u64,
+        to: &Responder,
+        seq: u32,
+        code: Code,
+        options: Options<'_>,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        let extra = [Opt::uint(opt::OBSERVE, seq & 0xff_ffff)];
+        self.respond_with(now, to, code, options, &extra, payload)
+    }
+
+    /// Send one confirmable notification on an observation the application tracks itself
+    /// (see [`Endpoint::respond_observe_seq`]), with its sequence number `seq` (RFC 7641
+    /// §4.2). One at a time per token: see [`Endpoint::notification_pending`]. If it is reset
+    /// or never acknowledged, [`Event::ObserverGone`] with resource [`UNTRACKED`] reports it.
+    ///
+    /// # Errors
+    /// [`SendError::NoSlot`] (also while a notification on `token` is pending); encoding
+    /// errors.
+    pub fn notify_token(
+        &mut self,
+        now: u64,
+        token: Token,
+        seq: u32,
+        code: Code,
+        options: Options<'_>,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        if self.notification_pending(&token) {
+            return Err(SendError::NoSlot);
+        }
+        let extra = [Opt::uint(opt::OBSERVE, seq & 0xff_ffff)];
+        let opts = merge(options, &[opt::OBSERVE], &extra);
+        let kind = Kind::Notification {
+            resource: UNTRACKED,
+        };
+        self.queue_out(now, kind, true, token, code, opts, payload)
+            .map(|_| ())
+    }
+
+    /// Whether a notification on `token` waits to be sent or acknowledged.
+    pub fn notification_pending(&self, token: &Token) -> bool {
+        self.slots.iter().any(|s| {
+            s.state != SlotState::Free
+                && matches!(s.kind, Kind::Notification { .. })
+                && s.token == *token
+        })
+    }
+
+    /// Notification traffic since the last call (transmissions and the ACKs that matched
+    /// them), for accounting; resets the counter.
+    pub fn take_push_traffic(&mut self) -> PushTraffic {
+        core::mem::replace(&mut self.push_traffic, PushTraffic::ZERO)
+    }
+
+    fn observer_lost(&mut self, resource: u16, token: Token) {
+        if self.observers.deregister(&token) || resource == UNTRACKED {
+            self.push_event(Event::ObserverGone { resource, token });
+        }
+    }
+
     /// Number of observers of `resource`.
     pub fn observer_count(&self, resource: u16) -> usize {
         self.observers.of(resource).count()
@@ -1208,6 +1281,9 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
         };
         let s = &mut self.slots[i];
         s.due = false;
+        if matches!(s.kind, Kind::Notification { .. }) {
+            self.push_traffic.add(4);
+        }
         match s.kind {
             Kind::Request { .. } => s.state = SlotState::AwaitResponse,
             Kind::Response | Kind::Notification { .. } => s.state = SlotState::Free,
@@ -1226,11 +1302,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
         let (kind, token) = (s.kind, s.token);
         match kind {
             Kind::Request { .. } => self.slots[i].state = SlotState::Failed(RequestError::Reset),
-            Kind::Notification { resource } => {
-                if self.observers.deregister(&token) {
-                    self.push_event(Event::ObserverGone { resource, token });
-                }
-            }
+            Kind::Notification { resource } => self.observer_lost(resource, token),
             Kind::Response => {}
         }
     }
@@ -1254,11 +1326,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
                         self.slots[i].state = SlotState::Failed(RequestError::Deadline)
                     }
                     Kind::Response => self.push_event(Event::ResponseLost { token }),
-                    Kind::Notification { resource } => {
-                        if self.observers.deregister(&token) {
-                            self.push_event(Event::ObserverGone { resource, token });
-                        }
-                    }
+                    Kind::Notification { resource } => self.observer_lost(resource, token),
                 }
                 continue;
             }
@@ -1283,9 +1351,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
                         Kind::Response => self.push_event(Event::ResponseLost { token }),
                         Kind::Notification { resource } => {
                             // RFC 7641 §4.5: an unacknowledged CON notification ends the observation.
-                            if self.observers.deregister(&token) {
-                                self.push_event(Event::ObserverGone { resource, token });
-                            }
+                            self.observer_lost(resource, token)
                         }
                     }
                 }
@@ -1332,6 +1398,9 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
                 let n = s.len as usize;
                 out[..n].copy_from_slice(s.buf.bytes().get(..n)?);
                 self.stats.retransmissions = self.stats.retransmissions.wrapping_add(1);
+                if matches!(s.kind, Kind::Notification { .. }) {
+                    self.push_traffic.add(n);
+                }
                 return Some(n);
             }
         }
@@ -1371,6 +1440,9 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
             }
         }
         out[..n].copy_from_slice(s.buf.bytes().get(..n)?);
+        if matches!(s.kind, Kind::Notification { .. }) {
+            self.push_traffic.add(n);
+        }
         Some(n)
     }
 

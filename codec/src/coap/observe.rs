@@ -13,6 +13,36 @@ pub const REGISTER: u32 = 0;
 /// Observe option value 1: deregister.
 pub const DEREGISTER: u32 = 1;
 
+/// The resource of notifications sent with `Endpoint::notify_token` (observations the
+/// application tracks itself, outside the observer table).
+pub const UNTRACKED: u16 = u16::MAX;
+
+/// Notification traffic counted by the endpoint: CoAP bytes and messages (notifications sent,
+/// retransmissions included, and the empty ACKs that acknowledged them). A link's per-message
+/// overhead is the caller's to add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PushTraffic {
+    /// CoAP bytes.
+    pub bytes: u32,
+    /// CoAP messages.
+    pub messages: u32,
+}
+
+impl PushTraffic {
+    /// Nothing counted.
+    pub const ZERO: PushTraffic = PushTraffic {
+        bytes: 0,
+        messages: 0,
+    };
+    /// Counts one message of `n` bytes.
+    pub fn add(&mut self, n: usize) {
+        self.bytes = self
+            .bytes
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        self.messages = self.messages.saturating_add(1);
+    }
+}
+
 /// How long a sequence number stays comparable: 128 s (RFC 7641 §3.4).
 pub const SEQ_WINDOW_MS: u64 = 128_000;
 
@@ -135,6 +165,86 @@ mod tests {
         assert!(!f.accept(0xff_ffff, 2));
         // after 128 s anything is newer
         assert!(f.accept(1, 2 + 128_001));
+    }
+
+    #[test]
+    fn tracked_by_the_application() {
+        use crate::coap::{Code, Endpoint, Event, Opt, Options, Received, Request};
+        type Ep = Endpoint<2, 2, 1, 64>;
+        let mut c = Ep::new(crate::coap::Config {
+            seed: 3,
+            token_len: 1,
+            ..crate::coap::Config::default()
+        });
+        let mut s = Ep::new(crate::coap::Config {
+            seed: 4,
+            ..crate::coap::Config::default()
+        });
+        let reg = [Opt::uint(super::super::msg::opt::OBSERVE, REGISTER)];
+        let h = c
+            .request(0, Request::con(Code::GET, Options::List(&reg), &[]))
+            .unwrap();
+        let mut b = [0u8; 64];
+        let n = c.poll_transmit(0, &mut b).unwrap();
+        let Some(Received::Request(r)) = s.handle_datagram(1, &b[..n]) else {
+            panic!()
+        };
+        assert_eq!(r.observe, Some(REGISTER));
+        let tok = r.responder.token();
+        s.respond_observe_seq(1, &r.responder, 0, Code::CONTENT, Options::NONE, &[])
+            .unwrap();
+        let n = s.poll_transmit(1, &mut b).unwrap();
+        // ACK 2.05, token, Observe: 0 (empty value).
+        assert_eq!(n, 4 + 1 + 1);
+        let Some(Received::Response(a)) = c.handle_datagram(2, &b[..n]) else {
+            panic!()
+        };
+        assert_eq!((a.handle, a.observe, a.last), (h, Some(0), false));
+        // Two notifications, one at a time.
+        for seq in 1..3u32 {
+            s.notify_token(3, tok, seq, Code::CONTENT, Options::NONE, b"x")
+                .unwrap();
+            assert!(s.notification_pending(&tok));
+            assert_eq!(
+                s.notify_token(3, tok, seq, Code::CONTENT, Options::NONE, b"y"),
+                Err(crate::coap::SendError::NoSlot)
+            );
+            let n = s.poll_transmit(3, &mut b).unwrap();
+            // CON 2.05, token, Observe (1 byte), payload marker, "x".
+            assert_eq!(n, 4 + 1 + 2 + 1 + 1);
+            let Some(Received::Response(a)) = c.handle_datagram(4, &b[..n]) else {
+                panic!()
+            };
+            assert_eq!((a.handle, a.observe, a.payload), (h, Some(seq), &b"x"[..]));
+            let m = c.poll_transmit(4, &mut b).unwrap();
+            assert_eq!(m, 4);
+            assert!(s.handle_datagram(5, &b[..m]).is_none());
+            assert!(!s.notification_pending(&tok));
+        }
+        assert_eq!(
+            s.take_push_traffic(),
+            PushTraffic {
+                bytes: 2 * (9 + 4),
+                messages: 4
+            }
+        );
+        assert_eq!(s.take_push_traffic(), PushTraffic::ZERO);
+        // The client forgets the observation: the next notification is reset and reported.
+        assert!(c.cancel(h));
+        s.notify_token(6, tok, 3, Code::CONTENT, Options::NONE, b"x")
+            .unwrap();
+        let n = s.poll_transmit(6, &mut b).unwrap();
+        assert!(c.handle_datagram(7, &b[..n]).is_none());
+        let m = c.poll_transmit(7, &mut b).unwrap();
+        assert!(s.handle_datagram(8, &b[..m]).is_none());
+        assert!(!s.notification_pending(&tok));
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::ObserverGone {
+                resource: UNTRACKED,
+                token: tok
+            })
+        );
     }
 
     #[test]
