@@ -728,17 +728,24 @@ fn encode_number(j: &[u8], p: usize, w: &mut W<'_>) -> Result<usize, Error> {
             return Ok(end);
         }
     } else {
-        // INVARIANT: scan_number accepted only ASCII digits, sign, '.', 'e', 'E', '+', '-'.
-        let text = core::str::from_utf8(lit).map_err(|_| Error::InvalidJson)?;
-        if let Ok(v) = text.parse::<f64>() {
-            if v.is_finite() {
-                let mut buf = ryu::Buffer::new();
-                if buf.format_finite(v).as_bytes() == lit {
-                    write_float(w, v)?;
-                    return Ok(end);
+        #[cfg(feature = "float")]
+        {
+            // INVARIANT: scan_number accepted only ASCII digits, sign, '.', 'e', 'E', '+', '-'.
+            let text = core::str::from_utf8(lit).map_err(|_| Error::InvalidJson)?;
+            if let Ok(v) = text.parse::<f64>() {
+                if v.is_finite() {
+                    let mut buf = ryu::Buffer::new();
+                    if buf.format_finite(v).as_bytes() == lit {
+                        write_float(w, v)?;
+                        return Ok(end);
+                    }
                 }
             }
         }
+        // Without `float` the choice between a float and a number literal cannot be made as
+        // the other end makes it: refused rather than encoded differently.
+        #[cfg(not(feature = "float"))]
+        return Err(Error::Unrepresentable);
     }
     w.head(6, TAG_NUMBER)?;
     w.head(3, lit.len() as u64)?;
@@ -770,6 +777,7 @@ fn f16_to_f64(h: u16) -> f64 {
 }
 
 /// The half-precision bits of `v` if `v` is exactly representable as a half.
+#[cfg(feature = "float")]
 fn f64_to_f16_exact(v: f64) -> Option<u16> {
     let f = v as f32;
     if f64::from(f).to_bits() != v.to_bits() {
@@ -799,6 +807,7 @@ fn f64_to_f16_exact(v: f64) -> Option<u16> {
     (f16_to_f64(h).to_bits() == v.to_bits()).then_some(h)
 }
 
+#[cfg(feature = "float")]
 fn write_float(w: &mut W<'_>, v: f64) -> Result<(), Error> {
     if let Some(h) = f64_to_f16_exact(v) {
         w.push(0xf9)?;
@@ -1391,8 +1400,10 @@ pub fn decode_to_json_with(
                 if !v.is_finite() {
                     return Err(Error::Unrepresentable);
                 }
-                let mut buf = ryu::Buffer::new();
-                w.extend(buf.format_finite(v).as_bytes())?;
+                #[cfg(feature = "float")]
+                w.extend(ryu::Buffer::new().format_finite(v).as_bytes())?;
+                #[cfg(not(feature = "float"))]
+                return Err(Error::Unrepresentable);
             }
             Item::Bool(b) => w.extend(if b { b"true" } else { b"false" })?,
             Item::Null => w.extend(b"null")?,

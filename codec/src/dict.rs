@@ -60,7 +60,8 @@ pub struct Dict {
     key_hash: &'static [u16],
     values: &'static [&'static str],
     value_hash: &'static [u16],
-    /// The deflate preset dictionary.
+    /// The deflate preset dictionary (empty without the `inflate` feature: a build that cannot
+    /// inflate keeps its 14 KiB out of flash).
     pub deflate: &'static [u8],
 }
 
@@ -71,7 +72,10 @@ pub static STATIC: Dict = Dict {
     key_hash: &gen::KEY_HASH,
     values: &gen::VALUES,
     value_hash: &gen::VALUE_HASH,
+    #[cfg(feature = "inflate")]
     deflate: DEFLATE_DICT,
+    #[cfg(not(feature = "inflate"))]
+    deflate: &[],
 };
 
 /// Selects the dictionary a peer announced; only [`VERSION`] exists in this build.

@@ -1,0 +1,84 @@
+//! The lowband Matrix firmware for QEMU lm3s6965evb: [`lowband_firmware::MatrixApp`] on UART0.
+//!
+//! Boots, reads its provisioning text from the semihosting host file `lowband-device.conf`
+//! ([`lowband_firmware::DeviceConfig`]: keys from `lowband keygen`, room, token, controllers),
+//! restores its state from `lowband-flash.bin`, then joins the room, posts a reading every
+//! interval and answers `!status`, `!led on|off`, `!interval N` from its controllers.
+//! Diagnostics go to semihosting stdout only.
+#![no_std]
+#![no_main]
+
+use core::mem::MaybeUninit;
+
+use cortex_m_rt::entry;
+use lowband_board_qemu_lm3s6965::{idle, init, log, read_device_conf, stack_used, Lm3s6965};
+use lowband_firmware::{AppConfig, DeviceConfig, MatrixApp};
+
+/// Longest provisioning text.
+const CONF_MAX: usize = 512;
+
+#[entry]
+fn main() -> ! {
+    let app = boot(init());
+    log!("matrix: up, stack {} bytes", stack_used());
+    let mut stack_peak = 0;
+    loop {
+        match app.poll(&mut []) {
+            Ok(p) => {
+                if p.readings > 0 || p.commands > 0 {
+                    log!(
+                        "matrix: {} reading(s), {} command(s)",
+                        p.readings,
+                        p.commands
+                    );
+                }
+                let used = stack_used();
+                if used > stack_peak {
+                    stack_peak = used;
+                    log!("stack high water {used} bytes");
+                }
+                if p.packets == 0 {
+                    idle();
+                }
+            }
+            Err(e) => panic!("matrix: {e:?}"),
+        }
+    }
+}
+
+type Parts = lowband_firmware::Parts<Lm3s6965>;
+
+#[inline(never)]
+fn boot(mut parts: Parts) -> &'static mut MatrixApp<Lm3s6965> {
+    let mut text = [0u8; CONF_MAX];
+    let Some(n) = read_device_conf(&mut text) else {
+        panic!("no lowband-device.conf (or longer than {CONF_MAX} bytes)");
+    };
+    let conf = match DeviceConfig::parse(&text[..n]) {
+        Ok(c) => c,
+        Err(e) => panic!("lowband-device.conf: {e:?}"),
+    };
+    log!("matrix: {conf:?}");
+    parts.provisioned = conf.provisioned.clone();
+    let cfg = AppConfig {
+        room: conf.room,
+        access_token: conf.token,
+        filter: conf.filter,
+        sync_timeout_ms: conf.sync_timeout_ms,
+        sync_interval_ms: 1_000,
+        interval_s: conf.interval_s,
+        link_bps: conf.rate_bps,
+    };
+    let mut scratch = [0u8; lowband_device::DEFAULT_RECORD_MAX];
+    // INVARIANT: boot runs once.
+    let slot =
+        cortex_m::singleton!(: MaybeUninit<MatrixApp<Lm3s6965>> = MaybeUninit::uninit()).unwrap();
+    let app = match MatrixApp::boot_in(slot, parts, &cfg, &mut scratch) {
+        Ok(a) => a,
+        Err(e) => panic!("matrix: boot: {e:?}"),
+    };
+    if app.set_controllers(&conf.controllers).is_err() {
+        panic!("matrix: bad controllers");
+    }
+    app
+}
