@@ -651,7 +651,8 @@ mod tests {
     #[test]
     fn small_devices_get_plain_cbor() {
         // Repetitive enough that the packed form is deflated.
-        let json = format!(r#"{{"chunk":[{}]}}"#, vec![r#"{"type":"m.room.message","sender":"@alice:example.org","content":{"msgtype":"m.text","body":"hello"}}"#; 8].join(","));
+        let event = r#"{"type":"m.room.message","sender":"@alice:example.org","content":{"msgtype":"m.text","body":"hello"}}"#;
+        let json = format!(r#"{{"chunk":[{}]}}"#, [event; 8].join(","));
         let b = Body::encode(Some("application/json"), json.as_bytes()).unwrap();
         assert_eq!(b.bytes[0], pack::DEFLATE_MARK);
         let plain = b.clone().into_plain().unwrap();

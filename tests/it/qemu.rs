@@ -207,9 +207,12 @@ fn qemu_stack_overflow_is_visible() {
     );
 }
 
+/// A device message: (body, transaction id).
+type Msg = (String, String);
+
 /// The device's `m.room.message` events in `room`, oldest first: (body, transaction id). The
 /// transaction id is in `unsigned` because the device's own token reads them.
-fn device_events(hs: &str, token: &str, room: &str, device: &str) -> Vec<(String, String)> {
+fn device_events(hs: &str, token: &str, room: &str, device: &str) -> Vec<Msg> {
     let url = format!(
         "{hs}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
         room.replace('!', "%21").replace(':', "%3A")
@@ -224,7 +227,7 @@ fn device_events(hs: &str, token: &str, room: &str, device: &str) -> Vec<(String
     )
     .and_then(|r| r.json())
     .expect("room messages");
-    let mut v: Vec<(String, String)> = r["chunk"]
+    let mut v: Vec<Msg> = r["chunk"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
@@ -344,7 +347,7 @@ fn qemu_matrix_firmware_over_100_bps_serial_survives_kill() {
     let t0 = Instant::now();
 
     let messages = || device_events(&hs.client_url(), &dev_token, &room, &dev_user);
-    let wait_for = |what: &str, secs: u64, q: &Qemu, ok: &dyn Fn(&[(String, String)]) -> bool| {
+    let wait_for = |what: &str, secs: u64, q: &Qemu, ok: &dyn Fn(&[Msg]) -> bool| {
         let end = Instant::now() + Duration::from_secs(secs);
         loop {
             let m = messages();
