@@ -456,3 +456,37 @@ fn qemu_matrix_firmware_over_100_bps_serial_survives_kill() {
     drop(slave);
     let _ = alice;
 }
+
+/// README's device section states the memory figures the QEMU Matrix firmware asserts at
+/// compile time (thumbv7m), and the host figure of the sync state.
+#[test]
+fn documented_device_sizes_match_the_firmware() {
+    let root = lowband_tests::workspace_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let bin = std::fs::read_to_string(root.join("boards/qemu-lm3s6965/src/bin/matrix.rs"))
+        .expect("matrix.rs");
+    let mut seen = 0;
+    for line in bin.lines() {
+        // const _: () = assert!(size_of::<T>() == N);
+        let Some(rest) = line.strip_prefix("const _: () = assert!(size_of::<") else {
+            continue;
+        };
+        let (ty, n) = rest.split_once(">() == ").expect("assertion shape");
+        let n: String = n
+            .trim_end_matches(");")
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        let doc = format!("`size_of::<{ty}>()` = {n}");
+        assert!(readme.contains(&doc), "README does not state {doc}");
+        seen += 1;
+    }
+    assert_eq!(seen, 3, "the firmware asserts three sizes");
+    #[cfg(target_pointer_width = "64")]
+    {
+        assert_eq!(lowband_device::DEFAULT_SYNC_STATE_SIZE, 5040);
+        assert!(readme.contains("(5040 on x86_64)"));
+        assert_eq!(lowband_device::runner::RUNNER_SIZE, 13_088);
+        assert!(readme.contains("(13088 on x86_64,"));
+    }
+}

@@ -8,14 +8,21 @@
 #![no_std]
 #![no_main]
 
-use core::mem::MaybeUninit;
+use core::mem::{size_of, MaybeUninit};
 
 use cortex_m_rt::entry;
 use lowband_board_qemu_lm3s6965::{idle, init, log, read_device_conf, stack_used, Lm3s6965};
+use lowband_device::{DefaultSyncState, EphemeralRng, Runner};
 use lowband_firmware::{AppConfig, DeviceConfig, MatrixApp};
 
 /// Longest provisioning text.
 const CONF_MAX: usize = 512;
+
+// The memory figures README's device section states (a host test, tests/it/qemu.rs
+// `documented_device_sizes_match_the_firmware`, checks that README carries these numbers).
+const _: () = assert!(size_of::<DefaultSyncState>() == 5032);
+const _: () = assert!(size_of::<Runner<EphemeralRng>>() == 10_312);
+const _: () = assert!(size_of::<MatrixApp<Lm3s6965>>() == 11_272);
 
 #[entry]
 fn main() -> ! {
