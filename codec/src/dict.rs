@@ -18,6 +18,8 @@
 //! How ids appear on the wire is [`crate::cbor`]'s business. Unknown keys and values pass
 //! through as text.
 
+// Without `dict-hash` the hash tables are not used (and not linked).
+#[cfg_attr(not(feature = "dict-hash"), allow(dead_code))]
 mod gen {
     include!(concat!(env!("OUT_DIR"), "/dict_gen.rs"));
 }
@@ -69,9 +71,15 @@ pub struct Dict {
 pub static STATIC: Dict = Dict {
     version: VERSION,
     keys: &gen::KEYS,
+    #[cfg(feature = "dict-hash")]
     key_hash: &gen::KEY_HASH,
+    #[cfg(not(feature = "dict-hash"))]
+    key_hash: &[],
     values: &gen::VALUES,
+    #[cfg(feature = "dict-hash")]
     value_hash: &gen::VALUE_HASH,
+    #[cfg(not(feature = "dict-hash"))]
+    value_hash: &[],
     #[cfg(feature = "inflate")]
     deflate: DEFLATE_DICT,
     #[cfg(not(feature = "inflate"))]
@@ -98,8 +106,14 @@ fn hash(s: &[u8]) -> u32 {
     h
 }
 
+/// The id of `s` in `names`: through the hash `table`, or (empty table, without the
+/// `dict-hash` feature) by a linear search; the same id either way.
 #[inline]
 fn find(table: &[u16], names: &[&str], s: &[u8]) -> Option<u16> {
+    if table.is_empty() {
+        let i = names.iter().position(|n| n.as_bytes() == s)?;
+        return u16::try_from(i).ok();
+    }
     let mask = table.len() - 1;
     let mut i = hash(s) as usize & mask;
     loop {
@@ -172,6 +186,19 @@ mod tests {
         assert_eq!(STATIC.key_id(b"no_such_key_x"), None);
         assert_eq!(STATIC.value_code(b"m.text"), Some(1));
         assert_eq!(STATIC.value_name(1), Some("m.text"));
+    }
+
+    #[test]
+    fn linear_search_finds_the_hashed_ids() {
+        for (i, k) in gen::KEYS.iter().enumerate().filter(|(_, k)| !k.is_empty()) {
+            let id = find(&[], &gen::KEYS, k.as_bytes());
+            assert_eq!(id, Some(i as u16), "{k}");
+            assert_eq!(id, find(&gen::KEY_HASH, &gen::KEYS, k.as_bytes()), "{k}");
+        }
+        for (i, v) in gen::VALUES.iter().enumerate() {
+            assert_eq!(find(&[], &gen::VALUES, v.as_bytes()), Some(i as u16), "{v}");
+        }
+        assert_eq!(find(&[], &gen::KEYS, b"no_such_key_x"), None);
     }
 
     #[test]
