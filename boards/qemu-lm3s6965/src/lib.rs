@@ -576,6 +576,23 @@ impl Sensor for SynthSensor {
 // ---------------------------------------------------------------------------------------------
 // Stack
 
+/// Paints the unused part of the stack reserve again (below the current stack pointer, less a
+/// 64-byte margin), so that [`stack_used`] reports the high-water mark from now on: e.g. of the
+/// main loop after a deeper boot.
+pub fn repaint_stack() {
+    extern "C" {
+        static _stack_end: u32;
+    }
+    let bottom = core::ptr::addr_of!(_stack_end) as usize;
+    let sp = cortex_m::register::msp::read() as usize - 64;
+    let mut p = bottom;
+    while p < sp {
+        // SAFETY: [bottom, sp) is the unused part of the stack reserve, word aligned.
+        unsafe { write_volatile(p as *mut u32, 0xCCCC_CCCC) };
+        p += 4;
+    }
+}
+
 /// Bytes of the stack reserve used so far (high-water mark).
 ///
 /// cortex-m-rt paints the reserve with `0xCCCC_CCCC` at reset (feature `paint-stack`); this

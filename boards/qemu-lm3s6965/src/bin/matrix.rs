@@ -11,7 +11,9 @@
 use core::mem::{size_of, MaybeUninit};
 
 use cortex_m_rt::entry;
-use lowband_board_qemu_lm3s6965::{idle, init, log, read_device_conf, stack_used, Lm3s6965};
+use lowband_board_qemu_lm3s6965::{
+    idle, init, log, read_device_conf, repaint_stack, stack_used, Lm3s6965,
+};
 use lowband_device::{DefaultSyncState, EphemeralRng, Runner};
 use lowband_firmware::{AppConfig, DeviceConfig, MatrixApp};
 
@@ -27,7 +29,8 @@ const _: () = assert!(size_of::<MatrixApp<Lm3s6965>>() == 11_272);
 #[entry]
 fn main() -> ! {
     let app = boot(init());
-    log!("matrix: up, stack {} bytes", stack_used());
+    log!("matrix: up, boot used {} bytes of stack", stack_used());
+    repaint_stack();
     let mut stack_peak = 0;
     loop {
         match app.poll(&mut []) {
@@ -65,7 +68,13 @@ fn boot(mut parts: Parts) -> &'static mut MatrixApp<Lm3s6965> {
         Ok(c) => c,
         Err(e) => panic!("lowband-device.conf: {e:?}"),
     };
-    log!("matrix: {conf:?}");
+    // Display, not Debug: Debug of a str links Unicode escaping tables.
+    log!(
+        "matrix: room {}, {} controller(s), a reading every {} s",
+        conf.room,
+        conf.controllers.len(),
+        conf.interval_s
+    );
     parts.provisioned = conf.provisioned.clone();
     let cfg = AppConfig {
         room: conf.room,
