@@ -270,7 +270,8 @@ enum Pending {
 /// bytes on thumbv7m (deframer and frame buffers) plus the stream. A deflated response body
 /// needs the `inflate` buffer of [`Runner::poll`] ([`INFLATE_DICT_LEN`] = 14 392 bytes of
 /// dictionary plus the body) and ~11 KiB of stack for the inflater: more than a 16 KiB device
-/// has, so small devices need a gateway that sends them plain bodies.
+/// has, so small devices need a gateway that sends them plain bodies: built without the codec's
+/// `inflate` ([`SMALL`]), the runner announces [`opt::SMALL`] and is 10 312 bytes on thumbv7m.
 #[derive(Debug)]
 pub struct Runner<R> {
     client: DeviceClient<R>,

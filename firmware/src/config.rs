@@ -92,13 +92,13 @@ impl<'a> DeviceConfig<'a> {
             sync_timeout_ms: 30_000,
         };
         for line in text.lines() {
-            let line = line.trim();
+            let line = line.trim_ascii();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let (name, value) = line.split_once('=').ok_or(ConfigError::Malformed)?;
-            let value = value.trim();
-            match name.trim() {
+            let value = value.trim_ascii();
+            match name.trim_ascii() {
                 "seed" => seed = Some(key32(value)?),
                 "key" => key = Some(key32(value)?),
                 "gateway" => gateway = Some(key32(value)?),
