@@ -451,6 +451,19 @@ fn qemu_matrix_firmware_over_100_bps_serial_survives_kill() {
             .any(|(b, t)| b.starts_with("t=") && t.starts_with("d2.")),
         "{history:?}"
     );
+    // Stack: booting is the deepest (the state record scratch and the session being built);
+    // the main loop's high-water mark is measured from a repaint after boot.
+    for l in q.diagnostics().iter().filter(|l| l.contains("stack")) {
+        eprintln!("{name}: boot 2: {l}");
+    }
+    let loop_peak = q
+        .diagnostics()
+        .iter()
+        .filter_map(|l| l.strip_prefix("lowband: stack high water "))
+        .filter_map(|r| r.split(' ').next()?.parse::<usize>().ok())
+        .max()
+        .expect("stack report");
+    assert!(loop_peak < 8192, "main loop stack {loop_peak} bytes");
     assert_clean(&q);
     q.kill();
     drop(slave);
