@@ -264,18 +264,21 @@ enum Pending {
 
 /// The device endpoint: owns the session, the sync state and the link buffers.
 ///
-/// Memory: [`RUNNER_SIZE`] bytes for `Runner<R>` with `R` = [`crate::EphemeralRng`]: 13 000 on
-/// thumbv7m, 12 880 on x86_64 (the sync state 5 KiB, the session ~3.5 KiB, the receive
+/// Memory: [`RUNNER_SIZE`] bytes for `Runner<R>` with `R` = [`crate::EphemeralRng`]: 13 008 on
+/// thumbv7m, 13 104 on x86_64 (the sync state 5 KiB, the session ~3.5 KiB, the receive
 /// packet, CoAP scratch and body buffers 1152 + 1152 + 2048 bytes). [`SerialLink`] adds 1536
 /// bytes on thumbv7m (deframer and frame buffers) plus the stream. A deflated response body
 /// needs the `inflate` buffer of [`Runner::poll`] ([`INFLATE_DICT_LEN`] = 14 392 bytes of
 /// dictionary plus the body) and ~11 KiB of stack for the inflater: more than a 16 KiB device
 /// has, so small devices need a gateway that sends them plain bodies: built without the codec's
-/// `inflate` ([`SMALL`]), the runner announces [`opt::SMALL`] and is 10 312 bytes on thumbv7m.
+/// `inflate` ([`SMALL`]), the runner announces [`opt::SMALL`] and is 10 320 bytes on thumbv7m.
+// repr(C), the state first: the rest of the runner is one piece that [`Runner::new_in`] can
+// lend as a record scratch while the state is restored.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Runner<R> {
-    client: DeviceClient<R>,
     state: DefaultSyncState,
+    client: DeviceClient<R>,
     token: Text<TOKEN_LEN>,
     filter: Text<FILTER_LEN>,
     token_acked: bool,
@@ -299,7 +302,7 @@ pub struct Runner<R> {
 pub const RUNNER_SIZE: usize = core::mem::size_of::<Runner<crate::EphemeralRng>>();
 const _: () = assert!(RUNNER_SIZE <= 16 * 1024);
 #[cfg(all(target_arch = "arm", target_pointer_width = "32"))]
-const _: () = assert!(SMALL || RUNNER_SIZE == 13_000);
+const _: () = assert!(SMALL || RUNNER_SIZE == 13_008);
 #[cfg(all(target_arch = "arm", target_pointer_width = "32"))]
 const _: () = assert!(SMALL || core::mem::size_of::<SerialLink<()>>() == 1536);
 
@@ -318,7 +321,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         let mut slot = core::mem::MaybeUninit::uninit();
         let mut state = Some(state);
         let mut client = Some(client);
-        Runner::new_in(&mut slot, cfg, |s| {
+        Runner::new_in(&mut slot, cfg, |s, _| {
             // INVARIANT: the closure runs once.
             if let Some(st) = state.take() {
                 *s = st;
@@ -338,7 +341,9 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     /// value: the state is created empty in its final place and handed to `load`, which
     /// restores it (e.g. [`crate::SyncState::load_into`], [`crate::SyncState::begin_boot`])
     /// and returns the session client (built from the boot number the state gave). Nothing
-    /// runner-sized ever passes through the stack.
+    /// runner-sized ever passes through the stack. `load` also gets the runner's memory that
+    /// is not in use yet (zeroed; the largest piece beside the state, 5 KiB on thumbv7m):
+    /// room for a record scratch, which then need not be on the stack.
     ///
     /// # Errors
     ///
@@ -347,7 +352,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     pub fn new_in<'s, E>(
         slot: &'s mut core::mem::MaybeUninit<Self>,
         cfg: &RunnerConfig<'_>,
-        load: impl FnOnce(&mut DefaultSyncState) -> Result<DeviceClient<R>, E>,
+        load: impl FnOnce(&mut DefaultSyncState, &mut [u8]) -> Result<DeviceClient<R>, E>,
     ) -> Result<&'s mut Self, NewInError<E>> {
         let token =
             Text::exact(cfg.access_token).ok_or(NewInError::Config(ConfigError::TokenTooLong))?;
@@ -360,7 +365,21 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         unsafe {
             let state = core::ptr::addr_of_mut!((*p).state);
             state.write(DefaultSyncState::new(0));
-            let client = load(&mut *state).map_err(NewInError::Load)?;
+            // The larger piece of the slot before or after the state: no field is written yet.
+            let (at, len) = {
+                let so = core::mem::offset_of!(Self, state);
+                let end = so + core::mem::size_of::<DefaultSyncState>();
+                let total = core::mem::size_of::<Self>();
+                if so >= total - end {
+                    (0, so)
+                } else {
+                    (end, total - end)
+                }
+            };
+            let spare = p.cast::<u8>().add(at);
+            spare.write_bytes(0, len);
+            let spare = core::slice::from_raw_parts_mut(spare, len);
+            let client = load(&mut *state, spare).map_err(NewInError::Load)?;
             core::ptr::addr_of_mut!((*p).client).write(client);
             core::ptr::addr_of_mut!((*p).token).write(token);
             core::ptr::addr_of_mut!((*p).filter).write(filter);

@@ -145,8 +145,9 @@ type Err<B> = AppError<<<B as Board>::Flash as Flash>::Error, embedded_io::Error
 
 impl<B: Board> MatrixApp<B> {
     /// Boots: restores the state from `parts.flash` (through `scratch`, at least
-    /// [`DEFAULT_RECORD_MAX`] bytes, needed only here), advances the boot counter, starts the
-    /// session and queues the room join if needed. The application is returned by value:
+    /// [`DEFAULT_RECORD_MAX`] bytes, needed only here, unless the runner's unused memory holds
+    /// the record: then `scratch` may be empty), advances the boot counter, starts the session
+    /// and queues the room join if needed. The application is returned by value:
     /// on a small board use [`boot_in`](Self::boot_in).
     ///
     /// # Errors
@@ -173,9 +174,6 @@ impl<B: Board> MatrixApp<B> {
         cfg: &AppConfig<'_>,
         scratch: &mut [u8],
     ) -> Result<&'s mut Self, Err<B>> {
-        if scratch.len() < DEFAULT_RECORD_MAX {
-            return Err(AppError::Config);
-        }
         let room = Text::exact(cfg.room).ok_or(AppError::Config)?;
         let rcfg = RunnerConfig {
             access_token: cfg.access_token,
@@ -189,7 +187,15 @@ impl<B: Board> MatrixApp<B> {
         let runner_slot = unsafe {
             &mut *(core::ptr::addr_of_mut!((*p).runner) as *mut MaybeUninit<Runner<EphemeralRng>>)
         };
-        let load = |state: &mut DefaultSyncState| -> Result<_, Err<B>> {
+        let load = |state: &mut DefaultSyncState, spare: &mut [u8]| -> Result<_, Err<B>> {
+            // The record goes through the runner's unused memory if it is big enough.
+            let scratch = if spare.len() >= DEFAULT_RECORD_MAX {
+                spare
+            } else if scratch.len() >= DEFAULT_RECORD_MAX {
+                scratch
+            } else {
+                return Err(AppError::Config);
+            };
             // A state that does not load (corrupt pages, older format) starts empty.
             let _ = state.load_into(&mut AbStore::new(&mut parts.flash), scratch);
             let boot = BootCounter::advance(&mut AbStore::new(&mut parts.boot_flash), state.boot())
