@@ -205,12 +205,12 @@ mod tests {
 
     #[test]
     fn refuses_bad_texts() {
+        extern crate alloc;
         let with = |extra: &str| {
-            let mut v: std::vec::Vec<u8> = TEXT.to_vec();
+            let mut v: alloc::vec::Vec<u8> = TEXT.to_vec();
             v.extend_from_slice(extra.as_bytes());
             DeviceConfig::parse(&v).map(|_| ())
         };
-        extern crate std;
         assert_eq!(
             with("controller=@c:x\n"),
             Err(ConfigError::TooManyControllers)
