@@ -16,7 +16,10 @@
 #   FLASH_LIMIT, RAM_LIMIT             limits in bytes
 #   MATRIX_STRICT=1                    fail when `matrix` is over budget too (it does not fit
 #                                      yet: README's device section; its figures are printed
-#                                      and marked OVER either way)
+#                                      and marked OVER either way). Without it `matrix` must
+#                                      stay within MATRIX_FLASH_CEILING / MATRIX_RAM_CEILING
+#                                      (default 128 / 32 KiB: just above today, a ratchet
+#                                      against growth, to be lowered as it shrinks)
 #   TOP=n                              largest symbols to list (default 10, 0 = none)
 #   SKIP_BUILD=1                       check existing builds
 #   LINT=1                             also cargo fmt --check and clippy -D warnings on the
@@ -29,6 +32,8 @@ BASE=${CARGO_TARGET_DIR:-$ROOT/target}
 BOARDS=${BOARDS:-qemu-lm3s6965 stm32f103}
 FLASH_LIMIT=${FLASH_LIMIT:-65536}
 RAM_LIMIT=${RAM_LIMIT:-16384}
+MATRIX_FLASH_CEILING=${MATRIX_FLASH_CEILING:-131072}
+MATRIX_RAM_CEILING=${MATRIX_RAM_CEILING:-32768}
 TOP=${TOP:-10}
 
 command -v readelf >/dev/null || { echo "firmware.sh: readelf missing (apt-get install binutils)" >&2; exit 2; }
@@ -106,6 +111,11 @@ check_elf() {
   row "stack reserve" "$stack"
   check "flash (vt+text+rodata+data)" "$flash" "$FLASH_LIMIT"
   check "RAM (data+bss+uninit+stack)" "$ram" "$RAM_LIMIT"
+  if [ "$strict" = 0 ]; then
+    strict=1
+    check "flash ceiling (no growth)" "$flash" "$MATRIX_FLASH_CEILING"
+    check "RAM ceiling (no growth)" "$ram" "$MATRIX_RAM_CEILING"
+  fi
   heap=$(awk '$8 ~ /^(__rust_alloc|__rust_alloc_zeroed|__rust_realloc|__rg_alloc|__rdl_alloc|__rust_alloc_error_handler)$/ { print $8 }' <<<"$symbols" | sort -u | tr '\n' ' ')
   if [ -n "$heap" ]; then
     echo "  heap                         allocator linked: $heap OVER"
