@@ -68,6 +68,10 @@ fn boot(mut parts: Parts) -> &'static mut MatrixApp<Lm3s6965> {
         Ok(c) => c,
         Err(e) => panic!("lowband-device.conf: {e:?}"),
     };
+    // MatrixApp without controllers obeys every room member: a device refuses that.
+    if conf.controllers.is_empty() {
+        panic!("lowband-device.conf: no controller=");
+    }
     // Display, not Debug: Debug of a str links Unicode escaping tables.
     log!(
         "matrix: room {}, {} controller(s), a reading every {} s",
