@@ -728,17 +728,24 @@ fn encode_number(j: &[u8], p: usize, w: &mut W<'_>) -> Result<usize, Error> {
             return Ok(end);
         }
     } else {
-        // INVARIANT: scan_number accepted only ASCII digits, sign, '.', 'e', 'E', '+', '-'.
-        let text = core::str::from_utf8(lit).map_err(|_| Error::InvalidJson)?;
-        if let Ok(v) = text.parse::<f64>() {
-            if v.is_finite() {
-                let mut buf = ryu::Buffer::new();
-                if buf.format_finite(v).as_bytes() == lit {
-                    write_float(w, v)?;
-                    return Ok(end);
+        #[cfg(feature = "float")]
+        {
+            // INVARIANT: scan_number accepted only ASCII digits, sign, '.', 'e', 'E', '+', '-'.
+            let text = core::str::from_utf8(lit).map_err(|_| Error::InvalidJson)?;
+            if let Ok(v) = text.parse::<f64>() {
+                if v.is_finite() {
+                    let mut buf = ryu::Buffer::new();
+                    if buf.format_finite(v).as_bytes() == lit {
+                        write_float(w, v)?;
+                        return Ok(end);
+                    }
                 }
             }
         }
+        // Without `float` the choice between a float and a number literal cannot be made as
+        // the other end makes it: refused rather than encoded differently.
+        #[cfg(not(feature = "float"))]
+        return Err(Error::Unrepresentable);
     }
     w.head(6, TAG_NUMBER)?;
     w.head(3, lit.len() as u64)?;
@@ -746,30 +753,29 @@ fn encode_number(j: &[u8], p: usize, w: &mut W<'_>) -> Result<usize, Error> {
     Ok(end)
 }
 
-/// Half-precision bits to f64 (RFC 8949 Appendix D).
+/// Half-precision bits to f64 (RFC 8949 Appendix D), by bit manipulation (no float
+/// arithmetic: a device without an FPU links no soft-float routines for it).
 fn f16_to_f64(h: u16) -> f64 {
-    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = (h >> 10) & 0x1f;
-    let mant = f64::from(h & 0x3ff);
-    let v = if exp == 0 {
-        mant * (1.0 / 16_777_216.0) // 2^-24
-    } else if exp != 31 {
-        let mut m = (mant + 1024.0) * (1.0 / 33_554_432.0); // * 2^-25
-        let mut e = exp;
-        while e > 0 {
-            m *= 2.0;
-            e -= 1;
+    let sign = u64::from(h >> 15) << 63;
+    let exp = u64::from((h >> 10) & 0x1f);
+    let mant = u64::from(h & 0x3ff);
+    let bits = match (exp, mant) {
+        (0, 0) => sign,
+        // Subnormal: mant * 2^-24 = 2^(p-24) * 1.rest, p the top set bit of mant.
+        (0, m) => {
+            let p = 63 - u64::from(m.leading_zeros());
+            let rest = m & !(1 << p);
+            sign | ((p + 1023 - 24) << 52) | (rest << (52 - p))
         }
-        m
-    } else if mant == 0.0 {
-        f64::INFINITY
-    } else {
-        f64::NAN
+        (31, 0) => sign | (0x7ff << 52),
+        (31, _) => return f64::NAN,
+        (e, m) => sign | ((e + 1023 - 15) << 52) | (m << 42),
     };
-    sign * v
+    f64::from_bits(bits)
 }
 
 /// The half-precision bits of `v` if `v` is exactly representable as a half.
+#[cfg(feature = "float")]
 fn f64_to_f16_exact(v: f64) -> Option<u16> {
     let f = v as f32;
     if f64::from(f).to_bits() != v.to_bits() {
@@ -799,6 +805,7 @@ fn f64_to_f16_exact(v: f64) -> Option<u16> {
     (f16_to_f64(h).to_bits() == v.to_bits()).then_some(h)
 }
 
+#[cfg(feature = "float")]
 fn write_float(w: &mut W<'_>, v: f64) -> Result<(), Error> {
     if let Some(h) = f64_to_f16_exact(v) {
         w.push(0xf9)?;
@@ -1391,8 +1398,10 @@ pub fn decode_to_json_with(
                 if !v.is_finite() {
                     return Err(Error::Unrepresentable);
                 }
-                let mut buf = ryu::Buffer::new();
-                w.extend(buf.format_finite(v).as_bytes())?;
+                #[cfg(feature = "float")]
+                w.extend(ryu::Buffer::new().format_finite(v).as_bytes())?;
+                #[cfg(not(feature = "float"))]
+                return Err(Error::Unrepresentable);
             }
             Item::Bool(b) => w.extend(if b { b"true" } else { b"false" })?,
             Item::Null => w.extend(b"null")?,
@@ -1548,6 +1557,38 @@ pub fn decode_vec(cbor: &[u8], limits: &Limits) -> Result<alloc::vec::Vec<u8>, E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 8949 Appendix D's decode_half, with floats.
+    fn f16_reference(h: u16) -> f64 {
+        let exp = i32::from((h >> 10) & 0x1f);
+        let mant = f64::from(h & 0x3ff);
+        let v = match exp {
+            0 => mant * 2f64.powi(-24),
+            31 if mant == 0.0 => f64::INFINITY,
+            31 => f64::NAN,
+            e => (mant + 1024.0) * 2f64.powi(e - 25),
+        };
+        if h & 0x8000 != 0 {
+            -v
+        } else {
+            v
+        }
+    }
+
+    #[test]
+    fn halves_decode_as_the_rfc_says() {
+        for h in 0..=u16::MAX {
+            let (a, b) = (f16_to_f64(h), f16_reference(h));
+            if b.is_nan() {
+                assert!(a.is_nan(), "{h:#06x}");
+            } else {
+                assert_eq!(a.to_bits(), b.to_bits(), "{h:#06x}: {a} vs {b}");
+            }
+        }
+        assert_eq!(f16_to_f64(0x3c00), 1.0);
+        assert_eq!(f16_to_f64(0x0001), 5.960_464_477_539_063e-8);
+        assert_eq!(f16_to_f64(0xfbff), -65504.0);
+    }
 
     fn enc(j: &str) -> ([u8; 256], usize) {
         let mut out = [0u8; 256];

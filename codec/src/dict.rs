@@ -18,6 +18,8 @@
 //! How ids appear on the wire is [`crate::cbor`]'s business. Unknown keys and values pass
 //! through as text.
 
+// Without `dict-hash` the hash tables are not used (and not linked).
+#[cfg_attr(not(feature = "dict-hash"), allow(dead_code))]
 mod gen {
     include!(concat!(env!("OUT_DIR"), "/dict_gen.rs"));
 }
@@ -56,22 +58,38 @@ impl core::error::Error for Error {}
 pub struct Dict {
     /// The dictionary version.
     pub version: u16,
-    keys: &'static [&'static str],
+    keys: Names,
     key_hash: &'static [u16],
-    values: &'static [&'static str],
+    values: Names,
     value_hash: &'static [u16],
-    /// The deflate preset dictionary.
+    /// The deflate preset dictionary (empty without the `inflate` feature: a build that cannot
+    /// inflate keeps its 14 KiB out of flash).
     pub deflate: &'static [u8],
 }
 
 /// The dictionary of this build ([`VERSION`]).
 pub static STATIC: Dict = Dict {
     version: VERSION,
-    keys: &gen::KEYS,
+    keys: Names {
+        blob: gen::KEYS_BLOB,
+        ends: &gen::KEYS_ENDS,
+    },
+    #[cfg(feature = "dict-hash")]
     key_hash: &gen::KEY_HASH,
-    values: &gen::VALUES,
+    #[cfg(not(feature = "dict-hash"))]
+    key_hash: &[],
+    values: Names {
+        blob: gen::VALUES_BLOB,
+        ends: &gen::VALUES_ENDS,
+    },
+    #[cfg(feature = "dict-hash")]
     value_hash: &gen::VALUE_HASH,
+    #[cfg(not(feature = "dict-hash"))]
+    value_hash: &[],
+    #[cfg(feature = "inflate")]
     deflate: DEFLATE_DICT,
+    #[cfg(not(feature = "inflate"))]
+    deflate: &[],
 };
 
 /// Selects the dictionary a peer announced; only [`VERSION`] exists in this build.
@@ -80,6 +98,29 @@ pub fn for_version(version: u16) -> Result<&'static Dict, Error> {
         Ok(&STATIC)
     } else {
         Err(Error::UnknownVersion(version))
+    }
+}
+
+/// A table of names: one blob and the end offset of each name (id = index).
+#[derive(Debug, Clone, Copy)]
+struct Names {
+    blob: &'static str,
+    ends: &'static [u16],
+}
+
+impl Names {
+    /// Name `i` (empty for an unused id).
+    fn get(&self, i: usize) -> Option<&'static str> {
+        let end = usize::from(*self.ends.get(i)?);
+        let start = match i {
+            0 => 0,
+            _ => usize::from(self.ends[i - 1]),
+        };
+        self.blob.get(start..end)
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
     }
 }
 
@@ -94,8 +135,14 @@ fn hash(s: &[u8]) -> u32 {
     h
 }
 
+/// The id of `s` in `names`: through the hash `table`, or (empty table, without the
+/// `dict-hash` feature) by a linear search; the same id either way.
 #[inline]
-fn find(table: &[u16], names: &[&str], s: &[u8]) -> Option<u16> {
+fn find(table: &[u16], names: &Names, s: &[u8]) -> Option<u16> {
+    if table.is_empty() {
+        let i = (0..names.len()).find(|&i| names.get(i).map(str::as_bytes) == Some(s))?;
+        return u16::try_from(i).ok();
+    }
     let mask = table.len() - 1;
     let mut i = hash(s) as usize & mask;
     loop {
@@ -117,13 +164,13 @@ impl Dict {
         if key.is_empty() {
             return None;
         }
-        find(self.key_hash, self.keys, key)
+        find(self.key_hash, &self.keys, key)
     }
 
     /// The map key of an integer id.
     #[inline]
     pub fn key_name(&self, id: u64) -> Option<&'static str> {
-        let n = *self.keys.get(usize::try_from(id).ok()?)?;
+        let n = self.keys.get(usize::try_from(id).ok()?)?;
         (!n.is_empty()).then_some(n)
     }
 
@@ -133,13 +180,13 @@ impl Dict {
         if value.is_empty() {
             return None;
         }
-        find(self.value_hash, self.values, value)
+        find(self.value_hash, &self.values, value)
     }
 
     /// The string value of a code.
     #[inline]
     pub fn value_name(&self, code: u64) -> Option<&'static str> {
-        self.values.get(usize::try_from(code).ok()?).copied()
+        self.values.get(usize::try_from(code).ok()?)
     }
 
     /// Number of key ids (including unused ids, like 0).
@@ -168,6 +215,26 @@ mod tests {
         assert_eq!(STATIC.key_id(b"no_such_key_x"), None);
         assert_eq!(STATIC.value_code(b"m.text"), Some(1));
         assert_eq!(STATIC.value_name(1), Some("m.text"));
+    }
+
+    #[test]
+    fn linear_search_finds_the_hashed_ids() {
+        let (keys, values) = (STATIC.keys, STATIC.values);
+        for i in 0..keys.len() {
+            let k = keys.get(i).unwrap();
+            if k.is_empty() {
+                continue;
+            }
+            let id = find(&[], &keys, k.as_bytes());
+            assert_eq!(id, Some(i as u16), "{k}");
+            assert_eq!(id, find(&gen::KEY_HASH, &keys, k.as_bytes()), "{k}");
+        }
+        for i in 0..values.len() {
+            let v = values.get(i).unwrap();
+            assert_eq!(find(&[], &values, v.as_bytes()), Some(i as u16), "{v}");
+        }
+        assert_eq!(find(&[], &keys, b"no_such_key_x"), None);
+        assert_eq!(keys.get(keys.len()), None);
     }
 
     #[test]

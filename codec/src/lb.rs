@@ -26,6 +26,12 @@ pub mod opt {
     /// byte `0xe0 + slot` in request targets ([`crate::route::encode_target_with`]). A server
     /// that does not hold a slot answers 4.12 with an empty `ALIAS`: define it again.
     pub const ALIAS: u16 = 8;
+    /// A small device (no inflate, small receive buffers) tells the server with the request
+    /// that registers its token: uint `szx`, "send me plain bodies (never deflated, see
+    /// [`crate::pack`]), block-wise in blocks of at most 2^(4+szx) bytes" (RFC 7959 §2.2 SZX).
+    /// It holds for the peer from then on; sent again whenever the token is registered again
+    /// (a server that forgot the token forgot this too).
+    pub const SMALL: u16 = 38;
     /// Uri-Path: the whole encoded target (RFC 7252 Uri-Path, binary here).
     pub const TARGET: u16 = 11;
     /// A federation request uses session aliases: empty, or the first number it defines + 1

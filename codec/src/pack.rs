@@ -13,11 +13,20 @@
 //! device inflates without an allocator: miniz_oxide's core decompressor writes into the caller's
 //! scratch buffer right after a copy of the preset dictionary (non-wrapping output buffer), so
 //! back-references reach into the dictionary. Without `std`, [`pack`] emits the plain form
-//! only (both forms are always accepted by [`unpack`]).
+//! only. Both forms are accepted by [`unpack`] with the `inflate` feature; without it (a small
+//! device: no miniz_oxide, no 14 KiB dictionary in flash, no inflate stack) a deflated body is
+//! [`Error::Inflate`], and the device asks its gateway for plain bodies
+//! ([`crate::lb::opt::SMALL`]).
 use crate::cbor::{self, Limits};
 use crate::dict::DEFLATE_DICT;
+#[cfg(feature = "inflate")]
 use miniz_oxide::inflate::core::{decompress, inflate_flags, DecompressorOxide};
+#[cfg(feature = "inflate")]
 use miniz_oxide::inflate::TINFLStatus;
+
+/// Whether this build inflates deflated bodies (feature `inflate`). A device built without it
+/// must ask for plain bodies ([`crate::lb::opt::SMALL`]).
+pub const INFLATE: bool = cfg!(feature = "inflate");
 
 /// First byte of a deflated body (CBOR major type 0 with reserved additional information 28).
 pub const DEFLATE_MARK: u8 = 0x1c;
@@ -101,6 +110,22 @@ pub fn unpack_cbor<'a>(packed: &'a [u8], scratch: &'a mut [u8]) -> Result<&'a [u
 }
 
 /// [`unpack_cbor`] with a given preset dictionary.
+///
+/// Without the `inflate` feature, a deflated body is [`Error::Inflate`].
+#[cfg(not(feature = "inflate"))]
+pub fn unpack_cbor_with<'a>(
+    packed: &'a [u8],
+    _scratch: &'a mut [u8],
+    _dict: &[u8],
+) -> Result<&'a [u8], Error> {
+    match packed.first() {
+        Some(&DEFLATE_MARK) => Err(Error::Inflate),
+        _ => Ok(packed),
+    }
+}
+
+/// [`unpack_cbor`] with a given preset dictionary.
+#[cfg(feature = "inflate")]
 pub fn unpack_cbor_with<'a>(
     packed: &'a [u8],
     scratch: &'a mut [u8],

@@ -113,10 +113,35 @@ const HEAD_LITERAL: u32 = 0;
 pub struct RouteId(pub u16);
 
 impl RouteId {
-    /// The route's metadata, if this table has it.
+    /// The route's metadata, if this table has it (without the `routes` feature: if it is one
+    /// of [`DEVICE_ROUTES`]).
     pub fn route(self) -> Option<&'static Route> {
-        table::ROUTES.get(usize::from(self.0))
+        #[cfg(feature = "routes")]
+        return table::ROUTES.get(usize::from(self.0));
+        #[cfg(not(feature = "routes"))]
+        return DEVICE_ROUTES.iter().find(|r| r.id == self);
     }
+}
+
+/// The routes a device uses (sync, send, typing, join, leave): rows of the full table, same
+/// numbers. Built without the `routes` feature, the codec knows only these (a device's flash
+/// holds 5 rows instead of 246); any other path is encoded as a literal, which every peer
+/// decodes. Encoding one of these paths gives the same bytes either way: the test
+/// `device_routes_encode_as_the_full_table` checks it.
+pub static DEVICE_ROUTES: [Route; 5] = [
+    table::ROUTES[0],
+    table::ROUTES[1],
+    table::ROUTES[3],
+    table::ROUTES[12],
+    table::ROUTES[15],
+];
+
+/// The routes this build matches paths against.
+fn active() -> &'static [Route] {
+    #[cfg(feature = "routes")]
+    return &table::ROUTES;
+    #[cfg(not(feature = "routes"))]
+    return &DEVICE_ROUTES;
 }
 
 /// HTTP request method.
@@ -232,9 +257,10 @@ impl Route {
     }
 }
 
-/// All routes, indexed by [`RouteId`].
+/// All routes, indexed by [`RouteId`] (without the `routes` feature: [`DEVICE_ROUTES`], which
+/// are not indexed by their id).
 pub fn routes() -> &'static [Route] {
-    &table::ROUTES
+    active()
 }
 
 /// The global query key list (key numbers after a route's own keys index it).
@@ -249,7 +275,7 @@ pub fn strings() -> &'static [&'static str] {
 
 /// The route of `api` named `name` (its operationId or one of its `alt_names`).
 pub fn by_name(api: Api, name: &str) -> Option<&'static Route> {
-    table::ROUTES
+    active()
         .iter()
         .find(|r| r.api == api && (r.name == name || r.alt_names.contains(&name)))
 }
@@ -309,6 +335,7 @@ pub struct Match<'a> {
     pub id: RouteId,
     /// Index in [`VERSIONS`] of the path's version segment when it differs from the template's.
     pub variant: Option<u8>,
+    route: &'static Route,
     params: [&'a str; MAX_PARAMS],
     len: u8,
 }
@@ -322,8 +349,8 @@ impl<'a> Match<'a> {
 
     /// The route's metadata.
     pub fn route(&self) -> &'static Route {
-        // INVARIANT: a Match is only built from an index of table::ROUTES.
-        &table::ROUTES[usize::from(self.id.0)]
+        // INVARIANT: a Match is only built from a row of the active table.
+        self.route
     }
 
     /// Writes the matched path back into `out` (byte-identical to the looked-up path).
@@ -339,10 +366,15 @@ impl<'a> Match<'a> {
 /// When several templates match, the one with the fewest parameters wins, then the one whose
 /// version segment is the path's own, then the lowest number. `method` is case-sensitive.
 pub fn lookup<'a>(method: &str, path: &'a str) -> Option<Match<'a>> {
+    lookup_in(active(), method, path)
+}
+
+/// [`lookup`] in `routes` (in id order).
+fn lookup_in<'a>(routes: &'static [Route], method: &str, path: &'a str) -> Option<Match<'a>> {
     let m = Method::from_name(method)?;
     let nseg = path.bytes().filter(|&b| b == b'/').count() + 1;
     let mut best: Option<Match<'a>> = None;
-    for r in table::ROUTES.iter() {
+    for r in routes.iter() {
         if r.method != m || usize::from(r.segments) != nseg {
             continue;
         }
@@ -369,9 +401,10 @@ pub fn lookup<'a>(method: &str, path: &'a str) -> Option<Match<'a>> {
     best
 }
 
-fn match_route<'a>(r: &Route, path: &'a str) -> Option<Match<'a>> {
+fn match_route<'a>(r: &'static Route, path: &'a str) -> Option<Match<'a>> {
     let mut m = Match {
         id: r.id,
+        route: r,
         variant: None,
         params: [""; MAX_PARAMS],
         len: 0,
@@ -812,6 +845,42 @@ mod item;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_routes_encode_as_the_full_table() {
+        // The paths a device sends match the same row (id, variant, params) in the 5-row table
+        // as in the full one, so the target bytes are the same with or without `routes`.
+        let paths = [
+            ("GET", "/_matrix/client/v3/sync"),
+            (
+                "PUT",
+                "/_matrix/client/v3/rooms/!r:ex.org/send/m.room.message/d1.0",
+            ),
+            (
+                "PUT",
+                "/_matrix/client/v3/rooms/%E0/send/org.lowband.reading/d2.7",
+            ),
+            (
+                "PUT",
+                "/_matrix/client/v3/rooms/!r:ex.org/typing/@dev:ex.org",
+            ),
+            ("POST", "/_matrix/client/v3/join/!r:ex.org"),
+            ("POST", "/_matrix/client/v3/join/#a:ex.org"),
+            ("POST", "/_matrix/client/v3/rooms/!r:ex.org/leave"),
+        ];
+        for (m, p) in paths {
+            let full = lookup_in(&table::ROUTES, m, p).unwrap();
+            let small = lookup_in(&DEVICE_ROUTES, m, p).unwrap();
+            assert_eq!(small, full, "{m} {p}");
+        }
+        assert_eq!(
+            DEVICE_ROUTES.map(|r| r.id.0),
+            [0, 1, 3, 12, 15],
+            "rows keep their numbers"
+        );
+        // Another path is not in the small table (a device sends it as a literal).
+        assert!(lookup_in(&DEVICE_ROUTES, "POST", "/_matrix/client/v3/login").is_none());
+    }
 
     fn enc(method: &str, pq: &str) -> ([u8; 128], usize) {
         let mut out = [0u8; 128];

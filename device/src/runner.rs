@@ -77,17 +77,22 @@ use crate::DefaultSyncState;
 
 /// CoAP MTU of the device's own messages ([`DeviceClient`]).
 pub const COAP_MTU: usize = 128;
-/// Largest link packet the runner receives: a 1 KiB block of the gateway (its `BLOCK`) with
-/// CoAP header, options and the Noise overhead.
-pub const RX_PACKET: usize = 1152;
+/// Whether this runner is a small device's: built with a codec that cannot inflate (its
+/// `inflate` feature off), it announces [`opt::SMALL`] with [`BLOCK_SZX`] when it registers its
+/// token, so the gateway sends it plain bodies in small blocks, and its buffers are sized for
+/// those blocks.
+pub const SMALL: bool = !pack::INFLATE;
+/// Largest link packet the runner receives: one block of the gateway (1 KiB, its `BLOCK`; a
+/// [`SMALL`] runner's 256 bytes) with CoAP header, options and the Noise overhead.
+pub const RX_PACKET: usize = if SMALL { 320 } else { 1152 };
 /// Largest link packet the runner sends.
 pub const TX_PACKET: usize = max_packet_len(COAP_MTU);
 /// Largest (packed) response body the runner reassembles; bigger ones are dropped and the
 /// sync is retried with a smaller `limit` in its filter.
-pub const BODY_MAX: usize = 2048;
-/// Block size exponent the runner asks for (RFC 7959 §2.2: 2^(4+SZX) bytes; 6 = 1 KiB, the
-/// gateway's block).
-pub const BLOCK_SZX: u8 = 6;
+pub const BODY_MAX: usize = if SMALL { 1024 } else { 2048 };
+/// Block size exponent (RFC 7959 §2.2: 2^(4+SZX) bytes): 6 = 1 KiB, the gateway's block; a
+/// [`SMALL`] runner asks for 4 = 256 bytes ([`opt::SMALL`]).
+pub const BLOCK_SZX: u8 = if SMALL { 4 } else { 6 };
 /// Longest access token kept.
 pub const TOKEN_LEN: usize = 96;
 /// Longest sync filter (inline JSON or a filter id) kept.
@@ -221,6 +226,15 @@ pub enum ConfigError {
     FilterTooLong,
 }
 
+/// Why [`Runner::new_in`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewInError<E> {
+    /// The configuration does not fit.
+    Config(ConfigError),
+    /// The `load` closure failed.
+    Load(E),
+}
+
 /// Counters of a [`Runner`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunnerStats {
@@ -292,16 +306,20 @@ pub const PUSH_REFRESH_MS: u64 = 15 * 60 * 1000;
 /// The device endpoint: owns the session, the sync state and the link buffers.
 ///
 /// Memory: [`RUNNER_SIZE`] bytes for `Runner<R>` with `R` = [`crate::EphemeralRng`]: 13 216 on
-/// thumbv7m (the sync state 5 KiB, the session ~3.5 KiB, the receive
+/// thumbv7m in the full build (the sync state 5 KiB, the session ~3.5 KiB, the receive
 /// packet, CoAP scratch and body buffers 1152 + 1152 + 2048 bytes). [`SerialLink`] adds 1536
 /// bytes on thumbv7m (deframer and frame buffers) plus the stream. A deflated response body
 /// needs the `inflate` buffer of [`Runner::poll`] ([`INFLATE_DICT_LEN`] = 14 392 bytes of
 /// dictionary plus the body) and ~11 KiB of stack for the inflater: more than a 16 KiB device
-/// has, so small devices need a gateway that sends them plain bodies.
+/// has, so small devices need a gateway that sends them plain bodies: built without the codec's
+/// `inflate` ([`SMALL`]), the runner announces [`opt::SMALL`] and is 10 320 bytes on thumbv7m.
+// repr(C), the state first: the rest of the runner is one piece that [`Runner::new_in`] can
+// lend as a record scratch while the state is restored.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Runner<R> {
-    client: DeviceClient<R>,
     state: DefaultSyncState,
+    client: DeviceClient<R>,
     token: Text<TOKEN_LEN>,
     filter: Text<FILTER_LEN>,
     token_acked: bool,
@@ -334,9 +352,9 @@ pub struct Runner<R> {
 pub const RUNNER_SIZE: usize = core::mem::size_of::<Runner<crate::EphemeralRng>>();
 const _: () = assert!(RUNNER_SIZE <= 16 * 1024);
 #[cfg(all(target_arch = "arm", target_pointer_width = "32"))]
-const _: () = assert!(RUNNER_SIZE == 13_216);
+const _: () = assert!(SMALL || RUNNER_SIZE == 13_216);
 #[cfg(all(target_arch = "arm", target_pointer_width = "32"))]
-const _: () = assert!(core::mem::size_of::<SerialLink<()>>() == 1536);
+const _: () = assert!(SMALL || core::mem::size_of::<SerialLink<()>>() == 1536);
 
 impl<R: RngCore + CryptoRng> Runner<R> {
     /// A runner over an unstarted session and a restored (or fresh) state whose boot has begun
@@ -350,30 +368,120 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         state: DefaultSyncState,
         cfg: &RunnerConfig<'_>,
     ) -> Result<Self, ConfigError> {
-        Ok(Runner {
-            client,
-            state,
-            token: Text::exact(cfg.access_token).ok_or(ConfigError::TokenTooLong)?,
-            filter: Text::exact(cfg.filter).ok_or(ConfigError::FilterTooLong)?,
-            token_acked: false,
-            aliases: heapless::Vec::new(),
-            sync_timeout_ms: cfg.sync_timeout_ms,
-            sync_interval_ms: cfg.sync_interval_ms,
-            sync_due: 0,
-            since_advanced: false,
-            send: None,
-            sync: None,
-            push_refresh_ms: Some(PUSH_REFRESH_MS),
-            refresh_due: 0,
-            push_tables: false,
-            users: [const { Text::new() }; dev::USERS],
-            body_len: 0,
-            rx: [0; RX_PACKET],
-            scratch: [0; RX_PACKET],
-            body: [0; BODY_MAX],
-            tx: [0; TX_PACKET + 1],
-            stats: RunnerStats::default(),
+        let mut slot = core::mem::MaybeUninit::uninit();
+        let mut state = Some(state);
+        let mut client = Some(client);
+        Runner::new_in(&mut slot, cfg, |s, _| {
+            // INVARIANT: the closure runs once.
+            if let Some(st) = state.take() {
+                *s = st;
+            }
+            client.take().ok_or(())
         })
+        .map_err(|e| match e {
+            NewInError::Config(c) => c,
+            // INVARIANT: the closure above never fails.
+            NewInError::Load(()) => ConfigError::TokenTooLong,
+        })?;
+        // SAFETY: new_in returned Ok: every field is written.
+        Ok(unsafe { slot.assume_init() })
+    }
+
+    /// Builds a runner in place (e.g. in a `static`), for boards whose stack cannot hold one by
+    /// value: the state is created empty in its final place and handed to `load`, which
+    /// restores it (e.g. [`crate::SyncState::load_into`], [`crate::SyncState::begin_boot`])
+    /// and returns the session client (built from the boot number the state gave). Nothing
+    /// runner-sized ever passes through the stack. `load` also gets the runner's memory that
+    /// is not in use yet (zeroed; the largest piece beside the state, 5 KiB on thumbv7m):
+    /// room for a record scratch, which then need not be on the stack.
+    ///
+    /// # Errors
+    ///
+    /// [`NewInError::Load`] with `load`'s error, [`NewInError::Config`] if the token or filter
+    /// does not fit; the slot is then not initialised.
+    pub fn new_in<'s, E>(
+        slot: &'s mut core::mem::MaybeUninit<Self>,
+        cfg: &RunnerConfig<'_>,
+        load: impl FnOnce(&mut DefaultSyncState, &mut [u8]) -> Result<DeviceClient<R>, E>,
+    ) -> Result<&'s mut Self, NewInError<E>> {
+        let token =
+            Text::exact(cfg.access_token).ok_or(NewInError::Config(ConfigError::TokenTooLong))?;
+        let filter =
+            Text::exact(cfg.filter).ok_or(NewInError::Config(ConfigError::FilterTooLong))?;
+        let p = slot.as_mut_ptr();
+        // SAFETY: `p` points to the slot's (uninitialised) memory; every field is written once
+        // through its own pointer before the slot is read as a Runner (`fields_check` keeps
+        // this list complete).
+        unsafe {
+            let state = core::ptr::addr_of_mut!((*p).state);
+            state.write(DefaultSyncState::new(0));
+            // The larger piece of the slot before or after the state: no field is written yet.
+            let (at, len) = {
+                let so = core::mem::offset_of!(Self, state);
+                let end = so + core::mem::size_of::<DefaultSyncState>();
+                let total = core::mem::size_of::<Self>();
+                if so >= total - end {
+                    (0, so)
+                } else {
+                    (end, total - end)
+                }
+            };
+            let spare = p.cast::<u8>().add(at);
+            spare.write_bytes(0, len);
+            let spare = core::slice::from_raw_parts_mut(spare, len);
+            let client = load(&mut *state, spare).map_err(NewInError::Load)?;
+            core::ptr::addr_of_mut!((*p).client).write(client);
+            core::ptr::addr_of_mut!((*p).token).write(token);
+            core::ptr::addr_of_mut!((*p).filter).write(filter);
+            core::ptr::addr_of_mut!((*p).token_acked).write(false);
+            core::ptr::addr_of_mut!((*p).aliases).write(heapless::Vec::new());
+            core::ptr::addr_of_mut!((*p).sync_timeout_ms).write(cfg.sync_timeout_ms);
+            core::ptr::addr_of_mut!((*p).sync_interval_ms).write(cfg.sync_interval_ms);
+            core::ptr::addr_of_mut!((*p).sync_due).write(0);
+            core::ptr::addr_of_mut!((*p).since_advanced).write(false);
+            core::ptr::addr_of_mut!((*p).send).write(None);
+            core::ptr::addr_of_mut!((*p).sync).write(None);
+            core::ptr::addr_of_mut!((*p).push_refresh_ms).write(Some(PUSH_REFRESH_MS));
+            core::ptr::addr_of_mut!((*p).refresh_due).write(0);
+            core::ptr::addr_of_mut!((*p).push_tables).write(false);
+            core::ptr::addr_of_mut!((*p).users).write([const { Text::new() }; dev::USERS]);
+            core::ptr::addr_of_mut!((*p).body_len).write(0);
+            core::ptr::addr_of_mut!((*p).rx).write_bytes(0, 1);
+            core::ptr::addr_of_mut!((*p).scratch).write_bytes(0, 1);
+            core::ptr::addr_of_mut!((*p).body).write_bytes(0, 1);
+            core::ptr::addr_of_mut!((*p).tx).write_bytes(0, 1);
+            core::ptr::addr_of_mut!((*p).stats).write(RunnerStats::default());
+            Ok(slot.assume_init_mut())
+        }
+    }
+
+    /// Fails to compile when a field is added to [`Runner`] and not to [`Runner::new_in`].
+    #[allow(dead_code)]
+    fn fields_check(self) {
+        let Runner {
+            client: _,
+            state: _,
+            token: _,
+            filter: _,
+            token_acked: _,
+            aliases: _,
+            sync_timeout_ms: _,
+            sync_interval_ms: _,
+            sync_due: _,
+            since_advanced: _,
+            send: _,
+            sync: _,
+            push_refresh_ms: _,
+            refresh_due: _,
+            push_tables: _,
+            users: _,
+            body_len: _,
+            rx: _,
+            scratch: _,
+            body: _,
+            tx: _,
+            stats: _,
+        } = self;
     }
 
     /// The sync state (rooms, events, outbox).
@@ -958,17 +1066,17 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         let registered = !self.token_acked;
         let mut auth = [0u8; 1 + TOKEN_LEN];
         let an = self.auth().write(&mut auth).unwrap_or(0);
-        let with_def = [
-            Opt::bytes(opt::AUTH, &auth[..an]),
-            Opt::bytes(opt::ALIAS, &def[..def_len]),
-            Opt::bytes(opt::TARGET, &target[..tn]),
-        ];
-        let without = [
-            Opt::bytes(opt::AUTH, &auth[..an]),
-            Opt::bytes(opt::TARGET, &target[..tn]),
-        ];
-        let opts: &[Opt<'_>] = if alias.is_some() { &with_def } else { &without };
-        let req = Request::con(Code::POST, Options::List(opts), &body[..body_len]);
+        let mut opts: heapless::Vec<Opt<'_>, 4> = heapless::Vec::new();
+        // INVARIANT: at most 4 options pushed into a vector of 4.
+        let _ = opts.push(Opt::bytes(opt::AUTH, &auth[..an]));
+        if alias.is_some() {
+            let _ = opts.push(Opt::bytes(opt::ALIAS, &def[..def_len]));
+        }
+        if registered && SMALL {
+            let _ = opts.push(Opt::uint(opt::SMALL, u32::from(BLOCK_SZX)));
+        }
+        let _ = opts.push(Opt::bytes(opt::TARGET, &target[..tn]));
+        let req = Request::con(Code::POST, Options::List(&opts), &body[..body_len]);
         match self.client.request(now, req) {
             Ok(h) => {
                 self.send = Some((
@@ -1091,11 +1199,17 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         let registered = !self.token_acked;
         let mut auth = [0u8; 1 + TOKEN_LEN];
         let an = self.auth().write(&mut auth).map_err(|_| ())?;
-        let opts = [
+        let small = [
             Opt::bytes(opt::AUTH, &auth[..an]),
+            Opt::uint(opt::SMALL, u32::from(BLOCK_SZX)),
             Opt::bytes(opt::TARGET, &target[..tn]),
         ];
-        let mut req = Request::con(Code::POST, Options::List(&opts), &[]);
+        let opts: &[Opt<'_>] = if registered && SMALL {
+            &small
+        } else {
+            &[small[0], small[2]]
+        };
+        let mut req = Request::con(Code::POST, Options::List(opts), &[]);
         // The homeserver holds the request up to the sync timeout: wait for it and then some.
         req.timeout = Some(u64::from(self.sync_timeout_ms) + 60_000);
         let h = self.client.request(now, req).map_err(|_| ())?;

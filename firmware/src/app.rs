@@ -316,6 +316,7 @@ mod tests {
             clock: Ms(5_000),
             flash: RamFlash::new(),
             boot_flash: RamFlash::new(),
+            settings_flash: RamFlash::new(),
             led: Lamp(false),
             sensor: Thermo,
             provisioned: Provisioned::from_bytes(&[0; 96]),

@@ -44,6 +44,8 @@ pub struct Parts<B: Board> {
     pub flash: B::Flash,
     /// The A/B pages of the boot counter ([`lowband_device::BootCounter::advance`]).
     pub boot_flash: B::Flash,
+    /// The A/B pages of the application's settings (LED, interval), changed by commands.
+    pub settings_flash: B::Flash,
     /// User LED.
     pub led: B::Led,
     /// Sensor.

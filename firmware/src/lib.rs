@@ -15,6 +15,7 @@
 //!
 //! * [`board`]: the hardware contract (link, clock, flash pages, LED, sensor, provisioned keys).
 //! * persistence: [`lowband_device::AbStore`] on [`Flash`] pages (re-exported here).
+//! * [`config`]: the provisioning text (keys from `lowband keygen`, room, token, controllers).
 //! * [`command`]: the room commands (`!status`, `!led on|off`, `!interval N`) and their replies.
 //! * [`app`]: the boot counter, the reading timer and the platform-proving loopback application.
 //! * [`matrix`]: the Matrix application ([`MatrixApp`]): joins its room, posts readings, answers
@@ -25,10 +26,12 @@
 pub mod app;
 pub mod board;
 pub mod command;
+pub mod config;
 pub mod matrix;
 
 pub use app::{count_boot, LoopError, Loopback};
 pub use board::{Board, Clock, Datagram, Flash, Led, Page, Parts, Provisioned, Sensor};
 pub use command::{Command, CommandError, Settings};
+pub use config::{ConfigError, DeviceConfig};
 pub use lowband_device::{AbStore, BootCounter, StoreError};
 pub use matrix::{AppConfig, AppError, DatagramLink, MatrixApp};

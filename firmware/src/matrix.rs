@@ -11,13 +11,15 @@
 //!         ids, so a resend is deduplicated by the homeserver)
 //! ```
 
+use core::mem::MaybeUninit;
 use lowband_codec::coap;
 use lowband_codec::noise::link::{
     InitiatorConfig, LinkPattern, LinkVersion, RetransmitConfig, TransportConfig,
 };
 use lowband_codec::noise::{Keypair, PublicKey};
 use lowband_codec::session::DeviceClient;
-use lowband_device::runner::{PacketLink, Runner, RunnerConfig, SerialLink};
+
+use lowband_device::runner::{NewInError, PacketLink, Runner, RunnerConfig, SerialLink};
 use lowband_device::text::Text;
 use lowband_device::{
     AbStore, BootCounter, DefaultSyncState, EphemeralRng, StoreError, DEFAULT_RECORD_MAX,
@@ -26,16 +28,21 @@ use lowband_device::{
 use crate::app::ReadingTimer;
 use crate::board::{Board, Clock, Datagram, Flash, Led, Parts, Sensor};
 use crate::command::{error_reply, Command, Settings};
+use crate::config::CONTROLLERS;
 
 /// Longest time a committed since token stays unsaved (flash wear: empty syncs do not each
 /// cost a page erase; a lost token costs one re-sync, whose events the dedupe window knows).
 pub const SINCE_SAVE_MS: u64 = 60_000;
 
-/// Link protocol and dictionary versions (those of `lowband serve`).
-pub const LINK_VERSION: LinkVersion = LinkVersion {
-    protocol: 1,
-    dict: 1,
-};
+/// Record kind of the firmware's settings (LED, interval) on their own A/B pages (the
+/// device's kinds are 1 and 2, [`lowband_device::persist`]).
+pub const KIND_SETTINGS: u8 = 3;
+/// Longest controller user id kept.
+pub const USER_ID_LEN: usize = 64;
+
+/// Link protocol and dictionary versions: the device profile of `lowband serve`
+/// ([`lowband_codec::lb::dev::LINK_VERSION`]: 4-byte tags on transport packets).
+pub const LINK_VERSION: LinkVersion = lowband_codec::lb::dev::LINK_VERSION;
 
 /// What the application needs besides the board.
 #[derive(Debug, Clone, Copy)]
@@ -110,9 +117,12 @@ pub struct MatrixApp<B: Board> {
     clock: B::Clock,
     flash: B::Flash,
     boot_flash: B::Flash,
+    settings_flash: B::Flash,
     led: B::Led,
     sensor: B::Sensor,
     room: Text<48>,
+    controllers: heapless::Vec<Text<USER_ID_LEN>, CONTROLLERS>,
+    settings_unsaved: bool,
     settings: Settings,
     timer: ReadingTimer,
     last_reading: Option<i32>,
@@ -133,100 +143,179 @@ type Err<B> = AppError<<<B as Board>::Flash as Flash>::Error, embedded_io::Error
 
 impl<B: Board> MatrixApp<B> {
     /// Boots: restores the state from `parts.flash` (through `scratch`, at least
-    /// [`DEFAULT_RECORD_MAX`] bytes, needed only here), advances the boot counter, starts the
-    /// session and queues the room join if needed.
+    /// [`DEFAULT_RECORD_MAX`] bytes, needed only here, unless the runner's unused memory holds
+    /// the record: then `scratch` may be empty), advances the boot counter, starts the session
+    /// and queues the room join if needed. The application is returned by value:
+    /// on a small board use [`boot_in`](Self::boot_in).
     ///
     /// # Errors
     ///
     /// [`AppError::Store`] if the state cannot be loaded or the boot not counted (the boot
     /// number must not be used then), [`AppError::Config`] for bad keys or settings.
-    pub fn boot(
+    pub fn boot(parts: Parts<B>, cfg: &AppConfig<'_>, scratch: &mut [u8]) -> Result<Self, Err<B>> {
+        let mut slot = MaybeUninit::uninit();
+        Self::boot_in(&mut slot, parts, cfg, scratch)?;
+        // SAFETY: boot_in returned Ok: the slot is initialised.
+        Ok(unsafe { slot.assume_init() })
+    }
+
+    /// [`boot`](Self::boot) in place (e.g. into a `static`): the application (about 11 KiB)
+    /// never passes through the stack, which holds only `scratch`'s caller frame, the session
+    /// client while it is built (~3 KiB) and the usual call frames.
+    ///
+    /// # Errors
+    ///
+    /// As [`boot`](Self::boot); the slot is then not initialised.
+    pub fn boot_in<'s>(
+        slot: &'s mut MaybeUninit<Self>,
         mut parts: Parts<B>,
         cfg: &AppConfig<'_>,
         scratch: &mut [u8],
-    ) -> Result<Self, Err<B>> {
-        let mut state = DefaultSyncState::new(0);
-        if scratch.len() < DEFAULT_RECORD_MAX {
-            return Err(AppError::Config);
-        }
-        // A state that does not load (corrupt pages, older format) starts empty.
-        let _ = state.load_into(&mut AbStore::new(&mut parts.flash), scratch);
-        let boot = BootCounter::advance(&mut AbStore::new(&mut parts.boot_flash), state.boot())
-            .map_err(AppError::Store)?;
-        let boots = boot.get();
-        state.begin_boot(boots).map_err(|_| AppError::Config)?;
-        let rng = EphemeralRng::new(&parts.provisioned.seed, boot);
-        let init = InitiatorConfig {
-            pattern: LinkPattern::IK,
-            version: LINK_VERSION,
-            local: Keypair::from_secret(parts.provisioned.static_key),
-            remote: PublicKey(parts.provisioned.gateway_key),
-            retransmit: RetransmitConfig::for_link_rate(cfg.link_bps, 0),
-            transport: TransportConfig::default(),
-        };
-        let seed = u64::from(boots)
-            ^ u64::from_le_bytes([
-                parts.provisioned.seed[0],
-                parts.provisioned.seed[1],
-                parts.provisioned.seed[2],
-                parts.provisioned.seed[3],
-                parts.provisioned.seed[4],
-                parts.provisioned.seed[5],
-                parts.provisioned.seed[6],
-                parts.provisioned.seed[7],
-            ]);
-        // Two exchanges at once: a send does not wait behind a long-polling sync.
-        let mut params = coap::TransmissionParams::for_link(cfg.link_bps, 128, 0);
-        params.nstart = 2;
-        let coap_cfg = coap::Config {
-            params,
-            seed,
-            token_len: 1,
-            extra_options: &[],
-        };
-        let client = DeviceClient::new(init, coap_cfg, rng).map_err(|_| AppError::Config)?;
+    ) -> Result<&'s mut Self, Err<B>> {
         let room = Text::exact(cfg.room).ok_or(AppError::Config)?;
-        let joined = state.room(cfg.room).is_some()
-            || state.outgoing().iter().any(|o| {
-                matches!(&o.cmd, lowband_device::Command::Join { room } if room.as_str() == cfg.room)
-            });
-        if !joined {
-            state.join(cfg.room).map_err(|_| AppError::Config)?;
-        }
         let rcfg = RunnerConfig {
             access_token: cfg.access_token,
             sync_timeout_ms: cfg.sync_timeout_ms,
             sync_interval_ms: cfg.sync_interval_ms,
             filter: cfg.filter,
         };
-        let runner = Runner::new(client, state, &rcfg).map_err(|_| AppError::Config)?;
+        let mut boots = 0;
+        let p = slot.as_mut_ptr();
+        // SAFETY: a pointer to the slot's `runner` field, as an uninitialised Runner.
+        let runner_slot = unsafe {
+            &mut *(core::ptr::addr_of_mut!((*p).runner) as *mut MaybeUninit<Runner<EphemeralRng>>)
+        };
+        let load = |state: &mut DefaultSyncState, spare: &mut [u8]| -> Result<_, Err<B>> {
+            // The record goes through the runner's unused memory if it is big enough.
+            let scratch = if spare.len() >= DEFAULT_RECORD_MAX {
+                spare
+            } else if scratch.len() >= DEFAULT_RECORD_MAX {
+                scratch
+            } else {
+                return Err(AppError::Config);
+            };
+            // A state that does not load (corrupt pages, older format) starts empty.
+            let _ = state.load_into(&mut AbStore::new(&mut parts.flash), scratch);
+            let boot = BootCounter::advance(&mut AbStore::new(&mut parts.boot_flash), state.boot())
+                .map_err(AppError::Store)?;
+            boots = boot.get();
+            state.begin_boot(boots).map_err(|_| AppError::Config)?;
+            let joined = state.room(cfg.room).is_some()
+                || state.outgoing().iter().any(|o| {
+                    matches!(&o.cmd, lowband_device::Command::Join { room } if room.as_str() == cfg.room)
+                });
+            if !joined {
+                state.join(cfg.room).map_err(|_| AppError::Config)?;
+            }
+            let rng = EphemeralRng::new(&parts.provisioned.seed, boot);
+            let init = InitiatorConfig {
+                pattern: LinkPattern::IK,
+                version: LINK_VERSION,
+                local: Keypair::from_secret(parts.provisioned.static_key),
+                remote: PublicKey(parts.provisioned.gateway_key),
+                retransmit: RetransmitConfig::for_link_rate(cfg.link_bps, 0),
+                transport: TransportConfig::default(),
+            };
+            let mut s8 = [0u8; 8];
+            s8.copy_from_slice(&parts.provisioned.seed[..8]);
+            let seed = u64::from(boots) ^ u64::from_le_bytes(s8);
+            // Two exchanges at once: a send does not wait behind a long-polling sync.
+            let mut params = coap::TransmissionParams::for_link(cfg.link_bps, 128, 0);
+            params.nstart = 2;
+            let coap_cfg = coap::Config {
+                params,
+                seed,
+                token_len: 1,
+                extra_options: &[],
+            };
+            DeviceClient::new(init, coap_cfg, rng).map_err(|_| AppError::Config)
+        };
+        Runner::new_in(runner_slot, &rcfg, load).map_err(|e| match e {
+            NewInError::Load(e) => e,
+            NewInError::Config(_) => AppError::Config,
+        })?;
         let now = parts.clock.now_ms();
-        let mut app = MatrixApp {
-            runner,
-            link: SerialLink::new(parts.link),
-            clock: parts.clock,
-            flash: parts.flash,
-            boot_flash: parts.boot_flash,
-            led: parts.led,
-            sensor: parts.sensor,
-            room,
-            settings: Settings {
+        // Settings changed by commands survive reboots; the provisioned interval is the default.
+        let (interval_s, led) =
+            load_settings(&mut parts.settings_flash).unwrap_or((cfg.interval_s.max(1), false));
+        parts.led.set(led);
+        // SAFETY: every field but `runner` (written above) is written once through its own
+        // pointer before the slot is read as a MatrixApp.
+        let app = unsafe {
+            core::ptr::addr_of_mut!((*p).link).write(SerialLink::new(parts.link));
+            core::ptr::addr_of_mut!((*p).clock).write(parts.clock);
+            core::ptr::addr_of_mut!((*p).flash).write(parts.flash);
+            core::ptr::addr_of_mut!((*p).boot_flash).write(parts.boot_flash);
+            core::ptr::addr_of_mut!((*p).settings_flash).write(parts.settings_flash);
+            core::ptr::addr_of_mut!((*p).led).write(parts.led);
+            core::ptr::addr_of_mut!((*p).sensor).write(parts.sensor);
+            core::ptr::addr_of_mut!((*p).room).write(room);
+            core::ptr::addr_of_mut!((*p).controllers).write(heapless::Vec::new());
+            core::ptr::addr_of_mut!((*p).settings_unsaved).write(false);
+            core::ptr::addr_of_mut!((*p).settings).write(Settings {
                 boots,
-                interval_s: cfg.interval_s.max(1),
-                led: false,
-            },
-            timer: ReadingTimer::new(now, cfg.interval_s),
-            last_reading: None,
-            last_save_ms: now,
-            since_unsaved: false,
+                interval_s,
+                led,
+            });
+            core::ptr::addr_of_mut!((*p).timer).write(ReadingTimer::new(now, interval_s));
+            core::ptr::addr_of_mut!((*p).last_reading).write(None);
+            core::ptr::addr_of_mut!((*p).last_save_ms).write(now);
+            core::ptr::addr_of_mut!((*p).since_unsaved).write(false);
+            slot.assume_init_mut()
         };
         app.save().map_err(AppError::Store)?;
         Ok(app)
     }
 
+    /// Fails to compile when a field is added to [`MatrixApp`] and not to
+    /// [`MatrixApp::boot_in`].
+    #[allow(dead_code)]
+    fn fields_check(self) {
+        let MatrixApp {
+            runner: _,
+            link: _,
+            clock: _,
+            flash: _,
+            boot_flash: _,
+            settings_flash: _,
+            led: _,
+            sensor: _,
+            room: _,
+            controllers: _,
+            settings_unsaved: _,
+            settings: _,
+            timer: _,
+            last_reading: _,
+            last_save_ms: _,
+            since_unsaved: _,
+        } = self;
+    }
+
     /// Powers off: the state pages and the boot-counter pages back.
     pub fn into_pages(self) -> (B::Flash, B::Flash) {
         (self.flash, self.boot_flash)
+    }
+
+    /// Powers off: the state, boot-counter and settings pages back.
+    pub fn into_all_pages(self) -> (B::Flash, B::Flash, B::Flash) {
+        (self.flash, self.boot_flash, self.settings_flash)
+    }
+
+    /// Only these users' `!commands` are run (at most [`CONTROLLERS`], exact user ids); other
+    /// senders' messages are read and ignored, unanswered. With none set (the default) every
+    /// room member commands the device: provision controllers on a real device.
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::Config`] for more than [`CONTROLLERS`] ids or one longer than
+    /// [`USER_ID_LEN`].
+    pub fn set_controllers(&mut self, users: &[&str]) -> Result<(), Err<B>> {
+        self.controllers.clear();
+        for u in users {
+            let t = Text::exact(u).ok_or(AppError::Config)?;
+            self.controllers.push(t).map_err(|_| AppError::Config)?;
+        }
+        Ok(())
     }
 
     /// The runner (stats, state).
@@ -268,6 +357,15 @@ impl<B: Board> MatrixApp<B> {
         out.packets = progress.packets;
         dirty |= progress.changed;
         self.since_unsaved |= progress.since_advanced;
+        if self.settings_unsaved {
+            // Before the state: a reboot in between applies the command again (idempotent)
+            // rather than losing it.
+            let rec = settings_record(self.settings);
+            AbStore::new(&mut self.settings_flash)
+                .store_bytes(KIND_SETTINGS, &rec)
+                .map_err(AppError::Store)?;
+            self.settings_unsaved = false;
+        }
         if dirty || (self.since_unsaved && now.saturating_sub(self.last_save_ms) >= SINCE_SAVE_MS) {
             self.save().map_err(AppError::Store)?;
             self.last_save_ms = now;
@@ -289,6 +387,11 @@ impl<B: Board> MatrixApp<B> {
                 if room.id() != self.room.as_str() || ev.msgtype() != Some("m.text") {
                     continue;
                 }
+                let allowed = self.controllers.is_empty()
+                    || self.controllers.iter().any(|c| ev.sender_is(c.as_str()));
+                if !allowed {
+                    continue;
+                }
                 let b = ev.body().unwrap_or("").as_bytes();
                 let n = b.len().min(body.len());
                 body[..n].copy_from_slice(&b[..n]);
@@ -298,8 +401,10 @@ impl<B: Board> MatrixApp<B> {
             let mut reply = [0u8; 80];
             let n = match Command::parse(&body[..len]) {
                 Ok(cmd) => {
+                    let before = self.settings;
                     let n = self.settings.apply(cmd, now, self.last_reading, &mut reply);
                     self.led.set(self.settings.led);
+                    self.settings_unsaved |= self.settings != before;
                     if let Command::Interval(s) = cmd {
                         self.timer.set_interval(now, s);
                     }
@@ -350,6 +455,21 @@ impl<B: Board> MatrixApp<B> {
         }
         queued
     }
+}
+
+/// The settings record: interval (u32 LE) and LED (0/1).
+fn settings_record(s: Settings) -> [u8; 5] {
+    let i = s.interval_s.to_le_bytes();
+    [i[0], i[1], i[2], i[3], u8::from(s.led)]
+}
+
+/// Interval and LED from the settings pages, if a valid record is there.
+fn load_settings<F: Flash>(flash: &mut F) -> Option<(u32, bool)> {
+    let mut buf = [0u8; 32];
+    let rec = AbStore::new(flash).load(KIND_SETTINGS, &mut buf).ok()??;
+    let (i, led) = rec.split_first_chunk::<4>()?;
+    let interval = u32::from_le_bytes(*i);
+    (interval > 0 && led.len() == 1).then_some((interval, led[0] == 1))
 }
 
 /// `t=21.5C` for 21 500 milli-degrees (one decimal, truncated toward zero).
@@ -436,11 +556,21 @@ mod tests {
     };
 
     fn boot(flash: RamFlash, boot_flash: RamFlash, milli: i32) -> Box<MatrixApp<Bench>> {
+        boot3(flash, boot_flash, RamFlash::new(), milli)
+    }
+
+    fn boot3(
+        flash: RamFlash,
+        boot_flash: RamFlash,
+        settings_flash: RamFlash,
+        milli: i32,
+    ) -> Box<MatrixApp<Bench>> {
         let parts = Parts {
             link: Sink::default(),
             clock: Ms(Cell::new(0)),
             flash,
             boot_flash,
+            settings_flash,
             led: Lamp,
             sensor: Thermo(milli),
             provisioned: Provisioned::from_bytes(&[3; 96]),
@@ -481,6 +611,76 @@ mod tests {
         assert_eq!(second[..2], first[..], "{second:?}");
         assert!(second[2].starts_with("d2.0 Message") && second[2].contains("t=22.0C"));
         assert_eq!(second.len(), 3);
+    }
+
+    /// A text message from `sender` in the app's room, as a sync would store it.
+    fn message(app: &mut MatrixApp<Bench>, id: &str, sender: &str, body: &str) {
+        use lowband_device::{Body, EventIn, RoomRef, SyncUpdate};
+        let st = app.runner.state_mut();
+        st.apply(SyncUpdate::Joined {
+            room: CFG.room,
+            short: None,
+        });
+        st.apply(SyncUpdate::Event(EventIn {
+            room: RoomRef::Id(CFG.room),
+            event_id: id,
+            sender,
+            kind: "m.room.message",
+            msgtype: Some("m.text"),
+            body: Body::Text(body),
+            ts: 1,
+        }));
+    }
+
+    fn replies(app: &MatrixApp<Bench>) -> Vec<alloc::string::String> {
+        outbox(app)
+            .into_iter()
+            .filter(|o| !o.contains("t=") && !o.contains("Join"))
+            .collect()
+    }
+
+    #[test]
+    fn commands_only_from_controllers_and_settings_survive_reboots() {
+        let mut app = boot(RamFlash::new(), RamFlash::new(), 21_500);
+        app.set_controllers(&["@alice:example.org"]).unwrap();
+        assert_eq!(app.settings().interval_s, 3_600);
+        let mut inflate: [u8; 0] = [];
+        // Mallory's command is read and ignored: no reply, no change.
+        message(&mut app, "$1", "@mallory:example.org", "!led on");
+        app.poll(&mut inflate).unwrap();
+        assert!(!app.settings().led);
+        assert!(replies(&app).is_empty(), "{:?}", outbox(&app));
+        // A sender id that merely starts like alice's is not alice.
+        message(&mut app, "$2", "@alice:example.org.evil", "!led on");
+        app.poll(&mut inflate).unwrap();
+        assert!(!app.settings().led);
+        // Alice's commands run and are answered.
+        message(&mut app, "$3", "@alice:example.org", "!led on");
+        message(&mut app, "$4", "@alice:example.org", "!interval 90");
+        let p = app.poll(&mut inflate).unwrap();
+        assert_eq!(p.commands, 2);
+        assert!(app.settings().led);
+        assert_eq!(app.settings().interval_s, 90);
+        let r = replies(&app);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(
+            r[0].contains("led on") && r[1].contains("every 90s"),
+            "{r:?}"
+        );
+        // Reboot from the same pages: LED and interval come back, not the provisioned 3600 s.
+        let (flash, boot_flash, settings) = app.into_all_pages();
+        assert_eq!(settings.pages[0][..2], [1, KIND_SETTINGS]);
+        let app = boot3(flash, boot_flash, settings, 21_500);
+        assert_eq!((app.settings().led, app.settings().interval_s), (true, 90));
+        assert_eq!(app.settings().boots, 2);
+        // Too many controllers or one too long: refused.
+        let mut app = app;
+        assert_eq!(
+            app.set_controllers(&["@a:x", "@b:x", "@c:x"]),
+            Err(AppError::Config)
+        );
+        let long = alloc::string::String::from("@") + &"x".repeat(USER_ID_LEN);
+        assert_eq!(app.set_controllers(&[&long]), Err(AppError::Config));
     }
 
     #[test]

@@ -47,7 +47,7 @@ use crate::persist::{Store, Tracker};
 use crate::serial::SerialLink;
 use crate::syncstate::{ServeSync, SyncCtx, SYNC};
 use crate::table::SessionTable;
-use crate::transport::{now_ms, Datagrams, LinkParams, BLOCK, BLOCK_SZX, PACKET, VERSION};
+use crate::transport::{now_ms, Datagrams, LinkParams, BLOCK_SZX, PACKET, VERSION};
 use crate::wire::{self, opt, Auth, HttpRequest, HttpResponse, TokenRegistry, WireResponse};
 
 /// Sessions one gateway holds by default ([`ServeConfig::max_sessions`]).
@@ -151,6 +151,8 @@ struct Peer {
     observe: ServeStreams,
     /// Link bytes of pushed sync results (notifications and their ACKs).
     observe_bytes: u64,
+    /// A small device's announcement ([`opt::SMALL`]): plain bodies, blocks of 2^(4+szx).
+    small: Option<u8>,
 }
 
 struct State {
@@ -502,7 +504,7 @@ impl State {
             let Some((body, _)) = p.bodies.get(&id) else {
                 return self.respond(now, i, &to, Code::NOT_FOUND, Options::NONE, &[]);
             };
-            match lowband_codec::coap::block_slice(body, want, BLOCK_SZX) {
+            match lowband_codec::coap::block_slice(body, want, p.small.unwrap_or(BLOCK_SZX)) {
                 Ok((b, slice)) => {
                     let slice = slice.to_vec();
                     if !b.more {
@@ -542,6 +544,10 @@ impl State {
                 }
             },
         };
+        // A small device's announcement, with its token registration.
+        if let Some(szx) = req.options.uint(opt::SMALL) {
+            p.small = Some(u8::try_from(szx).unwrap_or(BLOCK_SZX).min(BLOCK_SZX));
+        }
         // Alias definitions (crate::alias), on every block.
         let defs = req.options.iter().filter(|o| o.number == ALIAS);
         if p.aliases.define(defs.filter_map(|o| o.as_bytes())).is_err() {
@@ -793,6 +799,14 @@ impl State {
                 w
             }),
         };
+        let small = self.peers.get(&d.peer).and_then(|p| p.small);
+        let encoded = match (encoded, small) {
+            (Ok(mut w), Some(_)) => core::mem::take(&mut w.body).into_plain().map(|b| {
+                w.body = b;
+                w
+            }),
+            (e, _) => e,
+        };
         let w = match encoded {
             Ok(w) => w,
             Err(_) => {
@@ -822,14 +836,16 @@ impl State {
         if let Some(b) = barrier {
             let _ = l.push(Opt::uint(SEQ, b));
         }
-        if w.body.bytes.len() <= BLOCK {
+        let szx = small.unwrap_or(BLOCK_SZX);
+        let block = 16usize << szx;
+        if w.body.bytes.len() <= block {
             let o = l.as_options();
             return self.respond(now, i, &d.responder, w.code, o, &w.body.bytes);
         }
         let p = self.peers.entry(d.peer).or_default();
         let id = p.next_body;
         p.next_body = p.next_body.wrapping_add(1);
-        let first = BlockOpt::new(0, true, BLOCK_SZX);
+        let first = BlockOpt::new(0, true, szx);
         let size = u32::try_from(w.body.bytes.len()).unwrap_or(u32::MAX);
         let _ = l.push(Opt::uint(opt::BLOCK2, first.to_uint()));
         let _ = l.push(Opt::uint(opt::SIZE2, size));
@@ -838,7 +854,7 @@ impl State {
         if let Some(s) = self.server.session(i) {
             if let Err(e) = s
                 .coap()
-                .respond(now, &d.responder, w.code, o, &w.body.bytes[..BLOCK])
+                .respond(now, &d.responder, w.code, o, &w.body.bytes[..block])
             {
                 tracing::warn!(?e, "serve: response not sent");
                 return;

@@ -74,9 +74,10 @@ pub enum WireError {
 }
 
 /// How a body travels.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Format {
     /// No body.
+    #[default]
     Empty,
     /// Packed JSON (no option).
     Json,
@@ -87,7 +88,7 @@ pub enum Format {
 }
 
 /// A body in link form.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Body {
     /// How it is encoded.
     pub format: Format,
@@ -141,6 +142,19 @@ impl Body {
         })
     }
 
+    /// The body for a small device ([`opt::SMALL`]): a deflated JSON body becomes its plain
+    /// CBOR (the same CBOR, [`pack`]'s other form); anything else is unchanged.
+    ///
+    /// # Errors
+    /// [`WireError::Body`] if a deflated body does not inflate (never for our own).
+    pub fn into_plain(mut self) -> Result<Body, WireError> {
+        if self.format == Format::Json && self.bytes.first() == Some(&pack::DEFLATE_MARK) {
+            let cbor = plain_cbor(&self.bytes)?;
+            self.bytes = cbor;
+        }
+        Ok(self)
+    }
+
     /// The options saying how the body is encoded.
     pub fn options(&self) -> Vec<Opt<'_>> {
         match &self.format {
@@ -181,6 +195,19 @@ impl Body {
         }
         let json = pack::unpack_vec(payload).map_err(WireError::Body)?;
         Ok((Some("application/json".to_owned()), json))
+    }
+}
+
+/// The CBOR of a packed body (inflated if deflated).
+fn plain_cbor(packed: &[u8]) -> Result<Vec<u8>, WireError> {
+    let mut cap = packed.len() * 8 + 1024;
+    loop {
+        let mut scratch = vec![0u8; pack::scratch_len(cap)];
+        match pack::unpack_cbor(packed, &mut scratch) {
+            Ok(c) => return Ok(c.to_vec()),
+            Err(pack::Error::ScratchTooSmall) if cap < MAX_JSON * 4 => cap *= 4,
+            Err(e) => return Err(WireError::Body(e)),
+        }
     }
 }
 
@@ -619,6 +646,32 @@ mod tests {
         assert_eq!(d.http.content_type.as_deref(), Some("application/json"));
         let v: serde_json::Value = serde_json::from_slice(&d.http.body).unwrap();
         assert_eq!(v, serde_json::json!({"msgtype":"m.text","body":"hi"}));
+    }
+
+    #[test]
+    fn small_devices_get_plain_cbor() {
+        // Repetitive enough that the packed form is deflated.
+        let event = r#"{"type":"m.room.message","sender":"@alice:example.org","content":{"msgtype":"m.text","body":"hello"}}"#;
+        let json = format!(r#"{{"chunk":[{}]}}"#, [event; 8].join(","));
+        let b = Body::encode(Some("application/json"), json.as_bytes()).unwrap();
+        assert_eq!(b.bytes[0], pack::DEFLATE_MARK);
+        let plain = b.clone().into_plain().unwrap();
+        let mut cbor = vec![0u8; json.len() * 2];
+        let n = lowband_codec::cbor::encode_json(
+            json.as_bytes(),
+            &mut cbor,
+            &lowband_codec::cbor::Limits::DEFAULT,
+        )
+        .unwrap();
+        assert_eq!(plain.bytes, cbor[..n]);
+        assert!(plain.bytes.len() > b.bytes.len());
+        assert_eq!(plain.format, Format::Json);
+        // Decodes to the same JSON either way; raw bodies are untouched.
+        let (_, a) = Body::decode(&Options::NONE, &plain.bytes).unwrap();
+        let (_, c) = Body::decode(&Options::NONE, &b.bytes).unwrap();
+        assert_eq!(a, c);
+        let raw = Body::encode(Some("image/png"), b"\x89PNG").unwrap();
+        assert_eq!(raw.clone().into_plain().unwrap(), raw);
     }
 
     #[test]

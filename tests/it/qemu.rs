@@ -121,7 +121,7 @@ fn qemu_firmware_echoes_frames_and_persists_boots_across_kill() {
         q.kill();
         drop(q);
         let flash = std::fs::read(tmp.path().join("lowband-flash.bin")).expect("flash file");
-        assert_eq!(flash.len(), 4 * 6144, "four 6 KiB pages");
+        assert_eq!(flash.len(), 6 * 6144, "six 6 KiB pages");
         q = Qemu::start(&elf, tmp.path(), BOOT).expect("qemu restart");
         q.wait_diagnostic(&format!("boot {boot} "), BOOT)
             .expect("boot counted");
@@ -205,4 +205,301 @@ fn qemu_stack_overflow_is_visible() {
             .any(|l| l.starts_with("Invalid write at addr 0x1FFF")),
         "overflow not reported: {errs:#?}"
     );
+}
+
+/// A device message: (body, transaction id).
+type Msg = (String, String);
+
+/// The device's `m.room.message` events in `room`, oldest first: (body, transaction id). The
+/// transaction id is in `unsigned` because the device's own token reads them.
+fn device_events(hs: &str, token: &str, room: &str, device: &str) -> Vec<Msg> {
+    let url = format!(
+        "{hs}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
+        room.replace('!', "%21").replace(':', "%3A")
+    );
+    let auth = format!("Bearer {token}");
+    let r = lowband_tests::http::request(
+        "GET",
+        &url,
+        &[("Authorization", &auth)],
+        &[],
+        Duration::from_secs(10),
+    )
+    .and_then(|r| r.json())
+    .expect("room messages");
+    let mut v: Vec<Msg> = r["chunk"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["sender"] == device && e["type"] == "m.room.message")
+        .map(|e| {
+            (
+                e["content"]["body"].as_str().unwrap_or("").to_owned(),
+                e["unsigned"]["transaction_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    v.reverse();
+    v
+}
+
+/// The Matrix firmware (`matrix`: MatrixApp over the device Runner, `no_std`) in QEMU, its
+/// UART0 through linksim's serial line at 100 bit/s to `lowband serve --listen-serial` (a pty),
+/// a real Synapse and a matrix-nio user: the device joins, posts its reading, answers `!status`
+/// and `!led on` from its controller; QEMU is killed while a reply is on the line and booted
+/// again from its flash file: the reply arrives once, the LED setting survives, the next
+/// boot's reading arrives, and no message or transaction id is in the room twice.
+#[test]
+fn qemu_matrix_firmware_over_100_bps_serial_survives_kill() {
+    use lowband_linksim::{StreamConfig, StreamLink};
+    use lowband_tests::gateway::{keygen, lowband};
+    use lowband_tests::qemu::{build_matrix, SerialLine};
+    use lowband_tests::{http, require_peers, Gateway, Nio, Synapse, SynapseOpts};
+    use serde_json::json;
+    use serialport::{SerialPort as _, TTYPort};
+
+    let name = "qemu_matrix_firmware_over_100_bps_serial_survives_kill";
+    if !require_qemu(name) {
+        return;
+    }
+    let Some(venv) = require_peers(name) else {
+        return;
+    };
+    let elf = build_matrix().expect("matrix firmware");
+    let hs = Synapse::start_temp(
+        &venv,
+        SynapseOpts {
+            label: "qemu-matrix".into(),
+            presence: false,
+            ..SynapseOpts::default()
+        },
+    )
+    .expect("synapse");
+    let tmp = TempDir::new("qemu-matrix").expect("tmp");
+    let d = tmp.path().to_path_buf();
+    let (dev_user, dev_token) = hs.register_user("sensor", "sensor-pass").expect("register");
+    let (alice, _) = hs.register_user("alice", "alice-pass").expect("alice");
+    // The device's sync filter: text messages only, no state, presence or account data.
+    let filter = json!({
+        "room": {"timeline": {"limit": 3, "types": ["m.room.message"]}, "state": {"types": []},
+                 "ephemeral": {"types": []}, "account_data": {"types": []}},
+        "presence": {"types": []}, "account_data": {"types": []}
+    });
+    let url = format!(
+        "{}/_matrix/client/v3/user/{}/filter",
+        hs.client_url(),
+        dev_user
+    );
+    let f =
+        http::post_json(&url, Some(&dev_token), &filter, Duration::from_secs(10)).expect("filter");
+    let filter_id = f["filter_id"].as_str().expect("filter_id").to_owned();
+    let mut nio = Nio::start(&venv, &hs.client_url()).expect("nio");
+    nio.step_ok(
+        &json!({"op": "login", "client": "alice", "user": "alice", "password": "alice-pass"}),
+    )
+    .expect("login");
+    let room = nio
+        .step_ok(&json!({"op": "create_room", "client": "alice", "preset": "public_chat"}))
+        .expect("room")["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Provisioning from `lowband keygen`: the gateway's public key as printed, the device's
+    // private key file as written.
+    let gw_pub = keygen(&d.join("gateway.key")).expect("keygen gateway");
+    let dev_pub = keygen(&d.join("device.key")).expect("keygen device");
+    let dev_key = std::fs::read_to_string(d.join("device.key")).expect("device key");
+    let qdir = d.join("board");
+    std::fs::create_dir_all(&qdir).unwrap();
+    std::fs::write(
+        qdir.join("lowband-device.conf"),
+        format!(
+            "# written by {name}\nseed=BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc\nkey={}\n\
+             gateway={gw_pub}\nroom={room}\ntoken={dev_token}\ncontroller={alice}\n\
+             filter={filter_id}\ninterval=3600\nrate=100\nsync_timeout=20000\n",
+            dev_key.trim()
+        ),
+    )
+    .unwrap();
+
+    // serve on a pty; the pty's master end is the gateway end of the 100 bit/s line.
+    let (master, slave) = TTYPort::pair().expect("pty");
+    let slave_path = slave.name().expect("pty name");
+    let mut c = lowband().unwrap();
+    c.args(["serve", "--listen-serial", &slave_path, "--baud", "115200"])
+        .args(["--homeserver", &hs.client_url(), "--key"])
+        .arg(d.join("gateway.key"))
+        .args(["--allow-key", &dev_pub, "--stats-file"])
+        .arg(d.join("stats.json"))
+        .args(["--link-rate", "100", "--link-mtu", "1024"])
+        .env("LOWBAND_LOG", "info,lowband_gateway=debug");
+    let serve = Gateway::spawn("serve", c, &d.join("serve.log")).expect("serve");
+    let line = SerialLine::start(
+        master,
+        StreamLink::symmetric(StreamConfig::with_rate(100), 5),
+    )
+    .expect("line");
+    let t0 = Instant::now();
+
+    let messages = || device_events(&hs.client_url(), &dev_token, &room, &dev_user);
+    let wait_for = |what: &str, secs: u64, q: &Qemu, ok: &dyn Fn(&[Msg]) -> bool| {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let m = messages();
+            if ok(&m) {
+                eprintln!("{name}: {what} after {:?}", t0.elapsed());
+                return;
+            }
+            if Instant::now() > end {
+                panic!(
+                    "{what}: not within {secs} s\nroom: {m:?}\nline: {:?}\nfirmware: {:#?}\n\
+                     serve log:\n{}",
+                    line.counters(),
+                    q.diagnostics(),
+                    serve.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let bodies =
+        |m: &[(String, String)], p: &str| m.iter().filter(|(b, _)| b.starts_with(p)).count();
+
+    // Boot 1: handshake, join, the boot reading.
+    let mut q = Qemu::start(&elf, &qdir, BOOT).expect("qemu");
+    line.attach(q.uart().expect("uart"));
+    wait_for("reading of boot 1", 240, &q, &|m| bodies(m, "t=") == 1);
+    // Commands from the controller, answered in the room.
+    nio.step_ok(&json!({"op": "send", "client": "alice", "room_id": room, "body": "!status"}))
+        .expect("send !status");
+    wait_for("answer to !status", 180, &q, &|m| {
+        bodies(m, "boot 1 up ") == 1
+    });
+    nio.step_ok(&json!({"op": "send", "client": "alice", "room_id": room, "body": "!led on"}))
+        .expect("send !led on");
+    wait_for("answer to !led on", 180, &q, &|m| bodies(m, "led on") == 1);
+    q.wait_diagnostic("led on", REPLY).expect("LED switched");
+
+    // A second !status; QEMU is killed as soon as the firmware has queued (and saved) the
+    // reply, while it trickles up the 100 bit/s line.
+    nio.step_ok(&json!({"op": "send", "client": "alice", "room_id": room, "body": "!status"}))
+        .expect("send !status");
+    let end = Instant::now() + Duration::from_secs(180);
+    while q
+        .diagnostics()
+        .iter()
+        .filter(|l| l.contains(" 1 command(s)"))
+        .count()
+        < 3
+    {
+        assert!(
+            Instant::now() < end,
+            "no third command: {:#?}",
+            q.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = messages();
+    q.kill();
+    assert_clean(&q);
+    eprintln!(
+        "{name}: killed after {:?}; room then: {before:?}",
+        t0.elapsed()
+    );
+
+    // Boot 2 from the same flash file: the LED comes back on, the queued reply goes out (same
+    // transaction id), then this boot's reading.
+    let mut q = Qemu::start(&elf, &qdir, BOOT).expect("qemu again");
+    line.attach(q.uart().expect("uart"));
+    q.wait_diagnostic("led on", BOOT)
+        .expect("LED setting restored");
+    wait_for("the reply queued before the kill", 240, &q, &|m| {
+        m.iter()
+            .any(|(b, _)| b.starts_with("boot 1 up ") && b.contains(" led on "))
+    });
+    wait_for("reading of boot 2", 240, &q, &|m| bodies(m, "t=") == 2);
+    std::thread::sleep(Duration::from_secs(3));
+
+    let history = messages();
+    eprintln!("{name}: room history of the device: {history:?}");
+    eprintln!("{name}: line counters {:?}", line.counters());
+    assert_eq!(
+        bodies(&history, "t="),
+        2,
+        "one reading per boot: {history:?}"
+    );
+    assert_eq!(bodies(&history, "boot 1 up "), 2, "{history:?}");
+    assert_eq!(bodies(&history, "led on"), 1, "{history:?}");
+    let mut txns: Vec<&str> = history.iter().map(|(_, t)| t.as_str()).collect();
+    assert!(txns.iter().all(|t| t.starts_with('d')), "{history:?}");
+    txns.sort_unstable();
+    txns.dedup();
+    assert_eq!(
+        txns.len(),
+        history.len(),
+        "a transaction id twice: {history:?}"
+    );
+    assert!(
+        history
+            .iter()
+            .any(|(b, t)| b.starts_with("t=") && t.starts_with("d2.")),
+        "{history:?}"
+    );
+    // Stack: booting is the deepest (the state record scratch and the session being built);
+    // the main loop's high-water mark is measured from a repaint after boot.
+    for l in q.diagnostics().iter().filter(|l| l.contains("stack")) {
+        eprintln!("{name}: boot 2: {l}");
+    }
+    let loop_peak = q
+        .diagnostics()
+        .iter()
+        .filter_map(|l| l.strip_prefix("lowband: stack high water "))
+        .filter_map(|r| r.split(' ').next()?.parse::<usize>().ok())
+        .max()
+        .expect("stack report");
+    assert!(loop_peak < 8192, "main loop stack {loop_peak} bytes");
+    assert_clean(&q);
+    q.kill();
+    drop(slave);
+    let _ = alice;
+}
+
+/// README's device section states the memory figures the QEMU Matrix firmware asserts at
+/// compile time (thumbv7m), and the host figure of the sync state.
+#[test]
+fn documented_device_sizes_match_the_firmware() {
+    let root = lowband_tests::workspace_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let bin = std::fs::read_to_string(root.join("boards/qemu-lm3s6965/src/bin/matrix.rs"))
+        .expect("matrix.rs");
+    let mut seen = 0;
+    for line in bin.lines() {
+        // const _: () = assert!(size_of::<T>() == N);
+        let Some(rest) = line.strip_prefix("const _: () = assert!(size_of::<") else {
+            continue;
+        };
+        let (ty, n) = rest.split_once(">() == ").expect("assertion shape");
+        let n: String = n
+            .trim_end_matches(");")
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        let doc = format!("`size_of::<{ty}>()` = {n}");
+        assert!(readme.contains(&doc), "README does not state {doc}");
+        seen += 1;
+    }
+    assert_eq!(seen, 3, "the firmware asserts three sizes");
+    #[cfg(target_pointer_width = "64")]
+    {
+        assert_eq!(lowband_device::DEFAULT_SYNC_STATE_SIZE, 5040);
+        assert!(readme.contains("(5040 on x86_64)"));
+        assert_eq!(lowband_device::runner::RUNNER_SIZE, 13_104);
+        assert!(readme.contains("(13104 on x86_64,"));
+    }
 }

@@ -74,6 +74,15 @@ pub fn require_qemu(test: &str) -> bool {
     false
 }
 
+/// Builds the QEMU Matrix firmware (`matrix`) once per test process and returns the ELF path.
+///
+/// # Errors
+///
+/// If cargo fails or reports no executable.
+pub fn build_matrix() -> anyhow::Result<PathBuf> {
+    build_bin("matrix")
+}
+
 /// Builds the QEMU firmware once per test process and returns the ELF path.
 ///
 /// # Errors
@@ -254,6 +263,16 @@ impl Qemu {
         self.child.id()
     }
 
+    /// A second handle on UART0 (e.g. for a [`SerialLine`]); the harness's own frame
+    /// functions must not be used while something else reads it.
+    ///
+    /// # Errors
+    ///
+    /// If the socket cannot be cloned.
+    pub fn uart(&self) -> anyhow::Result<TcpStream> {
+        Ok(self.uart.try_clone()?)
+    }
+
     /// Sends one frame (with a leading delimiter) carrying `payload`.
     ///
     /// # Errors
@@ -410,5 +429,116 @@ impl Qemu {
 impl Drop for Qemu {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A serial line between QEMU's UART0 (end A, the device) and a pty master (end B; its slave is
+/// what `lowband serve --listen-serial` opens), through linksim's [`StreamLink`] on real time:
+/// the line's bit rate, latency and damage. A board that is powered off (QEMU killed) takes
+/// nothing off the line; [`attach`](Self::attach) the next boot's UART.
+///
+/// [`StreamLink`]: lowband_linksim::StreamLink
+#[derive(Debug)]
+pub struct SerialLine {
+    uart: std::sync::mpsc::Sender<TcpStream>,
+    stop: Arc<core::sync::atomic::AtomicBool>,
+    counters: Arc<Mutex<[lowband_linksim::StreamCounters; 2]>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SerialLine {
+    /// Starts relaying between `pty` (a pty master, or any serial port) and the UARTs attached
+    /// later, through `link`.
+    ///
+    /// # Errors
+    ///
+    /// If the pty's timeout cannot be set.
+    pub fn start(
+        mut pty: serialport::TTYPort,
+        mut link: lowband_linksim::StreamLink,
+    ) -> anyhow::Result<SerialLine> {
+        use core::sync::atomic::Ordering;
+        use lowband_linksim::Dir;
+        use serialport::SerialPort as _;
+        pty.set_timeout(Duration::from_millis(1))?;
+        let (tx, rx) = std::sync::mpsc::channel::<TcpStream>();
+        let stop = Arc::new(core::sync::atomic::AtomicBool::new(false));
+        let counters = Arc::new(Mutex::new([lowband_linksim::StreamCounters::default(); 2]));
+        let (stop2, counters2) = (Arc::clone(&stop), Arc::clone(&counters));
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut uart: Option<TcpStream> = None;
+            let mut buf = [0u8; 1024];
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok(u) = rx.try_recv() {
+                    let _ = u.set_nonblocking(true);
+                    uart = Some(u);
+                }
+                let mut idle = true;
+                if let Some(u) = uart.as_mut() {
+                    match u.read(&mut buf) {
+                        Ok(0) => uart = None,
+                        Ok(n) => {
+                            link.write(start.elapsed(), Dir::AtoB, &buf[..n]);
+                            idle = false;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(_) => uart = None,
+                    }
+                }
+                match pty.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        link.write(start.elapsed(), Dir::BtoA, &buf[..n]);
+                        idle = false;
+                    }
+                    _ => {}
+                }
+                while let Some((dir, bytes)) = link.poll_deliver(start.elapsed()) {
+                    match dir {
+                        Dir::AtoB => {
+                            let _ = pty.write_all(&bytes);
+                        }
+                        // A powered-off board hears nothing.
+                        Dir::BtoA => {
+                            if let Some(u) = uart.as_mut() {
+                                if u.write_all(&bytes).is_err() {
+                                    uart = None;
+                                }
+                            }
+                        }
+                    }
+                }
+                *counters2.lock().unwrap_or_else(|e| e.into_inner()) =
+                    [link.counters(Dir::AtoB), link.counters(Dir::BtoA)];
+                if idle {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        Ok(SerialLine {
+            uart: tx,
+            stop,
+            counters,
+            thread: Some(thread),
+        })
+    }
+
+    /// Connects a (re)booted board's UART to end A.
+    pub fn attach(&self, uart: TcpStream) {
+        let _ = self.uart.send(uart);
+    }
+
+    /// Line counters: device to gateway, gateway to device.
+    pub fn counters(&self) -> [lowband_linksim::StreamCounters; 2] {
+        *self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for SerialLine {
+    fn drop(&mut self) {
+        self.stop.store(true, core::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

@@ -44,8 +44,9 @@ impl Board for Host {
 pub const PAGE_SIZE: usize = 6144;
 const _: () = assert!(PAGE_SIZE >= lowband_device::DEFAULT_RECORD_MAX);
 
-/// Builds the host board's parts: the link on `port`, flash in the file `flash` (four pages,
-/// created erased if missing: state A/B, then boot counter A/B), the given provisioning.
+/// Builds the host board's parts: the link on `port`, flash in the file `flash` (six pages,
+/// created erased if missing: state A/B, boot counter A/B, settings A/B), the given
+/// provisioning.
 ///
 /// # Errors
 ///
@@ -60,6 +61,7 @@ pub fn init(
         clock: StdClock::new(),
         flash: FileFlash::open(flash, PAGE_SIZE, 0)?,
         boot_flash: FileFlash::open(flash, PAGE_SIZE, 2)?,
+        settings_flash: FileFlash::open(flash, PAGE_SIZE, 4)?,
         led: HostLed::default(),
         sensor: HostSensor::default(),
         provisioned,
@@ -430,7 +432,7 @@ mod tests {
         });
         assert_eq!(boots, 2);
         let raw = std::fs::read(dir.join("flash.bin")).unwrap();
-        assert_eq!(raw.len(), 4 * PAGE_SIZE);
+        assert_eq!(raw.len(), 6 * PAGE_SIZE);
         // Second boot count on boot page B: version 1, kind 2, generation 2, 4-byte payload 2.
         let b = &raw[3 * PAGE_SIZE..];
         assert_eq!(b[..12], [1, 2, 2, 0, 0, 0, 4, 0, 2, 0, 0, 0]);

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | link | UART0 (PL011-style, `0x4000_C000`) by registers: [`Uart0`] |
 //! | clock | SysTick at the core clock, 1 kHz interrupt: [`SysTickClock`] |
-//! | flash | A/B pages of 6 KiB in a host file through semihosting: [`HostFlash`] (state: pages 0-1, boot counter: pages 2-3) |
+//! | flash | A/B pages of 6 KiB in a host file through semihosting: [`HostFlash`] (state: pages 0-1, boot counter: pages 2-3, settings: pages 4-5) |
 //! | provisioned | 96 bytes from a host file through semihosting, else development keys |
 //! | LED | GPIO port F pin 0 (the EVB's status LED), changes logged: [`StatusLed`] |
 //! | sensor | synthetic temperature (QEMU emulates no sensor): [`SynthSensor`] |
@@ -89,16 +89,20 @@ pub fn init() -> Parts<Lm3s6965> {
     let cp = cortex_m::Peripherals::take().expect("init() called twice");
     let clock = SysTickClock::start(cp.SYST);
     let link = Uart0::init();
-    let (flash, boot_flash) = match (HostFlash::open(0), HostFlash::open(2)) {
-        (Ok(f), Ok(b)) => (f, b),
-        (Err(e), _) | (_, Err(e)) => panic!("cannot open {FLASH_FILE}: {e:?}"),
-    };
+    let (flash, boot_flash, settings_flash) =
+        match (HostFlash::open(0), HostFlash::open(2), HostFlash::open(4)) {
+            (Ok(f), Ok(b), Ok(s)) => (f, b, s),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                panic!("cannot open {FLASH_FILE}: {e:?}")
+            }
+        };
     let provisioned = read_provisioning();
     Parts {
         link,
         clock,
         flash,
         boot_flash,
+        settings_flash,
         led: StatusLed::init(),
         sensor: SynthSensor,
         provisioned,
@@ -330,8 +334,8 @@ pub const PROVISION_FILE: &str = "lowband-provision.bin";
 /// Bytes per emulated page: one holds a default sync state record (the chip's erase size is
 /// 1 KiB; a page here stands for a group of six).
 pub const PAGE_SIZE: usize = 6144;
-/// Emulated pages: state A and B, boot counter A and B.
-pub const PAGES: usize = 4;
+/// Emulated pages: state A and B, boot counter A and B, settings A and B.
+pub const PAGES: usize = 6;
 const _: () = assert!(PAGE_SIZE >= lowband_device::DEFAULT_RECORD_MAX);
 
 /// A semihosting operation that failed.
@@ -482,6 +486,20 @@ impl Flash for HostFlash {
     }
 }
 
+/// Host file holding the Matrix firmware's provisioning text
+/// ([`lowband_firmware::DeviceConfig`]).
+pub const DEVICE_CONF_FILE: &str = "lowband-device.conf";
+
+/// Reads the host file [`DEVICE_CONF_FILE`] into `buf`; its length, or `None` if it is missing
+/// or longer than `buf`.
+pub fn read_device_conf(buf: &mut [u8]) -> Option<usize> {
+    let fd = sh_open(b"lowband-device.conf\0", nr::open::R_BINARY)?;
+    let n = sh_flen(fd);
+    let ok = n <= buf.len() && sh_read(fd, &mut buf[..n]).is_ok();
+    sh_close(fd);
+    ok.then_some(n)
+}
+
 /// Development keys for an unprovisioned board: never use outside tests.
 const DEV_PROVISIONING: [u8; Provisioned::LEN] = [0x5A; Provisioned::LEN];
 
@@ -557,6 +575,23 @@ impl Sensor for SynthSensor {
 
 // ---------------------------------------------------------------------------------------------
 // Stack
+
+/// Paints the unused part of the stack reserve again (below the current stack pointer, less a
+/// 64-byte margin), so that [`stack_used`] reports the high-water mark from now on: e.g. of the
+/// main loop after a deeper boot.
+pub fn repaint_stack() {
+    extern "C" {
+        static _stack_end: u32;
+    }
+    let bottom = core::ptr::addr_of!(_stack_end) as usize;
+    let sp = cortex_m::register::msp::read() as usize - 64;
+    let mut p = bottom;
+    while p < sp {
+        // SAFETY: [bottom, sp) is the unused part of the stack reserve, word aligned.
+        unsafe { write_volatile(p as *mut u32, 0xCCCC_CCCC) };
+        p += 4;
+    }
+}
 
 /// Bytes of the stack reserve used so far (high-water mark).
 ///

@@ -94,11 +94,20 @@ pub fn init() -> Parts<BluePill> {
         sectors: 1,
     };
 
+    // SAFETY: as for the boot-counter pages.
+    let settings_fl = unsafe { pac::Peripherals::steal() }.FLASH.constrain();
+    let settings_flash = FlashPages {
+        flash: settings_fl,
+        base: SETTINGS_OFFSET,
+        sectors: 1,
+    };
+
     Parts {
         link: Usart1Link { tx, rx },
         clock: SysTickClock::start(cp.SYST),
         flash,
         boot_flash,
+        settings_flash,
         led: BluePillLed { pin: led },
         sensor: InternalTemp { adc },
         provisioned,
@@ -222,6 +231,8 @@ impl Clock for SysTickClock {
 // ---------------------------------------------------------------------------------------------
 // Flash
 
+/// Offset of settings page A (one sector; page B is the next sector).
+pub const SETTINGS_OFFSET: u32 = 46 * 1024;
 /// Offset (from the start of flash) of the provisioning sector.
 pub const PROVISION_OFFSET: u32 = 48 * 1024;
 /// Offset of boot-counter page A (one sector; page B is the next sector).
