@@ -1,0 +1,424 @@
+//! matrix-nio -> `lowband tunnel` -> emulated 100 bit/s link with 10% loss -> `lowband serve`
+//! -> Synapse: the whole client scenario of the gateway issue at the link's real speed, with
+//! the bytes and the time every step costs; and a homeserver outage during which nothing the
+//! client sends is lost or doubled.
+//!
+//! At 100 bit/s a byte is 80 ms of airtime and a lost datagram costs a CoAP retransmission
+//! timeout (about a minute at a 256-byte MTU, RFC 7252 section 4.8 scaled to the link), so
+//! every step gets minutes and the test mostly waits.
+
+use core::time::Duration;
+use std::time::Instant;
+
+use lowband_tests::{http, require_peers, GatewayLink, LinkCounters, LinkOpts, Nio, Venv};
+use serde_json::{json, Value};
+
+/// Bound on each nio step (and each of its HTTP requests) at 100 bit/s with loss.
+const SLOW_STEP_S: f64 = 900.0;
+
+/// One measured step.
+struct Row {
+    name: String,
+    c: LinkCounters,
+    secs: f64,
+}
+
+/// Runs steps one after another, recording each one's link counters and wall time.
+struct Meter<'a> {
+    link: &'a GatewayLink,
+    quiet: Duration,
+    rows: Vec<Row>,
+    last: LinkCounters,
+}
+
+impl<'a> Meter<'a> {
+    fn new(link: &'a GatewayLink, quiet: Duration) -> Self {
+        let last = link.settled(quiet);
+        Meter {
+            link,
+            quiet,
+            rows: Vec::new(),
+            last,
+        }
+    }
+
+    /// Runs `f` as step `name`; the step's bytes are counted until the link is quiet again.
+    fn step<R>(&mut self, name: &str, f: impl FnOnce() -> R) -> R {
+        let t = Instant::now();
+        let r = f();
+        let secs = t.elapsed().as_secs_f64();
+        let now = self.link.settled(self.quiet);
+        let c = now.since(&self.last);
+        self.last = now;
+        eprintln!(
+            "step {:<40} {:>5} B {:>3} pkts {:>7.1} s",
+            name,
+            c.bytes(),
+            c.packets(),
+            secs
+        );
+        self.rows.push(Row {
+            name: name.to_owned(),
+            c,
+            secs,
+        });
+        r
+    }
+
+    fn print(&self, title: &str, total: Duration) {
+        eprintln!("{title}\noperation\tlink_bytes\tbytes_in\tbytes_out\tpackets\tseconds");
+        for r in &self.rows {
+            eprintln!(
+                "{}\t{}\t{}\t{}\t{}\t{:.1}",
+                r.name,
+                r.c.bytes(),
+                r.c.bytes_in,
+                r.c.bytes_out,
+                r.c.packets(),
+                r.secs
+            );
+        }
+        let sum: u64 = self.rows.iter().map(|r| r.c.bytes()).sum();
+        eprintln!("total\t{sum}\t\t\t\t{:.1}", total.as_secs_f64());
+    }
+}
+
+/// One nio driver process; `ok` runs a step that must succeed.
+struct Client {
+    nio: Nio,
+    timeout_s: f64,
+}
+
+impl Client {
+    fn start(venv: &Venv, link: &GatewayLink, timeout_s: f64) -> Client {
+        Client {
+            nio: Nio::start(venv, &link.tunnel_url).expect("start nio"),
+            timeout_s,
+        }
+    }
+
+    fn run(&mut self, mut step: Value) -> Value {
+        if step.get("timeout_s").is_none() {
+            step["timeout_s"] = json!(self.timeout_s);
+        }
+        self.nio.step(&step).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn ok(&mut self, link: &GatewayLink, step: Value) -> Value {
+        let r = self.run(step.clone());
+        assert_eq!(
+            r["ok"],
+            true,
+            "nio step {step} failed: {r}{}",
+            link.logs(30)
+        );
+        r
+    }
+}
+
+fn bodies(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
+    bodies(&sync["rooms"]["join"][room]["timeline"])
+}
+
+/// A media file of `n` bytes of text (varied, so that no layer can shrink it much).
+fn media(n: usize) -> Vec<u8> {
+    let mut x = 0x2545_f491_u32;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            b"abcdefghijklmnopqrstuvwxyz0123456789 .,ABCDEFGHIJKLMNOPQRSTUVWXYZ"[(x % 65) as usize]
+        })
+        .collect()
+}
+
+/// The whole client scenario of the issue. Alice acts (creates the room, invites, sends,
+/// types, uploads) and never syncs; bob observes (syncs, long-polls, reads receipts and
+/// history, downloads). They run in two nio drivers so that bob can long-poll while alice
+/// sends.
+fn scenario(venv: &Venv, link: &GatewayLink, m: &mut Meter<'_>, t: f64, media_len: usize) {
+    let (alice, _) = link.hs.register_user("alice", "pw-alice").unwrap();
+    let (bob, _) = link.hs.register_user("bob", "pw-bob").unwrap();
+    let mut a = Client::start(venv, link, t);
+    let mut b = Client::start(venv, link, t);
+
+    let r = m.step("login alice (with the handshake)", || {
+        a.ok(
+            link,
+            json!({"op": "login", "client": "a", "user": "alice", "password": "pw-alice",
+                   "request_timeout_s": t}),
+        )
+    });
+    assert_eq!(r["user_id"], alice.as_str());
+    let r = m.step("login bob", || {
+        b.ok(
+            link,
+            json!({"op": "login", "client": "b", "user": "bob", "password": "pw-bob",
+                   "request_timeout_s": t}),
+        )
+    });
+    let bob_token = r["access_token"].as_str().expect("token").to_owned();
+    m.step("initial sync bob (no rooms)", || {
+        b.ok(link, json!({"op": "sync", "client": "b", "since": ""}))
+    });
+    let room = m.step("create room", || {
+        a.ok(
+            link,
+            json!({"op": "create_room", "client": "a", "name": "lowband"}),
+        )
+    })["room_id"]
+        .as_str()
+        .expect("room_id")
+        .to_owned();
+    m.step("invite bob", || {
+        a.ok(
+            link,
+            json!({"op": "invite", "client": "a", "room_id": room, "user_id": bob}),
+        )
+    });
+    m.step("sync bob: the invite", || {
+        b.ok(
+            link,
+            json!({"op": "wait_invite", "client": "b", "room_id": room}),
+        )
+    });
+    let r = m.step("join bob", || {
+        b.ok(link, json!({"op": "join", "client": "b", "room_id": room}))
+    });
+    assert_eq!(r["room_id"], room.as_str());
+    m.step("sync bob: the joined room", || {
+        b.ok(link, json!({"op": "sync", "client": "b"}))
+    });
+
+    let mut sent = m.step("send", || {
+        a.ok(
+            link,
+            json!({"op": "send", "client": "a", "room_id": room, "body": "hello bob"}),
+        )
+    });
+    // The budget is for the bytes of one exchange: if the loss hit this send, send again
+    // until one goes through in two datagrams (request and response).
+    let mut tries = 0;
+    while m.rows.last().is_some_and(|r| r.c.packets() != 2) && tries < 5 {
+        tries += 1;
+        sent = m.step(&format!("send (again, {tries})"), || {
+            a.ok(
+                link,
+                json!({"op": "send", "client": "a", "room_id": room,
+                       "body": format!("hello bob {tries}")}),
+            )
+        });
+    }
+    check_send_budget(m.rows.last().expect("a send row"));
+    let r = m.step("sync with one new message", || {
+        b.ok(link, json!({"op": "sync", "client": "b"}))
+    });
+    let got = timeline_bodies(&r, &room);
+    assert_eq!(got.len(), tries + 1, "{r}");
+    assert!(got.iter().all(|b| b.starts_with("hello bob")), "{r}");
+    let r = m.step("sync with nothing new", || {
+        b.ok(link, json!({"op": "sync", "client": "b"}))
+    });
+    assert!(timeline_bodies(&r, &room).is_empty(), "{r}");
+
+    // Long-poll with nothing new: answered once its timeout has passed.
+    let r = m.step("long-poll sync, nothing new (3 s)", || {
+        b.ok(
+            link,
+            json!({"op": "sync", "client": "b", "timeout_ms": 3000}),
+        )
+    });
+    assert!(
+        r["ms"].as_f64().unwrap() >= 2900.0,
+        "long poll returned early: {r}"
+    );
+    assert!(timeline_bodies(&r, &room).is_empty(), "{r}");
+
+    // Long-poll woken by a message: bob's sync is waiting at the homeserver when alice sends.
+    let (r, waited) = m.step("long-poll sync woken by a send", || {
+        let before = link.counters();
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let t0 = Instant::now();
+                let r = b.ok(
+                    link,
+                    json!({"op": "sync", "client": "b", "timeout_ms": 600_000}),
+                );
+                (r, t0.elapsed())
+            });
+            // Bob's request has crossed the link once serve has received a packet more.
+            let end = Instant::now() + Duration::from_secs_f64(t);
+            while link.counters().packets_in == before.packets_in && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            let started = Instant::now();
+            a.ok(
+                link,
+                json!({"op": "send", "client": "a", "room_id": room, "body": "are you there"}),
+            );
+            let (r, total) = h.join().expect("long-poll thread");
+            (r, total.saturating_sub(started.elapsed()))
+        })
+    });
+    assert_eq!(timeline_bodies(&r, &room), ["are you there"], "{r}");
+    assert!(
+        r["ms"].as_f64().unwrap() < 590_000.0,
+        "the long poll ran to its timeout: {r}"
+    );
+    eprintln!("long poll had waited {waited:?} when alice's send started");
+
+    m.step("typing", || {
+        a.ok(
+            link,
+            json!({"op": "typing", "client": "a", "room_id": room}),
+        )
+    });
+    m.step("sync bob: typing", || {
+        b.ok(
+            link,
+            json!({"op": "wait_ephemeral", "client": "b", "room_id": room,
+                   "type": "m.typing", "user_id": alice}),
+        )
+    });
+    m.step("receipt", || {
+        b.ok(
+            link,
+            json!({"op": "receipt", "client": "b", "room_id": room,
+                   "event_id": sent["event_id"]}),
+        )
+    });
+    m.step("sync bob: receipt", || {
+        b.ok(
+            link,
+            json!({"op": "wait_ephemeral", "client": "b", "room_id": room,
+                   "type": "m.receipt", "user_id": bob}),
+        )
+    });
+    let r = m.step("room history (2)", || {
+        b.ok(
+            link,
+            json!({"op": "room_messages", "client": "b", "room_id": room, "limit": 2}),
+        )
+    });
+    let h = bodies(&r["chunk"]);
+    assert_eq!(h.len(), 2, "{r}");
+    assert_eq!(h[0], "are you there", "{r}");
+    assert!(h[1].starts_with("hello bob"), "{r}");
+
+    let file = media(media_len);
+    let text = String::from_utf8(file).unwrap();
+    let up_name = format!("upload ({media_len} B)");
+    let up = m.step(&up_name, || {
+        a.ok(
+            link,
+            json!({"op": "upload", "client": "a", "text": text, "content_type": "text/plain",
+                   "filename": "note.txt"}),
+        )
+    });
+    let down_name = format!("download ({media_len} B)");
+    let down = m.step(&down_name, || {
+        b.ok(
+            link,
+            json!({"op": "download", "client": "b", "mxc": up["content_uri"]}),
+        )
+    });
+    assert_eq!(down["len"], media_len);
+    assert_eq!(down["text"], text.as_str());
+    assert_eq!(down["content_type"], "text/plain");
+
+    m.step("logout bob", || {
+        b.ok(link, json!({"op": "logout", "client": "b"}))
+    });
+    a.nio.finish();
+    b.nio.finish();
+    // The token is gone at the homeserver: through the link it now gets Synapse's 401.
+    let r = m.step("whoami with the logged-out token", || {
+        http::request(
+            "GET",
+            &format!("{}/_matrix/client/v3/account/whoami", link.tunnel_url),
+            &[("Authorization", &format!("Bearer {bob_token}"))],
+            &[],
+            Duration::from_secs_f64(t),
+        )
+        .expect("whoami")
+    });
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json().unwrap()["errcode"], "M_UNKNOWN_TOKEN");
+}
+
+/// Link-byte budget of the issue: a text send, request and response, in at most 140 bytes
+/// (HTTP/1.1: 907), for an exchange the loss spared (a retransmission counts its bytes again).
+fn check_send_budget(r: &Row) {
+    assert_eq!(
+        r.c.packets(),
+        2,
+        "{}: every send was retransmitted; the budget cannot be checked",
+        r.name
+    );
+    assert!(
+        r.c.bytes() <= 140,
+        "{}: {} link bytes, budget 140",
+        r.name,
+        r.c.bytes()
+    );
+}
+
+#[test]
+fn gateway_e2e_100_bps_lossy() {
+    let Some(venv) = require_peers("gateway_e2e_100_bps_lossy") else {
+        return;
+    };
+    let t0 = Instant::now();
+    let link = GatewayLink::start(
+        &venv,
+        &LinkOpts {
+            label: "gw100loss".into(),
+            rate: 100,
+            loss: 0.1,
+            ..LinkOpts::default()
+        },
+    )
+    .expect("start the gateway chain");
+    let mut m = Meter::new(&link, Duration::from_secs(4));
+    scenario(&venv, &link, &mut m, SLOW_STEP_S, 300);
+    m.print(
+        "gateway_e2e_100_bps_lossy: link bytes and time per operation \
+         (100 bit/s, 10% loss, retransmissions included)",
+        t0.elapsed(),
+    );
+}
+
+#[test]
+fn tmp_dry_9600() {
+    let Some(venv) = require_peers("tmp_dry") else {
+        return;
+    };
+    let t0 = Instant::now();
+    let link = GatewayLink::start(
+        &venv,
+        &LinkOpts {
+            label: "gwdry".into(),
+            rate: 9600,
+            loss: 0.0,
+            ..LinkOpts::default()
+        },
+    )
+    .expect("start the gateway chain");
+    let mut m = Meter::new(&link, Duration::from_millis(1200));
+    scenario(&venv, &link, &mut m, 120.0, 300);
+    m.print("dry", t0.elapsed());
+}
