@@ -402,6 +402,148 @@ fn gateway_e2e_100_bps_lossy() {
     );
 }
 
+/// The homeserver goes down in the middle of a conversation: the client's sends fail with a
+/// clear Matrix error (502, `M_UNKNOWN`, "homeserver unreachable"); once it is back, the client
+/// retries each with the same transaction id, as the spec's idempotent
+/// [`PUT .../send/{eventType}/{txnId}`](https://spec.matrix.org/v1.16/client-server-api/#put_matrixclientv3roomsroomidsendeventtypetxnid)
+/// intends, and the room holds every message exactly once. On a lossy link (10%) so that the
+/// link's own retransmissions are in play too.
+#[test]
+fn gateway_homeserver_down_nothing_lost_or_doubled() {
+    let Some(venv) = require_peers("gateway_homeserver_down_nothing_lost_or_doubled") else {
+        return;
+    };
+    let mut link = GatewayLink::start(
+        &venv,
+        &LinkOpts {
+            label: "gwhsdown".into(),
+            rate: 9600,
+            loss: 0.1,
+            ..LinkOpts::default()
+        },
+    )
+    .expect("start the gateway chain");
+    link.hs.register_user("alice", "pw-alice").unwrap();
+    let mut a = Client::start(&venv, &link, 120.0);
+    let r = a.ok(
+        &link,
+        json!({"op": "login", "client": "a", "user": "alice", "password": "pw-alice",
+               "request_timeout_s": 120}),
+    );
+    let token = r["access_token"].as_str().unwrap().to_owned();
+    let room = a.ok(
+        &link,
+        json!({"op": "create_room", "client": "a", "name": "outage"}),
+    )["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.ok(
+        &link,
+        json!({"op": "send", "client": "a", "room_id": room, "body": "before"}),
+    );
+
+    // A long poll is waiting at the homeserver when it dies: it ends with an error at once,
+    // not after its timeout.
+    a.ok(&link, json!({"op": "sync", "client": "a", "since": ""}));
+    let before = link.counters();
+    let r = std::thread::scope(|s| {
+        let h = s.spawn(|| a.run(json!({"op": "sync", "client": "a", "timeout_ms": 60_000})));
+        let end = Instant::now() + Duration::from_secs(60);
+        while link.counters().packets_in == before.packets_in && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        link.hs.stop();
+        h.join().expect("long-poll thread")
+    });
+    eprintln!("long poll across the outage: {r}");
+    assert_eq!(r["ok"], false, "a long poll across the outage: {r}");
+    assert!(r["ms"].as_f64().unwrap() < 30_000.0, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("homeserver unreachable"),
+        "{r}"
+    );
+    // Transaction ids as nio makes them (UUIDs), fixed so that the retries can reuse them.
+    let txn = |i: usize| format!("0e5f4c2a-9d1b-4c7e-8a3f-5b6d7e8f90a{i}");
+    let body = |i: usize| format!("while down {i}");
+    for i in 0..3 {
+        let r = a.run(json!({"op": "send", "client": "a", "room_id": room,
+                             "body": body(i), "txn_id": txn(i)}));
+        assert_eq!(r["ok"], false, "a send with the homeserver down: {r}");
+        assert_eq!(r["status_code"], "M_UNKNOWN", "{r}");
+        assert!(
+            r["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("homeserver unreachable"),
+            "{r}{}",
+            link.logs(20)
+        );
+    }
+    // What the client sees on the wire: HTTP 502 with a Matrix error body.
+    let r = http::request(
+        "PUT",
+        &format!(
+            "{}/_matrix/client/v3/rooms/{room}/send/m.room.message/{}",
+            link.tunnel_url,
+            txn(3)
+        ),
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Type", "application/json"),
+        ],
+        json!({"msgtype": "m.text", "body": body(3)})
+            .to_string()
+            .as_bytes(),
+        Duration::from_secs(120),
+    )
+    .expect("raw send");
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    let j = r.json().unwrap();
+    assert_eq!(j["errcode"], "M_UNKNOWN");
+    assert_eq!(j["error"], "homeserver unreachable");
+    let r = a.run(json!({"op": "sync", "client": "a", "since": ""}));
+    assert_eq!(r["ok"], false, "a sync with the homeserver down: {r}");
+
+    link.hs
+        .restart(Duration::from_secs(120))
+        .expect("restart synapse");
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let r = a.ok(
+            &link,
+            json!({"op": "send", "client": "a", "room_id": room,
+                   "body": body(i), "txn_id": txn(i)}),
+        );
+        ids.push(r["event_id"].as_str().unwrap().to_owned());
+    }
+    // A client that missed the answers sends the same transactions once more: the homeserver
+    // answers with the same events and stores nothing new.
+    for (i, id) in ids.iter().enumerate() {
+        let r = a.ok(
+            &link,
+            json!({"op": "send", "client": "a", "room_id": room,
+                   "body": body(i), "txn_id": txn(i)}),
+        );
+        assert_eq!(r["event_id"], id.as_str(), "retry of {}", txn(i));
+    }
+    let r = a.ok(
+        &link,
+        json!({"op": "room_messages", "client": "a", "room_id": room, "limit": 20}),
+    );
+    let mut got = bodies(&r["chunk"]);
+    got.reverse();
+    let want: Vec<String> = core::iter::once("before".to_owned())
+        .chain((0..4).map(body))
+        .collect();
+    assert_eq!(got, want, "room history after the outage");
+    a.nio.finish();
+}
+
 #[test]
 fn tmp_dry_9600() {
     let Some(venv) = require_peers("tmp_dry") else {
