@@ -183,6 +183,7 @@ fn scenario(venv: &Venv, link: &GatewayLink, m: &mut Meter<'_>, t: f64, media_le
         )
     });
     assert_eq!(r["user_id"], alice.as_str());
+    let alice_token = r["access_token"].as_str().expect("token").to_owned();
     let r = m.step("login bob", || {
         b.ok(
             link,
@@ -346,6 +347,44 @@ fn scenario(venv: &Venv, link: &GatewayLink, m: &mut Meter<'_>, t: f64, media_le
     assert_eq!(down["len"], media_len);
     assert_eq!(down["text"], text.as_str());
     assert_eq!(down["content_type"], "text/plain");
+
+    // Straight from the homeserver: under loss every request was carried out once (one room,
+    // each message once), whatever the link retransmitted.
+    let direct = |path: &str| {
+        let r = http::request(
+            "GET",
+            &format!("{}{path}", link.hs.client_url()),
+            &[("Authorization", &format!("Bearer {alice_token}"))],
+            &[],
+            Duration::from_secs(30),
+        )
+        .expect("direct request");
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.json().unwrap()
+    };
+    assert_eq!(
+        direct("/_matrix/client/v3/joined_rooms")["joined_rooms"],
+        json!([room])
+    );
+    let mut all = bodies(
+        &direct(&format!(
+            "/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"
+        ))["chunk"],
+    );
+    all.reverse();
+    let mut want: Vec<String> = (0..=tries)
+        .map(|i| match i {
+            0 => "hello bob".to_owned(),
+            i => format!("hello bob {i}"),
+        })
+        .collect();
+    want.push("are you there".into());
+    assert_eq!(all, want, "the room's messages at the homeserver");
 
     m.step("logout bob", || {
         b.ok(link, json!({"op": "logout", "client": "b"}))
