@@ -409,21 +409,3 @@ fn gateway_bytes_per_operation() {
         assert!(*b <= max, "{op}: {b} link bytes, budget {max}");
     }
 }
-
-/// The same at 100 bit/s: each step takes tens of seconds (env `LOWBAND_SLOW_E2E=1`).
-#[test]
-fn gateway_e2e_100_bps() {
-    if std::env::var_os("LOWBAND_SLOW_E2E").is_none() {
-        eprintln!("SKIPPED gateway_e2e_100_bps: set LOWBAND_SLOW_E2E=1");
-        return;
-    }
-    let Some(venv) = require_peers("gateway_e2e_100_bps") else {
-        return;
-    };
-    let s = setup(&venv, "gw100", 100, 0.0);
-    let table = scenario(&venv, &s, 1800.0, false);
-    print_table(
-        "gateway_e2e_100_bps: link bytes per operation (100 bit/s)",
-        &table,
-    );
-}

@@ -7,6 +7,7 @@ mod federation;
 mod federation_gateway;
 mod gateway_e2e;
 mod gateway_restart;
+mod gateway_slow;
 mod harness;
 mod qemu;
 mod synapse_smoke;

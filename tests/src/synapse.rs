@@ -86,6 +86,7 @@ impl Default for SynapseOpts {
 #[derive(Debug)]
 pub struct Synapse {
     child: ChildGuard,
+    venv: Venv,
     label: String,
     dir: PathBuf,
     server_name: String,
@@ -161,18 +162,12 @@ impl Synapse {
         let cfg_path = dir.join("homeserver.yaml");
         std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)?)?;
 
-        let console = std::fs::File::create(dir.join("console.log"))?;
-        let mut cmd = venv.command();
-        cmd.arg(py_script("synapse_run.py"))
-            .arg("-c")
-            .arg(&cfg_path)
-            .current_dir(&dir)
-            .stdout(Stdio::from(console.try_clone()?))
-            .stderr(Stdio::from(console));
+        std::fs::File::create(dir.join("console.log"))?;
         let spawned = Instant::now();
-        let child = ChildGuard::spawn(&format!("synapse {}", opts.label), cmd)?;
+        let child = launch(venv, &dir, &opts.label)?;
         Ok(Synapse {
             child,
+            venv: venv.clone(),
             label: opts.label.clone(),
             dir,
             server_name,
@@ -304,6 +299,24 @@ impl Synapse {
         self.startup
     }
 
+    /// Stops the server (SIGKILL, as a crash or power cut would); its data dir, port and
+    /// config stay for [`Synapse::restart`].
+    pub fn stop(&mut self) {
+        self.child.kill();
+    }
+
+    /// Starts the stopped server again on the same port, config and database (a no-op
+    /// if it runs); returns once the client API answers, within `timeout`.
+    pub fn restart(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.spawned = Instant::now();
+        self.startup = None;
+        self.child = launch(&self.venv, &self.dir, &self.label)?;
+        self.wait_ready(timeout)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.exited().is_none()
@@ -346,6 +359,23 @@ impl Synapse {
         };
         Ok((field("user_id")?, field("access_token")?))
     }
+}
+
+/// Runs Synapse on the `homeserver.yaml` in `dir`, appending its console output to
+/// `console.log` there.
+fn launch(venv: &Venv, dir: &Path, label: &str) -> anyhow::Result<ChildGuard> {
+    let console = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("console.log"))?;
+    let mut cmd = venv.command();
+    cmd.arg(py_script("synapse_run.py"))
+        .arg("-c")
+        .arg(dir.join("homeserver.yaml"))
+        .current_dir(dir)
+        .stdout(Stdio::from(console.try_clone()?))
+        .stderr(Stdio::from(console));
+    ChildGuard::spawn(&format!("synapse {label}"), cmd)
 }
 
 struct HomeserverParts<'a> {
