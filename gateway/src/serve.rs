@@ -478,7 +478,12 @@ impl State {
             return;
         };
         let mut p = self.peers.remove(&peer).unwrap_or_default();
-        if req.code == Code::GET && req.observe == Some(lowband_codec::coap::observe::REGISTER) {
+        // The tunnel's feed (crate::observe); a device registers for its pushed sync with the
+        // device option (crate::devices).
+        if req.code == Code::GET
+            && req.observe == Some(lowband_codec::coap::observe::REGISTER)
+            && !crate::devices::Devices::is_device_request(&req)
+        {
             self.on_feed(now, i, &mut p, &req.responder);
         } else {
             self.on_request_of(now, i, peer, &mut p, req);
