@@ -8,6 +8,8 @@ SKIP_FUZZ=1 bash scripts/setup.sh
 export LOWBAND_VENV=${LOWBAND_VENV:-$ROOT/.venv}
 # The peers were installed above: a test that cannot find them must fail, not skip.
 export LOWBAND_REQUIRE_PEERS=1
+# End-to-end tests mostly wait on slow emulated links: run more of them at once.
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}
 
 echo "== no_std builds (thumbv7m-none-eabi, no allocator)"
 cargo build -q -p lowband-codec -p lowband-device --no-default-features --target thumbv7m-none-eabi
