@@ -151,6 +151,8 @@ struct Peer {
     observe: ServeStreams,
     /// Link bytes of pushed sync results (notifications and their ACKs).
     observe_bytes: u64,
+    /// Datagrams of pushed sync results (notifications and their ACKs).
+    observe_packets: u64,
     /// A small device's announcement ([`opt::SMALL`]): plain bodies, blocks of 2^(4+szx).
     small: Option<u8>,
 }
@@ -968,6 +970,7 @@ impl State {
                         "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
                         "packets_in": st.packets_in, "packets_out": st.packets_out,
                         "observe_bytes": self.peers.get(&p).map_or(0, |x| x.observe_bytes),
+                        "observe_packets": self.peers.get(&p).map_or(0, |x| x.observe_packets),
                     }),
                 );
             }
@@ -1206,6 +1209,7 @@ impl State {
             let bytes = u64::from(t.bytes)
                 + u64::from(t.messages) * lowband_codec::noise::link::TRANSPORT_OVERHEAD as u64;
             p.observe_bytes += bytes;
+            p.observe_packets += u64::from(t.messages);
             self.metrics.observe_bytes(bytes);
             if pending {
                 self.pushing.push(peer);

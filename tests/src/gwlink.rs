@@ -24,6 +24,10 @@ pub struct LinkCounters {
     pub packets_in: u64,
     /// Datagrams serve sent.
     pub packets_out: u64,
+    /// Of those, the bytes of pushed sync results (notifications and their ACKs, both ways).
+    pub observe_bytes: u64,
+    /// Of those, the datagrams of pushed sync results.
+    pub observe_packets: u64,
 }
 
 impl LinkCounters {
@@ -37,6 +41,16 @@ impl LinkCounters {
         self.packets_in + self.packets_out
     }
 
+    /// Bytes both ways, without the pushed sync results (the request/response exchanges).
+    pub fn exchange_bytes(&self) -> u64 {
+        self.bytes().saturating_sub(self.observe_bytes)
+    }
+
+    /// Datagrams both ways, without the pushed sync results.
+    pub fn exchange_packets(&self) -> u64 {
+        self.packets().saturating_sub(self.observe_packets)
+    }
+
     /// The growth from `earlier` to `self`.
     pub fn since(&self, earlier: &LinkCounters) -> LinkCounters {
         LinkCounters {
@@ -44,6 +58,8 @@ impl LinkCounters {
             bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
             packets_in: self.packets_in.saturating_sub(earlier.packets_in),
             packets_out: self.packets_out.saturating_sub(earlier.packets_out),
+            observe_bytes: self.observe_bytes.saturating_sub(earlier.observe_bytes),
+            observe_packets: self.observe_packets.saturating_sub(earlier.observe_packets),
         }
     }
 }
@@ -61,6 +77,8 @@ pub fn link_counters(stats: &Path, peer: &str) -> LinkCounters {
         bytes_out: f("bytes_out"),
         packets_in: f("packets_in"),
         packets_out: f("packets_out"),
+        observe_bytes: f("observe_bytes"),
+        observe_packets: f("observe_packets"),
     }
 }
 
