@@ -384,6 +384,35 @@ fn emit_to<B: MsgBuf, const MTU: usize>(
     }
 }
 
+/// How far apart, in message IDs, the requests a lowband endpoint has not yet seen
+/// acknowledged may be: a new request with MID `m` waits while one of ours with MID `o`
+/// awaits its first ACK and `m - o` (mod 2^16) is `DEDUP_WINDOW` or more. A server needs
+/// `DEDUP >= DEDUP_WINDOW` (plus the requests its application still has to answer) for its
+/// table never to refuse a new request; see [`Endpoint`], "Duplicate detection".
+pub const DEDUP_WINDOW: u16 = 8;
+
+/// The message-ID range a server drops as old duplicates after its table overflowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Floor {
+    /// Oldest evicted MID still guarded.
+    lo: u16,
+    /// Newest evicted MID.
+    hi: u16,
+    /// The floor is forgotten at this time (the last evicted entry's expiry).
+    until: u64,
+}
+
+/// `a` is strictly behind `b` in the 16-bit serial-number space (RFC 1982 §3.2).
+fn behind(a: u16, b: u16) -> bool {
+    let d = b.wrapping_sub(a);
+    d != 0 && d < 0x8000
+}
+
+/// `x` lies in the circular range `lo..=hi`.
+fn within(x: u16, lo: u16, hi: u16) -> bool {
+    x.wrapping_sub(lo) <= hi.wrapping_sub(lo)
+}
+
 /// A CoAP endpoint towards one peer, both client and server.
 ///
 /// Capacities are in the type: `SLOTS` outgoing exchanges (requests in flight or queued,
@@ -391,6 +420,49 @@ fn emit_to<B: MsgBuf, const MTU: usize>(
 /// cached responses, `OBS` observers, `MTU` largest CoAP message in bytes; `B` holds each
 /// message (see [`MsgBuf`]; inline `[u8; MTU]` by default). See the module documentation for
 /// the call protocol.
+///
+/// # Duplicate detection
+///
+/// A server must recognise a duplicate request by its message ID for EXCHANGE_LIFETIME
+/// (RFC 7252 §4.5), which is minutes on a slow link (766 s at the gateway's parameters), so
+/// a busy peer sends more requests within one lifetime than `DEDUP` entries can remember.
+/// Dropping new requests while the table is full would stall the peer for a lifetime; so
+/// the endpoint bounds how far apart its unacknowledged requests may be, and a server that
+/// sees such a peer can forget old entries safely:
+///
+/// 1. Client rule: a request with MID `m` is not sent while one of our requests with MID `o`
+///    is unacknowledged (a CON not yet ACKed, or a NON within its first ACK_TIMEOUT, as for
+///    NSTART, RFC 7252 §4.7) and `m - o >= DEDUP_WINDOW` (mod 2^16). MIDs are sequential
+///    (§4.4), so with NSTART below [`DEDUP_WINDOW`] this almost never waits; when it does,
+///    the request stays queued until the old one is acknowledged or fails.
+/// 2. Server rule: with the table full, a new request may evict an answered entry whose MID
+///    is at least `DEDUP_WINDOW` behind `top`, the newest request MID seen (in serial
+///    arithmetic, RFC 1982). The evicted MIDs form a range `lo..=hi`, the floor, and a later
+///    request whose MID is in it is dropped as an old duplicate. The floor lasts until the
+///    last evicted entry would have expired, and never reaches more than 2^15 - 1 behind
+///    `top` (so a MID that comes round again after a wrap is never held back).
+///
+/// No duplicate delivery: a request is delivered only when its MID is neither in the table
+/// nor in the floor. An entry leaves the table either at its EXCHANGE_LIFETIME expiry (as in
+/// §4.5), or once MAX_TRANSMIT_SPAN + MAX_LATENCY have passed since it arrived (no copy can
+/// still be on its way, §4.8.2), or by rule 2, and then its MID is in the floor until it
+/// would have expired.
+///
+/// No stall: when the peer sent `top`, every request it had not seen acknowledged was less
+/// than `DEDUP_WINDOW` behind it (rule 1). A request at least `DEDUP_WINDOW` behind `top` was
+/// therefore acknowledged (it was delivered and is answered from the table or dropped as a
+/// duplicate) or abandoned by the peer: dropping it never holds back a request the peer still
+/// waits for. And a new request `n` finds a victim: `n` and the `DEDUP` entries are
+/// `DEDUP + 1` distinct MIDs and at most `DEDUP_WINDOW` of them are less than
+/// `DEDUP_WINDOW` behind `top`, so with `DEDUP >= DEDUP_WINDOW` one entry is far enough
+/// behind; it can be evicted unless the application still has to answer it (then the
+/// request is dropped and retransmitted later, as before).
+///
+/// `top` only moves forward, or back when a request comes from far behind it (a peer that
+/// restarted with a new MID); a peer that does not follow rule 1 (a stock CoAP client, see
+/// the gateway's plain CoAP listener) meets the floor only once the table has overflowed,
+/// when the alternative is dropping every new request. On lowband a new Noise session
+/// starts a new endpoint on both ends, so a restarted peer never meets an old floor.
 #[derive(Debug)]
 pub struct Endpoint<
     const SLOTS: usize,
@@ -407,6 +479,10 @@ pub struct Endpoint<
     next_order: u32,
     slots: [Slot<B>; SLOTS],
     dedup: [Dedup<B>; DEDUP],
+    /// Newest request MID seen from the peer (serial arithmetic).
+    top: Option<u16>,
+    /// Old request MIDs dropped as duplicates after the table overflowed.
+    floor: Option<Floor>,
     ctl: heapless::Deque<(MsgType, u16), 4>,
     events: heapless::Deque<Event, 4>,
     observers: Observers<OBS>,
@@ -451,6 +527,8 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
             next_order: 0,
             slots: core::array::from_fn(|_| Slot::free()),
             dedup: core::array::from_fn(|_| Dedup::free()),
+            top: None,
+            floor: None,
             ctl: heapless::Deque::new(),
             events: heapless::Deque::new(),
             observers: Observers::new(),
@@ -657,18 +735,28 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
             .count()
     }
 
-    /// Outstanding interactions for NSTART (RFC 7252 §4.7): a CON not yet acknowledged, or a
-    /// NON request with neither response nor ACK, for at most ACK_TIMEOUT. A CON request
-    /// acknowledged empty is no longer outstanding, even though its response is awaited.
-    fn in_flight_requests(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| {
-                matches!(s.kind, Kind::Request { .. })
-                    && (s.state == SlotState::Sent
-                        || (s.state == SlotState::AwaitResponse && !s.con && s.next != u64::MAX))
-            })
-            .count()
+    /// Whether a queued request may go out now: fewer than NSTART requests in flight (RFC
+    /// 7252 §4.7) and the MID it would take is less than [`DEDUP_WINDOW`] ahead of every
+    /// request of ours in flight (the client rule, see "Duplicate detection" on
+    /// [`Endpoint`]).
+    ///
+    /// In flight: a CON not yet acknowledged, or a NON request with neither response nor
+    /// ACK, for at most ACK_TIMEOUT. A CON request acknowledged empty is no longer in flight,
+    /// even though its response is awaited.
+    fn request_room(&self) -> bool {
+        let mut n = 0;
+        for s in &self.slots {
+            let in_flight = matches!(s.kind, Kind::Request { .. })
+                && (s.state == SlotState::Sent
+                    || (s.state == SlotState::AwaitResponse && !s.con && s.next != u64::MAX));
+            if in_flight {
+                if self.next_mid.wrapping_sub(s.mid) >= DEDUP_WINDOW {
+                    return false;
+                }
+                n += 1;
+            }
+        }
+        n < usize::from(self.cfg.params.nstart.max(1))
     }
 
     /// Answer a request delivered by [`Endpoint::handle_datagram`]: piggybacked on the ACK
@@ -997,7 +1085,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
         self.events.push_back(e).unwrap();
     }
 
-    fn alloc_dedup(&mut self, now: u64) -> Option<usize> {
+    /// A dedup entry for a new message; `top` is the peer's newest request MID counting the
+    /// new one, when the message is a request (then an entry far enough behind may be
+    /// evicted under the floor, see "Duplicate detection" on [`Endpoint`]).
+    fn alloc_dedup(&mut self, now: u64, top: Option<u16>) -> Option<usize> {
         if let Some(i) = self
             .dedup
             .iter()
@@ -1019,19 +1110,92 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
             .filter(|(_, d)| d.state == DState::AckedResponse)
             .min_by_key(|(_, d)| d.expires)
             .map(|(i, _)| i);
-        acked.or_else(|| {
-            self.dedup
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| {
-                    matches!(
-                        d.state,
-                        DState::Responded | DState::SeparateSent | DState::NonSeen
-                    ) && d.since + window <= now
-                })
-                .min_by_key(|(_, d)| d.expires)
-                .map(|(i, _)| i)
-        })
+        acked
+            .or_else(|| {
+                self.dedup
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| {
+                        matches!(
+                            d.state,
+                            DState::Responded | DState::SeparateSent | DState::NonSeen
+                        ) && d.since + window <= now
+                    })
+                    .min_by_key(|(_, d)| d.expires)
+                    .map(|(i, _)| i)
+            })
+            .or_else(|| self.evict_behind(top?))
+    }
+
+    /// Rule 2: evicts the answered request entry furthest behind `top`, at least
+    /// [`DEDUP_WINDOW`] behind it, and extends the floor over its MID.
+    fn evict_behind(&mut self, top: u16) -> Option<usize> {
+        let (i, _) = self
+            .dedup
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| {
+                matches!(
+                    d.state,
+                    DState::Responded | DState::SeparateSent | DState::NonSeen
+                )
+            })
+            .map(|(i, d)| (i, top.wrapping_sub(d.mid)))
+            .filter(|&(_, back)| (DEDUP_WINDOW..0x8000).contains(&back))
+            .max_by_key(|&(_, back)| back)?;
+        let (mid, expires) = (self.dedup[i].mid, self.dedup[i].expires);
+        self.floor = Some(match self.floor {
+            None => Floor {
+                lo: mid,
+                hi: mid,
+                until: expires,
+            },
+            Some(f) => Floor {
+                lo: if behind(mid, f.lo) { mid } else { f.lo },
+                hi: if behind(f.hi, mid) { mid } else { f.hi },
+                until: f.until.max(expires),
+            },
+        });
+        self.dedup[i].state = DState::Free;
+        Some(i)
+    }
+
+    /// The peer's newest request MID once request `mid` is accepted: it moves forward, or
+    /// back to `mid` when `mid` is [`DEDUP_WINDOW`] or more behind (a late old request or a
+    /// restarted peer; a lower `top` only makes rule 2 evict less).
+    fn top_with(&self, mid: u16) -> u16 {
+        match self.top {
+            Some(t) if !behind(t, mid) && t.wrapping_sub(mid) < DEDUP_WINDOW => t,
+            _ => mid,
+        }
+    }
+
+    /// Records `top` and keeps the floor within 2^15 - 1 behind it (a MID that comes round
+    /// again after the peer's counter wrapped is new).
+    fn set_top(&mut self, top: u16) {
+        self.top = Some(top);
+        if let Some(f) = &mut self.floor {
+            let min_lo = top.wrapping_sub(0x7fff);
+            if behind(f.lo, min_lo) {
+                if behind(f.hi, min_lo) {
+                    self.floor = None;
+                } else {
+                    f.lo = min_lo;
+                }
+            }
+        }
+    }
+
+    /// Whether request `mid` is an old duplicate under the floor (forgotten once expired).
+    fn under_floor(&mut self, now: u64, mid: u16) -> bool {
+        match self.floor {
+            Some(f) if now >= f.until => {
+                self.floor = None;
+                false
+            }
+            Some(f) => within(mid, f.lo, f.hi),
+            None => false,
+        }
     }
 
     /// Feed one received datagram. Returns a new request or a response for the application;
@@ -1103,9 +1267,16 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
             }
             return None;
         }
+        if self.under_floor(now, r.mid) {
+            // An old duplicate whose entry was evicted (rule 2): the peer is done with it.
+            self.stats.duplicates = self.stats.duplicates.wrapping_add(1);
+            return None;
+        }
+        let top = self.top_with(r.mid);
         if unknown_critical(&self.cfg, &r.options) {
             if con {
-                if let Some(d) = self.alloc_dedup(now) {
+                if let Some(d) = self.alloc_dedup(now, Some(top)) {
+                    self.set_top(top);
                     let e = &mut self.dedup[d];
                     let n = emit_to::<B, MTU>(&mut e.buf, |out| {
                         Repr {
@@ -1132,7 +1303,8 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
         }
         // Without room to remember the request it must not be delivered: it could be delivered
         // twice. Dropping it makes the peer retransmit later.
-        let d = self.alloc_dedup(now)?;
+        let d = self.alloc_dedup(now, Some(top))?;
+        self.set_top(top);
         let p = self.cfg.params;
         let e = &mut self.dedup[d];
         e.mid = r.mid;
@@ -1224,7 +1396,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
         }
         if con {
             self.queue_ctl(MsgType::Ack, r.mid);
-            if let Some(d) = self.alloc_dedup(now) {
+            if let Some(d) = self.alloc_dedup(now, None) {
                 let e = &mut self.dedup[d];
                 e.state = DState::AckedResponse;
                 e.mid = r.mid;
@@ -1404,7 +1576,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
                 return Some(n);
             }
         }
-        let room = self.in_flight_requests() < usize::from(self.cfg.params.nstart.max(1));
+        let room = self.request_room();
         let pick = self
             .slots
             .iter()
@@ -1473,7 +1645,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
     /// ms). `Some(0)` means now: something is ready to send.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
-        let room = self.in_flight_requests() < usize::from(self.cfg.params.nstart.max(1));
+        let room = self.request_room();
         if !self.ctl.is_empty()
             || self
                 .dedup
