@@ -1843,4 +1843,154 @@ mod tests {
         let mut small = Endpoint::<2, 2, 1, 64, [u8; 8]>::new(cfg);
         assert_eq!(small.request(0, req), Err(SendError::TooBig));
     }
+
+    type Srv = Endpoint<2, 8, 1, 64>;
+
+    /// CON POST, 1-byte token, payload `[tag]`.
+    fn post(mid: u16, tag: u8) -> [u8; 7] {
+        let m = mid.to_be_bytes();
+        [0x41, 0x02, m[0], m[1], tag, 0xff, tag]
+    }
+
+    /// Feeds `req`; if delivered, answers piggybacked with its payload; returns whether it
+    /// was delivered and what went out.
+    fn serve(s: &mut Srv, now: u64, req: &[u8]) -> (bool, alloc::vec::Vec<alloc::vec::Vec<u8>>) {
+        let delivered = match s.handle_datagram(now, req) {
+            Some(Received::Request(r)) => {
+                let p = [r.payload[0]];
+                s.respond(now, &r.responder, Code::CHANGED, Options::NONE, &p)
+                    .unwrap();
+                true
+            }
+            _ => false,
+        };
+        let mut out = alloc::vec::Vec::new();
+        let mut buf = [0u8; 64];
+        while let Some(n) = s.poll_transmit(now, &mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+        (delivered, out)
+    }
+
+    #[test]
+    fn full_table_evicts_under_a_floor_and_drops_late_duplicates() {
+        let p = TransmissionParams::for_link(100, 64, 0);
+        let mut s = Srv::new(Config {
+            params: p,
+            ..Config::default()
+        });
+        // 8 requests fill the table; the 9th is DEDUP_WINDOW ahead of the first: evicted.
+        for i in 0..9u16 {
+            let (d, out) = serve(&mut s, u64::from(i), &post(0x1000 + i, i as u8));
+            assert!(d, "request {i} delivered");
+            let m = (0x1000 + i).to_be_bytes();
+            assert_eq!(out, [[0x61, 0x44, m[0], m[1], i as u8, 0xff, i as u8]]);
+        }
+        assert_eq!(s.stats().duplicates, 0);
+        // A delayed copy of the evicted first request: dropped, not answered.
+        let (d, out) = serve(&mut s, 100, &post(0x1000, 0));
+        assert!(!d && out.is_empty());
+        assert_eq!(s.stats().duplicates, 1);
+        // A copy of the second, still remembered: answered from the cache.
+        let (d, out) = serve(&mut s, 101, &post(0x1001, 1));
+        assert!(!d);
+        assert_eq!(out, [[0x61, 0x44, 0x10, 0x01, 1, 0xff, 1]]);
+        // 90 more within one lifetime: each delivered once, and every older one dropped.
+        for i in 9..99u16 {
+            let t = 200 + u64::from(i);
+            assert!(serve(&mut s, t, &post(0x1000 + i, i as u8)).0, "{i}");
+            assert!(!serve(&mut s, t, &post(0x1000 + i - 8, 0)).0, "{i} - 8");
+            assert!(!serve(&mut s, t, &post(0x1000 + i, i as u8)).0, "{i} again");
+        }
+        // The floor lasts no longer than the entries it replaced: after a lifetime, MID 0x1000
+        // is a new message (RFC 7252 §4.5).
+        let later = 400 + p.exchange_lifetime();
+        assert!(serve(&mut s, later, &post(0x1000, 9)).0);
+    }
+
+    #[test]
+    fn unanswered_requests_are_never_evicted() {
+        let mut s = Srv::new(Config::default());
+        let mut pending = alloc::vec::Vec::new();
+        for i in 0..8u16 {
+            let req = post(i, 0);
+            let Some(Received::Request(r)) = s.handle_datagram(0, &req) else {
+                panic!("{i}")
+            };
+            pending.push(r.responder);
+        }
+        // The application owes all eight answers: the ninth cannot take a place.
+        assert!(s.handle_datagram(0, &post(8, 0)).is_none());
+        // Once the oldest is answered it may go, and its MID falls under the floor.
+        s.respond(0, &pending[0], Code::CHANGED, Options::NONE, &[])
+            .unwrap();
+        assert!(matches!(
+            s.handle_datagram(1, &post(8, 0)),
+            Some(Received::Request(_))
+        ));
+        for r in &pending[1..] {
+            s.respond(1, r, Code::CHANGED, Options::NONE, &[]).unwrap();
+        }
+        assert!(s.handle_datagram(2, &post(0, 0)).is_none());
+    }
+
+    #[test]
+    fn the_client_keeps_its_requests_within_the_window() {
+        let p = TransmissionParams {
+            nstart: 16,
+            ..TransmissionParams::default()
+        };
+        let mut c: Endpoint<12, 2, 1, 64> = Endpoint::new(Config {
+            params: p,
+            seed: 5,
+            token_len: 1,
+            ..Config::default()
+        });
+        for _ in 0..10 {
+            c.request(0, Request::con(Code::GET, Options::NONE, &[]))
+                .unwrap();
+        }
+        let mut buf = [0u8; 64];
+        let mut mids = alloc::vec::Vec::new();
+        while let Some(n) = c.poll_transmit(0, &mut buf) {
+            assert_eq!(n, 5);
+            mids.push(u16::from_be_bytes([buf[2], buf[3]]));
+        }
+        assert_eq!(mids.len(), usize::from(DEDUP_WINDOW), "NSTART 16, window 8");
+        assert_eq!(c.poll_timeout().map(|t| t > 0), Some(true));
+        // Acknowledging the second does not help: the first still holds the window.
+        let [a, b] = mids[1].to_be_bytes();
+        assert!(c.handle_datagram(1, &[0x60, 0, a, b]).is_none());
+        assert!(c.poll_transmit(1, &mut buf).is_none());
+        // Acknowledging the first lets one more out, with the next MID.
+        let [a, b] = mids[0].to_be_bytes();
+        assert!(c.handle_datagram(2, &[0x60, 0, a, b]).is_none());
+        assert_eq!(c.poll_timeout(), Some(0));
+        // Acknowledging the first lets two more out: the third is now the oldest in flight.
+        for k in 1..=2 {
+            assert!(c.poll_transmit(2, &mut buf).is_some());
+            assert_eq!(
+                u16::from_be_bytes([buf[2], buf[3]]),
+                mids[7].wrapping_add(k)
+            );
+        }
+        assert!(c.poll_transmit(2, &mut buf).is_none());
+    }
+
+    #[test]
+    fn the_floor_follows_the_peer_across_the_mid_wrap() {
+        let mut s = Srv::new(Config::default());
+        // 70 000 requests in 70 s (within one lifetime): the MID wraps, and every MID comes
+        // round again once; each is delivered once and its copy 8 behind is dropped.
+        let start = 0xff00u16;
+        for i in 0..70_000u32 {
+            let mid = start.wrapping_add(i as u16);
+            let t = u64::from(i);
+            assert!(serve(&mut s, t, &post(mid, i as u8)).0, "{i}");
+            if i >= 8 {
+                assert!(!serve(&mut s, t, &post(mid.wrapping_sub(8), 0)).0, "{i}");
+            }
+        }
+        assert_eq!(s.stats().duplicates, 70_000 - 8);
+    }
 }
