@@ -1191,6 +1191,9 @@ fn proactive_deregistration_and_byte_budget() {
     assert!(c.handle_datagram(7, &note).is_none());
 }
 
+/// A request sent: handle, payload, time, timeout.
+type Sent = (RequestHandle, Vec<u8>, u64, u64);
+
 /// Sends `count` POSTs (distinct payloads) from `eps[0]` as fast as its slots allow, then
 /// runs until idle; returns the handles and the time everything settled.
 fn many_requests(
@@ -1199,7 +1202,7 @@ fn many_requests(
     count: u16,
     timeout: u64,
     out: &mut Outcome,
-) -> (Vec<(RequestHandle, Vec<u8>, u64, u64)>, u64) {
+) -> (Vec<Sent>, u64) {
     let mut handles = Vec::new();
     let mut now = 0;
     for i in 0..count {
