@@ -5,7 +5,8 @@
 //! all complete, each delivered once to the application.
 
 use core::net::SocketAddr;
-use std::collections::BTreeMap;
+extern crate alloc;
+use alloc::collections::BTreeMap;
 
 use lowband_codec::coap::{Code, Event, Options, Received, Request, RequestHandle};
 use lowband_codec::noise::link::{InitiatorConfig, LinkPattern, ResponderConfig, TransportConfig};
