@@ -20,7 +20,8 @@
 //! Guarantees (tested with loss, duplication and reordering on virtual time): every request
 //! yields exactly one final response (observations: every fresh notification once) or exactly
 //! one [`Event::Failed`]; a duplicate CON request is answered from the cache of responses,
-//! never re-delivered, for EXCHANGE_LIFETIME. The peer's address is not the endpoint's
+//! never re-delivered, for EXCHANGE_LIFETIME (or dropped, once a busy peer made the endpoint
+//! forget it early; see "Duplicate detection" on [`Endpoint`]). The peer's address is not the endpoint's
 //! business: one `Endpoint` per peer (per Noise session on lowband).
 //! <https://www.rfc-editor.org/rfc/rfc7252#section-4>
 
@@ -451,8 +452,9 @@ fn within(x: u16, lo: u16, hi: u16) -> bool {
 /// No stall: when the peer sent `top`, every request it had not seen acknowledged was less
 /// than `DEDUP_WINDOW` behind it (rule 1). A request at least `DEDUP_WINDOW` behind `top` was
 /// therefore acknowledged (it was delivered and is answered from the table or dropped as a
-/// duplicate) or abandoned by the peer: dropping it never holds back a request the peer still
-/// waits for. And a new request `n` finds a victim: `n` and the `DEDUP` entries are
+/// duplicate) or abandoned by the peer (failed, cancelled, or a NON past its first
+/// ACK_TIMEOUT, which may then be lost like any NON): dropping it never holds back a request
+/// the peer still retransmits. And a new request `n` finds a victim: `n` and the `DEDUP` entries are
 /// `DEDUP + 1` distinct MIDs and at most `DEDUP_WINDOW` of them are less than
 /// `DEDUP_WINDOW` behind `top`, so with `DEDUP >= DEDUP_WINDOW` one entry is far enough
 /// behind; it can be evicted unless the application still has to answer it (then the
@@ -1128,7 +1130,8 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
     }
 
     /// Rule 2: evicts the answered request entry furthest behind `top`, at least
-    /// [`DEDUP_WINDOW`] behind it, and extends the floor over its MID.
+    /// [`DEDUP_WINDOW`] behind it, and extends the floor over its MID. A cached response
+    /// still waiting to be sent is kept until it went out.
     fn evict_behind(&mut self, top: u16) -> Option<usize> {
         let (i, _) = self
             .dedup
@@ -1138,7 +1141,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
                 matches!(
                     d.state,
                     DState::Responded | DState::SeparateSent | DState::NonSeen
-                )
+                ) && !d.tx
             })
             .map(|(i, d)| (i, top.wrapping_sub(d.mid)))
             .filter(|&(_, back)| (DEDUP_WINDOW..0x8000).contains(&back))
@@ -1921,9 +1924,17 @@ mod tests {
         }
         // The application owes all eight answers: the ninth cannot take a place.
         assert!(s.handle_datagram(0, &post(8, 0)).is_none());
-        // Once the oldest is answered it may go, and its MID falls under the floor.
+        // Once the oldest is answered and its answer went out, it may go, and its MID falls
+        // under the floor.
         s.respond(0, &pending[0], Code::CHANGED, Options::NONE, &[])
             .unwrap();
+        assert!(
+            s.handle_datagram(0, &post(8, 0)).is_none(),
+            "answer not sent yet"
+        );
+        let mut buf = [0u8; 64];
+        assert_eq!(s.poll_transmit(0, &mut buf), Some(5));
+        assert_eq!(buf[..5], [0x61, 0x44, 0, 0, 0]);
         assert!(matches!(
             s.handle_datagram(1, &post(8, 0)),
             Some(Received::Request(_))
