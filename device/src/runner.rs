@@ -291,7 +291,7 @@ pub const PUSH_REFRESH_MS: u64 = 15 * 60 * 1000;
 
 /// The device endpoint: owns the session, the sync state and the link buffers.
 ///
-/// Memory: [`RUNNER_SIZE`] bytes for `Runner<R>` with `R` = [`crate::EphemeralRng`]: 13 248 on
+/// Memory: [`RUNNER_SIZE`] bytes for `Runner<R>` with `R` = [`crate::EphemeralRng`]: 13 240 on
 /// thumbv7m (the sync state 5 KiB, the session ~3.5 KiB, the receive
 /// packet, CoAP scratch and body buffers 1152 + 1152 + 2048 bytes). [`SerialLink`] adds 1536
 /// bytes on thumbv7m (deframer and frame buffers) plus the stream. A deflated response body
@@ -334,7 +334,7 @@ pub struct Runner<R> {
 pub const RUNNER_SIZE: usize = core::mem::size_of::<Runner<crate::EphemeralRng>>();
 const _: () = assert!(RUNNER_SIZE <= 16 * 1024);
 #[cfg(all(target_arch = "arm", target_pointer_width = "32"))]
-const _: () = assert!(RUNNER_SIZE == 13_248);
+const _: () = assert!(RUNNER_SIZE == 13_240);
 #[cfg(all(target_arch = "arm", target_pointer_width = "32"))]
 const _: () = assert!(core::mem::size_of::<SerialLink<()>>() == 1536);
 
