@@ -1286,3 +1286,29 @@ fn many_requests_over_a_faulty_link_never_twice_never_stuck() {
         "ok {total_ok} failed {total_failed}"
     );
 }
+
+#[test]
+fn duplicating_reordering_link_without_loss_fails_nothing() {
+    // Without loss a request can only fail if the server wrongly took it for an old
+    // duplicate: every one of 160 must be answered, once, whatever arrives late or twice.
+    let p = TransmissionParams {
+        nstart: 4,
+        ..params_100()
+    };
+    let mut server_dups = 0;
+    for seed in 1..=6u64 {
+        let mut eps = [ep(seed + 7, p), ep(seed + 70, p)];
+        let mut link = Link::new(seed * 15_485_863, 0, 300, 400);
+        let mut out = Outcome::default();
+        let (handles, end) =
+            many_requests(&mut eps, &mut link, 160, 3 * p.default_deadline(), &mut out);
+        let (ok, failed) = check_exactly_once(&handles, &out);
+        assert_eq!((ok, failed), (160, 0), "seed {seed}");
+        eprintln!(
+            "seed {seed}: settled at {end} ms, server duplicates {}",
+            eps[1].stats().duplicates
+        );
+        server_dups += eps[1].stats().duplicates;
+    }
+    assert!(server_dups > 200, "{server_dups}");
+}
