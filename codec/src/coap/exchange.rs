@@ -21,8 +21,8 @@
 //! yields exactly one final response (observations: every fresh notification once) or exactly
 //! one [`Event::Failed`]; a duplicate CON request is answered from the cache of responses,
 //! never re-delivered, for EXCHANGE_LIFETIME (or dropped, once a busy peer made the endpoint
-//! forget it early; see "Duplicate detection" on [`Endpoint`]). The peer's address is not the endpoint's
-//! business: one `Endpoint` per peer (per Noise session on lowband).
+//! forget it early; see "Duplicate detection" on [`Endpoint`]). The peer's address is not
+//! the endpoint's business: one `Endpoint` per peer (per Noise session on lowband).
 //! <https://www.rfc-editor.org/rfc/rfc7252#section-4>
 
 use super::msg::{self, merge, opt, Code, MsgType, Opt, Options, ParseError, Repr, Token};
@@ -446,7 +446,9 @@ fn within(x: u16, lo: u16, hi: u16) -> bool {
 ///    arithmetic, RFC 1982). The evicted MIDs form a range `lo..=hi`, the floor, and a later
 ///    request whose MID is in it is dropped as an old duplicate. The floor lasts until the
 ///    last evicted entry would have expired, and never reaches more than 2^15 - 1 behind
-///    `top` (so a MID that comes round again after a wrap is never held back).
+///    `top` (so a MID that comes round again after a wrap is never held back; a peer that
+///    sends 2^15 requests within one EXCHANGE_LIFETIME is beyond what 16-bit MIDs can tell
+///    apart anyway, §4.4).
 ///
 /// No duplicate delivery: a request is delivered only when its MID is neither in the table
 /// nor in the floor. An entry leaves the table either at its EXCHANGE_LIFETIME expiry (as in
@@ -459,17 +461,20 @@ fn within(x: u16, lo: u16, hi: u16) -> bool {
 /// therefore acknowledged (it was delivered and is answered from the table or dropped as a
 /// duplicate) or abandoned by the peer (failed, cancelled, or a NON past its first
 /// ACK_TIMEOUT, which may then be lost like any NON): dropping it never holds back a request
-/// the peer still retransmits. And a new request `n` finds a victim: `n` and the `DEDUP` entries are
-/// `DEDUP + 1` distinct MIDs and at most `DEDUP_WINDOW` of them are less than
+/// the peer still retransmits. And a new request `n` finds a victim: `n` and the `DEDUP`
+/// entries are `DEDUP + 1` distinct MIDs and at most `DEDUP_WINDOW` of them are less than
 /// `DEDUP_WINDOW` behind `top`, so with `DEDUP >= DEDUP_WINDOW` one entry is far enough
-/// behind; it can be evicted unless the application still has to answer it (then the
-/// request is dropped and retransmitted later, as before).
+/// behind; it can be evicted unless the application still has to answer it or its cached
+/// answer is still to be sent (then the request is dropped and retransmitted later, as
+/// before).
 ///
-/// `top` only moves forward, or back when a request comes from far behind it (a peer that
-/// restarted with a new MID); a peer that does not follow rule 1 (a stock CoAP client, see
-/// the gateway's plain CoAP listener) meets the floor only once the table has overflowed,
-/// when the alternative is dropping every new request. On lowband a new Noise session
-/// starts a new endpoint on both ends, so a restarted peer never meets an old floor.
+/// A peer that does not follow rule 1 (a stock CoAP client, see the gateway's plain CoAP
+/// listener) meets the floor only once the table has overflowed, when the alternative is
+/// dropping every new request until old entries age out; stock clients number their
+/// messages sequentially with NSTART 1, which keeps rule 1 by itself. A peer that restarts
+/// with a random MID while a floor is active may find its requests dropped until the floor
+/// expires (at most EXCHANGE_LIFETIME). On lowband a new Noise session starts a new
+/// endpoint on both ends, so a restarted peer never meets an old floor.
 #[derive(Debug)]
 pub struct Endpoint<
     const SLOTS: usize,
@@ -1152,6 +1157,9 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
             .filter(|&(_, back)| (DEDUP_WINDOW..0x8000).contains(&back))
             .max_by_key(|&(_, back)| back)?;
         let (mid, expires) = (self.dedup[i].mid, self.dedup[i].expires);
+        // The floor lies within 2^15 - 1 behind `top` (see `note_request`): compare by how far
+        // behind `top` each MID is.
+        let back = |x: u16| top.wrapping_sub(x);
         self.floor = Some(match self.floor {
             None => Floor {
                 lo: mid,
@@ -1159,8 +1167,8 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
                 until: nonzero(expires),
             },
             Some(f) => Floor {
-                lo: if behind(mid, f.lo) { mid } else { f.lo },
-                hi: if behind(f.hi, mid) { mid } else { f.hi },
+                lo: if back(mid) > back(f.lo) { mid } else { f.lo },
+                hi: if back(mid) < back(f.hi) { mid } else { f.hi },
                 until: f.until.max(nonzero(expires)),
             },
         });
@@ -1168,19 +1176,19 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
         Some(i)
     }
 
-    /// The peer's newest request MID once request `mid` is accepted: it moves forward, or
-    /// back to `mid` when `mid` is [`DEDUP_WINDOW`] or more behind (a late old request or a
-    /// restarted peer; a lower `top` only makes rule 2 evict less).
-    fn top_with(&self, mid: u16) -> u16 {
-        match self.top {
-            Some(t) if !behind(t, mid) && t.wrapping_sub(mid) < DEDUP_WINDOW => t,
+    /// Takes note of a new request `mid` (not a duplicate) and returns the peer's newest
+    /// request MID counting it. `top` moves forward (by less than 2^15); while there is no
+    /// floor it also moves back to a request [`DEDUP_WINDOW`] or more behind it (a restarted
+    /// peer, or a late request the peer gave up on: a lower `top` only makes rule 2 evict
+    /// older entries). With a floor it never moves back, so that the floor stays within
+    /// 2^15 - 1 behind `top`: it is cut there (a MID that comes round again after the peer's
+    /// counter wrapped is new) and forgotten once wholly behind.
+    fn note_request(&mut self, mid: u16) -> u16 {
+        let top = match self.top {
+            Some(t) if behind(t, mid) => mid,
+            Some(t) if self.floor.is_some() || t.wrapping_sub(mid) < DEDUP_WINDOW => t,
             _ => mid,
-        }
-    }
-
-    /// Records `top` and keeps the floor within 2^15 - 1 behind it (a MID that comes round
-    /// again after the peer's counter wrapped is new).
-    fn set_top(&mut self, top: u16) {
+        };
         self.top = Some(top);
         if let Some(f) = &mut self.floor {
             let min_lo = top.wrapping_sub(0x7fff);
@@ -1192,6 +1200,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
                 }
             }
         }
+        top
     }
 
     /// Whether request `mid` is an old duplicate under the floor (forgotten once expired).
@@ -1280,11 +1289,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
             self.stats.duplicates = self.stats.duplicates.wrapping_add(1);
             return None;
         }
-        let top = self.top_with(r.mid);
+        let top = self.note_request(r.mid);
         if unknown_critical(&self.cfg, &r.options) {
             if con {
                 if let Some(d) = self.alloc_dedup(now, Some(top)) {
-                    self.set_top(top);
                     let e = &mut self.dedup[d];
                     let n = emit_to::<B, MTU>(&mut e.buf, |out| {
                         Repr {
@@ -1312,7 +1320,6 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
         // Without room to remember the request it must not be delivered: it could be delivered
         // twice. Dropping it makes the peer retransmit later.
         let d = self.alloc_dedup(now, Some(top))?;
-        self.set_top(top);
         let p = self.cfg.params;
         let e = &mut self.dedup[d];
         e.mid = r.mid;
@@ -2008,5 +2015,42 @@ mod tests {
             }
         }
         assert_eq!(s.stats().duplicates, 70_000 - 8);
+    }
+
+    #[test]
+    fn the_floor_survives_jumps_and_late_abandoned_requests() {
+        let mut s = Srv::new(Config::default());
+        let mut t = 0;
+        let mut ok = |s: &mut Srv, mid: u16| {
+            t += 1;
+            serve(s, t, &post(mid, mid as u8)).0
+        };
+        for mid in 0..=8 {
+            assert!(ok(&mut s, mid));
+        }
+        // The peer skips ahead by 0x7000 (requests lost on the way): all new, the old
+        // duplicate still dropped.
+        for mid in 0x7000..0x7010 {
+            assert!(ok(&mut s, mid), "{mid:#x}");
+        }
+        assert!(!ok(&mut s, 0));
+        // Requests the peer gave up on arrive late: inside the floor (10, never seen) they are
+        // dropped like duplicates; from before it (0xfff0) they find no room (every entry is
+        // within the window) and are dropped too; neither disturbs the floor.
+        assert!(!ok(&mut s, 10));
+        assert!(!ok(&mut s, 0xfff0));
+        assert!(!ok(&mut s, 0x7000));
+        assert!(!ok(&mut s, 1));
+        assert!(ok(&mut s, 0x7010));
+        // Another jump past half the space from the old floor: it is forgotten, never
+        // stretched over the MIDs to come.
+        for mid in 0xe000..0xe010 {
+            assert!(ok(&mut s, mid), "{mid:#x}");
+        }
+        assert!(!ok(&mut s, 0x7009), "evicted at the second jump");
+        assert!(!ok(&mut s, 0xe000));
+        for mid in 0xe010..0xe100 {
+            assert!(ok(&mut s, mid), "{mid:#x}");
+        }
     }
 }
