@@ -438,9 +438,10 @@ fn within(x: u16, lo: u16, hi: u16) -> bool {
 ///
 /// 1. Client rule: a request with MID `m` is not sent while one of our requests with MID `o`
 ///    is unacknowledged (a CON not yet ACKed, or a NON within its first ACK_TIMEOUT, as for
-///    NSTART, RFC 7252 §4.7) and `m - o >= DEDUP_WINDOW` (mod 2^16). MIDs are sequential
-///    (§4.4), so with NSTART below [`DEDUP_WINDOW`] this almost never waits; when it does,
-///    the request stays queued until the old one is acknowledged or fails.
+///    NSTART, RFC 7252 §4.7) and `m - o >= DEDUP_WINDOW` (mod 2^16). Our MIDs are
+///    sequential (as §4.4 allows), so with NSTART below [`DEDUP_WINDOW`] this almost never
+///    waits; when it does, the request stays queued until the old one is acknowledged or
+///    fails.
 /// 2. Server rule: with the table full, a new request may evict an answered entry whose MID
 ///    is at least `DEDUP_WINDOW` behind `top`, the newest request MID seen (in serial
 ///    arithmetic, RFC 1982). The evicted MIDs form a range `lo..=hi`, the floor, and a later
@@ -461,12 +462,12 @@ fn within(x: u16, lo: u16, hi: u16) -> bool {
 /// therefore acknowledged (it was delivered and is answered from the table or dropped as a
 /// duplicate) or abandoned by the peer (failed, cancelled, or a NON past its first
 /// ACK_TIMEOUT, which may then be lost like any NON): dropping it never holds back a request
-/// the peer still retransmits. And a new request `n` finds a victim: `n` and the `DEDUP`
+/// the peer still retransmits. And a new request `n` finds room: `n` and the `DEDUP`
 /// entries are `DEDUP + 1` distinct MIDs and at most `DEDUP_WINDOW` of them are less than
-/// `DEDUP_WINDOW` behind `top`, so with `DEDUP >= DEDUP_WINDOW` one entry is far enough
-/// behind; it can be evicted unless the application still has to answer it or its cached
-/// answer is still to be sent (then the request is dropped and retransmitted later, as
-/// before).
+/// `DEDUP_WINDOW` behind `top`, so with `DEDUP >= DEDUP_WINDOW` one of them is far enough
+/// behind: either `n` itself, which the peer no longer waits for, or an entry, which is
+/// evicted unless the application still has to answer it or its cached answer is still to
+/// be sent (then `n` is dropped and retransmitted later, as before).
 ///
 /// A peer that does not follow rule 1 (a stock CoAP client, see the gateway's plain CoAP
 /// listener) meets the floor only once the table has overflowed, when the alternative is
