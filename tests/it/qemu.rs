@@ -499,7 +499,7 @@ fn documented_device_sizes_match_the_firmware() {
     {
         assert_eq!(lowband_device::DEFAULT_SYNC_STATE_SIZE, 5040);
         assert!(readme.contains("(5040 on x86_64)"));
-        assert_eq!(lowband_device::runner::RUNNER_SIZE, 13_328);
-        assert!(readme.contains("(13328 on x86_64,"));
+        assert_eq!(lowband_device::runner::RUNNER_SIZE, 13_344);
+        assert!(readme.contains("(13344 on x86_64,"));
     }
 }

@@ -20,8 +20,9 @@
 //! Guarantees (tested with loss, duplication and reordering on virtual time): every request
 //! yields exactly one final response (observations: every fresh notification once) or exactly
 //! one [`Event::Failed`]; a duplicate CON request is answered from the cache of responses,
-//! never re-delivered, for EXCHANGE_LIFETIME. The peer's address is not the endpoint's
-//! business: one `Endpoint` per peer (per Noise session on lowband).
+//! never re-delivered, for EXCHANGE_LIFETIME (or dropped, once a busy peer made the endpoint
+//! forget it early; see "Duplicate detection" on [`Endpoint`]). The peer's address is not
+//! the endpoint's business: one `Endpoint` per peer (per Noise session on lowband).
 //! <https://www.rfc-editor.org/rfc/rfc7252#section-4>
 
 use super::msg::{self, merge, opt, Code, MsgType, Opt, Options, ParseError, Repr, Token};
@@ -384,6 +385,40 @@ fn emit_to<B: MsgBuf, const MTU: usize>(
     }
 }
 
+/// How far apart, in message IDs, the requests a lowband endpoint has not yet seen
+/// acknowledged may be: a new request with MID `m` waits while one of ours with MID `o`
+/// awaits its first ACK and `m - o` (mod 2^16) is `DEDUP_WINDOW` or more. A server needs
+/// `DEDUP >= DEDUP_WINDOW` (plus the requests its application still has to answer) for its
+/// table never to refuse a new request; see [`Endpoint`], "Duplicate detection".
+pub const DEDUP_WINDOW: u16 = 8;
+
+/// The message-ID range a server drops as old duplicates after its table overflowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Floor {
+    /// Oldest evicted MID still guarded.
+    lo: u16,
+    /// Newest evicted MID.
+    hi: u16,
+    /// The floor is forgotten at this time (the last evicted entry's expiry; never 0, so
+    /// that `Option<Floor>` costs no extra word).
+    until: core::num::NonZeroU64,
+}
+
+fn nonzero(t: u64) -> core::num::NonZeroU64 {
+    core::num::NonZeroU64::MIN.saturating_add(t.saturating_sub(1))
+}
+
+/// `a` is strictly behind `b` in the 16-bit serial-number space (RFC 1982 §3.2).
+fn behind(a: u16, b: u16) -> bool {
+    let d = b.wrapping_sub(a);
+    d != 0 && d < 0x8000
+}
+
+/// `x` lies in the circular range `lo..=hi`.
+fn within(x: u16, lo: u16, hi: u16) -> bool {
+    x.wrapping_sub(lo) <= hi.wrapping_sub(lo)
+}
+
 /// A CoAP endpoint towards one peer, both client and server.
 ///
 /// Capacities are in the type: `SLOTS` outgoing exchanges (requests in flight or queued,
@@ -391,6 +426,56 @@ fn emit_to<B: MsgBuf, const MTU: usize>(
 /// cached responses, `OBS` observers, `MTU` largest CoAP message in bytes; `B` holds each
 /// message (see [`MsgBuf`]; inline `[u8; MTU]` by default). See the module documentation for
 /// the call protocol.
+///
+/// # Duplicate detection
+///
+/// A server must recognise a duplicate request by its message ID for EXCHANGE_LIFETIME
+/// (RFC 7252 §4.5), which is minutes on a slow link (766 s at the gateway's parameters), so
+/// a busy peer sends more requests within one lifetime than `DEDUP` entries can remember.
+/// Dropping new requests while the table is full would stall the peer for a lifetime; so
+/// the endpoint bounds how far apart its unacknowledged requests may be, and a server that
+/// sees such a peer can forget old entries safely:
+///
+/// 1. Client rule: a request with MID `m` is not sent while one of our requests with MID `o`
+///    is unacknowledged (a CON not yet ACKed, or a NON within its first ACK_TIMEOUT, as for
+///    NSTART, RFC 7252 §4.7) and `m - o >= DEDUP_WINDOW` (mod 2^16). Our MIDs are
+///    sequential (as §4.4 allows), so with NSTART below [`DEDUP_WINDOW`] this almost never
+///    waits; when it does, the request stays queued until the old one is acknowledged or
+///    fails.
+/// 2. Server rule: with the table full, a new request may evict an answered entry whose MID
+///    is at least `DEDUP_WINDOW` behind `top`, the newest request MID seen (in serial
+///    arithmetic, RFC 1982). The evicted MIDs form a range `lo..=hi`, the floor, and a later
+///    request whose MID is in it is dropped as an old duplicate. The floor lasts until the
+///    last evicted entry would have expired, and never reaches more than 2^15 - 1 behind
+///    `top` (so a MID that comes round again after a wrap is never held back; a peer that
+///    sends 2^15 requests within one EXCHANGE_LIFETIME is beyond what 16-bit MIDs can tell
+///    apart anyway, §4.4).
+///
+/// No duplicate delivery: a request is delivered only when its MID is neither in the table
+/// nor in the floor. An entry leaves the table either at its EXCHANGE_LIFETIME expiry (as in
+/// §4.5), or once MAX_TRANSMIT_SPAN + MAX_LATENCY have passed since it arrived (no copy can
+/// still be on its way, §4.8.2), or by rule 2, and then its MID is in the floor until it
+/// would have expired.
+///
+/// No stall: when the peer sent `top`, every request it had not seen acknowledged was less
+/// than `DEDUP_WINDOW` behind it (rule 1). A request at least `DEDUP_WINDOW` behind `top` was
+/// therefore acknowledged (it was delivered and is answered from the table or dropped as a
+/// duplicate) or abandoned by the peer (failed, cancelled, or a NON past its first
+/// ACK_TIMEOUT, which may then be lost like any NON): dropping it never holds back a request
+/// the peer still retransmits. And a new request `n` finds room: `n` and the `DEDUP`
+/// entries are `DEDUP + 1` distinct MIDs and at most `DEDUP_WINDOW` of them are less than
+/// `DEDUP_WINDOW` behind `top`, so with `DEDUP >= DEDUP_WINDOW` one of them is far enough
+/// behind: either `n` itself, which the peer no longer waits for, or an entry, which is
+/// evicted unless the application still has to answer it or its cached answer is still to
+/// be sent (then `n` is dropped and retransmitted later, as before).
+///
+/// A peer that does not follow rule 1 (a stock CoAP client, see the gateway's plain CoAP
+/// listener) meets the floor only once the table has overflowed, when the alternative is
+/// dropping every new request until old entries age out; stock clients number their
+/// messages sequentially with NSTART 1, which keeps rule 1 by itself. A peer that restarts
+/// with a random MID while a floor is active may find its requests dropped until the floor
+/// expires (at most EXCHANGE_LIFETIME). On lowband a new Noise session starts a new
+/// endpoint on both ends, so a restarted peer never meets an old floor.
 #[derive(Debug)]
 pub struct Endpoint<
     const SLOTS: usize,
@@ -407,6 +492,10 @@ pub struct Endpoint<
     next_order: u32,
     slots: [Slot<B>; SLOTS],
     dedup: [Dedup<B>; DEDUP],
+    /// Newest request MID seen from the peer (serial arithmetic).
+    top: Option<u16>,
+    /// Old request MIDs dropped as duplicates after the table overflowed.
+    floor: Option<Floor>,
     ctl: heapless::Deque<(MsgType, u16), 4>,
     events: heapless::Deque<Event, 4>,
     observers: Observers<OBS>,
@@ -420,7 +509,7 @@ pub type DeviceEndpoint = Endpoint<3, 4, 2, 128>;
 /// The gateway's per-device endpoint: 16 exchanges, 32 message IDs, 8 observers, 1152 bytes.
 pub type GatewayEndpoint = Endpoint<16, 32, 8, 1152>;
 
-// Measured: 1576 bytes on thumbv7m-none-eabi, 1616 on x86_64 (a device session must fit
+// Measured: 1600 bytes on thumbv7m-none-eabi, 1640 on x86_64 (a device session must fit
 // 4 KiB together with the Noise state).
 const _: () = assert!(core::mem::size_of::<DeviceEndpoint>() <= 1664);
 
@@ -451,6 +540,8 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
             next_order: 0,
             slots: core::array::from_fn(|_| Slot::free()),
             dedup: core::array::from_fn(|_| Dedup::free()),
+            top: None,
+            floor: None,
             ctl: heapless::Deque::new(),
             events: heapless::Deque::new(),
             observers: Observers::new(),
@@ -657,18 +748,28 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
             .count()
     }
 
-    /// Outstanding interactions for NSTART (RFC 7252 §4.7): a CON not yet acknowledged, or a
-    /// NON request with neither response nor ACK, for at most ACK_TIMEOUT. A CON request
-    /// acknowledged empty is no longer outstanding, even though its response is awaited.
-    fn in_flight_requests(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| {
-                matches!(s.kind, Kind::Request { .. })
-                    && (s.state == SlotState::Sent
-                        || (s.state == SlotState::AwaitResponse && !s.con && s.next != u64::MAX))
-            })
-            .count()
+    /// Whether a queued request may go out now: fewer than NSTART requests in flight (RFC
+    /// 7252 §4.7) and the MID it would take is less than [`DEDUP_WINDOW`] ahead of every
+    /// request of ours in flight (the client rule, see "Duplicate detection" on
+    /// [`Endpoint`]).
+    ///
+    /// In flight: a CON not yet acknowledged, or a NON request with neither response nor
+    /// ACK, for at most ACK_TIMEOUT. A CON request acknowledged empty is no longer in flight,
+    /// even though its response is awaited.
+    fn request_room(&self) -> bool {
+        let mut n = 0;
+        for s in &self.slots {
+            let in_flight = matches!(s.kind, Kind::Request { .. })
+                && (s.state == SlotState::Sent
+                    || (s.state == SlotState::AwaitResponse && !s.con && s.next != u64::MAX));
+            if in_flight {
+                if self.next_mid.wrapping_sub(s.mid) >= DEDUP_WINDOW {
+                    return false;
+                }
+                n += 1;
+            }
+        }
+        n < usize::from(self.cfg.params.nstart.max(1))
     }
 
     /// Answer a request delivered by [`Endpoint::handle_datagram`]: piggybacked on the ACK
@@ -997,7 +1098,10 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
         self.events.push_back(e).unwrap();
     }
 
-    fn alloc_dedup(&mut self, now: u64) -> Option<usize> {
+    /// A dedup entry for a new message; `top` is the peer's newest request MID counting the
+    /// new one, when the message is a request (then an entry far enough behind may be
+    /// evicted under the floor, see "Duplicate detection" on [`Endpoint`]).
+    fn alloc_dedup(&mut self, now: u64, top: Option<u16>) -> Option<usize> {
         if let Some(i) = self
             .dedup
             .iter()
@@ -1019,19 +1123,97 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
             .filter(|(_, d)| d.state == DState::AckedResponse)
             .min_by_key(|(_, d)| d.expires)
             .map(|(i, _)| i);
-        acked.or_else(|| {
-            self.dedup
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| {
-                    matches!(
-                        d.state,
-                        DState::Responded | DState::SeparateSent | DState::NonSeen
-                    ) && d.since + window <= now
-                })
-                .min_by_key(|(_, d)| d.expires)
-                .map(|(i, _)| i)
-        })
+        acked
+            .or_else(|| {
+                self.dedup
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| {
+                        matches!(
+                            d.state,
+                            DState::Responded | DState::SeparateSent | DState::NonSeen
+                        ) && d.since + window <= now
+                    })
+                    .min_by_key(|(_, d)| d.expires)
+                    .map(|(i, _)| i)
+            })
+            .or_else(|| self.evict_behind(top?))
+    }
+
+    /// Rule 2: evicts the answered request entry furthest behind `top`, at least
+    /// [`DEDUP_WINDOW`] behind it, and extends the floor over its MID. A cached response
+    /// still waiting to be sent is kept until it went out.
+    fn evict_behind(&mut self, top: u16) -> Option<usize> {
+        let (i, _) = self
+            .dedup
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| {
+                matches!(
+                    d.state,
+                    DState::Responded | DState::SeparateSent | DState::NonSeen
+                ) && !d.tx
+            })
+            .map(|(i, d)| (i, top.wrapping_sub(d.mid)))
+            .filter(|&(_, back)| (DEDUP_WINDOW..0x8000).contains(&back))
+            .max_by_key(|&(_, back)| back)?;
+        let (mid, expires) = (self.dedup[i].mid, self.dedup[i].expires);
+        // The floor lies within 2^15 - 1 behind `top` (see `note_request`): compare by how far
+        // behind `top` each MID is.
+        let back = |x: u16| top.wrapping_sub(x);
+        self.floor = Some(match self.floor {
+            None => Floor {
+                lo: mid,
+                hi: mid,
+                until: nonzero(expires),
+            },
+            Some(f) => Floor {
+                lo: if back(mid) > back(f.lo) { mid } else { f.lo },
+                hi: if back(mid) < back(f.hi) { mid } else { f.hi },
+                until: f.until.max(nonzero(expires)),
+            },
+        });
+        self.dedup[i].state = DState::Free;
+        Some(i)
+    }
+
+    /// Takes note of a new request `mid` (not a duplicate) and returns the peer's newest
+    /// request MID counting it. `top` moves forward (by less than 2^15); while there is no
+    /// floor it also moves back to a request [`DEDUP_WINDOW`] or more behind it (a restarted
+    /// peer, or a late request the peer gave up on: a lower `top` only makes rule 2 evict
+    /// older entries). With a floor it never moves back, so that the floor stays within
+    /// 2^15 - 1 behind `top`: it is cut there (a MID that comes round again after the peer's
+    /// counter wrapped is new) and forgotten once wholly behind.
+    fn note_request(&mut self, mid: u16) -> u16 {
+        let top = match self.top {
+            Some(t) if behind(t, mid) => mid,
+            Some(t) if self.floor.is_some() || t.wrapping_sub(mid) < DEDUP_WINDOW => t,
+            _ => mid,
+        };
+        self.top = Some(top);
+        if let Some(f) = &mut self.floor {
+            let min_lo = top.wrapping_sub(0x7fff);
+            if behind(f.lo, min_lo) {
+                if behind(f.hi, min_lo) {
+                    self.floor = None;
+                } else {
+                    f.lo = min_lo;
+                }
+            }
+        }
+        top
+    }
+
+    /// Whether request `mid` is an old duplicate under the floor (forgotten once expired).
+    fn under_floor(&mut self, now: u64, mid: u16) -> bool {
+        match self.floor {
+            Some(f) if now >= f.until.get() => {
+                self.floor = None;
+                false
+            }
+            Some(f) => within(mid, f.lo, f.hi),
+            None => false,
+        }
     }
 
     /// Feed one received datagram. Returns a new request or a response for the application;
@@ -1103,9 +1285,15 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
             }
             return None;
         }
+        if self.under_floor(now, r.mid) {
+            // An old duplicate whose entry was evicted (rule 2): the peer is done with it.
+            self.stats.duplicates = self.stats.duplicates.wrapping_add(1);
+            return None;
+        }
+        let top = self.note_request(r.mid);
         if unknown_critical(&self.cfg, &r.options) {
             if con {
-                if let Some(d) = self.alloc_dedup(now) {
+                if let Some(d) = self.alloc_dedup(now, Some(top)) {
                     let e = &mut self.dedup[d];
                     let n = emit_to::<B, MTU>(&mut e.buf, |out| {
                         Repr {
@@ -1132,7 +1320,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
         }
         // Without room to remember the request it must not be delivered: it could be delivered
         // twice. Dropping it makes the peer retransmit later.
-        let d = self.alloc_dedup(now)?;
+        let d = self.alloc_dedup(now, Some(top))?;
         let p = self.cfg.params;
         let e = &mut self.dedup[d];
         e.mid = r.mid;
@@ -1224,7 +1412,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
         }
         if con {
             self.queue_ctl(MsgType::Ack, r.mid);
-            if let Some(d) = self.alloc_dedup(now) {
+            if let Some(d) = self.alloc_dedup(now, None) {
                 let e = &mut self.dedup[d];
                 e.state = DState::AckedResponse;
                 e.mid = r.mid;
@@ -1404,7 +1592,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
                 return Some(n);
             }
         }
-        let room = self.in_flight_requests() < usize::from(self.cfg.params.nstart.max(1));
+        let room = self.request_room();
         let pick = self
             .slots
             .iter()
@@ -1473,7 +1661,7 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
     /// ms). `Some(0)` means now: something is ready to send.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
-        let room = self.in_flight_requests() < usize::from(self.cfg.params.nstart.max(1));
+        let room = self.request_room();
         if !self.ctl.is_empty()
             || self
                 .dedup
@@ -1670,5 +1858,200 @@ mod tests {
         // A buffer smaller than the message refuses it.
         let mut small = Endpoint::<2, 2, 1, 64, [u8; 8]>::new(cfg);
         assert_eq!(small.request(0, req), Err(SendError::TooBig));
+    }
+
+    type Srv = Endpoint<2, 8, 1, 64>;
+
+    /// CON POST, 1-byte token, payload `[tag]`.
+    fn post(mid: u16, tag: u8) -> [u8; 7] {
+        let m = mid.to_be_bytes();
+        [0x41, 0x02, m[0], m[1], tag, 0xff, tag]
+    }
+
+    /// Feeds `req`; if delivered, answers piggybacked with its payload; returns whether it
+    /// was delivered and what went out.
+    fn serve(s: &mut Srv, now: u64, req: &[u8]) -> (bool, alloc::vec::Vec<alloc::vec::Vec<u8>>) {
+        let delivered = match s.handle_datagram(now, req) {
+            Some(Received::Request(r)) => {
+                let p = [r.payload[0]];
+                s.respond(now, &r.responder, Code::CHANGED, Options::NONE, &p)
+                    .unwrap();
+                true
+            }
+            _ => false,
+        };
+        let mut out = alloc::vec::Vec::new();
+        let mut buf = [0u8; 64];
+        while let Some(n) = s.poll_transmit(now, &mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+        (delivered, out)
+    }
+
+    #[test]
+    fn full_table_evicts_under_a_floor_and_drops_late_duplicates() {
+        let p = TransmissionParams::for_link(100, 64, 0);
+        let mut s = Srv::new(Config {
+            params: p,
+            ..Config::default()
+        });
+        // 8 requests fill the table; the 9th is DEDUP_WINDOW ahead of the first: evicted.
+        for i in 0..9u16 {
+            let (d, out) = serve(&mut s, u64::from(i), &post(0x1000 + i, i as u8));
+            assert!(d, "request {i} delivered");
+            let m = (0x1000 + i).to_be_bytes();
+            assert_eq!(out, [[0x61, 0x44, m[0], m[1], i as u8, 0xff, i as u8]]);
+        }
+        assert_eq!(s.stats().duplicates, 0);
+        // A delayed copy of the evicted first request: dropped, not answered.
+        let (d, out) = serve(&mut s, 100, &post(0x1000, 0));
+        assert!(!d && out.is_empty());
+        assert_eq!(s.stats().duplicates, 1);
+        // A copy of the second, still remembered: answered from the cache.
+        let (d, out) = serve(&mut s, 101, &post(0x1001, 1));
+        assert!(!d);
+        assert_eq!(out, [[0x61, 0x44, 0x10, 0x01, 1, 0xff, 1]]);
+        // 90 more within one lifetime: each delivered once, and every older one dropped.
+        for i in 9..99u16 {
+            let t = 200 + u64::from(i);
+            assert!(serve(&mut s, t, &post(0x1000 + i, i as u8)).0, "{i}");
+            assert!(!serve(&mut s, t, &post(0x1000 + i - 8, 0)).0, "{i} - 8");
+            assert!(!serve(&mut s, t, &post(0x1000 + i, i as u8)).0, "{i} again");
+        }
+        // The floor lasts no longer than the entries it replaced: after a lifetime, MID 0x1000
+        // is a new message (RFC 7252 §4.5).
+        let later = 400 + p.exchange_lifetime();
+        assert!(serve(&mut s, later, &post(0x1000, 9)).0);
+    }
+
+    #[test]
+    fn unanswered_requests_are_never_evicted() {
+        let mut s = Srv::new(Config::default());
+        let mut pending = alloc::vec::Vec::new();
+        for i in 0..8u16 {
+            let req = post(i, 0);
+            let Some(Received::Request(r)) = s.handle_datagram(0, &req) else {
+                panic!("{i}")
+            };
+            pending.push(r.responder);
+        }
+        // The application owes all eight answers: the ninth cannot take a place.
+        assert!(s.handle_datagram(0, &post(8, 0)).is_none());
+        // Once the oldest is answered and its answer went out, it may go, and its MID falls
+        // under the floor.
+        s.respond(0, &pending[0], Code::CHANGED, Options::NONE, &[])
+            .unwrap();
+        assert!(
+            s.handle_datagram(0, &post(8, 0)).is_none(),
+            "answer not sent yet"
+        );
+        let mut buf = [0u8; 64];
+        assert_eq!(s.poll_transmit(0, &mut buf), Some(5));
+        assert_eq!(buf[..5], [0x61, 0x44, 0, 0, 0]);
+        assert!(matches!(
+            s.handle_datagram(1, &post(8, 0)),
+            Some(Received::Request(_))
+        ));
+        for r in &pending[1..] {
+            s.respond(1, r, Code::CHANGED, Options::NONE, &[]).unwrap();
+        }
+        assert!(s.handle_datagram(2, &post(0, 0)).is_none());
+    }
+
+    #[test]
+    fn the_client_keeps_its_requests_within_the_window() {
+        let p = TransmissionParams {
+            nstart: 16,
+            ..TransmissionParams::default()
+        };
+        let mut c: Endpoint<12, 2, 1, 64> = Endpoint::new(Config {
+            params: p,
+            seed: 5,
+            token_len: 1,
+            ..Config::default()
+        });
+        for _ in 0..10 {
+            c.request(0, Request::con(Code::GET, Options::NONE, &[]))
+                .unwrap();
+        }
+        let mut buf = [0u8; 64];
+        let mut mids = alloc::vec::Vec::new();
+        while let Some(n) = c.poll_transmit(0, &mut buf) {
+            assert_eq!(n, 5);
+            mids.push(u16::from_be_bytes([buf[2], buf[3]]));
+        }
+        assert_eq!(mids.len(), usize::from(DEDUP_WINDOW), "NSTART 16, window 8");
+        assert_eq!(c.poll_timeout().map(|t| t > 0), Some(true));
+        // Acknowledging the second does not help: the first still holds the window.
+        let [a, b] = mids[1].to_be_bytes();
+        assert!(c.handle_datagram(1, &[0x60, 0, a, b]).is_none());
+        assert!(c.poll_transmit(1, &mut buf).is_none());
+        // Acknowledging the first lets one more out, with the next MID.
+        let [a, b] = mids[0].to_be_bytes();
+        assert!(c.handle_datagram(2, &[0x60, 0, a, b]).is_none());
+        assert_eq!(c.poll_timeout(), Some(0));
+        // Acknowledging the first lets two more out: the third is now the oldest in flight.
+        for k in 1..=2 {
+            assert!(c.poll_transmit(2, &mut buf).is_some());
+            assert_eq!(
+                u16::from_be_bytes([buf[2], buf[3]]),
+                mids[7].wrapping_add(k)
+            );
+        }
+        assert!(c.poll_transmit(2, &mut buf).is_none());
+    }
+
+    #[test]
+    fn the_floor_follows_the_peer_across_the_mid_wrap() {
+        let mut s = Srv::new(Config::default());
+        // 70 000 requests in 70 s (within one lifetime): the MID wraps, and every MID comes
+        // round again once; each is delivered once and its copy 8 behind is dropped.
+        let start = 0xff00u16;
+        for i in 0..70_000u32 {
+            let mid = start.wrapping_add(i as u16);
+            let t = u64::from(i);
+            assert!(serve(&mut s, t, &post(mid, i as u8)).0, "{i}");
+            if i >= 8 {
+                assert!(!serve(&mut s, t, &post(mid.wrapping_sub(8), 0)).0, "{i}");
+            }
+        }
+        assert_eq!(s.stats().duplicates, 70_000 - 8);
+    }
+
+    #[test]
+    fn the_floor_survives_jumps_and_late_abandoned_requests() {
+        let mut s = Srv::new(Config::default());
+        let mut t = 0;
+        let mut ok = |s: &mut Srv, mid: u16| {
+            t += 1;
+            serve(s, t, &post(mid, mid as u8)).0
+        };
+        for mid in 0..=8 {
+            assert!(ok(&mut s, mid));
+        }
+        // The peer skips ahead by 0x7000 (requests lost on the way): all new, the old
+        // duplicate still dropped.
+        for mid in 0x7000..0x7010 {
+            assert!(ok(&mut s, mid), "{mid:#x}");
+        }
+        assert!(!ok(&mut s, 0));
+        // Requests the peer gave up on arrive late: inside the floor (10, never seen) they are
+        // dropped like duplicates; from before it (0xfff0) they find no room (every entry is
+        // within the window) and are dropped too; neither disturbs the floor.
+        assert!(!ok(&mut s, 10));
+        assert!(!ok(&mut s, 0xfff0));
+        assert!(!ok(&mut s, 0x7000));
+        assert!(!ok(&mut s, 1));
+        assert!(ok(&mut s, 0x7010));
+        // Another jump past half the space from the old floor: it is forgotten, never
+        // stretched over the MIDs to come.
+        for mid in 0xe000..0xe010 {
+            assert!(ok(&mut s, mid), "{mid:#x}");
+        }
+        assert!(!ok(&mut s, 0x7009), "evicted at the second jump");
+        assert!(!ok(&mut s, 0xe000));
+        for mid in 0xe010..0xe100 {
+            assert!(ok(&mut s, mid), "{mid:#x}");
+        }
     }
 }

@@ -1049,6 +1049,9 @@ fn transmission_params_for_link_figures() {
 
 #[test]
 fn full_dedup_table_drops_rather_than_redelivers() {
+    // A table smaller than DEDUP_WINDOW (2 < 8) cannot evict under the floor: the
+    // conservative rule (drop, let the peer retransmit) is all it has.
+    const { assert!(2 < lowband_codec::coap::exchange::DEDUP_WINDOW) };
     let p = params_100();
     let mut s: Endpoint<2, 2, 1, 64> = Endpoint::new(Config {
         params: p,
@@ -1189,4 +1192,123 @@ fn proactive_deregistration_and_byte_budget() {
     assert_eq!((x.handle, x.last, x.payload), (h, true, &b"z"[..]));
     // a late notification for the old token is now rejected
     assert!(c.handle_datagram(7, &note).is_none());
+}
+
+/// A request sent: handle, payload, time, timeout.
+type Sent = (RequestHandle, Vec<u8>, u64, u64);
+
+/// Sends `count` POSTs (distinct payloads) from `eps[0]` as fast as its slots allow, then
+/// runs until idle; returns the handles and the time everything settled.
+fn many_requests(
+    eps: &mut [Ep; 2],
+    link: &mut Link,
+    count: u16,
+    timeout: u64,
+    out: &mut Outcome,
+) -> (Vec<Sent>, u64) {
+    let mut handles = Vec::new();
+    let mut now = 0;
+    for i in 0..count {
+        let payload = vec![b'n', (i >> 8) as u8, i as u8];
+        let req = Request {
+            timeout: Some(timeout),
+            ..Request::con(Code::POST, Options::NONE, &payload)
+        };
+        let h = loop {
+            match eps[0].request(now, req) {
+                Ok(h) => break h,
+                Err(_) => now = run(eps, link, now, 0, out, now + 500),
+            }
+        };
+        handles.push((h, payload, now, timeout));
+    }
+    let end = run(eps, link, now, 0, out, u64::MAX);
+    (handles, end)
+}
+
+#[test]
+fn ten_tables_of_requests_in_one_lifetime_are_answered_once() {
+    // Issue 4: a peer sending more requests within EXCHANGE_LIFETIME than the server's
+    // table holds (16 here) must not stall. 160 requests at 100 bit/s, NSTART 4.
+    let p = TransmissionParams {
+        nstart: 4,
+        ..params_100()
+    };
+    let mut eps = [ep(1, p), ep(2, p)];
+    let mut link = Link::new(1, 0, 0, 0);
+    let mut out = Outcome::default();
+    let (handles, end) = many_requests(&mut eps, &mut link, 160, p.default_deadline(), &mut out);
+    let (ok, failed) = check_exactly_once(&handles, &out);
+    eprintln!(
+        "160 requests settled at {end} ms; lifetime {}",
+        p.exchange_lifetime()
+    );
+    assert_eq!((ok, failed), (160, 0));
+    assert_eq!(out.server_seen.len(), 160);
+    // All inside the time no entry could leave the table by age alone (MAX_TRANSMIT_SPAN +
+    // MAX_LATENCY): the old rule would have dropped every request after the 16th until then.
+    assert!(end < p.max_transmit_span() + p.max_latency, "{end}");
+    assert_eq!(eps[1].stats().duplicates, 0);
+    assert_eq!(eps[0].stats().retransmissions, 0);
+}
+
+#[test]
+fn many_requests_over_a_faulty_link_never_twice_never_stuck() {
+    let p = TransmissionParams {
+        nstart: 4,
+        ..params_100()
+    };
+    let (mut total_ok, mut total_failed, mut dups) = (0, 0, 0);
+    for seed in 1..=6u64 {
+        let mut eps = [ep(seed, p), ep(seed + 50, p)];
+        let mut link = Link::new(seed * 104_729, 150, 100, 150);
+        let mut out = Outcome::default();
+        let timeout = 3 * p.default_deadline();
+        let (handles, end) = many_requests(&mut eps, &mut link, 160, timeout, &mut out);
+        // exactly one outcome per request, each delivered at most once to the server app
+        let (ok, failed) = check_exactly_once(&handles, &out);
+        assert_eq!(eps[0].outstanding(), 0, "seed {seed}: nothing left waiting");
+        eprintln!(
+            "seed {seed}: ok {ok} failed {failed} at {end} ms, server duplicates {}",
+            eps[1].stats().duplicates
+        );
+        total_ok += ok;
+        total_failed += failed;
+        dups += eps[1].stats().duplicates;
+    }
+    assert!(
+        dups > 100,
+        "the link duplicated and the server noticed: {dups}"
+    );
+    // 15% loss each way with MAX_RETRANSMIT 4: a few exhaust their retransmissions.
+    assert!(
+        total_failed <= 4 && total_ok + total_failed == 960,
+        "ok {total_ok} failed {total_failed}"
+    );
+}
+
+#[test]
+fn duplicating_reordering_link_without_loss_fails_nothing() {
+    // Without loss a request can only fail if the server wrongly took it for an old
+    // duplicate: every one of 160 must be answered, once, whatever arrives late or twice.
+    let p = TransmissionParams {
+        nstart: 4,
+        ..params_100()
+    };
+    let mut server_dups = 0;
+    for seed in 1..=6u64 {
+        let mut eps = [ep(seed + 7, p), ep(seed + 70, p)];
+        let mut link = Link::new(seed * 15_485_863, 0, 300, 400);
+        let mut out = Outcome::default();
+        let (handles, end) =
+            many_requests(&mut eps, &mut link, 160, 3 * p.default_deadline(), &mut out);
+        let (ok, failed) = check_exactly_once(&handles, &out);
+        assert_eq!((ok, failed), (160, 0), "seed {seed}");
+        eprintln!(
+            "seed {seed}: settled at {end} ms, server duplicates {}",
+            eps[1].stats().duplicates
+        );
+        server_dups += eps[1].stats().duplicates;
+    }
+    assert!(server_dups > 200, "{server_dups}");
 }

@@ -1,5 +1,6 @@
 //! Integration tests of the gateway: one binary.
 mod coap_interop;
+mod dedup_window;
 mod federation;
 mod idle_memory;
 mod lossy_metrics;
