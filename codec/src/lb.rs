@@ -30,8 +30,12 @@ pub mod opt {
     /// that registers its token: uint `szx`, "send me plain bodies (never deflated, see
     /// [`crate::pack`]), block-wise in blocks of at most 2^(4+szx) bytes" (RFC 7959 §2.2 SZX).
     /// It holds for the peer from then on; sent again whenever the token is registered again
-    /// (a server that forgot the token forgot this too).
-    pub const SMALL: u16 = 38;
+    /// (a server that forgot the token forgot this too). 9 is unassigned in the CoAP registry
+    /// and odd, so critical (RFC 7252 §5.4.1): a server that would not honour it refuses the
+    /// request (4.02) rather than send deflated bodies the device cannot read; `serve` lists it
+    /// in its endpoint's [`crate::coap::Config::extra_options`]. After AUTH (2) its header is
+    /// one byte.
+    pub const SMALL: u16 = 9;
     /// Uri-Path: the whole encoded target (RFC 7252 Uri-Path, binary here).
     pub const TARGET: u16 = 11;
     /// A federation request uses session aliases: empty, or the first number it defines + 1

@@ -54,7 +54,10 @@ impl LinkParams {
             seed,
             token_len: 1,
             // The device profile's critical option (crate::devices).
-            extra_options: &[lowband_codec::lb::opt::DEVICE],
+            extra_options: &[
+                lowband_codec::lb::opt::DEVICE,
+                lowband_codec::lb::opt::SMALL,
+            ],
         }
     }
 
