@@ -11,7 +11,8 @@
 # Boards and binaries: qemu-lm3s6965 `firmware` (the platform loopback) and `matrix` (the Matrix
 # application, MatrixApp over the device Runner; tests/it/qemu.rs runs both), stm32f103
 # `firmware` (build only).
-# Needs only cargo and binutils' readelf (reads ARM ELFs on any host).
+# Needs cargo, the nightly toolchain with rust-src for `matrix` (boards/qemu-lm3s6965/matrix.toml:
+# core rebuilt with panic=immediate-abort), and binutils' readelf (reads ARM ELFs on any host).
 #   BOARDS="qemu-lm3s6965 stm32f103"   which boards
 #   FLASH_LIMIT, RAM_LIMIT             limits in bytes
 #   MATRIX_STRICT=1                    fail when `matrix` is over budget too (it does not fit
@@ -39,6 +40,12 @@ TOP=${TOP:-10}
 command -v readelf >/dev/null || { echo "firmware.sh: readelf missing (apt-get install binutils)" >&2; exit 2; }
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   rustup target list --installed | grep -q "^$TARGET\$" || rustup target add "$TARGET" >&2
+  case " $BOARDS " in
+    *" qemu-lm3s6965 "*)
+      rustup component list --toolchain nightly --installed | grep -q '^rust-src' ||
+        rustup component add rust-src --toolchain nightly >&2
+      ;;
+  esac
 fi
 
 status=0
@@ -58,8 +65,15 @@ check_board() {
   fi
   for bin in $(bins_of "$board"); do
     if [ "${SKIP_BUILD:-0}" != 1 ]; then
-      cargo build -q --release --target "$TARGET" --bin "$bin" \
-        --manifest-path "$ROOT/boards/$board/Cargo.toml" --target-dir "$dir" >&2
+      if [ "$board" = qemu-lm3s6965 ] && [ "$bin" = matrix ]; then
+        # Nightly: core rebuilt with panic=immediate-abort (boards/qemu-lm3s6965/matrix.toml).
+        rustup run nightly cargo build -q --release --target "$TARGET" --bin "$bin" \
+          --manifest-path "$ROOT/boards/$board/Cargo.toml" --target-dir "$dir" \
+          --config "$ROOT/boards/$board/matrix.toml" >&2
+      else
+        cargo build -q --release --target "$TARGET" --bin "$bin" \
+          --manifest-path "$ROOT/boards/$board/Cargo.toml" --target-dir "$dir" >&2
+      fi
     fi
     check_elf "$board" "$bin" "$dir/$TARGET/release/$bin"
   done

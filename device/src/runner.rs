@@ -414,7 +414,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         // this list complete).
         unsafe {
             let state = core::ptr::addr_of_mut!((*p).state);
-            state.write(DefaultSyncState::new(0));
+            DefaultSyncState::init_at(state, 0);
             // The larger piece of the slot before or after the state: no field is written yet.
             let (at, len) = {
                 let so = core::mem::offset_of!(Self, state);

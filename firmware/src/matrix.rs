@@ -26,7 +26,7 @@ use lowband_device::{
 };
 
 use crate::app::ReadingTimer;
-use crate::board::{Board, Clock, Datagram, Flash, Led, Parts, Sensor};
+use crate::board::{Board, Clock, Datagram, Flash, Led, Parts, Provisioned, Sensor};
 use crate::command::{error_reply, Command, Settings};
 use crate::config::CONTROLLERS;
 
@@ -130,6 +130,40 @@ pub struct MatrixApp<B: Board> {
     since_unsaved: bool,
 }
 
+/// The session client for this boot. Not inlined: its frame (the client by value, the key
+/// derivations below it) is popped before the state is used, and not added to the frames of
+/// the state restore that runs before it.
+#[inline(never)]
+fn new_client(
+    provisioned: &Provisioned,
+    boot: BootCounter,
+    link_bps: u32,
+) -> Result<DeviceClient<EphemeralRng>, ()> {
+    let boots = boot.get();
+    let rng = EphemeralRng::new(&provisioned.seed, boot);
+    let init = InitiatorConfig {
+        pattern: LinkPattern::IK,
+        version: LINK_VERSION,
+        local: Keypair::from_secret(provisioned.static_key),
+        remote: PublicKey(provisioned.gateway_key),
+        retransmit: RetransmitConfig::for_link_rate(link_bps, 0),
+        transport: TransportConfig::default(),
+    };
+    let mut s8 = [0u8; 8];
+    s8.copy_from_slice(&provisioned.seed[..8]);
+    let seed = u64::from(boots) ^ u64::from_le_bytes(s8);
+    // Two exchanges at once: a send does not wait behind a long-polling sync.
+    let mut params = coap::TransmissionParams::for_link(link_bps, 128, 0);
+    params.nstart = 2;
+    let coap_cfg = coap::Config {
+        params,
+        seed,
+        token_len: 1,
+        extra_options: &[],
+    };
+    DeviceClient::new(init, coap_cfg, rng).map_err(|_| ())
+}
+
 impl<B: Board> core::fmt::Debug for MatrixApp<B> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("MatrixApp")
@@ -207,28 +241,7 @@ impl<B: Board> MatrixApp<B> {
             if !joined {
                 state.join(cfg.room).map_err(|_| AppError::Config)?;
             }
-            let rng = EphemeralRng::new(&parts.provisioned.seed, boot);
-            let init = InitiatorConfig {
-                pattern: LinkPattern::IK,
-                version: LINK_VERSION,
-                local: Keypair::from_secret(parts.provisioned.static_key),
-                remote: PublicKey(parts.provisioned.gateway_key),
-                retransmit: RetransmitConfig::for_link_rate(cfg.link_bps, 0),
-                transport: TransportConfig::default(),
-            };
-            let mut s8 = [0u8; 8];
-            s8.copy_from_slice(&parts.provisioned.seed[..8]);
-            let seed = u64::from(boots) ^ u64::from_le_bytes(s8);
-            // Two exchanges at once: a send does not wait behind a long-polling sync.
-            let mut params = coap::TransmissionParams::for_link(cfg.link_bps, 128, 0);
-            params.nstart = 2;
-            let coap_cfg = coap::Config {
-                params,
-                seed,
-                token_len: 1,
-                extra_options: &[],
-            };
-            DeviceClient::new(init, coap_cfg, rng).map_err(|_| AppError::Config)
+            new_client(&parts.provisioned, boot, cfg.link_bps).map_err(|()| AppError::Config)
         };
         Runner::new_in(runner_slot, &rcfg, load).map_err(|e| match e {
             NewInError::Load(e) => e,
