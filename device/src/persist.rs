@@ -706,6 +706,12 @@ impl BootCounter {
         Ok(Self { value })
     }
 
+    /// A counter value without flash (unit tests).
+    #[cfg(test)]
+    pub(crate) const fn for_test(value: u32) -> Self {
+        Self { value }
+    }
+
     /// The boot number.
     pub fn get(&self) -> u32 {
         self.value

@@ -312,7 +312,7 @@ pub const PUSH_REFRESH_MS: u64 = 15 * 60 * 1000;
 /// needs the `inflate` buffer of [`Runner::poll`] ([`INFLATE_DICT_LEN`] = 14 392 bytes of
 /// dictionary plus the body) and ~11 KiB of stack for the inflater: more than a 16 KiB device
 /// has, so small devices need a gateway that sends them plain bodies: built without the codec's
-/// `inflate` ([`SMALL`]), the runner announces [`opt::SMALL`] and is 10 552 bytes on thumbv7m.
+/// `inflate` ([`SMALL`]), the runner announces [`opt::SMALL`] and is 10 448 bytes on thumbv7m.
 // repr(C), the state first: the rest of the runner is one piece that [`Runner::new_in`] can
 // lend as a record scratch while the state is restored.
 #[derive(Debug)]

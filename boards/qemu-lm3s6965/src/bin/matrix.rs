@@ -23,8 +23,8 @@ const CONF_MAX: usize = 512;
 // The memory figures README's device section states (a host test, tests/it/qemu.rs
 // `documented_device_sizes_match_the_firmware`, checks that README carries these numbers).
 const _: () = assert!(size_of::<DefaultSyncState>() == 5032);
-const _: () = assert!(size_of::<Runner<EphemeralRng>>() == 10_552);
-const _: () = assert!(size_of::<MatrixApp<Lm3s6965>>() == 11_512);
+const _: () = assert!(size_of::<Runner<EphemeralRng>>() == 10_448);
+const _: () = assert!(size_of::<MatrixApp<Lm3s6965>>() == 11_408);
 
 #[entry]
 fn main() -> ! {
