@@ -371,13 +371,21 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         let mut slot = core::mem::MaybeUninit::uninit();
         let mut state = Some(state);
         let mut client = Some(client);
-        Runner::new_in(&mut slot, cfg, |s, _| {
-            // INVARIANT: the closure runs once.
-            if let Some(st) = state.take() {
-                *s = st;
-            }
-            client.take().ok_or(())
-        })
+        Runner::new_in(
+            &mut slot,
+            cfg,
+            |s, _| {
+                // INVARIANT: the closure runs once.
+                if let Some(st) = state.take() {
+                    *s = st;
+                }
+                Ok(())
+            },
+            |(), out| {
+                out.write(client.take().ok_or(())?);
+                Ok(())
+            },
+        )
         .map_err(|e| match e {
             NewInError::Config(c) => c,
             // INVARIANT: the closure above never fails.
@@ -390,19 +398,21 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     /// Builds a runner in place (e.g. in a `static`), for boards whose stack cannot hold one by
     /// value: the state is created empty in its final place and handed to `load`, which
     /// restores it (e.g. [`crate::SyncState::load_into`], [`crate::SyncState::begin_boot`])
-    /// and returns the session client (built from the boot number the state gave). Nothing
-    /// runner-sized ever passes through the stack. `load` also gets the runner's memory that
-    /// is not in use yet (zeroed; the largest piece beside the state, 5 KiB on thumbv7m):
-    /// room for a record scratch, which then need not be on the stack.
+    /// and returns what `client` needs (the boot number the state gave); `client` then writes
+    /// the session client into its final place. Nothing runner-sized ever passes through the
+    /// stack, and no client-sized value through this function's frame. `load` also gets the
+    /// runner's memory that is not in use yet (zeroed; the largest piece beside the state,
+    /// 5 KiB on thumbv7m): room for a record scratch, which then need not be on the stack.
     ///
     /// # Errors
     ///
     /// [`NewInError::Load`] with `load`'s error, [`NewInError::Config`] if the token or filter
     /// does not fit; the slot is then not initialised.
-    pub fn new_in<'s, E>(
+    pub fn new_in<'s, T, E>(
         slot: &'s mut core::mem::MaybeUninit<Self>,
         cfg: &RunnerConfig<'_>,
-        load: impl FnOnce(&mut DefaultSyncState, &mut [u8]) -> Result<DeviceClient<R>, E>,
+        load: impl FnOnce(&mut DefaultSyncState, &mut [u8]) -> Result<T, E>,
+        client: impl FnOnce(T, &mut core::mem::MaybeUninit<DeviceClient<R>>) -> Result<(), E>,
     ) -> Result<&'s mut Self, NewInError<E>> {
         let token =
             Text::exact(cfg.access_token).ok_or(NewInError::Config(ConfigError::TokenTooLong))?;
@@ -429,8 +439,11 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             let spare = p.cast::<u8>().add(at);
             spare.write_bytes(0, len);
             let spare = core::slice::from_raw_parts_mut(spare, len);
-            let client = load(&mut *state, spare).map_err(NewInError::Load)?;
-            core::ptr::addr_of_mut!((*p).client).write(client);
+            let t = load(&mut *state, spare).map_err(NewInError::Load)?;
+            // The spare memory (which holds the client field) is no longer borrowed.
+            let c = &mut *(core::ptr::addr_of_mut!((*p).client)
+                as *mut core::mem::MaybeUninit<DeviceClient<R>>);
+            client(t, c).map_err(NewInError::Load)?;
             core::ptr::addr_of_mut!((*p).token).write(token);
             core::ptr::addr_of_mut!((*p).filter).write(filter);
             core::ptr::addr_of_mut!((*p).token_acked).write(false);

@@ -130,15 +130,17 @@ pub struct MatrixApp<B: Board> {
     since_unsaved: bool,
 }
 
-/// The session client for this boot. Not inlined: its frame (the client by value, the key
-/// derivations below it) is popped before the state is used, and not added to the frames of
-/// the state restore that runs before it.
+/// The session client for this boot, written into `out` (the runner's field). Not inlined:
+/// its frame (the client by value, as `DeviceClient::new` returns it, and the key derivations
+/// below it) is popped before the application goes on, and not added to the frames of the
+/// state restore that runs before it.
 #[inline(never)]
 fn new_client(
+    out: &mut MaybeUninit<DeviceClient<EphemeralRng>>,
     provisioned: &Provisioned,
     boot: BootCounter,
     link_bps: u32,
-) -> Result<DeviceClient<EphemeralRng>, ()> {
+) -> Result<(), ()> {
     let boots = boot.get();
     let rng = EphemeralRng::new(&provisioned.seed, boot);
     let init = InitiatorConfig {
@@ -161,7 +163,8 @@ fn new_client(
         token_len: 1,
         extra_options: &[],
     };
-    DeviceClient::new(init, coap_cfg, rng).map_err(|_| ())
+    out.write(DeviceClient::new(init, coap_cfg, rng).map_err(|_| ())?);
+    Ok(())
 }
 
 impl<B: Board> core::fmt::Debug for MatrixApp<B> {
@@ -241,9 +244,13 @@ impl<B: Board> MatrixApp<B> {
             if !joined {
                 state.join(cfg.room).map_err(|_| AppError::Config)?;
             }
-            new_client(&parts.provisioned, boot, cfg.link_bps).map_err(|()| AppError::Config)
+            Ok(boot)
         };
-        Runner::new_in(runner_slot, &rcfg, load).map_err(|e| match e {
+        let provisioned = &parts.provisioned;
+        let client = |boot: BootCounter, out: &mut MaybeUninit<DeviceClient<EphemeralRng>>| {
+            new_client(out, provisioned, boot, cfg.link_bps).map_err(|()| AppError::Config)
+        };
+        Runner::new_in(runner_slot, &rcfg, load, client).map_err(|e| match e {
             NewInError::Load(e) => e,
             NewInError::Config(_) => AppError::Config,
         })?;
