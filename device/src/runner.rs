@@ -855,7 +855,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                     });
                 }
                 let mut id: Text<12> = Text::new();
-                let _ = write!(id, "^{n}");
+                let _ = id.write_str("^").and_then(|()| id.push_u32(n));
                 self.state.apply(SyncUpdate::Event(EventIn {
                     room: RoomRef::Short(short),
                     event_id: id.as_str(),
@@ -1002,13 +1002,19 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                 kind,
                 content,
             } => {
-                let _ = write!(
-                    path,
-                    "/_matrix/client/v3/rooms/{}/send/{}/{}",
+                for part in [
+                    "/_matrix/client/v3/rooms/",
                     room.as_str(),
+                    "/send/",
                     kind.as_str(),
-                    txn
-                );
+                    "/",
+                    txn.to_text().as_str(),
+                ] {
+                    // As write! did: stop at the first piece that does not fit.
+                    if path.write_str(part).is_err() {
+                        break;
+                    }
+                }
                 let n = match content {
                     OutContent::Text(t) => {
                         let _ = json.write_str(r#"{"msgtype":"m.text","body":""#);
@@ -1034,11 +1040,16 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                 ("PUT", n)
             }
             Command::Join { room } => {
-                let _ = write!(path, "/_matrix/client/v3/join/{}", room.as_str());
+                let _ = path
+                    .write_str("/_matrix/client/v3/join/")
+                    .and_then(|()| path.write_str(room.as_str()));
                 ("POST", pack::pack(b"{}", &mut body))
             }
             Command::Leave { room } => {
-                let _ = write!(path, "/_matrix/client/v3/rooms/{}/leave", room.as_str());
+                let _ = path
+                    .write_str("/_matrix/client/v3/rooms/")
+                    .and_then(|()| path.write_str(room.as_str()))
+                    .and_then(|()| path.write_str("/leave"));
                 ("POST", pack::pack(b"{}", &mut body))
             }
             Command::Typing { .. } => {
@@ -1193,18 +1204,22 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         let initial = self.state.since().is_none();
         // Query items only when they are not the defaults (timeout 0, no filter).
         pq.write_str("/_matrix/client/v3/sync").map_err(|_| ())?;
-        let mut sep = '?';
+        let mut sep = "?";
         if self.sync_timeout_ms > 0 {
-            write!(pq, "{sep}timeout={}", self.sync_timeout_ms).map_err(|_| ())?;
-            sep = '&';
+            pq.write_str(sep).map_err(|_| ())?;
+            pq.write_str("timeout=").map_err(|_| ())?;
+            pq.push_u32(self.sync_timeout_ms).map_err(|_| ())?;
+            sep = "&";
         }
         if !self.filter.is_empty() {
-            write!(pq, "{sep}filter=").map_err(|_| ())?;
+            pq.write_str(sep).map_err(|_| ())?;
+            pq.write_str("filter=").map_err(|_| ())?;
             write_query_value(&mut pq, self.filter.as_str())?;
-            sep = '&';
+            sep = "&";
         }
         if let Some(since) = self.state.since() {
-            write!(pq, "{sep}since=").map_err(|_| ())?;
+            pq.write_str(sep).map_err(|_| ())?;
+            pq.write_str("since=").map_err(|_| ())?;
             write_query_value(&mut pq, since)?;
         }
         let mut target = [0u8; 112];
@@ -1323,7 +1338,11 @@ fn write_json_str<const N: usize>(out: &mut Text<N>, s: &str) -> core::fmt::Resu
         match c {
             '"' => out.write_str("\\\"")?,
             '\\' => out.write_str("\\\\")?,
-            c if (c as u32) < 0x20 => write!(out, "\\u{:04x}", c as u32)?,
+            // INVARIANT: c < 0x20 fits a byte.
+            c if (c as u32) < 0x20 => {
+                out.write_str("\\u00")?;
+                out.push_hex2(c as u8, false)?
+            }
             c => out.write_char(c)?,
         }
     }
@@ -1336,7 +1355,7 @@ fn write_query_value<const N: usize>(out: &mut Text<N>, s: &str) -> Result<(), (
         let ok = if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.write_char(char::from(b))
         } else {
-            write!(out, "%{b:02X}")
+            out.write_str("%").and_then(|()| out.push_hex2(b, true))
         };
         ok.map_err(|_| ())?;
     }

@@ -434,7 +434,10 @@ fn event_id_of(id: &str) -> (EventId, bool) {
     }
     let mut t = EventId::new();
     // INVARIANT: 17 bytes fit EVENT_ID_LEN (48).
-    let _ = core::fmt::Write::write_fmt(&mut t, format_args!("~{:016x}", fnv1a64(id.as_bytes())));
+    let _ = core::fmt::Write::write_str(&mut t, "~");
+    for b in fnv1a64(id.as_bytes()).to_be_bytes() {
+        let _ = t.push_hex2(b, false);
+    }
     (t, true)
 }
 
@@ -1164,5 +1167,22 @@ impl<
             self.next_seq = max_seq.saturating_add(1);
         }
         self.booted = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_event_ids_are_digested_in_lowercase_hex() {
+        let long = "$xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+        assert_eq!(long.len(), 71);
+        let (id, digested) = event_id_of(long);
+        assert!(digested);
+        assert_eq!(id.as_str(), "~3ccea276b9d8993b");
+        let (id, digested) = event_id_of("$short");
+        assert!(!digested);
+        assert_eq!(id.as_str(), "$short");
     }
 }

@@ -496,7 +496,17 @@ fn load_settings<F: Flash>(flash: &mut F) -> Option<(u32, bool)> {
 pub fn write_reading<W: core::fmt::Write>(w: &mut W, milli: i32) -> core::fmt::Result {
     let sign = if milli < 0 { "-" } else { "" };
     let a = milli.unsigned_abs();
-    write!(w, "t={sign}{}.{}C", a / 1000, a % 1000 / 100)
+    let (mut b1, mut b2) = ([0u8; 10], [0u8; 10]);
+    [
+        "t=",
+        sign,
+        lowband_device::text::decimal(a / 1000, &mut b1),
+        ".",
+        lowband_device::text::decimal(a % 1000 / 100, &mut b2),
+        "C",
+    ]
+    .iter()
+    .try_for_each(|p| w.write_str(p))
 }
 
 #[cfg(test)]
