@@ -35,7 +35,10 @@ impl TxnId {
     pub fn to_text(self) -> Text<TXN_TEXT_LEN> {
         let mut t = Text::new();
         // INVARIANT: two u32 in decimal plus 2 chars is at most 22 bytes = TXN_TEXT_LEN.
-        let _ = write!(t, "{self}");
+        let _ = t.write_str("d");
+        let _ = t.push_u32(self.boot);
+        let _ = t.write_str(".");
+        let _ = t.push_u32(self.seq);
         t
     }
 

@@ -257,7 +257,9 @@ impl<
     /// record ([`Self::MAX_RECORD_LEN`] always does); a smaller one is an error, never taken
     /// for a missing state. On memory-mapped flash, [`AbStore::newest`] and
     /// [`SyncState::restore_into`] on the mapped page need no scratch at all. On error `self`
-    /// is left empty.
+    /// is left empty. Not inlined: its decoding temporaries stay out of the caller's frame
+    /// (a device boots with a small stack).
+    #[inline(never)]
     pub fn load_into<F: Flash>(
         &mut self,
         store: &mut AbStore<F>,
@@ -702,6 +704,12 @@ impl BootCounter {
             .ok_or(StoreError::Persist(PersistError::Exhausted))?;
         store.store_bytes(KIND_BOOT_COUNTER, &value.to_le_bytes())?;
         Ok(Self { value })
+    }
+
+    /// A counter value without flash (unit tests).
+    #[cfg(test)]
+    pub(crate) const fn for_test(value: u32) -> Self {
+        Self { value }
     }
 
     /// The boot number.

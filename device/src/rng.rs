@@ -15,8 +15,9 @@
 //! the device can recompute past ephemeral keys, so past sessions are only as safe as the seed
 //! (mix in hardware entropy with [`EphemeralRng::with_entropy`] where a board has any).
 
-use rand_chacha::ChaCha20Rng;
-use rand_core::{CryptoRng, RngCore, SeedableRng};
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::ChaCha20;
+use rand_core::{CryptoRng, RngCore};
 
 use crate::persist::BootCounter;
 
@@ -25,8 +26,19 @@ use crate::persist::BootCounter;
 pub const DOMAIN_NOISE_EPHEMERAL: u64 = 0x4e45;
 
 /// The DRBG for Noise ephemeral keys. Implements [`RngCore`] + [`CryptoRng`].
+///
+/// Built on the RFC 8439 ChaCha20 the link's AEAD already links (one ChaCha20 in the firmware):
+/// with the 96-bit nonce `0u32 || stream` (little endian) its block `n` is the original
+/// 64-bit-counter ChaCha20 block `n` of that stream for `n < 2^32`, so the output is exactly
+/// `rand_chacha::ChaCha20Rng` with `set_stream(stream)` (a unit test compares them), words
+/// consumed the same way (`fill_bytes` uses whole 32-bit words). One boot never draws
+/// 2^32 blocks (256 GiB).
 pub struct EphemeralRng {
-    inner: ChaCha20Rng,
+    cipher: ChaCha20,
+    block: [u8; 64],
+    /// Bytes of `block` used, a multiple of 4; 64: empty.
+    at: usize,
+    words: u64,
     boot: u32,
 }
 
@@ -42,10 +54,14 @@ impl core::fmt::Debug for EphemeralRng {
 impl EphemeralRng {
     /// The generator for this boot.
     pub fn new(seed: &[u8; 32], boot: BootCounter) -> Self {
-        let mut inner = ChaCha20Rng::from_seed(*seed);
-        inner.set_stream((DOMAIN_NOISE_EPHEMERAL << 32) | u64::from(boot.get()));
+        let stream = (DOMAIN_NOISE_EPHEMERAL << 32) | u64::from(boot.get());
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&stream.to_le_bytes());
         Self {
-            inner,
+            cipher: ChaCha20::new(seed.into(), (&nonce).into()),
+            block: [0; 64],
+            at: 64,
+            words: 0,
             boot: boot.get(),
         }
     }
@@ -68,23 +84,68 @@ impl EphemeralRng {
 
     /// Position in the stream, in 32-bit words (the per-boot counter).
     pub fn word_pos(&self) -> u128 {
-        self.inner.get_word_pos()
+        u128::from(self.words)
+    }
+
+    fn next_word(&mut self) -> [u8; 4] {
+        if self.at >= self.block.len() {
+            self.block = [0; 64];
+            self.cipher.apply_keystream(&mut self.block);
+            self.at = 0;
+        }
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&self.block[self.at..self.at + 4]);
+        self.at += 4;
+        self.words += 1;
+        w
     }
 }
 
 impl RngCore for EphemeralRng {
     fn next_u32(&mut self) -> u32 {
-        self.inner.next_u32()
+        u32::from_le_bytes(self.next_word())
     }
     fn next_u64(&mut self) -> u64 {
-        self.inner.next_u64()
+        let lo = u64::from(self.next_u32());
+        lo | (u64::from(self.next_u32()) << 32)
     }
     fn fill_bytes(&mut self, dest: &mut [u8]) {
-        self.inner.fill_bytes(dest);
+        for chunk in dest.chunks_mut(4) {
+            let w = self.next_word();
+            chunk.copy_from_slice(&w[..chunk.len()]);
+        }
     }
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.inner.try_fill_bytes(dest)
+        self.fill_bytes(dest);
+        Ok(())
     }
 }
 
 impl CryptoRng for EphemeralRng {}
+
+#[cfg(test)]
+mod tests {
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::{RngCore, SeedableRng};
+
+    use super::*;
+
+    #[test]
+    fn same_stream_as_rand_chacha() {
+        let seed = [7u8; 32];
+        let mut ours = EphemeralRng::new(&seed, BootCounter::for_test(3));
+        let mut theirs = ChaCha20Rng::from_seed(seed);
+        theirs.set_stream((DOMAIN_NOISE_EPHEMERAL << 32) | u64::from(ours.boot()));
+        // Odd lengths and mixed calls, across several 64-byte blocks.
+        for round in 0..40usize {
+            let (mut a, mut b) = ([0u8; 37], [0u8; 37]);
+            let n = 1 + round % 37;
+            ours.fill_bytes(&mut a[..n]);
+            theirs.fill_bytes(&mut b[..n]);
+            assert_eq!(a, b, "fill_bytes({n}) in round {round}");
+            assert_eq!(ours.next_u32(), theirs.next_u32());
+            assert_eq!(ours.next_u64(), theirs.next_u64());
+            assert_eq!(ours.word_pos(), theirs.get_word_pos());
+        }
+    }
+}

@@ -312,7 +312,7 @@ pub const PUSH_REFRESH_MS: u64 = 15 * 60 * 1000;
 /// needs the `inflate` buffer of [`Runner::poll`] ([`INFLATE_DICT_LEN`] = 14 392 bytes of
 /// dictionary plus the body) and ~11 KiB of stack for the inflater: more than a 16 KiB device
 /// has, so small devices need a gateway that sends them plain bodies: built without the codec's
-/// `inflate` ([`SMALL`]), the runner announces [`opt::SMALL`] and is 10 568 bytes on thumbv7m.
+/// `inflate` ([`SMALL`]), the runner announces [`opt::SMALL`] and is 10 464 bytes on thumbv7m.
 // repr(C), the state first: the rest of the runner is one piece that [`Runner::new_in`] can
 // lend as a record scratch while the state is restored.
 #[derive(Debug)]
@@ -371,13 +371,21 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         let mut slot = core::mem::MaybeUninit::uninit();
         let mut state = Some(state);
         let mut client = Some(client);
-        Runner::new_in(&mut slot, cfg, |s, _| {
-            // INVARIANT: the closure runs once.
-            if let Some(st) = state.take() {
-                *s = st;
-            }
-            client.take().ok_or(())
-        })
+        Runner::new_in(
+            &mut slot,
+            cfg,
+            |s, _| {
+                // INVARIANT: the closure runs once.
+                if let Some(st) = state.take() {
+                    *s = st;
+                }
+                Ok(())
+            },
+            |(), out| {
+                out.write(client.take().ok_or(())?);
+                Ok(())
+            },
+        )
         .map_err(|e| match e {
             NewInError::Config(c) => c,
             // INVARIANT: the closure above never fails.
@@ -390,19 +398,21 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     /// Builds a runner in place (e.g. in a `static`), for boards whose stack cannot hold one by
     /// value: the state is created empty in its final place and handed to `load`, which
     /// restores it (e.g. [`crate::SyncState::load_into`], [`crate::SyncState::begin_boot`])
-    /// and returns the session client (built from the boot number the state gave). Nothing
-    /// runner-sized ever passes through the stack. `load` also gets the runner's memory that
-    /// is not in use yet (zeroed; the largest piece beside the state, 5 KiB on thumbv7m):
-    /// room for a record scratch, which then need not be on the stack.
+    /// and returns what `client` needs (the boot number the state gave); `client` then writes
+    /// the session client into its final place. Nothing runner-sized ever passes through the
+    /// stack, and no client-sized value through this function's frame. `load` also gets the
+    /// runner's memory that is not in use yet (zeroed; the largest piece beside the state,
+    /// 5 KiB on thumbv7m): room for a record scratch, which then need not be on the stack.
     ///
     /// # Errors
     ///
     /// [`NewInError::Load`] with `load`'s error, [`NewInError::Config`] if the token or filter
     /// does not fit; the slot is then not initialised.
-    pub fn new_in<'s, E>(
+    pub fn new_in<'s, T, E>(
         slot: &'s mut core::mem::MaybeUninit<Self>,
         cfg: &RunnerConfig<'_>,
-        load: impl FnOnce(&mut DefaultSyncState, &mut [u8]) -> Result<DeviceClient<R>, E>,
+        load: impl FnOnce(&mut DefaultSyncState, &mut [u8]) -> Result<T, E>,
+        client: impl FnOnce(T, &mut core::mem::MaybeUninit<DeviceClient<R>>) -> Result<(), E>,
     ) -> Result<&'s mut Self, NewInError<E>> {
         let token =
             Text::exact(cfg.access_token).ok_or(NewInError::Config(ConfigError::TokenTooLong))?;
@@ -414,7 +424,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         // this list complete).
         unsafe {
             let state = core::ptr::addr_of_mut!((*p).state);
-            state.write(DefaultSyncState::new(0));
+            DefaultSyncState::init_at(state, 0);
             // The larger piece of the slot before or after the state: no field is written yet.
             let (at, len) = {
                 let so = core::mem::offset_of!(Self, state);
@@ -429,8 +439,11 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             let spare = p.cast::<u8>().add(at);
             spare.write_bytes(0, len);
             let spare = core::slice::from_raw_parts_mut(spare, len);
-            let client = load(&mut *state, spare).map_err(NewInError::Load)?;
-            core::ptr::addr_of_mut!((*p).client).write(client);
+            let t = load(&mut *state, spare).map_err(NewInError::Load)?;
+            // The spare memory (which holds the client field) is no longer borrowed.
+            let c = &mut *(core::ptr::addr_of_mut!((*p).client)
+                as *mut core::mem::MaybeUninit<DeviceClient<R>>);
+            client(t, c).map_err(NewInError::Load)?;
             core::ptr::addr_of_mut!((*p).token).write(token);
             core::ptr::addr_of_mut!((*p).filter).write(filter);
             core::ptr::addr_of_mut!((*p).token_acked).write(false);
@@ -842,7 +855,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                     });
                 }
                 let mut id: Text<12> = Text::new();
-                let _ = write!(id, "^{n}");
+                let _ = id.write_str("^").and_then(|()| id.push_u32(n));
                 self.state.apply(SyncUpdate::Event(EventIn {
                     room: RoomRef::Short(short),
                     event_id: id.as_str(),
@@ -989,13 +1002,19 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                 kind,
                 content,
             } => {
-                let _ = write!(
-                    path,
-                    "/_matrix/client/v3/rooms/{}/send/{}/{}",
+                for part in [
+                    "/_matrix/client/v3/rooms/",
                     room.as_str(),
+                    "/send/",
                     kind.as_str(),
-                    txn
-                );
+                    "/",
+                    txn.to_text().as_str(),
+                ] {
+                    // As write! did: stop at the first piece that does not fit.
+                    if path.write_str(part).is_err() {
+                        break;
+                    }
+                }
                 let n = match content {
                     OutContent::Text(t) => {
                         let _ = json.write_str(r#"{"msgtype":"m.text","body":""#);
@@ -1021,11 +1040,16 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                 ("PUT", n)
             }
             Command::Join { room } => {
-                let _ = write!(path, "/_matrix/client/v3/join/{}", room.as_str());
+                let _ = path
+                    .write_str("/_matrix/client/v3/join/")
+                    .and_then(|()| path.write_str(room.as_str()));
                 ("POST", pack::pack(b"{}", &mut body))
             }
             Command::Leave { room } => {
-                let _ = write!(path, "/_matrix/client/v3/rooms/{}/leave", room.as_str());
+                let _ = path
+                    .write_str("/_matrix/client/v3/rooms/")
+                    .and_then(|()| path.write_str(room.as_str()))
+                    .and_then(|()| path.write_str("/leave"));
                 ("POST", pack::pack(b"{}", &mut body))
             }
             Command::Typing { .. } => {
@@ -1180,18 +1204,22 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         let initial = self.state.since().is_none();
         // Query items only when they are not the defaults (timeout 0, no filter).
         pq.write_str("/_matrix/client/v3/sync").map_err(|_| ())?;
-        let mut sep = '?';
+        let mut sep = "?";
         if self.sync_timeout_ms > 0 {
-            write!(pq, "{sep}timeout={}", self.sync_timeout_ms).map_err(|_| ())?;
-            sep = '&';
+            pq.write_str(sep).map_err(|_| ())?;
+            pq.write_str("timeout=").map_err(|_| ())?;
+            pq.push_u32(self.sync_timeout_ms).map_err(|_| ())?;
+            sep = "&";
         }
         if !self.filter.is_empty() {
-            write!(pq, "{sep}filter=").map_err(|_| ())?;
+            pq.write_str(sep).map_err(|_| ())?;
+            pq.write_str("filter=").map_err(|_| ())?;
             write_query_value(&mut pq, self.filter.as_str())?;
-            sep = '&';
+            sep = "&";
         }
         if let Some(since) = self.state.since() {
-            write!(pq, "{sep}since=").map_err(|_| ())?;
+            pq.write_str(sep).map_err(|_| ())?;
+            pq.write_str("since=").map_err(|_| ())?;
             write_query_value(&mut pq, since)?;
         }
         let mut target = [0u8; 112];
@@ -1310,7 +1338,11 @@ fn write_json_str<const N: usize>(out: &mut Text<N>, s: &str) -> core::fmt::Resu
         match c {
             '"' => out.write_str("\\\"")?,
             '\\' => out.write_str("\\\\")?,
-            c if (c as u32) < 0x20 => write!(out, "\\u{:04x}", c as u32)?,
+            // INVARIANT: c < 0x20 fits a byte.
+            c if (c as u32) < 0x20 => {
+                out.write_str("\\u00")?;
+                out.push_hex2(c as u8, false)?
+            }
             c => out.write_char(c)?,
         }
     }
@@ -1323,7 +1355,7 @@ fn write_query_value<const N: usize>(out: &mut Text<N>, s: &str) -> Result<(), (
         let ok = if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.write_char(char::from(b))
         } else {
-            write!(out, "%{b:02X}")
+            out.write_str("%").and_then(|()| out.push_hex2(b, true))
         };
         ok.map_err(|_| ())?;
     }

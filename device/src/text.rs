@@ -185,6 +185,50 @@ impl<const N: usize> fmt::Write for Text<N> {
     }
 }
 
+impl<const N: usize> Text<N> {
+    /// Appends `v` in decimal; fails (writing nothing) if it does not fit. No `core::fmt`:
+    /// a firmware that formats its numbers this way links none of its machinery.
+    pub fn push_u32(&mut self, v: u32) -> fmt::Result {
+        let mut b = [0u8; 10];
+        fmt::Write::write_str(self, decimal(v, &mut b))
+    }
+
+    /// Appends `b` as two hex digits (`upper`: `A`-`F`, else `a`-`f`); fails (writing
+    /// nothing) if they do not fit. No `core::fmt`.
+    pub fn push_hex2(&mut self, b: u8, upper: bool) -> fmt::Result {
+        let h = hex2(b, upper);
+        // INVARIANT: ASCII hex digits.
+        fmt::Write::write_str(self, core::str::from_utf8(&h).unwrap_or("00"))
+    }
+}
+
+/// `v` in decimal, written to the end of `buf`; the digits as a `str`. No `core::fmt`.
+pub fn decimal(v: u32, buf: &mut [u8; 10]) -> &str {
+    let mut i = buf.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        // INVARIANT: v % 10 < 10.
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // INVARIANT: ASCII digits only.
+    core::str::from_utf8(&buf[i..]).unwrap_or("")
+}
+
+/// `b` as two hex digits (`upper`: `A`-`F`, else `a`-`f`).
+pub fn hex2(b: u8, upper: bool) -> [u8; 2] {
+    let digit = |n: u8| match n {
+        0..=9 => b'0' + n,
+        _ if upper => b'A' + n - 10,
+        _ => b'a' + n - 10,
+    };
+    [digit(b >> 4), digit(b & 15)]
+}
+
 impl<const N: usize> PartialEq<str> for Text<N> {
     fn eq(&self, other: &str) -> bool {
         self.as_str() == other
@@ -284,6 +328,17 @@ mod tests {
     fn write_is_all_or_nothing() {
         let mut t = Text::<5>::new();
         assert!(write!(t, "d{}", 12).is_ok());
+        let mut b = [0u8; 10];
+        assert_eq!(decimal(0, &mut b), "0");
+        assert_eq!(decimal(u32::MAX, &mut b), "4294967295");
+        assert_eq!(decimal(1_000_007, &mut b), "1000007");
+        assert_eq!(hex2(0x0a, false), *b"0a");
+        assert_eq!(hex2(0xf3, true), *b"F3");
+        let mut u: Text<6> = Text::new();
+        assert!(u.push_u32(42).is_ok() && u.push_hex2(0x7e, true).is_ok());
+        assert_eq!(u.as_str(), "427E");
+        assert!(u.push_u32(123).is_err());
+        assert_eq!(u.as_str(), "427E");
         assert!(t.write_str("abc").is_err());
         assert_eq!(t.as_str(), "d12");
     }

@@ -12,6 +12,8 @@
 
 use core::fmt::{self, Write as _};
 
+use lowband_device::text::decimal;
+
 /// A parsed command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -128,14 +130,21 @@ impl Settings {
         let _ = match cmd {
             Command::Status => {
                 let led = if self.led { "on" } else { "off" };
-                let r = write!(
-                    w,
-                    "boot {} up {}s led {} every {}s",
-                    self.boots,
-                    now_ms / 1000,
+                let up = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+                let (mut b1, mut b2, mut b3) = ([0u8; 10], [0u8; 10], [0u8; 10]);
+                let r = [
+                    "boot ",
+                    decimal(self.boots, &mut b1),
+                    " up ",
+                    decimal(up, &mut b2),
+                    "s led ",
                     led,
-                    self.interval_s
-                );
+                    " every ",
+                    decimal(self.interval_s, &mut b3),
+                    "s",
+                ]
+                .iter()
+                .try_for_each(|p| w.write_str(p));
                 match reading {
                     Some(m) => r.and_then(|()| write_milli(&mut w, m)),
                     None => r.and_then(|()| w.write_str(" -")),
@@ -147,7 +156,10 @@ impl Settings {
             }
             Command::Interval(s) => {
                 self.interval_s = s;
-                write!(w, "every {s}s")
+                let mut b = [0u8; 10];
+                ["every ", decimal(s, &mut b), "s"]
+                    .iter()
+                    .try_for_each(|p| w.write_str(p))
             }
         };
         w.len
@@ -158,7 +170,12 @@ impl Settings {
 fn write_milli(w: &mut SliceWriter<'_>, m: i32) -> fmt::Result {
     let sign = if m < 0 { "-" } else { "" };
     let a = m.unsigned_abs();
-    write!(w, " {sign}{}.{:02}", a / 1000, a % 1000 / 10)
+    let (mut b1, mut b2) = ([0u8; 10], [0u8; 10]);
+    // Two digits: 0..=99 padded with a zero.
+    let frac = decimal(100 + a % 1000 / 10, &mut b2);
+    [" ", sign, decimal(a / 1000, &mut b1), ".", &frac[1..]]
+        .iter()
+        .try_for_each(|p| w.write_str(p))
 }
 
 /// The reply to a message that is not a valid command, if any (`None`: stay silent).

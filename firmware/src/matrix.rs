@@ -26,7 +26,7 @@ use lowband_device::{
 };
 
 use crate::app::ReadingTimer;
-use crate::board::{Board, Clock, Datagram, Flash, Led, Parts, Sensor};
+use crate::board::{Board, Clock, Datagram, Flash, Led, Parts, Provisioned, Sensor};
 use crate::command::{error_reply, Command, Settings};
 use crate::config::CONTROLLERS;
 
@@ -130,6 +130,43 @@ pub struct MatrixApp<B: Board> {
     since_unsaved: bool,
 }
 
+/// The session client for this boot, written into `out` (the runner's field). Not inlined:
+/// its frame (the client by value, as `DeviceClient::new` returns it, and the key derivations
+/// below it) is popped before the application goes on, and not added to the frames of the
+/// state restore that runs before it.
+#[inline(never)]
+fn new_client(
+    out: &mut MaybeUninit<DeviceClient<EphemeralRng>>,
+    provisioned: &Provisioned,
+    boot: BootCounter,
+    link_bps: u32,
+) -> Result<(), ()> {
+    let boots = boot.get();
+    let rng = EphemeralRng::new(&provisioned.seed, boot);
+    let init = InitiatorConfig {
+        pattern: LinkPattern::IK,
+        version: LINK_VERSION,
+        local: Keypair::from_secret(provisioned.static_key),
+        remote: PublicKey(provisioned.gateway_key),
+        retransmit: RetransmitConfig::for_link_rate(link_bps, 0),
+        transport: TransportConfig::default(),
+    };
+    let mut s8 = [0u8; 8];
+    s8.copy_from_slice(&provisioned.seed[..8]);
+    let seed = u64::from(boots) ^ u64::from_le_bytes(s8);
+    // Two exchanges at once: a send does not wait behind a long-polling sync.
+    let mut params = coap::TransmissionParams::for_link(link_bps, 128, 0);
+    params.nstart = 2;
+    let coap_cfg = coap::Config {
+        params,
+        seed,
+        token_len: 1,
+        extra_options: &[],
+    };
+    out.write(DeviceClient::new(init, coap_cfg, rng).map_err(|_| ())?);
+    Ok(())
+}
+
 impl<B: Board> core::fmt::Debug for MatrixApp<B> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("MatrixApp")
@@ -207,30 +244,13 @@ impl<B: Board> MatrixApp<B> {
             if !joined {
                 state.join(cfg.room).map_err(|_| AppError::Config)?;
             }
-            let rng = EphemeralRng::new(&parts.provisioned.seed, boot);
-            let init = InitiatorConfig {
-                pattern: LinkPattern::IK,
-                version: LINK_VERSION,
-                local: Keypair::from_secret(parts.provisioned.static_key),
-                remote: PublicKey(parts.provisioned.gateway_key),
-                retransmit: RetransmitConfig::for_link_rate(cfg.link_bps, 0),
-                transport: TransportConfig::default(),
-            };
-            let mut s8 = [0u8; 8];
-            s8.copy_from_slice(&parts.provisioned.seed[..8]);
-            let seed = u64::from(boots) ^ u64::from_le_bytes(s8);
-            // Two exchanges at once: a send does not wait behind a long-polling sync.
-            let mut params = coap::TransmissionParams::for_link(cfg.link_bps, 128, 0);
-            params.nstart = 2;
-            let coap_cfg = coap::Config {
-                params,
-                seed,
-                token_len: 1,
-                extra_options: &[],
-            };
-            DeviceClient::new(init, coap_cfg, rng).map_err(|_| AppError::Config)
+            Ok(boot)
         };
-        Runner::new_in(runner_slot, &rcfg, load).map_err(|e| match e {
+        let provisioned = &parts.provisioned;
+        let client = |boot: BootCounter, out: &mut MaybeUninit<DeviceClient<EphemeralRng>>| {
+            new_client(out, provisioned, boot, cfg.link_bps).map_err(|()| AppError::Config)
+        };
+        Runner::new_in(runner_slot, &rcfg, load, client).map_err(|e| match e {
             NewInError::Load(e) => e,
             NewInError::Config(_) => AppError::Config,
         })?;
@@ -476,7 +496,17 @@ fn load_settings<F: Flash>(flash: &mut F) -> Option<(u32, bool)> {
 pub fn write_reading<W: core::fmt::Write>(w: &mut W, milli: i32) -> core::fmt::Result {
     let sign = if milli < 0 { "-" } else { "" };
     let a = milli.unsigned_abs();
-    write!(w, "t={sign}{}.{}C", a / 1000, a % 1000 / 100)
+    let (mut b1, mut b2) = ([0u8; 10], [0u8; 10]);
+    [
+        "t=",
+        sign,
+        lowband_device::text::decimal(a / 1000, &mut b1),
+        ".",
+        lowband_device::text::decimal(a % 1000 / 100, &mut b2),
+        "C",
+    ]
+    .iter()
+    .try_for_each(|p| w.write_str(p))
 }
 
 #[cfg(test)]

@@ -66,6 +66,62 @@ pub fn log_fmt(args: core::fmt::Arguments<'_>) {
     }
 }
 
+/// Writes `lowband: ` and `parts` as one line to semihosting stdout, without `core::fmt`
+/// (numbers through [`Dec`]): the Matrix firmware links none of its machinery.
+pub fn log_parts(parts: &[&str]) {
+    if let Ok(mut out) = hio::hstdout() {
+        let _ = out.write_str("lowband: ");
+        for p in parts {
+            let _ = out.write_str(p);
+        }
+        let _ = out.write_str("\n");
+    }
+}
+
+/// Reports `parts` as `lowband: panic: …` on semihosting stderr, like the panic handler,
+/// and exits QEMU with status 1: for a firmware built with `panic=immediate-abort`, whose
+/// panics carry no message.
+pub fn fail(parts: &[&str]) -> ! {
+    cortex_m::interrupt::disable();
+    if let Ok(mut err) = hio::hstderr() {
+        let _ = err.write_str("lowband: panic: ");
+        for p in parts {
+            let _ = err.write_str(p);
+        }
+        let _ = err.write_str("\n");
+    }
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+/// A number's decimal digits, for [`log_parts`].
+#[derive(Debug)]
+pub struct Dec([u8; 10], u8);
+
+impl Dec {
+    /// `v` in decimal.
+    pub fn new(v: u32) -> Self {
+        let mut b = [0u8; 10];
+        let n = lowband_device::text::decimal(v, &mut b).len();
+        // INVARIANT: at most 10 digits.
+        Dec(b, n as u8)
+    }
+
+    /// `usize` in decimal (saturating at `u32::MAX`).
+    pub fn usize(v: usize) -> Self {
+        Self::new(u32::try_from(v).unwrap_or(u32::MAX))
+    }
+
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        let b = &self.0[self.0.len() - usize::from(self.1)..];
+        // INVARIANT: ASCII digits.
+        core::str::from_utf8(b).unwrap_or("")
+    }
+}
+
 /// The lm3s6965evb as a [`Board`].
 #[derive(Debug)]
 pub struct Lm3s6965;
@@ -429,10 +485,13 @@ impl HostFlash {
         };
         let mut f = HostFlash { fd, first };
         if sh_flen(fd) < PAGE_SIZE * (first + 2) {
-            log!(
-                "{FLASH_FILE}: blank, formatting pages {first}-{}",
-                first + 1
-            );
+            log_parts(&[
+                FLASH_FILE,
+                ": blank, formatting pages ",
+                Dec::usize(first).as_str(),
+                "-",
+                Dec::usize(first + 1).as_str(),
+            ]);
             f.erase(Page::A)?;
             f.erase(Page::B)?;
         }
@@ -514,10 +573,12 @@ fn read_provisioning() -> Provisioned {
         None => false,
     };
     if !got {
-        log!(
-            "{PROVISION_FILE}: missing or not {} bytes, using development keys",
-            Provisioned::LEN
-        );
+        log_parts(&[
+            PROVISION_FILE,
+            ": missing or not ",
+            Dec::usize(Provisioned::LEN).as_str(),
+            " bytes, using development keys",
+        ]);
         raw = DEV_PROVISIONING;
     }
     Provisioned::from_bytes(&raw)
@@ -551,7 +612,7 @@ impl Led for StatusLed {
         // SAFETY: GPIO port F data register for pin 0.
         unsafe { write_volatile((GPIOF + 0x004) as *mut u32, u32::from(on)) };
         if self.on != Some(on) {
-            log!("led {}", if on { "on" } else { "off" });
+            log_parts(&["led ", if on { "on" } else { "off" }]);
             self.on = Some(on);
         }
     }
@@ -634,7 +695,14 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 #[exception]
 unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
     if let Ok(mut err) = hio::hstderr() {
-        let _ = writeln!(err, "lowband: hard fault at pc {:#010x}", ef.pc());
+        let mut pc = [0u8; 10];
+        pc[..2].copy_from_slice(b"0x");
+        for (i, b) in ef.pc().to_be_bytes().into_iter().enumerate() {
+            pc[2 + 2 * i..4 + 2 * i].copy_from_slice(&lowband_device::text::hex2(b, false));
+        }
+        let _ = err.write_str("lowband: hard fault at pc ");
+        let _ = err.write_all(&pc);
+        let _ = err.write_str("\n");
     }
     debug::exit(debug::EXIT_FAILURE);
     loop {

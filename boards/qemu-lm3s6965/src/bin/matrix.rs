@@ -12,73 +12,92 @@ use core::mem::{size_of, MaybeUninit};
 
 use cortex_m_rt::entry;
 use lowband_board_qemu_lm3s6965::{
-    idle, init, log, read_device_conf, repaint_stack, stack_used, Lm3s6965,
+    fail, idle, init, log_parts, read_device_conf, repaint_stack, stack_used, Dec, Lm3s6965,
 };
 use lowband_device::{DefaultSyncState, EphemeralRng, Runner};
-use lowband_firmware::{AppConfig, DeviceConfig, MatrixApp};
+use lowband_firmware::{AppConfig, AppError, ConfigError, DeviceConfig, MatrixApp};
 
-/// Longest provisioning text.
+/// Longest provisioning text (the message in `boot` says 512).
 const CONF_MAX: usize = 512;
 
 // The memory figures README's device section states (a host test, tests/it/qemu.rs
 // `documented_device_sizes_match_the_firmware`, checks that README carries these numbers).
 const _: () = assert!(size_of::<DefaultSyncState>() == 5032);
-const _: () = assert!(size_of::<Runner<EphemeralRng>>() == 10_568);
-const _: () = assert!(size_of::<MatrixApp<Lm3s6965>>() == 11_528);
+const _: () = assert!(size_of::<Runner<EphemeralRng>>() == 10_464);
+const _: () = assert!(size_of::<MatrixApp<Lm3s6965>>() == 11_424);
 
 #[entry]
 fn main() -> ! {
     let app = boot(init());
-    log!("matrix: up, boot used {} bytes of stack", stack_used());
+    log_parts(&[
+        "matrix: up, boot used ",
+        Dec::usize(stack_used()).as_str(),
+        " bytes of stack",
+    ]);
     repaint_stack();
     let mut stack_peak = 0;
     loop {
         match app.poll(&mut []) {
             Ok(p) => {
                 if p.readings > 0 || p.commands > 0 {
-                    log!(
-                        "matrix: {} reading(s), {} command(s)",
-                        p.readings,
-                        p.commands
-                    );
+                    log_parts(&[
+                        "matrix: ",
+                        Dec::new(p.readings).as_str(),
+                        " reading(s), ",
+                        Dec::new(p.commands).as_str(),
+                        " command(s)",
+                    ]);
                 }
                 let used = stack_used();
                 if used > stack_peak {
                     stack_peak = used;
-                    log!("stack high water {used} bytes");
+                    log_parts(&["stack high water ", Dec::usize(used).as_str(), " bytes"]);
                 }
                 if p.packets == 0 {
                     idle();
                 }
             }
-            Err(e) => panic!("matrix: {e:?}"),
+            Err(_) => fail(&["matrix: poll failed"]),
         }
     }
 }
 
 type Parts = lowband_firmware::Parts<Lm3s6965>;
 
+fn config_error(e: ConfigError) -> &'static str {
+    match e {
+        ConfigError::Malformed => "not UTF-8, or a line without =",
+        ConfigError::UnknownName => "an unknown name",
+        ConfigError::BadKey => "a key that is not 32 bytes of base64",
+        ConfigError::BadNumber => "a bad number",
+        ConfigError::TooManyControllers => "too many controllers",
+        ConfigError::Missing => "seed, key, gateway, room or token missing",
+    }
+}
+
 #[inline(never)]
 fn boot(mut parts: Parts) -> &'static mut MatrixApp<Lm3s6965> {
     let mut text = [0u8; CONF_MAX];
     let Some(n) = read_device_conf(&mut text) else {
-        panic!("no lowband-device.conf (or longer than {CONF_MAX} bytes)");
+        fail(&["no lowband-device.conf (or longer than 512 bytes)"]);
     };
     let conf = match DeviceConfig::parse(&text[..n]) {
         Ok(c) => c,
-        Err(e) => panic!("lowband-device.conf: {e:?}"),
+        Err(e) => fail(&["lowband-device.conf: ", config_error(e)]),
     };
     // MatrixApp without controllers obeys every room member: a device refuses that.
     if conf.controllers.is_empty() {
-        panic!("lowband-device.conf: no controller=");
+        fail(&["lowband-device.conf: no controller="]);
     }
-    // Display, not Debug: Debug of a str links Unicode escaping tables.
-    log!(
-        "matrix: room {}, {} controller(s), a reading every {} s",
+    log_parts(&[
+        "matrix: room ",
         conf.room,
-        conf.controllers.len(),
-        conf.interval_s
-    );
+        ", ",
+        Dec::usize(conf.controllers.len()).as_str(),
+        " controller(s), a reading every ",
+        Dec::new(conf.interval_s).as_str(),
+        " s",
+    ]);
     parts.provisioned = conf.provisioned.clone();
     let cfg = AppConfig {
         room: conf.room,
@@ -96,10 +115,11 @@ fn boot(mut parts: Parts) -> &'static mut MatrixApp<Lm3s6965> {
     // that is not in use yet (Runner::new_in).
     let app = match MatrixApp::boot_in(slot, parts, &cfg, &mut []) {
         Ok(a) => a,
-        Err(e) => panic!("matrix: boot: {e:?}"),
+        Err(AppError::Store(_)) => fail(&["matrix: boot: the state or boot counter store failed"]),
+        Err(_) => fail(&["matrix: boot: unusable keys or settings"]),
     };
     if app.set_controllers(&conf.controllers).is_err() {
-        panic!("matrix: bad controllers");
+        fail(&["matrix: bad controllers"]);
     }
     app
 }
