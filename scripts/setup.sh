@@ -10,6 +10,10 @@ log() { echo "[setup] $*" >&2; }
 
 # Rust targets (they do not persist across machines).
 rustup target list --installed | grep -q thumbv7m-none-eabi || rustup target add thumbv7m-none-eabi >&2
+# The matrix firmware builds with nightly and core's source (boards/qemu-lm3s6965/matrix.toml).
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal >&2
+rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' ||
+  rustup component add rust-src --toolchain nightly >&2
 
 # Debian packages: QEMU for the Cortex-M board, libcoap for an independent CoAP peer.
 if [ "${SKIP_APT:-0}" != 1 ]; then
