@@ -552,9 +552,54 @@ fn encode_string(
         } else if let Some(code) = d.value_code(text) {
             w.n = start;
             write_value_code(w, code)?;
+        } else if !key && len >= B64_MIN {
+            // The same choice as for an unescaped string (`"\/"` is `"/"`), so the encoding of
+            // a value does not depend on how its JSON was escaped.
+            if let Some((tag, b64)) = base64_candidate(text) {
+                let sigil = len - b64.len();
+                base64_in_place(w, start, body + sigil, len - sigil, tag)?;
+            }
         }
     }
     Ok(i + 1)
+}
+
+/// Rewrites the text string at `start` (its `count` base64 characters at `src`, checked by
+/// `base64_candidate`) as [`write_base64`] would write them, in place: the new heads take at
+/// most one byte more than the text's head (so only the character at `src` can be
+/// overwritten before it is read: it is read first), and each decoded byte is written at or
+/// before the position of a character already read (a byte needs at least two characters).
+fn base64_in_place(
+    w: &mut W<'_>,
+    start: usize,
+    src: usize,
+    count: usize,
+    tag: u64,
+) -> Result<(), Error> {
+    let n = count * 3 / 4;
+    let first = *w.out.get(src).ok_or(Error::BufferTooSmall)?;
+    w.n = start;
+    w.head(6, tag)?;
+    w.head(2, n as u64)?;
+    let mut wp = w.n;
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for idx in 0..count {
+        let c = if idx == 0 {
+            first
+        } else {
+            *w.out.get(src + idx).ok_or(Error::BufferTooSmall)?
+        };
+        acc = (acc << 6) | u32::from(b64_value(c));
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            *w.out.get_mut(wp).ok_or(Error::BufferTooSmall)? = (acc >> bits) as u8;
+            wp += 1;
+        }
+    }
+    w.n = wp;
+    Ok(())
 }
 
 const B64_STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -1679,6 +1724,30 @@ mod tests {
         assert_eq!(&c[..2], &[0x98, 25]);
         assert_eq!(n, 2 + 23 + 2 * 2);
         assert!(roundtrip(j));
+    }
+
+    #[test]
+    fn escaped_base64_strings_encode_as_unescaped_ones() {
+        let l = Limits::DEFAULT;
+        let cases: [&[u8]; 3] = [
+            br#""\/jjjj/////jjj185///jjj1844677370955161JJJJJJJJJJJJJJJJJJJJJZ///jjjj/""#,
+            br#""$abcDEF012\/abcDEF012\/abcDEF012\/abcDEF012\/""#,
+            br#""\u0041bcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZab""#,
+        ];
+        for json in cases {
+            let mut a = [0u8; 256];
+            let n = encode_json(json, &mut a, &l).expect("encodes");
+            let mut back = [0u8; 512];
+            let m = decode_to_json(&a[..n], &mut back, &l).expect("decodes");
+            let mut b = [0u8; 256];
+            let n2 = encode_json(&back[..m], &mut b, &l).expect("re-encodes");
+            assert_eq!(&a[..n], &b[..n2], "{}", core::str::from_utf8(json).unwrap());
+            assert!(
+                (0xc7..=0xca).contains(&a[0]),
+                "base64 form chosen: {:02x?}",
+                &a[..4]
+            );
+        }
     }
 
     #[test]
