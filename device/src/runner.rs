@@ -54,7 +54,6 @@
 
 use core::fmt::Write as _;
 
-use lowband_codec::cbor::{Item, Reader};
 use lowband_codec::coap::{
     BlockOpt, Code, IncomingResponse, Opt, Options, Received, Request, RequestHandle,
 };
@@ -62,12 +61,12 @@ use lowband_codec::frame::{self, Deframer};
 use lowband_codec::lb::dev::{self, Item as DevItem, Kind as DevKind, Op, Seq};
 use lowband_codec::lb::{self, opt, Auth};
 use lowband_codec::session::{max_packet_len, DeviceClient, SessionEvent};
-use lowband_codec::{pack, route};
+use lowband_codec::pack;
 use rand_core::{CryptoRng, RngCore};
 
 use crate::outbox::{Command, OutContent, TxnId};
 use crate::state::{
-    Applied, Body, EventIn, RoomRef, SyncUpdate, ROOM_ID_LEN, SINCE_LEN, USER_ID_LEN,
+    Body, EventIn, RoomRef, SyncUpdate, EVENT_TYPE_LEN, ROOM_ID_LEN, SINCE_LEN, USER_ID_LEN,
 };
 use crate::text::Text;
 
@@ -89,10 +88,14 @@ pub const RX_PACKET: usize = if SMALL { 320 } else { 1152 };
 pub const TX_PACKET: usize = max_packet_len(COAP_MTU);
 /// Largest (packed) response body the runner reassembles; bigger ones are dropped and the
 /// sync is retried with a smaller `limit` in its filter.
+#[cfg(feature = "http")]
 pub const BODY_MAX: usize = if SMALL { 1024 } else { 2048 };
 /// Block size exponent (RFC 7959 §2.2: 2^(4+SZX) bytes): 6 = 1 KiB, the gateway's block; a
 /// [`SMALL`] runner asks for 4 = 256 bytes ([`opt::SMALL`]).
 pub const BLOCK_SZX: u8 = if SMALL { 4 } else { 6 };
+/// How long a typing notification lasts unless renewed or stopped (the homeserver's
+/// `timeout`).
+pub const TYPING_TIMEOUT_MS: u32 = 30_000;
 /// Longest access token kept.
 pub const TOKEN_LEN: usize = 96;
 /// Longest sync filter (inline JSON or a filter id) kept.
@@ -279,8 +282,10 @@ enum Pending {
         alias: Option<u8>,
     },
     /// A sync from `since` (none: initial); `registered` as above.
+    #[cfg(feature = "http")]
     Sync { initial: bool, registered: bool },
     /// The next block of a kept response body (of a sync).
+    #[cfg(feature = "http")]
     Block { id: u32, initial: bool },
     /// A registration for pushed sync ([`dev`]).
     Register(RegisterKind),
@@ -315,6 +320,11 @@ pub const PUSH_REFRESH_MS: u64 = 15 * 60 * 1000;
 /// `inflate` ([`SMALL`]), the runner announces [`opt::SMALL`] and is 10 464 bytes on thumbv7m.
 // repr(C), the state first: the rest of the runner is one piece that [`Runner::new_in`] can
 // lend as a record scratch while the state is restored.
+#[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "http")]
+pub use http::{read_sync, SyncReadError};
+
 #[derive(Debug)]
 #[repr(C)]
 pub struct Runner<R> {
@@ -325,6 +335,7 @@ pub struct Runner<R> {
     token_acked: bool,
     /// Room ids as session aliases (slot = index) and whether the gateway holds each.
     aliases: heapless::Vec<(Text<ROOM_ID_LEN>, bool), ALIASES>,
+    alias_next: u8,
     sync_timeout_ms: u32,
     sync_interval_ms: u64,
     sync_due: u64,
@@ -339,9 +350,11 @@ pub struct Runner<R> {
     /// User ids by the gateway's number, for this registration (one byte over the state's
     /// capacity so that an over-long id is still recognised as cut).
     users: [Text<{ USER_ID_LEN + 4 }>; dev::USERS],
+    #[cfg(feature = "http")]
     body_len: usize,
     rx: [u8; RX_PACKET],
     scratch: [u8; RX_PACKET],
+    #[cfg(feature = "http")]
     body: [u8; BODY_MAX],
     /// Byte 0 is room for the fragmentation layer's escape ([`frame::frag`]).
     tx: [u8; TX_PACKET + 1],
@@ -448,6 +461,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             core::ptr::addr_of_mut!((*p).filter).write(filter);
             core::ptr::addr_of_mut!((*p).token_acked).write(false);
             core::ptr::addr_of_mut!((*p).aliases).write(heapless::Vec::new());
+            core::ptr::addr_of_mut!((*p).alias_next).write(0);
             core::ptr::addr_of_mut!((*p).sync_timeout_ms).write(cfg.sync_timeout_ms);
             core::ptr::addr_of_mut!((*p).sync_interval_ms).write(cfg.sync_interval_ms);
             core::ptr::addr_of_mut!((*p).sync_due).write(0);
@@ -458,9 +472,11 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             core::ptr::addr_of_mut!((*p).refresh_due).write(0);
             core::ptr::addr_of_mut!((*p).push_tables).write(false);
             core::ptr::addr_of_mut!((*p).users).write([const { Text::new() }; dev::USERS]);
+            #[cfg(feature = "http")]
             core::ptr::addr_of_mut!((*p).body_len).write(0);
             core::ptr::addr_of_mut!((*p).rx).write_bytes(0, 1);
             core::ptr::addr_of_mut!((*p).scratch).write_bytes(0, 1);
+            #[cfg(feature = "http")]
             core::ptr::addr_of_mut!((*p).body).write_bytes(0, 1);
             core::ptr::addr_of_mut!((*p).tx).write_bytes(0, 1);
             core::ptr::addr_of_mut!((*p).stats).write(RunnerStats::default());
@@ -478,6 +494,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             filter: _,
             token_acked: _,
             aliases: _,
+            alias_next: _,
             sync_timeout_ms: _,
             sync_interval_ms: _,
             sync_due: _,
@@ -488,9 +505,11 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             refresh_due: _,
             push_tables: _,
             users: _,
+            #[cfg(feature = "http")]
             body_len: _,
             rx: _,
             scratch: _,
+            #[cfg(feature = "http")]
             body: _,
             tx: _,
             stats: _,
@@ -691,16 +710,13 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             }
             return false;
         }
-        if matches!(
-            pending,
-            Pending::Send {
-                registered: true,
-                ..
-            } | Pending::Sync {
-                registered: true,
-                ..
-            }
-        ) {
+        let registered = match pending {
+            Pending::Send { registered, .. } => registered,
+            #[cfg(feature = "http")]
+            Pending::Sync { registered, .. } => registered,
+            _ => false,
+        };
+        if registered {
             self.token_acked = true;
         }
         let status = lb::code_to_status(r.code, r.status);
@@ -710,7 +726,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             Pending::Send { txn, .. } => {
                 if (200..300).contains(&status) {
                     self.stats.sent += 1;
-                    self.state.acknowledge(txn)
+                    self.acknowledge_done(txn)
                 } else if status == 429 || status >= 500 {
                     self.stats.failures += 1;
                     false
@@ -721,58 +737,44 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                     self.state.acknowledge(txn)
                 }
             }
-            Pending::Sync { initial, .. } | Pending::Block { initial, .. } => {
-                if !(200..300).contains(&status) {
-                    self.stats.failures += 1;
-                    self.sync_due = retry_at;
-                    return false;
-                }
-                let offset = match pending {
-                    Pending::Block { .. } => self.body_len,
-                    _ => 0,
-                };
-                let end = offset + r.payload_len;
-                let src = self
-                    .scratch
-                    .get(r.payload_off..r.payload_off + r.payload_len);
-                match (src, self.body.get_mut(offset..end)) {
-                    (Some(src), Some(dst)) => dst.copy_from_slice(src),
-                    _ => {
-                        self.stats.failures += 1;
-                        self.sync_due = retry_at;
-                        return false;
-                    }
-                }
-                self.body_len = end;
-                let id = match pending {
-                    Pending::Block { id, .. } => Some(id),
-                    _ => r.body_id,
-                };
-                if let (Some(id), Some(b)) = (id, r.block2) {
-                    if b.more {
-                        let next = BlockOpt::new(b.num + 1, false, b.szx);
-                        if self.request_block(now, id, next, initial).is_err() {
-                            self.stats.failures += 1;
-                            self.sync_due = retry_at;
-                        }
-                        return false;
-                    }
-                }
-                let (ok, stored) = self.apply_sync_body(initial, inflate);
-                self.sync_due = if ok {
-                    self.since_advanced = true;
-                    if self.push_refresh_ms.is_some() {
-                        // Pushed sync from here on: register right away.
-                        now
-                    } else {
-                        now + self.sync_interval_ms
-                    }
-                } else {
-                    retry_at
-                };
-                stored
+            #[cfg(feature = "http")]
+            Pending::Sync { .. } | Pending::Block { .. } => {
+                self.on_sync_response(now, r, pending, inflate)
             }
         }
+    }
+
+    /// An outbox entry the homeserver carried out: dropped from the outbox; a join makes the
+    /// room joined and a leave forgets it right away (pushed sync reports neither: the
+    /// device's own membership changes are what it asked for).
+    fn acknowledge_done(&mut self, txn: TxnId) -> bool {
+        let mut room: Text<ROOM_ID_LEN> = Text::new();
+        let join = match self.state.outgoing().iter().find(|o| o.txn == txn).map(|o| &o.cmd) {
+            Some(Command::Join { room: r }) => {
+                room = *r;
+                Some(true)
+            }
+            Some(Command::Leave { room: r }) => {
+                room = *r;
+                Some(false)
+            }
+            _ => None,
+        };
+        match join {
+            Some(true) => {
+                self.state.apply(SyncUpdate::Joined {
+                    room: room.as_str(),
+                    short: None,
+                });
+            }
+            Some(false) => {
+                self.state.apply(SyncUpdate::Left {
+                    room: RoomRef::Id(room.as_str()),
+                });
+            }
+            None => {}
+        }
+        self.state.acknowledge(txn)
     }
 
     /// A response or notification of the pushed-sync registration; `true` if the state changed.
@@ -933,14 +935,23 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         }
     }
 
-    /// The alias slot of `room` (added if there is room for it).
-    fn alias_slot(&mut self, room: &str) -> Option<u8> {
+    /// The alias slot of `room`: its slot, a free one, or (all [`ALIASES`] in use) the one
+    /// after the slot given last, redefined (the gateway replaces a slot's room when a request
+    /// defines it again; one send is in flight at a time, so no request still names the old
+    /// room).
+    fn alias_slot(&mut self, room: &str) -> u8 {
         if let Some(i) = self.aliases.iter().position(|(t, _)| t.as_str() == room) {
-            return u8::try_from(i).ok();
+            // INVARIANT: ALIASES <= 16.
+            return i as u8;
         }
-        let t = Text::exact(room)?;
-        self.aliases.push((t, false)).ok()?;
-        u8::try_from(self.aliases.len() - 1).ok()
+        let t = Text::truncated(room).0;
+        if self.aliases.push((t, false)).is_ok() {
+            return (self.aliases.len() - 1) as u8;
+        }
+        let i = usize::from(self.alias_next) % ALIASES;
+        self.alias_next = self.alias_next.wrapping_add(1);
+        self.aliases[i] = (t, false);
+        i as u8
     }
 
     fn auth(&self) -> Auth<'_> {
@@ -962,13 +973,15 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                 self.sync_due = now;
             }
         }
-        let push = self.push_refresh_ms.is_some() && self.state.since().is_some();
         if self.sync.is_none() && now >= self.sync_due {
-            let r = if push {
-                self.queue_register(now)
-            } else {
+            #[cfg(feature = "http")]
+            let r = if self.push_refresh_ms.is_none() {
                 self.queue_sync(now)
+            } else {
+                self.queue_register(now)
             };
+            #[cfg(not(feature = "http"))]
+            let r = self.queue_register(now);
             if r.is_err() {
                 self.stats.failures += 1;
                 self.sync_due = now + self.sync_interval_ms.max(1000);
@@ -985,184 +998,87 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             return;
         };
         let slot = self.alias_slot(room.as_str());
-        if self.push_refresh_ms.is_some() && self.queue_send_compact(now, slot) {
+        #[cfg(feature = "http")]
+        if self.push_refresh_ms.is_none() {
+            // The polling profile: HTTP requests through the gateway's mapping.
+            self.queue_send_http(now, slot);
             return;
         }
-        let Some(out) = self.state.next_outgoing() else {
-            return;
-        };
-        let txn = out.txn;
-        let mut target = [0u8; 112];
-        let mut path: Text<160> = Text::new();
-        let mut json: Text<224> = Text::new();
-        let mut body = [0u8; 112];
-        let (method, body_len) = match &out.cmd {
-            Command::Message {
-                room,
-                kind,
-                content,
-            } => {
-                for part in [
-                    "/_matrix/client/v3/rooms/",
-                    room.as_str(),
-                    "/send/",
-                    kind.as_str(),
-                    "/",
-                    txn.to_text().as_str(),
-                ] {
-                    // As write! did: stop at the first piece that does not fit.
-                    if path.write_str(part).is_err() {
-                        break;
-                    }
-                }
-                let n = match content {
-                    OutContent::Text(t) => {
-                        let _ = json.write_str(r#"{"msgtype":"m.text","body":""#);
-                        let ok = write_json_str(&mut json, t.as_str()).is_ok()
-                            && json.write_str("\"}").is_ok();
-                        if !ok {
-                            self.drop_unsendable(txn);
-                            return;
-                        }
-                        pack::pack(json.as_str().as_bytes(), &mut body)
-                    }
-                    OutContent::Cbor(c) => match body.get_mut(..c.len()) {
-                        // The content is already CBOR: the packed form of JSON is CBOR.
-                        Some(dst) => {
-                            dst.copy_from_slice(c.as_slice());
-                            Ok(c.len())
-                        }
-                        None => Err(pack::Error::Cbor(
-                            lowband_codec::cbor::Error::BufferTooSmall,
-                        )),
-                    },
-                };
-                ("PUT", n)
-            }
-            Command::Join { room } => {
-                let _ = path
-                    .write_str("/_matrix/client/v3/join/")
-                    .and_then(|()| path.write_str(room.as_str()));
-                ("POST", pack::pack(b"{}", &mut body))
-            }
-            Command::Leave { room } => {
-                let _ = path
-                    .write_str("/_matrix/client/v3/rooms/")
-                    .and_then(|()| path.write_str(room.as_str()))
-                    .and_then(|()| path.write_str("/leave"));
-                ("POST", pack::pack(b"{}", &mut body))
-            }
-            Command::Typing { .. } => {
-                // Needs the device's user id in the path; not sent over the lowband link.
-                self.drop_unsendable(txn);
-                return;
-            }
-        };
-        let Ok(body_len) = body_len else {
-            self.drop_unsendable(txn);
-            return;
-        };
-        let tn = {
-            let mut session: heapless::Vec<&str, ALIASES> = heapless::Vec::new();
-            for (t, _) in &self.aliases {
-                // INVARIANT: both vectors hold ALIASES entries at most.
-                let _ = session.push(t.as_str());
-            }
-            route::encode_target_with(&session, method, path.as_str(), &mut target)
-        };
-        let Ok(tn) = tn else {
-            self.drop_unsendable(txn);
-            return;
-        };
-        // Define the room's alias with the request until the gateway answered one that did.
-        let mut def = [0u8; 1 + ROOM_ID_LEN];
-        let mut def_len = 0;
-        let mut alias = None;
-        if let Some(i) = slot {
-            let (t, acked) = &self.aliases[usize::from(i)];
-            if !acked {
-                def[0] = i;
-                def[1..1 + t.len()].copy_from_slice(t.as_str().as_bytes());
-                def_len = 1 + t.len();
-                alias = Some(i);
-            }
-        }
-        let registered = !self.token_acked;
-        let mut auth = [0u8; 1 + TOKEN_LEN];
-        let an = self.auth().write(&mut auth).unwrap_or(0);
-        let mut opts: heapless::Vec<Opt<'_>, 4> = heapless::Vec::new();
-        // INVARIANT: at most 4 options pushed into a vector of 4.
-        let _ = opts.push(Opt::bytes(opt::AUTH, &auth[..an]));
-        if alias.is_some() {
-            let _ = opts.push(Opt::bytes(opt::ALIAS, &def[..def_len]));
-        }
-        if registered && SMALL {
-            let _ = opts.push(Opt::uint(opt::SMALL, u32::from(BLOCK_SZX)));
-        }
-        let _ = opts.push(Opt::bytes(opt::TARGET, &target[..tn]));
-        let req = Request::con(Code::POST, Options::List(&opts), &body[..body_len]);
-        match self.client.request(now, req) {
-            Ok(h) => {
-                self.send = Some((
-                    h,
-                    Pending::Send {
-                        txn,
-                        registered,
-                        alias,
-                    },
-                ))
-            }
-            Err(lowband_codec::coap::SendError::TooBig) => self.drop_unsendable(txn),
-            Err(_) => {} // no free slot: next poll
-        }
+        self.queue_send_op(now, slot);
     }
 
-    /// Sends the next outbox entry as the device profile's compact TEXT operation if it is a
-    /// text message (`true` if it went out or is handled): no path, no JSON, the transaction
-    /// id as two varints, the token implied by the session once registered.
-    fn queue_send_compact(&mut self, now: u64, slot: Option<u8>) -> bool {
-        let Some(slot) = slot.filter(|s| *s <= 0x0f) else {
-            return false;
-        };
+    /// Sends the next outbox entry as a device-profile operation ([`lowband_codec::lb::dev`]):
+    /// a `PUT` whose payload is the operation (room alias slot, transaction id as two varints
+    /// where the homeserver needs one) and its argument (the text, or the event type and the
+    /// packed content); no path, no JSON, the token implied by the session once registered.
+    fn queue_send_op(&mut self, now: u64, slot: u8) {
         let Some(out) = self.state.next_outgoing() else {
-            return false;
+            return;
         };
-        let Command::Message {
-            kind,
-            content: OutContent::Text(text),
-            ..
-        } = &out.cmd
-        else {
-            return false;
-        };
-        if kind.as_str() != "m.room.message" {
-            return false;
-        }
         let txn = out.txn;
-        // PUT payload: the operation, then the text.
-        let mut payload = [0u8; 11 + crate::outbox::OUT_BODY_LEN];
-        let Ok(on) = (Op::Text {
-            slot,
-            boot: txn.boot,
-            seq: txn.seq,
-        })
-        .write(&mut payload) else {
-            return false;
+        let mut payload = [0u8; 16 + EVENT_TYPE_LEN + crate::outbox::OUT_BODY_LEN];
+        let op = match &out.cmd {
+            Command::Message { kind, content, .. } => match content {
+                OutContent::Text(_) if kind.as_str() == "m.room.message" => Op::Text {
+                    slot,
+                    boot: txn.boot,
+                    seq: txn.seq,
+                },
+                OutContent::Cbor(_) => Op::Event {
+                    slot,
+                    boot: txn.boot,
+                    seq: txn.seq,
+                },
+                // A text is only queued as m.room.message (SyncState::send_text).
+                OutContent::Text(_) => {
+                    self.drop_unsendable(txn);
+                    return;
+                }
+            },
+            Command::Join { .. } => Op::Join { slot },
+            Command::Leave { .. } => Op::Leave { slot },
+            Command::Typing { typing, .. } => Op::Typing {
+                slot,
+                timeout_ms: if *typing { TYPING_TIMEOUT_MS } else { 0 },
+            },
         };
-        let Some(dst) = payload.get_mut(on..on + text.len()) else {
-            return false;
+        let Ok(on) = op.write(&mut payload) else {
+            self.drop_unsendable(txn);
+            return;
         };
-        dst.copy_from_slice(text.as_str().as_bytes());
-        let payload_len = on + text.len();
+        let rest = match &out.cmd {
+            Command::Message {
+                content: OutContent::Text(text),
+                ..
+            } => match payload.get_mut(on..on + text.len()) {
+                Some(dst) => {
+                    dst.copy_from_slice(text.as_str().as_bytes());
+                    Ok(text.len())
+                }
+                None => Err(()),
+            },
+            Command::Message {
+                kind,
+                content: OutContent::Cbor(c),
+                ..
+            } => dev::write_event(kind.as_str(), c.as_slice(), &mut payload[on..]).map_err(|_| ()),
+            _ => Ok(0),
+        };
+        let Ok(rest) = rest else {
+            self.drop_unsendable(txn);
+            return;
+        };
+        let payload_len = on + rest;
         let mut def = [0u8; 1 + ROOM_ID_LEN];
         let mut def_len = 0;
         let mut alias = None;
-        let (t, acked) = &self.aliases[usize::from(slot)];
-        if !acked {
-            def[0] = slot;
-            def[1..1 + t.len()].copy_from_slice(t.as_str().as_bytes());
-            def_len = 1 + t.len();
-            alias = Some(slot);
+        if let Some((t, acked)) = self.aliases.get(usize::from(slot)) {
+            if !acked {
+                def[0] = slot;
+                def[1..1 + t.len()].copy_from_slice(t.as_str().as_bytes());
+                def_len = 1 + t.len();
+                alias = Some(slot);
+            }
         }
         let registered = !self.token_acked;
         let mut auth = [0u8; 1 + TOKEN_LEN];
@@ -1185,11 +1101,11 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                         registered,
                         alias,
                     },
-                ));
-                true
+                ))
             }
-            Err(lowband_codec::coap::SendError::TooBig) => false,
-            Err(_) => true, // no free slot: next poll
+            // Longer than the link's CoAP MTU: it can never go out.
+            Err(lowband_codec::coap::SendError::TooBig) => self.drop_unsendable(txn),
+            Err(_) => {} // no free slot: next poll
         }
     }
 
@@ -1199,100 +1115,6 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         self.state.acknowledge(txn);
     }
 
-    fn queue_sync(&mut self, now: u64) -> Result<(), ()> {
-        let mut pq: Text<200> = Text::new();
-        let initial = self.state.since().is_none();
-        // Query items only when they are not the defaults (timeout 0, no filter).
-        pq.write_str("/_matrix/client/v3/sync").map_err(|_| ())?;
-        let mut sep = "?";
-        if self.sync_timeout_ms > 0 {
-            pq.write_str(sep).map_err(|_| ())?;
-            pq.write_str("timeout=").map_err(|_| ())?;
-            pq.push_u32(self.sync_timeout_ms).map_err(|_| ())?;
-            sep = "&";
-        }
-        if !self.filter.is_empty() {
-            pq.write_str(sep).map_err(|_| ())?;
-            pq.write_str("filter=").map_err(|_| ())?;
-            write_query_value(&mut pq, self.filter.as_str())?;
-            sep = "&";
-        }
-        if let Some(since) = self.state.since() {
-            pq.write_str(sep).map_err(|_| ())?;
-            pq.write_str("since=").map_err(|_| ())?;
-            write_query_value(&mut pq, since)?;
-        }
-        let mut target = [0u8; 112];
-        let tn = route::encode_target("GET", pq.as_str(), &mut target).map_err(|_| ())?;
-        let registered = !self.token_acked;
-        let mut auth = [0u8; 1 + TOKEN_LEN];
-        let an = self.auth().write(&mut auth).map_err(|_| ())?;
-        let small = [
-            Opt::bytes(opt::AUTH, &auth[..an]),
-            Opt::uint(opt::SMALL, u32::from(BLOCK_SZX)),
-            Opt::bytes(opt::TARGET, &target[..tn]),
-        ];
-        let opts: &[Opt<'_>] = if registered && SMALL {
-            &small
-        } else {
-            &[small[0], small[2]]
-        };
-        let mut req = Request::con(Code::POST, Options::List(opts), &[]);
-        // The homeserver holds the request up to the sync timeout: wait for it and then some.
-        req.timeout = Some(u64::from(self.sync_timeout_ms) + 60_000);
-        let h = self.client.request(now, req).map_err(|_| ())?;
-        self.body_len = 0;
-        self.sync = Some((
-            h,
-            Pending::Sync {
-                initial,
-                registered,
-            },
-        ));
-        Ok(())
-    }
-
-    fn request_block(
-        &mut self,
-        now: u64,
-        id: u32,
-        block: BlockOpt,
-        initial: bool,
-    ) -> Result<(), ()> {
-        let opts = [
-            Opt::uint(opt::BLOCK2, block.to_uint()),
-            Opt::uint(opt::BODY, id),
-        ];
-        let req = Request::con(Code::POST, Options::List(&opts), &[]);
-        let h = self.client.request(now, req).map_err(|_| ())?;
-        self.sync = Some((h, Pending::Block { id, initial }));
-        Ok(())
-    }
-
-    /// Reads the reassembled sync body into [`SyncUpdate`]s; `true` if anything was applied.
-    /// Reads the reassembled sync body into [`SyncUpdate`]s: (read whole and committed,
-    /// anything besides the since token stored or updated).
-    fn apply_sync_body(&mut self, initial: bool, inflate: &mut [u8]) -> (bool, bool) {
-        let packed = &self.body[..self.body_len];
-        let Ok(cbor) = pack::unpack_cbor(packed, inflate) else {
-            self.stats.failures += 1;
-            return (false, false);
-        };
-        let mut stored = false;
-        let mut sink = |u: SyncUpdate<'_>| {
-            let since = matches!(u, SyncUpdate::Since(_));
-            let a = self.state.apply(u);
-            stored |= !since && matches!(a, Applied::Stored | Applied::Updated);
-        };
-        let r = read_sync(cbor, initial, &mut sink);
-        match r {
-            Ok(()) => self.stats.syncs += 1,
-            // Items before the error went in, but no `Since`: the batch is not committed and
-            // the same sync is asked again.
-            Err(_) => self.stats.failures += 1,
-        }
-        (r.is_ok(), stored)
-    }
 }
 
 /// A response reduced to what outlives the receive scratch: offsets into it.
@@ -1304,7 +1126,9 @@ struct Resp {
     auth_option: bool,
     alias_option: bool,
     observe: Option<u32>,
+    #[cfg(feature = "http")]
     block2: Option<BlockOpt>,
+    #[cfg(feature = "http")]
     body_id: Option<u32>,
     payload_off: usize,
     payload_len: usize,
@@ -1320,399 +1144,16 @@ impl Resp {
             auth_option: r.options.first(opt::AUTH).is_some(),
             alias_option: r.options.first(opt::ALIAS).is_some(),
             observe: r.observe,
+            #[cfg(feature = "http")]
             block2: BlockOpt::from_options(&r.options, opt::BLOCK2)
                 .ok()
                 .flatten(),
+            #[cfg(feature = "http")]
             body_id: r.options.uint(opt::BODY),
             // A payload outside the scratch (cannot happen: the session decrypts into it) reads
             // as out of range and fails the exchange.
             payload_off: off.unwrap_or(usize::MAX / 2),
             payload_len: r.payload.len(),
         }
-    }
-}
-
-/// Writes `s` as the inside of a JSON string.
-fn write_json_str<const N: usize>(out: &mut Text<N>, s: &str) -> core::fmt::Result {
-    for c in s.chars() {
-        match c {
-            '"' => out.write_str("\\\"")?,
-            '\\' => out.write_str("\\\\")?,
-            // INVARIANT: c < 0x20 fits a byte.
-            c if (c as u32) < 0x20 => {
-                out.write_str("\\u00")?;
-                out.push_hex2(c as u8, false)?
-            }
-            c => out.write_char(c)?,
-        }
-    }
-    Ok(())
-}
-
-/// Writes `s` percent-encoded for a query value (RFC 3986 §2: all but unreserved).
-fn write_query_value<const N: usize>(out: &mut Text<N>, s: &str) -> Result<(), ()> {
-    for b in s.bytes() {
-        let ok = if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.write_char(char::from(b))
-        } else {
-            out.write_str("%").and_then(|()| out.push_hex2(b, true))
-        };
-        ok.map_err(|_| ())?;
-    }
-    Ok(())
-}
-
-/// Why a sync body could not be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncReadError {
-    /// The CBOR is malformed or not shaped like a sync response.
-    Malformed,
-    /// No `next_batch`.
-    NoNextBatch,
-}
-
-impl From<lowband_codec::cbor::Error> for SyncReadError {
-    fn from(_: lowband_codec::cbor::Error) -> Self {
-        SyncReadError::Malformed
-    }
-}
-
-fn map_len(it: Item<'_>) -> Result<u64, SyncReadError> {
-    match it {
-        Item::Map(Some(n)) => Ok(n),
-        _ => Err(SyncReadError::Malformed),
-    }
-}
-
-fn key<'a>(r: &mut Reader<'a>) -> Result<&'a str, SyncReadError> {
-    match r.next_key()? {
-        Item::Text(t) => Ok(t),
-        _ => Err(SyncReadError::Malformed),
-    }
-}
-
-/// A text value, or a base64-carried string (event ids) written out into `buf`.
-fn text_value<'a>(it: Item<'a>, buf: &'a mut [u8]) -> Option<&'a str> {
-    match it {
-        Item::Text(t) => Some(t),
-        Item::Base64(b) => {
-            let n = b.write(buf).ok()?;
-            core::str::from_utf8(&buf[..n]).ok()
-        }
-        _ => None,
-    }
-}
-
-/// Reads a Matrix `/sync` response (packed CBOR, the gateway's static dictionary) into
-/// [`SyncUpdate`]s: `Reset` first for an initial sync, then per joined room `Joined`, its
-/// timeline events (with `Echo` for our own transaction ids) and `Unread`; invites; left rooms;
-/// `Since(next_batch)` last. Allocation-free: strings are borrowed from `cbor`, event ids
-/// carried as base64 are written out into a stack buffer.
-///
-/// # Errors
-///
-/// [`SyncReadError`] when the body is not a sync response; items before the error were emitted
-/// (without `Since`, so the batch does not commit).
-pub fn read_sync(
-    cbor: &[u8],
-    initial: bool,
-    sink: &mut dyn FnMut(SyncUpdate<'_>),
-) -> Result<(), SyncReadError> {
-    let mut r = Reader::new(cbor);
-    let n = map_len(r.next_value()?)?;
-    if initial {
-        sink(SyncUpdate::Reset);
-    }
-    let mut next_batch: Option<&str> = None;
-    for _ in 0..n {
-        match key(&mut r)? {
-            "next_batch" => match r.next_value()? {
-                Item::Text(t) => next_batch = Some(t),
-                _ => return Err(SyncReadError::Malformed),
-            },
-            "rooms" => read_rooms(&mut r, sink)?,
-            _ => r.skip()?,
-        }
-    }
-    let since = next_batch.ok_or(SyncReadError::NoNextBatch)?;
-    sink(SyncUpdate::Since(since));
-    Ok(())
-}
-
-fn read_rooms(
-    r: &mut Reader<'_>,
-    sink: &mut dyn FnMut(SyncUpdate<'_>),
-) -> Result<(), SyncReadError> {
-    let n = map_len(r.next_value()?)?;
-    for _ in 0..n {
-        let section = key(r)?;
-        let rooms = map_len(r.next_value()?)?;
-        for _ in 0..rooms {
-            let room = key(r)?;
-            match section {
-                "join" => {
-                    sink(SyncUpdate::Joined { room, short: None });
-                    read_joined(r, room, sink)?;
-                }
-                "invite" => read_invite(r, room, sink)?,
-                "leave" => {
-                    r.skip()?;
-                    sink(SyncUpdate::Left {
-                        room: RoomRef::Id(room),
-                    });
-                }
-                _ => r.skip()?,
-            }
-        }
-    }
-    Ok(())
-}
-
-fn read_invite(
-    r: &mut Reader<'_>,
-    room: &str,
-    sink: &mut dyn FnMut(SyncUpdate<'_>),
-) -> Result<(), SyncReadError> {
-    // invite_state.events: the inviter is the sender of the m.room.member event.
-    let mut inviter = None;
-    let n = map_len(r.next_value()?)?;
-    for _ in 0..n {
-        if key(r)? != "invite_state" {
-            r.skip()?;
-            continue;
-        }
-        let m = map_len(r.next_value()?)?;
-        for _ in 0..m {
-            if key(r)? != "events" {
-                r.skip()?;
-                continue;
-            }
-            let Item::Array(Some(k)) = r.next_value()? else {
-                return Err(SyncReadError::Malformed);
-            };
-            for _ in 0..k {
-                let f = map_len(r.next_value()?)?;
-                let (mut kind, mut sender) = (None, None);
-                for _ in 0..f {
-                    match key(r)? {
-                        "type" => kind = text_value(r.next_value()?, &mut []),
-                        "sender" => sender = text_value(r.next_value()?, &mut []),
-                        _ => r.skip()?,
-                    }
-                }
-                if kind == Some("m.room.member") && sender.is_some() {
-                    inviter = sender;
-                }
-            }
-        }
-    }
-    sink(SyncUpdate::Invited {
-        room,
-        inviter: inviter.unwrap_or(""),
-    });
-    Ok(())
-}
-
-fn read_joined(
-    r: &mut Reader<'_>,
-    room: &str,
-    sink: &mut dyn FnMut(SyncUpdate<'_>),
-) -> Result<(), SyncReadError> {
-    let n = map_len(r.next_value()?)?;
-    for _ in 0..n {
-        match key(r)? {
-            "timeline" => {
-                let m = map_len(r.next_value()?)?;
-                for _ in 0..m {
-                    if key(r)? == "events" {
-                        let Item::Array(Some(k)) = r.next_value()? else {
-                            return Err(SyncReadError::Malformed);
-                        };
-                        for _ in 0..k {
-                            read_event(r, room, sink)?;
-                        }
-                    } else {
-                        r.skip()?;
-                    }
-                }
-            }
-            "unread_notifications" => {
-                let m = map_len(r.next_value()?)?;
-                let (mut highlight, mut notification) = (0u16, 0u16);
-                for _ in 0..m {
-                    let k = key(r)?;
-                    let v = match r.next_value()? {
-                        Item::Unsigned(v) => u16::try_from(v).unwrap_or(u16::MAX),
-                        _ => 0,
-                    };
-                    match k {
-                        "highlight_count" => highlight = v,
-                        "notification_count" => notification = v,
-                        _ => {}
-                    }
-                }
-                sink(SyncUpdate::Unread {
-                    room: RoomRef::Id(room),
-                    highlight,
-                    notification,
-                });
-            }
-            _ => r.skip()?,
-        }
-    }
-    Ok(())
-}
-
-fn read_event(
-    r: &mut Reader<'_>,
-    room: &str,
-    sink: &mut dyn FnMut(SyncUpdate<'_>),
-) -> Result<(), SyncReadError> {
-    let n = map_len(r.next_value()?)?;
-    let mut id_buf = [0u8; 64];
-    let mut id_item: Option<Item<'_>> = None;
-    let (mut sender, mut kind, mut msgtype, mut body, mut txn) = (None, None, None, None, None);
-    let mut ts = 0u64;
-    for _ in 0..n {
-        match key(r)? {
-            "event_id" => id_item = Some(r.next_value()?),
-            "sender" => sender = text_value(r.next_value()?, &mut []),
-            "type" => kind = text_value(r.next_value()?, &mut []),
-            "origin_server_ts" => {
-                if let Item::Unsigned(v) = r.next_value()? {
-                    ts = v;
-                }
-            }
-            "content" => {
-                let m = map_len(r.next_value()?)?;
-                for _ in 0..m {
-                    match key(r)? {
-                        "msgtype" => msgtype = text_value(r.next_value()?, &mut []),
-                        "body" => body = text_value(r.next_value()?, &mut []),
-                        _ => r.skip()?,
-                    }
-                }
-            }
-            "unsigned" => {
-                let m = map_len(r.next_value()?)?;
-                for _ in 0..m {
-                    match key(r)? {
-                        "transaction_id" => txn = text_value(r.next_value()?, &mut []),
-                        _ => r.skip()?,
-                    }
-                }
-            }
-            _ => r.skip()?,
-        }
-    }
-    let event_id = id_item
-        .and_then(|it| text_value(it, &mut id_buf))
-        .ok_or(SyncReadError::Malformed)?;
-    if let Some(t) = txn {
-        sink(SyncUpdate::Echo {
-            txn_id: t,
-            event_id: Some(event_id),
-        });
-    }
-    let (Some(sender), Some(kind)) = (sender, kind) else {
-        return Err(SyncReadError::Malformed);
-    };
-    sink(SyncUpdate::Event(EventIn {
-        room: RoomRef::Id(room),
-        event_id,
-        sender,
-        kind,
-        msgtype,
-        body: body.map_or(Body::None, Body::Text),
-        ts,
-    }));
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    extern crate alloc;
-    extern crate std;
-    use alloc::string::String;
-    use alloc::vec::Vec;
-
-    fn collect(cbor: &[u8], initial: bool) -> (Vec<String>, Result<(), SyncReadError>) {
-        let mut v = Vec::new();
-        let r = read_sync(cbor, initial, &mut |u| v.push(std::format!("{u:?}")));
-        (v, r)
-    }
-
-    #[test]
-    fn reads_a_literal_sync() {
-        // {"next_batch":"s1","rooms":{"join":{"!r":{"timeline":{"events":[{"type":"m.room.message",
-        //  "sender":"@a","event_id":"$e","content":{"msgtype":"m.text","body":"!status"},
-        //  "origin_server_ts":5}]}}}}} as plain CBOR (text keys: no dictionary needed).
-        let mut c: Vec<u8> = Vec::new();
-        let t = |c: &mut Vec<u8>, s: &str| {
-            c.push(0x60 | s.len() as u8);
-            c.extend_from_slice(s.as_bytes());
-        };
-        c.push(0xa2);
-        t(&mut c, "next_batch");
-        t(&mut c, "s1");
-        t(&mut c, "rooms");
-        c.push(0xa1);
-        t(&mut c, "join");
-        c.push(0xa1);
-        t(&mut c, "!r");
-        c.push(0xa1);
-        t(&mut c, "timeline");
-        c.push(0xa1);
-        t(&mut c, "events");
-        c.push(0x81);
-        c.push(0xa5);
-        t(&mut c, "type");
-        t(&mut c, "m.room.message");
-        t(&mut c, "sender");
-        t(&mut c, "@a");
-        t(&mut c, "event_id");
-        t(&mut c, "$e");
-        t(&mut c, "content");
-        c.push(0xa2);
-        t(&mut c, "msgtype");
-        t(&mut c, "m.text");
-        t(&mut c, "body");
-        t(&mut c, "!status");
-        t(&mut c, "origin_server_ts");
-        c.push(0x05);
-        assert_eq!(c[..12], *b"\xa2\x6anext_batch".as_slice());
-        let (items, r) = collect(&c, true);
-        assert_eq!(r, Ok(()));
-        assert_eq!(items.len(), 4, "{items:?}");
-        assert_eq!(items[0], "Reset");
-        assert!(
-            items[1].starts_with("Joined { room: \"!r\""),
-            "{}",
-            items[1]
-        );
-        assert!(items[2].contains("body: Text(\"!status\")"), "{}", items[2]);
-        assert!(items[2].contains("ts: 5"), "{}", items[2]);
-        assert_eq!(items[3], "Since(\"s1\")");
-        // Cut anywhere: an error, and never a Since.
-        for n in 0..c.len() {
-            let (items, r) = collect(&c[..n], false);
-            assert!(r.is_err(), "{n}");
-            assert!(!items.iter().any(|i| i.starts_with("Since")), "{n}");
-        }
-        // No next_batch: no commit.
-        let (items, r) = collect(&[0xa0], false);
-        assert_eq!((items.len(), r), (0, Err(SyncReadError::NoNextBatch)));
-    }
-
-    #[test]
-    fn query_values_are_percent_encoded() {
-        let mut t: Text<64> = Text::new();
-        write_query_value(&mut t, "s72_1 {\"a\"}~").unwrap();
-        assert_eq!(t.as_str(), "s72_1%20%7B%22a%22%7D~");
-        let mut j: Text<64> = Text::new();
-        write_json_str(&mut j, "a\"b\\c\n").unwrap();
-        assert_eq!(j.as_str(), "a\\\"b\\\\c\\u000a");
     }
 }
