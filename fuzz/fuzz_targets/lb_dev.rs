@@ -1,10 +1,10 @@
 //! The device profile's parsers (`lowband_codec::lb::dev`) on arbitrary bytes: operations,
-//! registration payloads and pushed items never panic, and what parses writes back to bytes
-//! that parse to the same value.
+//! registration and event payloads and pushed items never panic, and what parses writes back
+//! to bytes that parse to the same value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lowband_codec::lb::dev::{parse_register, Item, Op};
+use lowband_codec::lb::dev::{parse_event, parse_register, write_event, Item, Op};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(op) = Op::parse(data) {
@@ -14,9 +14,27 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok((op, rest)) = Op::parse_prefix(data) {
         assert!(rest.len() < data.len());
-        let _ = op;
+        // The prefix writes back to bytes that parse to the same op (varints may have been
+        // overlong) and no longer than it was.
+        let mut out = [0u8; 16];
+        let n = op.write(&mut out).expect("a parsed op writes");
+        assert!(n <= data.len() - rest.len());
+        assert_eq!(Op::parse_prefix(&out[..n]), Ok((op, &[][..])));
+        if let Op::Event { .. } = op {
+            if let Ok((kind, content)) = parse_event(rest) {
+                assert!(!kind.is_empty());
+                let mut out = vec![0u8; rest.len()];
+                let n = write_event(kind, content, &mut out).expect("a parsed event writes");
+                assert_eq!(parse_event(&out[..n]), Ok((kind, content)));
+            }
+        }
     }
     let _ = parse_register(data);
+    if let Ok((kind, content)) = parse_event(data) {
+        let mut out = vec![0u8; data.len()];
+        let n = write_event(kind, content, &mut out).expect("a parsed event writes");
+        assert_eq!(parse_event(&out[..n]), Ok((kind, content)));
+    }
     if let Ok(it) = Item::parse(data) {
         let mut out = vec![0u8; data.len() + 4];
         let n = it.write(&mut out).expect("a parsed item writes");

@@ -242,6 +242,10 @@ impl Devices {
                 );
                 Answer::Registered
             }
+            // Not served yet: 5.01 Not Implemented.
+            Op::Join { .. } | Op::Leave { .. } | Op::Typing { .. } | Op::Event { .. } => {
+                Answer::Now(Code::new(5, 1))
+            }
         }
     }
 

@@ -11,17 +11,45 @@
 //!
 //! - **GET** with Observe 0 and a [`opt::DEVICE`](super::opt::DEVICE) option holding the
 //!   `SYNC` operation: register for pushed sync (RFC 7641 §3.1).
-//! - **PUT** without a [`opt::TARGET`](super::opt::TARGET), whose payload is a `TEXT`
-//!   operation followed by the text (no option: one byte of option header saved on every
-//!   post).
+//! - **PUT** without a [`opt::TARGET`](super::opt::TARGET), whose payload starts with any
+//!   other operation ([`Op::parse_prefix`]) followed by its payload (no option: one byte of
+//!   option header saved on every request).
 //!
 //! ```text
 //!  byte 0:  op (high nibble) | room slot (low nibble, 0..=15)
-//!  SYNC  0x0k  [varint last]            payload = varint len ‖ since token ‖ filter (both may
-//!              be empty); k = 1: a refresh, the device kept its room and user numbers
-//!  TEXT  0x1k  [varint boot][varint seq] ‖ text: send m.text to the room of session alias
-//!              slot k; the transaction id is `d{boot}.{seq}`; answered 2.04, empty (no
-//!              event id: the device does not need it)
+//!  SYNC   0x0k  [varint last]            payload = varint len ‖ since token ‖ filter (both
+//!               may be empty); k = 1: a refresh, the device kept its room and user numbers
+//!  TEXT   0x1k  [varint boot][varint seq] ‖ text: send m.text to the room of session alias
+//!               slot k; the transaction id is `d{boot}.{seq}`
+//!  JOIN   0x2k  join the room of slot k (accepts an invite to it too)
+//!  LEAVE  0x3k  leave the room of slot k (declines an invite to it too)
+//!  TYPING 0x4k  [varint timeout_ms]: typing in room k for timeout_ms; 0 = stopped typing
+//!  EVENT  0x5k  [varint boot][varint seq] ‖ varint type_len ‖ event type ‖ content: send a
+//!               custom event to room k ([`write_event`]); content is the event content in
+//!               lowband's packed form ([`crate::pack`]); transaction id `d{boot}.{seq}`
+//! ```
+//!
+//! Every operation but SYNC is answered 2.04 with no payload on success (no event id: the
+//! device does not need it), and on a homeserver error with the code a tunnelled request
+//! gets ([`super::status_to_code`]: 4.03, 4.04, 4.29, 5.02, ..., or 2.05 with
+//! [`opt::STATUS`](super::opt::STATUS); [`super::code_to_status`] gives the HTTP status back).
+//! 4.12 with no payload: the slot is not defined in this session (define the alias again).
+//! A successful JOIN makes the room's events part of the device's pushed sync from then on;
+//! a LEAVE stops them.
+//!
+//! What each costs on the link beyond the 13 bytes every exchange's response takes and the
+//! request's fixed 14 (COBS 1 + delimiter 1 + Noise header 2 + CoAP header 4 + token 1 +
+//! payload marker 1 + tag 4), with varints below 128 (timeouts of 128 ms and up take 2
+//! bytes, 16 384 ms and up 3):
+//!
+//! ```text
+//!  op       request payload                                 request   + ack = exchange
+//!  JOIN     1                                                15         13     28
+//!  LEAVE    1                                                15         13     28
+//!  TYPING   1 + varint (30 000 ms: 3; stop: 1)               18 / 16    13     31 / 29
+//!  TEXT     3 + text                                         17 + text  13     30 + text
+//!  EVENT    3 + 1 + type + packed content                    18 + type  13     31 + type
+//!                                                               + content         + content
 //! ```
 //!
 //! # Where the bytes of a post go
@@ -99,6 +127,14 @@ pub const ROOMS: usize = 16;
 pub const OP_SYNC: u8 = 0x0;
 /// Operation: send a text.
 pub const OP_TEXT: u8 = 0x1;
+/// Operation: join the room of slot k (also accepts an invite to it).
+pub const OP_JOIN: u8 = 0x2;
+/// Operation: leave the room of slot k (also declines an invite to it).
+pub const OP_LEAVE: u8 = 0x3;
+/// Operation: typing in the room of slot k for `timeout_ms` (0: stopped typing).
+pub const OP_TYPING: u8 = 0x4;
+/// Operation: send a custom event (type and packed content, [`write_event`]) to room k.
+pub const OP_EVENT: u8 = 0x5;
 
 /// Why a device-profile value did not parse or encode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +207,33 @@ pub enum Op {
         /// Sequence number of the transaction id.
         seq: u32,
     },
+    /// Join the room of alias slot `slot` (accepts an invite to it too).
+    Join {
+        /// Session alias slot of the room.
+        slot: u8,
+    },
+    /// Leave the room of alias slot `slot` (declines an invite to it too).
+    Leave {
+        /// Session alias slot of the room.
+        slot: u8,
+    },
+    /// Typing in the room of alias slot `slot` for `timeout_ms`; 0 means stopped typing.
+    Typing {
+        /// Session alias slot of the room.
+        slot: u8,
+        /// How long the typing notice holds, in milliseconds (0: stopped).
+        timeout_ms: u32,
+    },
+    /// Send a custom event to the room of alias slot `slot`, transaction id `d{boot}.{seq}`;
+    /// the payload after the operation is [`write_event`]'s.
+    Event {
+        /// Session alias slot of the room.
+        slot: u8,
+        /// Boot number of the transaction id.
+        boot: u32,
+        /// Sequence number of the transaction id.
+        seq: u32,
+    },
 }
 
 impl Op {
@@ -202,6 +265,17 @@ impl Op {
                 boot: read_varint(&mut p)?,
                 seq: read_varint(&mut p)?,
             },
+            OP_JOIN => Op::Join { slot: b & 0x0f },
+            OP_LEAVE => Op::Leave { slot: b & 0x0f },
+            OP_TYPING => Op::Typing {
+                slot: b & 0x0f,
+                timeout_ms: read_varint(&mut p)?,
+            },
+            OP_EVENT => Op::Event {
+                slot: b & 0x0f,
+                boot: read_varint(&mut p)?,
+                seq: read_varint(&mut p)?,
+            },
             _ => return Err(DevError::Malformed),
         };
         Ok((op, p))
@@ -213,20 +287,55 @@ impl Op {
     /// [`DevError::BufferTooSmall`]; [`DevError::Malformed`] for a slot above 15.
     pub fn write(&self, out: &mut [u8]) -> Result<usize, DevError> {
         let (first, rest) = out.split_first_mut().ok_or(DevError::BufferTooSmall)?;
+        let with_slot = |op: u8, slot: u8| {
+            if slot > 0x0f {
+                Err(DevError::Malformed)
+            } else {
+                Ok((op << 4) | slot)
+            }
+        };
+        let txn = |rest: &mut [u8], boot: u32, seq: u32| -> Result<usize, DevError> {
+            let n = write_varint(boot, rest)?;
+            let m = write_varint(seq, rest.get_mut(n..).ok_or(DevError::BufferTooSmall)?)?;
+            Ok(n + m)
+        };
         match *self {
             Op::Sync { last, keep } => {
                 *first = (OP_SYNC << 4) | u8::from(keep);
                 Ok(1 + write_varint(last, rest)?)
             }
             Op::Text { slot, boot, seq } => {
-                if slot > 0x0f {
-                    return Err(DevError::Malformed);
-                }
-                *first = (OP_TEXT << 4) | slot;
-                let n = write_varint(boot, rest)?;
-                let m = write_varint(seq, rest.get_mut(n..).ok_or(DevError::BufferTooSmall)?)?;
-                Ok(1 + n + m)
+                *first = with_slot(OP_TEXT, slot)?;
+                Ok(1 + txn(rest, boot, seq)?)
             }
+            Op::Join { slot } => {
+                *first = with_slot(OP_JOIN, slot)?;
+                Ok(1)
+            }
+            Op::Leave { slot } => {
+                *first = with_slot(OP_LEAVE, slot)?;
+                Ok(1)
+            }
+            Op::Typing { slot, timeout_ms } => {
+                *first = with_slot(OP_TYPING, slot)?;
+                Ok(1 + write_varint(timeout_ms, rest)?)
+            }
+            Op::Event { slot, boot, seq } => {
+                *first = with_slot(OP_EVENT, slot)?;
+                Ok(1 + txn(rest, boot, seq)?)
+            }
+        }
+    }
+
+    /// The room slot the operation addresses (`None` for [`Op::Sync`]).
+    pub fn slot(&self) -> Option<u8> {
+        match *self {
+            Op::Sync { .. } => None,
+            Op::Text { slot, .. }
+            | Op::Join { slot }
+            | Op::Leave { slot }
+            | Op::Typing { slot, .. }
+            | Op::Event { slot, .. } => Some(slot),
         }
     }
 }
@@ -260,6 +369,37 @@ pub fn parse_register(mut p: &[u8]) -> Result<(&str, &str), DevError> {
         str::from_utf8(since).map_err(|_| DevError::Utf8)?,
         str::from_utf8(filter).map_err(|_| DevError::Utf8)?,
     ))
+}
+
+/// Writes an [`Op::Event`] payload after the operation: varint type length, the event type,
+/// the content in lowband's packed form ([`crate::pack`]); returns its length.
+///
+/// # Errors
+/// [`DevError::BufferTooSmall`]; [`DevError::Malformed`] for an empty type.
+pub fn write_event(kind: &str, content: &[u8], out: &mut [u8]) -> Result<usize, DevError> {
+    if kind.is_empty() {
+        return Err(DevError::Malformed);
+    }
+    let len = u32::try_from(kind.len()).map_err(|_| DevError::Malformed)?;
+    let n = write_varint(len, out)?;
+    let mut at = n;
+    put(out, &mut at, kind.as_bytes())?;
+    put(out, &mut at, content)?;
+    Ok(at)
+}
+
+/// Parses an [`Op::Event`] payload: (event type, packed content). The type is not empty; the
+/// content is not checked here (the server unpacks it).
+///
+/// # Errors
+/// [`DevError::Malformed`] (truncated, empty type), [`DevError::Utf8`].
+pub fn parse_event(mut p: &[u8]) -> Result<(&str, &[u8]), DevError> {
+    let len = read_varint(&mut p)? as usize;
+    if len == 0 || len > p.len() {
+        return Err(DevError::Malformed);
+    }
+    let (kind, content) = p.split_at(len);
+    Ok((str::from_utf8(kind).map_err(|_| DevError::Utf8)?, content))
 }
 
 /// What an [`Item`] reports.
@@ -473,7 +613,7 @@ mod tests {
         assert_eq!(Op::parse(&[0x01, 0x05]), Ok(k));
         assert_eq!(Op::parse(&[0x02, 0x05]), Err(DevError::Malformed));
         assert_eq!(Op::parse(&[0x00, 0x05, 0x00]), Err(DevError::Malformed));
-        assert_eq!(Op::parse(&[0x20]), Err(DevError::Malformed));
+        assert_eq!(Op::parse(&[0x70]), Err(DevError::Malformed));
         assert_eq!(Op::parse(&[]), Err(DevError::Malformed));
         let bad = Op::Text {
             slot: 16,
@@ -481,6 +621,136 @@ mod tests {
             seq: 0,
         };
         assert_eq!(bad.write(&mut b), Err(DevError::Malformed));
+    }
+
+    #[test]
+    fn room_ops() {
+        let mut b = [0u8; 11];
+        for (op, enc) in [
+            (Op::Join { slot: 0 }, &[0x20u8][..]),
+            (Op::Join { slot: 15 }, &[0x2f]),
+            (Op::Leave { slot: 3 }, &[0x33]),
+            (
+                Op::Typing {
+                    slot: 1,
+                    timeout_ms: 30_000,
+                },
+                &[0x41, 0xb0, 0xea, 0x01],
+            ),
+            (
+                Op::Typing {
+                    slot: 2,
+                    timeout_ms: 0,
+                },
+                &[0x42, 0x00],
+            ),
+            (
+                Op::Event {
+                    slot: 4,
+                    boot: 1,
+                    seq: 300,
+                },
+                &[0x54, 0x01, 0xac, 0x02],
+            ),
+            (
+                Op::Event {
+                    slot: 15,
+                    boot: u32::MAX,
+                    seq: u32::MAX,
+                },
+                &[
+                    0x5f, 0xff, 0xff, 0xff, 0xff, 0x0f, 0xff, 0xff, 0xff, 0xff, 0x0f,
+                ],
+            ),
+        ] {
+            let n = op.write(&mut b).unwrap();
+            assert_eq!(&b[..n], enc, "{op:?}");
+            assert_eq!(Op::parse(enc), Ok(op));
+            assert_eq!(Op::parse_prefix(enc), Ok((op, &[][..])));
+            assert!(op.slot().is_some());
+        }
+        // As a PUT payload: the op, then the rest for the operation's payload.
+        assert_eq!(
+            Op::parse_prefix(&[0x20, 0xaa]),
+            Ok((Op::Join { slot: 0 }, &[0xaa][..]))
+        );
+        assert_eq!(
+            Op::parse_prefix(b"\x51\x02\x07\x03a.bX"),
+            Ok((
+                Op::Event {
+                    slot: 1,
+                    boot: 2,
+                    seq: 7
+                },
+                &b"\x03a.bX"[..]
+            ))
+        );
+        // Trailing bytes in an option value, truncated varints, unknown ops.
+        assert_eq!(Op::parse(&[0x21, 0x00]), Err(DevError::Malformed));
+        assert_eq!(Op::parse(&[0x41]), Err(DevError::Malformed));
+        assert_eq!(Op::parse(&[0x41, 0x80]), Err(DevError::Malformed));
+        assert_eq!(Op::parse(&[0x50, 0x01]), Err(DevError::Malformed));
+        assert_eq!(Op::parse(&[0x60]), Err(DevError::Malformed));
+        assert_eq!(Op::parse(&[0xf0]), Err(DevError::Malformed));
+        // Slots above 15 do not encode.
+        for bad in [
+            Op::Join { slot: 16 },
+            Op::Leave { slot: 16 },
+            Op::Typing {
+                slot: 16,
+                timeout_ms: 1,
+            },
+            Op::Event {
+                slot: 16,
+                boot: 0,
+                seq: 0,
+            },
+        ] {
+            assert_eq!(bad.write(&mut b), Err(DevError::Malformed));
+        }
+        assert_eq!(
+            Op::Sync {
+                last: 0,
+                keep: false
+            }
+            .slot(),
+            None
+        );
+        let t = Op::Typing {
+            slot: 1,
+            timeout_ms: 30_000,
+        };
+        assert_eq!(t.write(&mut b[..3]), Err(DevError::BufferTooSmall));
+        assert_eq!(t.write(&mut []), Err(DevError::BufferTooSmall));
+    }
+
+    #[test]
+    fn event_payload() {
+        let mut b = [0u8; 32];
+        // Packed content `{"v":1}` stands in as opaque bytes here.
+        let n = write_event("org.x.reading", b"\xa1\x61v\x01", &mut b).unwrap();
+        assert_eq!(&b[..n], b"\x0dorg.x.reading\xa1\x61v\x01");
+        assert_eq!(
+            parse_event(&b[..n]),
+            Ok(("org.x.reading", &b"\xa1\x61v\x01"[..]))
+        );
+        // Empty content is allowed (the server decides whether it unpacks).
+        assert_eq!(parse_event(b"\x01t"), Ok(("t", &[][..])));
+        assert_eq!(write_event("t", b"", &mut b), Ok(2));
+        assert_eq!(parse_event(b""), Err(DevError::Malformed));
+        assert_eq!(parse_event(b"\x00\xa0"), Err(DevError::Malformed));
+        assert_eq!(parse_event(b"\x05abc"), Err(DevError::Malformed));
+        assert_eq!(parse_event(b"\x80"), Err(DevError::Malformed));
+        assert_eq!(parse_event(b"\x01\xff"), Err(DevError::Utf8));
+        assert_eq!(write_event("", b"x", &mut b), Err(DevError::Malformed));
+        assert_eq!(
+            write_event("org.x.reading", b"", &mut b[..13]),
+            Err(DevError::BufferTooSmall)
+        );
+        assert_eq!(
+            write_event("t", b"", &mut []),
+            Err(DevError::BufferTooSmall)
+        );
     }
 
     #[test]
