@@ -55,7 +55,7 @@
 use core::fmt::Write as _;
 
 use lowband_codec::coap::{
-    BlockOpt, Code, IncomingResponse, Opt, Options, Received, Request, RequestHandle,
+    Code, IncomingResponse, Opt, Options, Received, Request, RequestHandle,
 };
 use lowband_codec::frame::{self, Deframer};
 use lowband_codec::lb::dev::{self, Item as DevItem, Kind as DevKind, Op, Seq};
@@ -308,6 +308,11 @@ struct RegisterKind {
 /// `tests/it/device_e2e.rs`): 0.04 B/s at the default, the only cost of an idle device.
 pub const PUSH_REFRESH_MS: u64 = 15 * 60 * 1000;
 
+#[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "http")]
+pub use http::{read_sync, SyncReadError};
+
 /// The device endpoint: owns the session, the sync state and the link buffers.
 ///
 /// Memory: [`RUNNER_SIZE`] bytes for `Runner<R>` with `R` = [`crate::EphemeralRng`]: 13 240 on
@@ -320,11 +325,6 @@ pub const PUSH_REFRESH_MS: u64 = 15 * 60 * 1000;
 /// `inflate` ([`SMALL`]), the runner announces [`opt::SMALL`] and is 10 464 bytes on thumbv7m.
 // repr(C), the state first: the rest of the runner is one piece that [`Runner::new_in`] can
 // lend as a record scratch while the state is restored.
-#[cfg(feature = "http")]
-mod http;
-#[cfg(feature = "http")]
-pub use http::{read_sync, SyncReadError};
-
 #[derive(Debug)]
 #[repr(C)]
 pub struct Runner<R> {
@@ -668,6 +668,8 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     /// Handles one response (copied out of the scratch as offsets); `true` if the state
     /// changed.
     fn on_response(&mut self, now: u64, r: &Resp, inflate: &mut [u8]) -> bool {
+        #[cfg(not(feature = "http"))]
+        let _ = inflate;
         if let Some((h, p @ (Pending::Register(_) | Pending::Observing))) = self.sync {
             if h == r.handle {
                 return self.on_push(now, r, p);
@@ -683,7 +685,6 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         let Some((_, pending)) = pending else {
             return false;
         };
-        let retry_at = now + self.sync_interval_ms.max(1000);
         if r.code == lb::AUTH_UNKNOWN && r.alias_option {
             // The gateway lost our aliases: define them again, retry.
             self.forget_aliases();
@@ -1127,7 +1128,7 @@ struct Resp {
     alias_option: bool,
     observe: Option<u32>,
     #[cfg(feature = "http")]
-    block2: Option<BlockOpt>,
+    block2: Option<lowband_codec::coap::BlockOpt>,
     #[cfg(feature = "http")]
     body_id: Option<u32>,
     payload_off: usize,
@@ -1145,7 +1146,7 @@ impl Resp {
             alias_option: r.options.first(opt::ALIAS).is_some(),
             observe: r.observe,
             #[cfg(feature = "http")]
-            block2: BlockOpt::from_options(&r.options, opt::BLOCK2)
+            block2: lowband_codec::coap::BlockOpt::from_options(&r.options, opt::BLOCK2)
                 .ok()
                 .flatten(),
             #[cfg(feature = "http")]

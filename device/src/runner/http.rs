@@ -4,6 +4,7 @@
 use super::*;
 use crate::state::Applied;
 use lowband_codec::cbor::{Item, Reader};
+use lowband_codec::coap::BlockOpt;
 use lowband_codec::route;
 
 impl<R: RngCore + CryptoRng> Runner<R> {
@@ -199,7 +200,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         }
     }
 
-    fn queue_sync(&mut self, now: u64) -> Result<(), ()> {
+    pub(super) fn queue_sync(&mut self, now: u64) -> Result<(), ()> {
         let mut pq: Text<200> = Text::new();
         let initial = self.state.since().is_none();
         // Query items only when they are not the defaults (timeout 0, no filter).
@@ -252,7 +253,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         Ok(())
     }
 
-    fn request_block(
+    pub(super) fn request_block(
         &mut self,
         now: u64,
         id: u32,
@@ -272,7 +273,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     /// Reads the reassembled sync body into [`SyncUpdate`]s; `true` if anything was applied.
     /// Reads the reassembled sync body into [`SyncUpdate`]s: (read whole and committed,
     /// anything besides the since token stored or updated).
-    fn apply_sync_body(&mut self, initial: bool, inflate: &mut [u8]) -> (bool, bool) {
+    pub(super) fn apply_sync_body(&mut self, initial: bool, inflate: &mut [u8]) -> (bool, bool) {
         let packed = &self.body[..self.body_len];
         let Ok(cbor) = pack::unpack_cbor(packed, inflate) else {
             self.stats.failures += 1;
@@ -597,6 +598,7 @@ mod tests {
     use super::*;
 use crate::state::Applied;
 use lowband_codec::cbor::{Item, Reader};
+use lowband_codec::coap::BlockOpt;
 use lowband_codec::route;
 
     extern crate alloc;
