@@ -8,9 +8,11 @@ use lowband_device::state::{
 };
 use lowband_device::Page;
 use lowband_device::{
-    AbStore, Body, BootCounter, BootError, DefaultSyncState, EventIn, PersistError, RoomRef,
-    SendError, StoreError, SyncState, SyncUpdate, TxnId, DEFAULT_RECORD_MAX,
-};
+    AbStore, Body, BootCounter, BootError, EventIn, PersistError, RoomRef,
+    SendError, StoreError, SyncState, SyncUpdate, TxnId, };
+
+/// The capacities these tests exercise (the crate's default is smaller: 2 rooms, 3 events).
+type State4 = lowband_device::SyncState<4, 4, 2, 4, 16>;
 
 fn pad(prefix: &str, len: usize) -> String {
     let mut s = prefix.to_string();
@@ -21,8 +23,8 @@ fn pad(prefix: &str, len: usize) -> String {
 }
 
 /// Every slot and every string at its capacity.
-fn full_state() -> DefaultSyncState {
-    let mut s = DefaultSyncState::new(u32::MAX - 1);
+fn full_state() -> State4 {
+    let mut s = State4::new(u32::MAX - 1);
     s.apply(SyncUpdate::Since(&pad("s", SINCE_LEN)));
     for r in 0..4 {
         let room = pad(&format!("!{r}"), ROOM_ID_LEN);
@@ -66,8 +68,8 @@ fn full_state() -> DefaultSyncState {
     s
 }
 
-fn snapshot(s: &DefaultSyncState) -> Vec<u8> {
-    let mut buf = vec![0u8; DEFAULT_RECORD_MAX];
+fn snapshot(s: &State4) -> Vec<u8> {
+    let mut buf = vec![0u8; State4::MAX_RECORD_LEN];
     let n = s.save(&mut buf).expect("fits");
     buf.truncate(n);
     buf
@@ -78,14 +80,14 @@ fn full_state_record_fits_the_bound() {
     let s = full_state();
     let rec = snapshot(&s);
     println!(
-        "full DefaultSyncState record: {} bytes (size_of {})",
+        "full State4 record: {} bytes (size_of {})",
         rec.len(),
-        core::mem::size_of::<DefaultSyncState>()
+        core::mem::size_of::<State4>()
     );
-    println!("DEFAULT_RECORD_MAX = {DEFAULT_RECORD_MAX}");
-    assert!(rec.len() <= DEFAULT_RECORD_MAX, "{}", rec.len());
+    println!("State4::MAX_RECORD_LEN = {}", State4::MAX_RECORD_LEN);
+    assert!(rec.len() <= State4::MAX_RECORD_LEN, "{}", rec.len());
     // The bound is tight: only small varints (sequence numbers, digests) are below maximum.
-    assert!(DEFAULT_RECORD_MAX - rec.len() < 200, "{}", rec.len());
+    assert!(State4::MAX_RECORD_LEN - rec.len() < 200, "{}", rec.len());
     // Streamed save: the flash record is byte for byte the buffer record (generation 1).
     let mut store = AbStore::new(RamFlash::<8>::new());
     s.save_to(&mut store).expect("streams");
@@ -99,11 +101,11 @@ fn full_state_record_fits_the_bound() {
     let mut store = AbStore::new(f);
     let mut short = vec![0u8; rec.len() - 1];
     assert_eq!(
-        DefaultSyncState::load_from(&mut store, &mut short),
+        State4::load_from(&mut store, &mut short),
         Err(StoreError::Persist(PersistError::BufferTooSmall))
     );
     let mut exact = vec![0u8; rec.len()];
-    let got = DefaultSyncState::load_from(&mut store, &mut exact).expect("loads");
+    let got = State4::load_from(&mut store, &mut exact).expect("loads");
     assert_eq!(got.map(|g| snapshot(&g)), Some(rec.clone()));
     assert!(
         rec.len() > 4000,
@@ -111,7 +113,7 @@ fn full_state_record_fits_the_bound() {
         rec.len()
     );
     // And an empty state is tiny.
-    assert!(snapshot(&DefaultSyncState::new(1)).len() < 32);
+    assert!(snapshot(&State4::new(1)).len() < 32);
     // Too small a buffer is an error, not a panic.
     let mut small = vec![0u8; rec.len() - 1];
     assert_eq!(s.save(&mut small), Err(PersistError::BufferTooSmall));
@@ -124,7 +126,7 @@ fn save_restore_roundtrip() {
     let rec = snapshot(&s);
     let (gen, _) = open(&rec, KIND_SYNC_STATE).expect("valid");
     assert_eq!(gen, 0);
-    let r = DefaultSyncState::restore(&rec).expect("restores");
+    let r = State4::restore(&rec).expect("restores");
     assert_eq!(snapshot(&r), rec);
     assert_eq!(r.since(), s.since());
     assert_eq!(r.outgoing(), s.outgoing());
@@ -141,9 +143,9 @@ fn restore_rejects_corruption_and_smaller_capacities() {
     for i in [0, 1, 5, 7, HEADER_LEN, rec.len() / 2, rec.len() - 1] {
         let mut bad = rec.clone();
         bad[i] ^= 0x10;
-        assert!(DefaultSyncState::restore(&bad).is_err(), "flip at {i}");
+        assert!(State4::restore(&bad).is_err(), "flip at {i}");
     }
-    assert!(DefaultSyncState::restore(&rec[..rec.len() - 1]).is_err());
+    assert!(State4::restore(&rec[..rec.len() - 1]).is_err());
     // A reader built with fewer rooms refuses (checksum fine, payload does not fit).
     type Small = SyncState<2, 4, 2, 4, 16>;
     assert_eq!(Small::restore(&rec).err(), Some(PersistError::Decode));
@@ -157,13 +159,13 @@ fn restore_rejects_corruption_and_smaller_capacities() {
     assert_eq!(small.begin_boot(1), Ok(()));
     // Same when the record itself is bad (empty input, erased flash).
     for bad in [&[][..], &[0xff; 32][..]] {
-        let mut s = DefaultSyncState::new(3);
+        let mut s = State4::new(3);
         s.apply(SyncUpdate::Since("keep?"));
         assert!(s.restore_into(bad).is_err());
         assert_eq!(s.since(), None);
     }
     assert_eq!(
-        DefaultSyncState::restore(&[0xff; 64]).err(),
+        State4::restore(&[0xff; 64]).err(),
         Some(PersistError::BadVersion)
     );
 }
@@ -172,12 +174,12 @@ fn restore_rejects_corruption_and_smaller_capacities() {
 fn outbox_survives_reboot_with_same_txn_ids() {
     let mut flash = AbStore::new(RamFlash::<1>::new());
     let mut boots = AbStore::new(RamFlash::<1>::new());
-    let mut scratch = vec![0u8; DEFAULT_RECORD_MAX];
+    let mut scratch = vec![0u8; State4::MAX_RECORD_LEN];
 
     // Boot 1.
     let b1 = BootCounter::advance(&mut boots, 0).expect("boot 1");
     assert_eq!(b1.get(), 1);
-    let mut s = DefaultSyncState::new(b1.get());
+    let mut s = State4::new(b1.get());
     s.apply(SyncUpdate::Joined {
         room: "!a:x",
         short: None,
@@ -195,7 +197,7 @@ fn outbox_survives_reboot_with_same_txn_ids() {
     drop(s);
 
     // Boot 2: restore, advance the counter above what the state used, resend.
-    let mut r = DefaultSyncState::load_from(&mut flash, &mut scratch)
+    let mut r = State4::load_from(&mut flash, &mut scratch)
         .expect("flash ok")
         .expect("a state");
     assert_eq!(r.send_text("!a:x", "x"), Err(SendError::NotBooted));
@@ -218,8 +220,8 @@ fn outbox_survives_reboot_with_same_txn_ids() {
 
 #[test]
 fn torn_write_falls_back_to_previous_page() {
-    let mut scratch = vec![0u8; DEFAULT_RECORD_MAX];
-    let mut a = DefaultSyncState::new(1);
+    let mut scratch = vec![0u8; State4::MAX_RECORD_LEN];
+    let mut a = State4::new(1);
     a.apply(SyncUpdate::Since("old"));
     let mut b = full_state();
     b.apply(SyncUpdate::Since("new"));
@@ -238,14 +240,14 @@ fn torn_write_falls_back_to_previous_page() {
         );
         // After the "reboot" a fresh store scans both pages.
         let mut store = AbStore::new(store.into_inner());
-        let got = DefaultSyncState::load_from(&mut store, &mut scratch)
+        let got = State4::load_from(&mut store, &mut scratch)
             .expect("flash ok")
             .expect("previous page valid");
         assert_eq!(got.since(), Some("old"), "cut {cut}");
         // The next save goes to the torn page, not over the good one.
         b.save_to(&mut store).expect("retry");
         let mut store = AbStore::new(store.into_inner());
-        let got = DefaultSyncState::load_from(&mut store, &mut scratch)
+        let got = State4::load_from(&mut store, &mut scratch)
             .expect("flash ok")
             .expect("new page");
         assert_eq!(got.since(), Some("new"));
@@ -255,13 +257,13 @@ fn torn_write_falls_back_to_previous_page() {
 
 #[test]
 fn ab_pages_alternate_and_newest_wins() {
-    let mut scratch = vec![0u8; DEFAULT_RECORD_MAX];
+    let mut scratch = vec![0u8; State4::MAX_RECORD_LEN];
     let mut store = AbStore::new(RamFlash::<1>::new());
     assert_eq!(
-        DefaultSyncState::load_from(&mut store, &mut scratch).expect("ok"),
+        State4::load_from(&mut store, &mut scratch).expect("ok"),
         None
     );
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     for i in 0..5 {
         let tok = format!("s{i}");
         s.apply(SyncUpdate::Since(&tok));
@@ -276,13 +278,13 @@ fn ab_pages_alternate_and_newest_wins() {
     assert_eq!(open(&f.pages[0], KIND_SYNC_STATE).map(|(g, _)| g), Ok(5));
     assert_eq!(open(&f.pages[1], KIND_SYNC_STATE).map(|(g, _)| g), Ok(4));
     // Memory-mapped flash: restore straight from the page, no scratch.
-    let mapped = DefaultSyncState::restore(&f.pages[0]).expect("valid");
+    let mapped = State4::restore(&f.pages[0]).expect("valid");
     assert_eq!(mapped.since(), Some("s4"));
     // Corrupt the newest page: the older one is used.
     let mut f = f;
     f.pages[0][12] ^= 1;
     let mut store = AbStore::new(f);
-    let got = DefaultSyncState::load_from(&mut store, &mut scratch).expect("ok");
+    let got = State4::load_from(&mut store, &mut scratch).expect("ok");
     assert_eq!(
         got.and_then(|g| g.since().map(str::to_string)),
         Some("s3".into())
@@ -293,7 +295,7 @@ fn ab_pages_alternate_and_newest_wins() {
     let mut store = AbStore::new(f);
     BootCounter::advance(&mut store, 0).expect("ok");
     assert_eq!(
-        DefaultSyncState::load_from(&mut store, &mut scratch).expect("ok"),
+        State4::load_from(&mut store, &mut scratch).expect("ok"),
         None
     );
 }
@@ -302,11 +304,11 @@ fn ab_pages_alternate_and_newest_wins() {
 fn write_size_must_divide_the_chunk() {
     let mut store = AbStore::new(RamFlash::<3>::new());
     assert_eq!(
-        DefaultSyncState::new(1).save_to(&mut store),
+        State4::new(1).save_to(&mut store),
         Err(StoreError::Persist(PersistError::WriteSize))
     );
     let mut store = AbStore::new(RamFlash::<64>::new());
-    DefaultSyncState::new(1)
+    State4::new(1)
         .save_to(&mut store)
         .expect("64 divides 64");
     assert_eq!(

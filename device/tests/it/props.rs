@@ -4,9 +4,11 @@
 use std::collections::HashSet;
 
 use lowband_device::{
-    Applied, Body, DefaultSyncState, EventIn, RoomRef, SyncUpdate, TxnId, DEFAULT_RECORD_MAX,
-};
+    Applied, Body, EventIn, RoomRef, SyncUpdate, TxnId, };
 use proptest::prelude::*;
+
+/// The capacities these tests exercise (the crate's default is smaller: 2 rooms, 3 events).
+type State4 = lowband_device::SyncState<4, 4, 2, 4, 16>;
 
 const ROOMS: [&str; 6] = ["!r0:x", "!r1:x", "!r2:x", "!r3:x", "!r4:x", "!r5:x"];
 const SENDERS: [&str; 3] = [
@@ -79,11 +81,11 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn short_of(s: &DefaultSyncState, room: usize) -> Option<u16> {
+fn short_of(s: &State4, room: usize) -> Option<u16> {
     s.room(ROOMS[room]).and_then(|r| r.short())
 }
 
-fn room_ref(s: &DefaultSyncState, room: usize, by_short: bool) -> RoomRef<'static> {
+fn room_ref(s: &State4, room: usize, by_short: bool) -> RoomRef<'static> {
     match (by_short, short_of(s, room)) {
         (true, Some(n)) => RoomRef::Short(n),
         _ => RoomRef::Id(ROOMS[room]),
@@ -91,7 +93,7 @@ fn room_ref(s: &DefaultSyncState, room: usize, by_short: bool) -> RoomRef<'stati
 }
 
 /// Apply one op; returns the since token change it is allowed to make.
-fn run(s: &mut DefaultSyncState, op: &Op, boot: &mut u32) {
+fn run(s: &mut State4, op: &Op, boot: &mut u32) {
     match op {
         Op::Joined(r, short) => {
             s.apply(SyncUpdate::Joined {
@@ -187,10 +189,10 @@ fn run(s: &mut DefaultSyncState, op: &Op, boot: &mut u32) {
             }
         }
         Op::SaveRestore => {
-            let mut buf = vec![0u8; DEFAULT_RECORD_MAX];
+            let mut buf = vec![0u8; State4::MAX_RECORD_LEN];
             let n = s.save(&mut buf).expect("every state fits the record bound");
-            let mut r = DefaultSyncState::restore(&buf[..n]).expect("own record restores");
-            let mut again = vec![0u8; DEFAULT_RECORD_MAX];
+            let mut r = State4::restore(&buf[..n]).expect("own record restores");
+            let mut again = vec![0u8; State4::MAX_RECORD_LEN];
             let m = r.save(&mut again).expect("fits");
             assert_eq!(&buf[..n], &again[..m], "save/restore/save is stable");
             *boot += 1;
@@ -200,7 +202,7 @@ fn run(s: &mut DefaultSyncState, op: &Op, boot: &mut u32) {
     }
 }
 
-fn check_invariants(s: &DefaultSyncState) {
+fn check_invariants(s: &State4) {
     assert!(s.rooms().len() <= 4);
     assert!(s.invites().len() <= 2);
     assert!(s.outgoing().len() <= 4);
@@ -238,7 +240,7 @@ proptest! {
 
     #[test]
     fn random_sequences_keep_invariants(ops in proptest::collection::vec(op(), 0..200)) {
-        let mut s = DefaultSyncState::new(1);
+        let mut s = State4::new(1);
         let mut boot = 1;
         let mut issued: HashSet<TxnId> = HashSet::new();
         let mut delivered: HashSet<(String, u32)> = HashSet::new();
@@ -273,7 +275,7 @@ proptest! {
         cut in 0usize..24,
         reads in proptest::collection::vec(any::<bool>(), 48),
     ) {
-        let mut s = DefaultSyncState::new(1);
+        let mut s = State4::new(1);
         let mut boot = 1;
         // Prefix without app reads so that it only sets the scene.
         for op in prefix.iter().filter(|o| !matches!(o, Op::Read | Op::SaveRestore)) {
@@ -281,7 +283,7 @@ proptest! {
         }
         s.apply(SyncUpdate::Since("base"));
         let mut delivered: HashSet<String> = HashSet::new();
-        let read_all = |s: &mut DefaultSyncState, delivered: &mut HashSet<String>| {
+        let read_all = |s: &mut State4, delivered: &mut HashSet<String>| {
             while let Some((_, e)) = s.next_event() {
                 delivered.insert(e.id().to_string());
             }
@@ -315,7 +317,7 @@ proptest! {
             if cost >= 16 { break; }
             items.push(op);
         }
-        let mut once = |s: &mut DefaultSyncState, upto: usize, reads: &[bool], delivered: &mut HashSet<String>| {
+        let mut once = |s: &mut State4, upto: usize, reads: &[bool], delivered: &mut HashSet<String>| {
             for (i, op) in items.iter().take(upto).enumerate() {
                 run(s, op, &mut boot);
                 if reads[i] {

@@ -2,9 +2,12 @@
 
 use lowband_device::state::{flags, fnv1a64, BODY_LEN, EVENT_ID_LEN, ROOM_ID_LEN, SINCE_LEN};
 use lowband_device::{
-    Applied, Body, Command, DefaultSyncState, EventIn, Ignored, OutContent, RoomRef, SendError,
+    Applied, Body, Command, EventIn, Ignored, OutContent, RoomRef, SendError,
     SyncUpdate, TxnId,
 };
+
+/// The capacities these tests exercise (the crate's default is smaller: 2 rooms, 3 events).
+type State4 = lowband_device::SyncState<4, 4, 2, 4, 16>;
 
 pub fn ev<'a>(room: &'a str, id: &'a str, body: &'a str) -> SyncUpdate<'a> {
     SyncUpdate::Event(EventIn {
@@ -22,7 +25,7 @@ fn joined(room: &str) -> SyncUpdate<'_> {
     SyncUpdate::Joined { room, short: None }
 }
 
-fn ids(s: &DefaultSyncState, room: &str) -> Vec<String> {
+fn ids(s: &State4, room: &str) -> Vec<String> {
     s.room(room)
         .map(|r| r.events().iter().map(|e| e.id().to_string()).collect())
         .unwrap_or_default()
@@ -30,7 +33,7 @@ fn ids(s: &DefaultSyncState, room: &str) -> Vec<String> {
 
 #[test]
 fn rooms_beyond_capacity_are_ignored_and_counted() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     for i in 0..6 {
         let id = format!("!r{i}:x");
         let want = if i < 4 {
@@ -57,7 +60,7 @@ fn rooms_beyond_capacity_are_ignored_and_counted() {
 
 #[test]
 fn long_room_id_is_ignored() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     let long = format!("!{}:x", "a".repeat(ROOM_ID_LEN));
     assert_eq!(s.apply(joined(&long)), Applied::Ignored(Ignored::IdTooLong));
     assert_eq!(s.counters().ids_too_long, 1);
@@ -69,7 +72,7 @@ fn long_room_id_is_ignored() {
 
 #[test]
 fn events_for_unknown_rooms_are_ignored() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     assert_eq!(
         s.apply(ev("!nope:x", "$1", "hi")),
         Applied::Ignored(Ignored::UnknownRoom)
@@ -80,7 +83,7 @@ fn events_for_unknown_rooms_are_ignored() {
 
 #[test]
 fn oldest_event_is_evicted_first() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     s.apply(joined("!a:x"));
     for i in 0..6 {
         assert_eq!(s.apply(ev("!a:x", &format!("$e{i}"), "x")), Applied::Stored);
@@ -102,7 +105,7 @@ fn oldest_event_is_evicted_first() {
 
 #[test]
 fn body_truncated_at_char_boundary_with_flag() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     s.apply(joined("!a:x"));
     // BODY_LEN - 1 ASCII bytes then a 2-byte char: only the ASCII part fits.
     let body = format!("{}é tail", "a".repeat(BODY_LEN - 1));
@@ -121,7 +124,7 @@ fn body_truncated_at_char_boundary_with_flag() {
 
 #[test]
 fn cbor_content_that_does_not_fit_is_dropped_whole() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     s.apply(joined("!a:x"));
     let small = [0xa1, 0x61, 0x74, 0x18, 0x2a]; // {"t": 42}
     let big = [0x40; BODY_LEN + 1];
@@ -149,7 +152,7 @@ fn cbor_content_that_does_not_fit_is_dropped_whole() {
 
 #[test]
 fn long_event_id_is_digested_and_still_deduped() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     s.apply(joined("!a:x"));
     let long = format!("${}:old.example.org", "q".repeat(EVENT_ID_LEN));
     assert_eq!(s.apply(ev("!a:x", &long, "hi")), Applied::Stored);
@@ -162,7 +165,7 @@ fn long_event_id_is_digested_and_still_deduped() {
 
 #[test]
 fn truncated_sender_never_matches() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     s.apply(joined("!a:x"));
     let admin = "@admin:example.org";
     let long = format!("{admin}{}", ".attacker".repeat(6));
@@ -187,7 +190,7 @@ fn truncated_sender_never_matches() {
 
 #[test]
 fn invites_drop_oldest_and_follow_membership() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     for i in 0..3 {
         let r = format!("!i{i}:x");
         assert_eq!(
@@ -242,7 +245,7 @@ fn invites_drop_oldest_and_follow_membership() {
 
 #[test]
 fn replayed_batch_does_not_duplicate_and_since_commits_at_end() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     s.apply(joined("!a:x"));
     assert_eq!(s.apply(SyncUpdate::Since("s1")), Applied::Committed);
     let batch: Vec<String> = (0..7).map(|i| format!("$b{i}")).collect();
@@ -274,7 +277,7 @@ fn replayed_batch_does_not_duplicate_and_since_commits_at_end() {
 
 #[test]
 fn overlong_since_is_cleared_not_cut() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     s.apply(SyncUpdate::Since("s1"));
     let long = "s".repeat(SINCE_LEN + 1);
     assert_eq!(
@@ -287,7 +290,7 @@ fn overlong_since_is_cleared_not_cut() {
 
 #[test]
 fn next_event_is_arrival_order_across_rooms_and_once() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     s.apply(joined("!a:x"));
     s.apply(joined("!b:x"));
     s.apply(ev("!b:x", "$1", "one"));
@@ -320,7 +323,7 @@ fn next_event_is_arrival_order_across_rooms_and_once() {
 
 #[test]
 fn short_room_numbers_name_one_room_each() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     s.apply(SyncUpdate::Joined {
         room: "!a:x",
         short: Some(1),
@@ -372,7 +375,7 @@ fn short_room_numbers_name_one_room_each() {
 
 #[test]
 fn outbox_txn_ids_capacity_and_acknowledge() {
-    let mut s = DefaultSyncState::new(7);
+    let mut s = State4::new(7);
     let t0 = s.send_text("!a:x", "hello").expect("0");
     let t1 = s.send_custom("!a:x", "org.example.reading", &[0xa1, 0x61, 0x74, 0x15]);
     let t1 = t1.expect("1");
@@ -433,7 +436,7 @@ fn outbox_txn_ids_capacity_and_acknowledge() {
 
 #[test]
 fn echoed_own_event_is_not_delivered_back() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     s.apply(joined("!a:x"));
     let t = s.send_text("!a:x", "reading 21.5").expect("queued");
     let tt = t.to_text();
@@ -454,7 +457,7 @@ fn echoed_own_event_is_not_delivered_back() {
 
 #[test]
 fn typing_is_coalesced_per_room() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     let a = s.set_typing("!a:x", true).expect("a");
     let b = s.set_typing("!b:x", true).expect("b");
     let a2 = s.set_typing("!a:x", false).expect("a2");
@@ -476,25 +479,27 @@ fn default_sizes_stay_in_budget() {
     use core::mem::size_of;
     use lowband_device::{Event, Invite, Outgoing, Room};
     println!(
-        "size_of: DefaultSyncState {} Event {} Room<4> {} Outgoing {} Invite {}",
-        size_of::<DefaultSyncState>(),
+        "size_of: State4 {} Event {} Room<4> {} Outgoing {} Invite {}",
+        size_of::<State4>(),
         size_of::<Event>(),
         size_of::<Room<4>>(),
         size_of::<Outgoing>(),
         size_of::<Invite>()
     );
-    assert!(size_of::<DefaultSyncState>() <= 5120);
+    assert!(size_of::<State4>() <= 5120);
     assert_eq!(size_of::<Event>(), 224);
     assert!(size_of::<Room<4>>() <= 4 * 224 + 80);
     assert_eq!(size_of::<Outgoing>(), 180);
     assert_eq!(size_of::<Invite>(), 92);
     // State + one save/restore scratch buffer still leave room in a 16 KiB budget.
-    assert!(size_of::<DefaultSyncState>() + lowband_device::DEFAULT_RECORD_MAX <= 10 * 1024 + 64);
+    assert!(
+        size_of::<lowband_device::DefaultSyncState>() + lowband_device::DEFAULT_RECORD_MAX <= 6 * 1024
+    );
 }
 
 #[test]
 fn full_sync_reset_forgets_unconfirmed_rooms_and_invites() {
-    let mut s = DefaultSyncState::new(1);
+    let mut s = State4::new(1);
     for r in ["!a:x", "!b:x", "!c:x", "!d:x"] {
         s.apply(joined(r));
     }
