@@ -49,7 +49,7 @@ use crate::coap::{self, Endpoint, MsgBuf, Received, Request, RequestHandle, Send
 use crate::noise::link::{
     classify, Initiator, InitiatorConfig, InitiatorError, LinkVersion, Msg1, PacketKind,
     RejectCode, ResponderConfig, ResponderError, ResponderSession, Session, SessionId,
-    TransportError, REJECT_LEN, RESPONDER_EXPORT_LEN, TRANSPORT_OVERHEAD,
+    TransportError, REJECT_LEN, RESPONDER_EXPORT_LEN, SESSION_EXPORT_LEN, TRANSPORT_OVERHEAD,
 };
 use crate::noise::PublicKey;
 
@@ -70,6 +70,15 @@ pub const fn max_packet_len(mtu: usize) -> usize {
 /// A device's client session at its default capacities: 3 exchanges, 4 remembered message
 /// ids, 2 observations, 128-byte CoAP messages (bigger bodies go block-wise).
 pub type DeviceClient<R> = Client<R, 3, 4, 2, 128>;
+
+/// Length of a [`Client::export`]: the keys' fingerprint (4 bytes of each static public
+/// key), the next CoAP message ID and the transport session ([`Session::export`]).
+pub const CLIENT_EXPORT_LEN: usize = 8 + 2 + SESSION_EXPORT_LEN;
+
+/// Message IDs a resumed client skips past the exported one: requests sent after the export
+/// was saved (a device saves it with its state, not before every request) stay behind the
+/// new ones, well inside the server's forward window (RFC 7252 §4.5; `coap::exchange`).
+pub const RESUME_MID_SKIP: u16 = 1024;
 
 /// The whole state of one device session (Noise handshake or transport, CoAP endpoint,
 /// events, counters) fits in 4 KiB with room for the caller's RNG (`R`, at most 512 bytes).
@@ -351,6 +360,63 @@ impl<
             return Some(e);
         }
         self.coap.poll_event().map(SessionEvent::Coap)
+    }
+
+    /// The key epoch of the next transport packet, once established. A client that persists
+    /// its session ([`export`](Self::export)) saves it whenever this changes, before sending
+    /// the next packet (`Session::export`'s rule: a resumed session then never reuses a nonce).
+    pub fn tx_epoch(&self) -> Option<u64> {
+        match &self.state {
+            ClientState::Established(s) => Some(s.tx_epoch()),
+            _ => None,
+        }
+    }
+
+    /// Writes the established session for persistence, so that a reboot can
+    /// [`resume`](Self::resume) it without a handshake; `false` (nothing written) before the
+    /// handshake completed. Holds secret keys: store it like the device's private key.
+    pub fn export(&self, out: &mut [u8; CLIENT_EXPORT_LEN]) -> bool {
+        let ClientState::Established(session) = &self.state else {
+            return false;
+        };
+        self.fingerprint(&mut out[..8]);
+        out[8..10].copy_from_slice(&self.coap.next_mid().to_be_bytes());
+        let mut s = [0u8; SESSION_EXPORT_LEN];
+        session.export(&mut s);
+        out[10..].copy_from_slice(&s);
+        true
+    }
+
+    fn fingerprint(&self, out: &mut [u8]) {
+        out[..4].copy_from_slice(&self.cfg.local.public().0[..4]);
+        out[4..8].copy_from_slice(&self.cfg.remote.0[..4]);
+    }
+
+    /// Resumes an exported session instead of the handshake this client was created for
+    /// (before anything was sent): established at once, the sending side in the next key
+    /// epoch (save the session again before sending, see [`tx_epoch`](Self::tx_epoch)),
+    /// message IDs [`RESUME_MID_SKIP`] past the exported one. If the server no longer holds
+    /// the session it answers the first packet with an "unknown session" reject and the
+    /// client falls back to a handshake.
+    ///
+    /// # Errors
+    /// [`TransportError::Malformed`] for an export of other keys, of another format, or
+    /// taken after something was sent; the client is left as it was.
+    pub fn resume(&mut self, export: &[u8]) -> Result<(), TransportError> {
+        let mut fp = [0u8; 8];
+        self.fingerprint(&mut fp);
+        if export.len() != CLIENT_EXPORT_LEN
+            || export[..8] != fp
+            || self.stats.packets_out != 0
+        {
+            return Err(TransportError::Malformed);
+        }
+        let session = Session::import(&export[10..])?;
+        let mid = u16::from_be_bytes([export[8], export[9]]);
+        self.state = ClientState::Established(session);
+        self.coap.set_next_mid(mid.wrapping_add(RESUME_MID_SKIP));
+        self.stats.handshakes = 0;
+        Ok(())
     }
 }
 
@@ -1155,6 +1221,104 @@ mod tests {
             }
         }
         (served, to)
+    }
+
+    #[test]
+    fn an_exported_session_resumes_without_a_handshake() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let gw = Keypair::generate(&mut rng);
+        let key = Keypair::generate(&mut rng);
+        let other = Keypair::generate(&mut rng);
+        let allowed = [key.public()];
+        let versions = [LinkVersion {
+            protocol: 1,
+            dict: 1,
+        }];
+        let cfg = ResponderConfig {
+            local: &gw,
+            versions: &versions,
+            known_versions: &[],
+            allowed: &allowed,
+            accept_ik: true,
+            accept_kk: false,
+            transport: TransportConfig { rekey_interval: 16 },
+        };
+        let client = |k: &Keypair, seed: u64| -> TestClient {
+            let init = InitiatorConfig {
+                pattern: LinkPattern::IK,
+                version: versions[0],
+                local: k.clone(),
+                remote: gw.public(),
+                retransmit: RetransmitConfig::for_link_rate(1_000_000, 0),
+                transport: TransportConfig { rekey_interval: 16 },
+            };
+            let coap = coap::Config {
+                seed,
+                ..coap::Config::default()
+            };
+            Client::new(init, coap, StdRng::seed_from_u64(seed)).unwrap()
+        };
+        let mut srv: ServerWith<u8, Spy, 2, 4, 1, 64> =
+            ServerWith::with_store(Spy::default(), coap::Config::default());
+        let mut a = client(&key, 2);
+        let mut ex = [0u8; CLIENT_EXPORT_LEN];
+        assert!(!a.export(&mut ex), "nothing to export before the handshake");
+        assert_eq!(a.tx_epoch(), None);
+        a.request(0, Request::con(Code::GET, Options::NONE, &[]))
+            .unwrap();
+        assert_eq!(pump(0, &mut srv, &mut a, 1, &cfg, &mut rng), (1, Some(1)));
+        assert_eq!(a.stats().handshakes, 1);
+        assert!(a.export(&mut ex));
+        let epoch = a.tx_epoch().unwrap();
+        let mid = u16::from_be_bytes([ex[8], ex[9]]);
+        // Requests after the export (not saved again before the "reboot").
+        for _ in 0..3 {
+            a.request(0, Request::con(Code::GET, Options::NONE, &[]))
+                .unwrap();
+            assert_eq!(pump(0, &mut srv, &mut a, 1, &cfg, &mut rng).0, 1);
+        }
+        // Reboot: a new client resumes; its first packet is a transport packet the server
+        // opens with the session it holds, no handshake.
+        let mut b = client(&key, 3);
+        b.resume(&ex).unwrap();
+        assert!(b.is_established());
+        assert!(b.tx_epoch().unwrap() > epoch, "a fresh key epoch: no nonce reused");
+        assert_eq!(b.coap().next_mid(), mid.wrapping_add(RESUME_MID_SKIP));
+        b.request(0, Request::con(Code::GET, Options::NONE, &[]))
+            .unwrap();
+        let mut out = [0u8; max_packet_len(64)];
+        let n = b.poll_transmit(0, &mut out).unwrap();
+        assert!(matches!(classify(&out[..n]), Some(PacketKind::Transport(_))));
+        let mut scratch = [0u8; max_packet_len(64)];
+        assert!(matches!(
+            srv.handle_packet(0, &cfg, &mut rng, 1, &out[..n], &mut scratch),
+            Some((_, Some(Received::Request(_))))
+        ));
+        assert_eq!(srv.len(), 1);
+        assert_eq!(b.stats().handshakes, 0);
+        // An export of other keys, a cut one, or one taken once something was sent: refused.
+        let mut c = client(&other, 4);
+        assert_eq!(c.resume(&ex), Err(TransportError::Malformed));
+        let mut d = client(&key, 5);
+        assert_eq!(d.resume(&ex[..ex.len() - 1]), Err(TransportError::Malformed));
+        let _ = d.poll_transmit(0, &mut out);
+        assert_eq!(d.resume(&ex), Err(TransportError::Malformed));
+        // A server that lost the session rejects the resumed client, which handshakes anew.
+        let mut srv2: ServerWith<u8, Spy, 2, 4, 1, 64> =
+            ServerWith::with_store(Spy::default(), coap::Config::default());
+        let mut e = client(&key, 6);
+        e.resume(&ex).unwrap();
+        e.request(0, Request::con(Code::GET, Options::NONE, &[]))
+            .unwrap();
+        // The reject makes a handshake; the request goes again on its retransmission timer.
+        let (mut served, mut now) = (0, 0);
+        while served == 0 && now < 600_000 {
+            e.handle_timeout(now);
+            served += pump(now, &mut srv2, &mut e, 1, &cfg, &mut rng).0;
+            now += 1_000;
+        }
+        assert_eq!(served, 1);
+        assert_eq!(e.stats().handshakes, 1);
     }
 
     #[test]

@@ -568,6 +568,18 @@ impl<const SLOTS: usize, const DEDUP: usize, const OBS: usize, const MTU: usize,
         self.stats
     }
 
+    /// The message ID of the next message this endpoint sends (for a session export: a
+    /// resumed endpoint continues past it, so the peer's duplicate detection never takes a
+    /// new request for an old one).
+    pub fn next_mid(&self) -> u16 {
+        self.next_mid
+    }
+
+    /// Continues message IDs at `mid` (before the first message; see [`Self::next_mid`]).
+    pub fn set_next_mid(&mut self, mid: u16) {
+        self.next_mid = mid;
+    }
+
     fn rand(&mut self) -> u64 {
         // xorshift64*
         let mut x = self.rng;
