@@ -109,8 +109,8 @@ pub const DEFAULT_SYNC_STATE_SIZE: usize = core::mem::size_of::<DefaultSyncState
 /// [`SyncState::MAX_RECORD_LEN`] at the default capacities.
 pub const DEFAULT_RECORD_MAX: usize = DefaultSyncState::MAX_RECORD_LEN;
 
-const _: () = assert!(core::mem::size_of::<DefaultSyncState>() <= 2800);
+const _: () = assert!(core::mem::size_of::<DefaultSyncState>() <= 2900);
 const _: () = assert!(core::mem::size_of::<state::Event>() <= 224);
 const _: () = assert!(core::mem::size_of::<Outgoing>() <= 180);
 #[cfg(all(target_arch = "arm", target_pointer_width = "32"))]
-const _: () = assert!(core::mem::size_of::<DefaultSyncState>() == 2648);
+const _: () = assert!(core::mem::size_of::<DefaultSyncState>() == 2856);

@@ -193,7 +193,8 @@ impl<
         + varint_len(SEEN)
         + SEEN * U64_MAX
         + 4 * U32_MAX
-        + COUNTERS_MAX;
+        + COUNTERS_MAX
+        + postcard_max(lowband_codec::session::CLIENT_EXPORT_LEN);
 
     /// Serialize into a record (generation 0) in `buf`; returns its length.
     pub fn save(&self, buf: &mut [u8]) -> Result<usize, PersistError> {
@@ -742,10 +743,11 @@ mod tests {
             0, // txn_seq
             0, 0, 0, 0, 0, 0, 0, 0, 0, // counters
             0, // push_seq
+            0, // session: none
         ];
         assert_eq!(n, HEADER_LEN + payload.len() + TRAILER_LEN);
-        assert_eq!(&buf[..HEADER_LEN], &[1, KIND_SYNC_STATE, 0, 0, 0, 0, 18, 0]);
-        assert_eq!(&buf[HEADER_LEN..HEADER_LEN + 18], &payload);
+        assert_eq!(&buf[..HEADER_LEN], &[1, KIND_SYNC_STATE, 0, 0, 0, 0, 19, 0]);
+        assert_eq!(&buf[HEADER_LEN..HEADER_LEN + 19], &payload);
         let r = crate::DefaultSyncState::restore(&buf[..n]);
         assert_eq!(r.map(|r| (r.boot(), r.since().is_none())), Ok((1, true)));
     }
@@ -788,6 +790,7 @@ mod tests {
         put(&[0x00, 0x02, 0x01, 0x01]); // no seen; next_seq 2, boot 1, txn_seq 1
         put(&[0; 9]); // counters
         put(&[0]); // push_seq
+        put(&[0]); // session: none
         assert_eq!(&buf[HEADER_LEN..n - TRAILER_LEN], &want[..w]);
         // And back, with the short number gone (session-local).
         let r = crate::DefaultSyncState::restore(&buf[..n]);

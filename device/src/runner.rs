@@ -60,7 +60,7 @@ use lowband_codec::coap::{
 use lowband_codec::frame::{self, Deframer};
 use lowband_codec::lb::dev::{self, Item as DevItem, Kind as DevKind, Op, Seq};
 use lowband_codec::lb::{self, opt, Auth};
-use lowband_codec::session::{max_packet_len, DeviceClient, SessionEvent};
+use lowband_codec::session::{max_packet_len, DeviceClient, SessionEvent, CLIENT_EXPORT_LEN};
 use lowband_codec::pack;
 use rand_core::{CryptoRng, RngCore};
 
@@ -347,6 +347,8 @@ pub struct Runner<R> {
     refresh_due: u64,
     /// The room and user numbers learned in this boot are valid (a registration succeeded).
     push_tables: bool,
+    /// Key epoch of the session export last handed to the state (None: not yet).
+    saved_epoch: Option<u64>,
     /// User ids by the gateway's number, for this registration (one byte over the state's
     /// capacity so that an over-long id is still recognised as cut).
     users: [Text<{ USER_ID_LEN + 4 }>; dev::USERS],
@@ -457,6 +459,14 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             let c = &mut *(core::ptr::addr_of_mut!((*p).client)
                 as *mut core::mem::MaybeUninit<DeviceClient<R>>);
             client(t, c).map_err(NewInError::Load)?;
+            // The session saved with the state resumes without a handshake (if the gateway
+            // lost it, its reject makes one); one that does not resume is forgotten.
+            let (state, c) = (&mut *state, c.assume_init_mut());
+            if let Some(export) = state.session() {
+                if c.resume(export).is_err() {
+                    state.set_session(&[]);
+                }
+            }
             core::ptr::addr_of_mut!((*p).token).write(token);
             core::ptr::addr_of_mut!((*p).filter).write(filter);
             core::ptr::addr_of_mut!((*p).token_acked).write(false);
@@ -471,6 +481,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             core::ptr::addr_of_mut!((*p).push_refresh_ms).write(Some(PUSH_REFRESH_MS));
             core::ptr::addr_of_mut!((*p).refresh_due).write(0);
             core::ptr::addr_of_mut!((*p).push_tables).write(false);
+            core::ptr::addr_of_mut!((*p).saved_epoch).write(None);
             core::ptr::addr_of_mut!((*p).users).write([const { Text::new() }; dev::USERS]);
             #[cfg(feature = "http")]
             core::ptr::addr_of_mut!((*p).body_len).write(0);
@@ -504,6 +515,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             push_refresh_ms: _,
             refresh_due: _,
             push_tables: _,
+            saved_epoch: _,
             users: _,
             #[cfg(feature = "http")]
             body_len: _,
@@ -621,6 +633,23 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             self.drain_events(now);
         }
         self.queue_requests(now);
+        // The session goes into the state whenever the state changed (the export's next
+        // message ID stays current) and at every new key epoch; nothing is sent in a new
+        // epoch before the state holding it was saved (the caller saves when `changed`, before
+        // polling again): a resumed session never reuses a nonce (Client::export).
+        let epoch = self.client.tx_epoch();
+        if epoch.is_some() && (progress.changed || epoch != self.saved_epoch) {
+            let mut export = [0u8; CLIENT_EXPORT_LEN];
+            if self.client.export(&mut export) {
+                self.state.set_session(&export);
+            }
+            let new_epoch = epoch != self.saved_epoch;
+            self.saved_epoch = epoch;
+            progress.changed = true;
+            if new_epoch {
+                return Ok(progress);
+            }
+        }
         while let Some(n) = self.client.poll_transmit(now, &mut self.tx[1..]) {
             self.stats.packets_out += 1;
             self.stats.bytes_out += n as u64;
@@ -639,6 +668,8 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         while let Some(e) = self.client.poll_event() {
             match e {
                 SessionEvent::Established(_) => {
+                    // A new session: saved before its first transport packet.
+                    self.saved_epoch = None;
                     // A new session: the gateway knows no token number yet (and aliases are
                     // defined again, to be safe).
                     self.token_acked = false;

@@ -60,6 +60,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::outbox::{Command, OutContent, Outgoing, SendError, TxnId, OUT_BODY_LEN};
 use crate::persist::{Out, PersistError};
+use lowband_codec::session::CLIENT_EXPORT_LEN;
 use crate::text::{Bytes, Text};
 
 /// Capacity of a room id (`!opaque:server`), bytes.
@@ -464,6 +465,10 @@ pub struct SyncState<
     /// Number of the last pushed sync item applied ([`lowband_codec::lb::dev`]); persisted so a
     /// reboot neither loses nor repeats an item.
     push_seq: u32,
+    /// The link session as [`lowband_codec::session::Client::export`] wrote it (empty: none),
+    /// so that a reboot resumes it without a handshake. Holds secret keys, like the flash
+    /// page of the device key.
+    session: Bytes<CLIENT_EXPORT_LEN>,
     /// Set by `new`/`begin_boot` in this run; a restored state must begin a boot before it
     /// hands out transaction ids.
     booted: bool,
@@ -492,6 +497,7 @@ impl<
             txn_seq: 0,
             counters: Counters::ZERO,
             push_seq: 0,
+            session: Bytes::new(),
             booted: true,
         }
     }
@@ -515,6 +521,7 @@ impl<
             core::ptr::addr_of_mut!((*p).txn_seq).write(0);
             core::ptr::addr_of_mut!((*p).counters).write(Counters::ZERO);
             core::ptr::addr_of_mut!((*p).push_seq).write(0);
+            core::ptr::addr_of_mut!((*p).session).write(Bytes::new());
             core::ptr::addr_of_mut!((*p).booted).write(true);
         }
     }
@@ -534,6 +541,7 @@ impl<
             txn_seq: _,
             counters: _,
             push_seq: _,
+            session: _,
             booted: _,
         } = self;
     }
@@ -550,6 +558,7 @@ impl<
         self.txn_seq = 0;
         self.counters = Counters::ZERO;
         self.push_seq = 0;
+        self.session = Bytes::new();
         self.booted = false;
     }
 
@@ -584,7 +593,8 @@ impl<
         o.put(&self.boot)?;
         o.put(&self.txn_seq)?;
         o.put(&self.counters)?;
-        o.put(&self.push_seq)
+        o.put(&self.push_seq)?;
+        o.put(&self.session)
     }
 
     /// Read what [`Self::encode`] wrote, into `self` in place: only one event at a time is on
@@ -638,6 +648,7 @@ impl<
         self.txn_seq = take(p)?;
         self.counters = take(p)?;
         self.push_seq = take(p)?;
+        self.session = take(p)?;
         if !p.is_empty() {
             return Err(PersistError::Decode);
         }
@@ -700,6 +711,17 @@ impl<
     /// Records that pushed item `n` was applied (save the state afterwards).
     pub fn set_push_seq(&mut self, n: u32) {
         self.push_seq = n;
+    }
+
+    /// The saved link session ([`Self::set_session`]), if any.
+    pub fn session(&self) -> Option<&[u8]> {
+        Some(self.session.as_slice()).filter(|s| !s.is_empty())
+    }
+
+    /// Keeps the link session's export (`lowband_codec::session::Client::export`) to be
+    /// saved with the state; an empty slice forgets it.
+    pub fn set_session(&mut self, export: &[u8]) {
+        self.session = Bytes::from_slice(export).unwrap_or_default();
     }
 
     /// Forget the gateway's short room numbers (a new gateway session assigns new ones).

@@ -65,6 +65,7 @@ fn full_state() -> State4 {
         .expect("room in outbox");
     }
     assert_eq!(s.seen_window().len(), 16);
+    s.set_session(&[0xab; lowband_codec::session::CLIENT_EXPORT_LEN]);
     s
 }
 
