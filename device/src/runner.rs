@@ -562,7 +562,13 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         matches!(self.sync, Some((_, Pending::Observing)))
     }
 
-    /// Whether the secure session is up.
+    /// The link session's counters (`handshakes`: 0 in a boot that resumed its session).
+    pub fn session_stats(&self) -> lowband_codec::session::SessionStats {
+        self.client.stats()
+    }
+
+    /// Whether the link session is up (right after [`Runner::new_in`]: it was resumed from
+    /// the saved state, no handshake).
     pub fn is_connected(&self) -> bool {
         self.client.is_established()
     }

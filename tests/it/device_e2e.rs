@@ -113,7 +113,7 @@ fn boot_device(
     cfg: Arc<(String, String, String)>,
     celsius_milli: i32,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Result<(u32, u32), String>> {
+) -> std::thread::JoinHandle<Result<(u32, u32, u32), String>> {
     std::thread::Builder::new()
         .stack_size(1 << 20)
         .spawn(move || {
@@ -145,7 +145,11 @@ fn boot_device(
                     Err(e) => return Err(format!("{e:?}")),
                 }
             }
-            Ok((boots, app.runner().stats().sent))
+            Ok((
+                boots,
+                app.runner().stats().sent,
+                app.runner().session_stats().handshakes,
+            ))
         })
         .expect("thread")
 }
@@ -371,9 +375,9 @@ fn device_joins_posts_answers_and_survives_reboots() {
         std::thread::sleep(Duration::from_millis(300));
     }
     stop.store(true, Ordering::Relaxed);
-    let (boots, _) = dev.join().unwrap().expect("boot 1 ran");
+    let (boots, _, handshakes) = dev.join().unwrap().expect("boot 1 ran");
     b.join().unwrap();
-    assert_eq!(boots, 1);
+    assert_eq!((boots, handshakes), (1, 1));
 
     // Boot 2: the homeserver gets the reading but the device never hears back; it is killed
     // with the reading still in its (saved) outbox.
@@ -384,9 +388,10 @@ fn device_joins_posts_answers_and_survives_reboots() {
     }
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
-    let (boots, sent) = dev.join().unwrap().expect("boot 2 ran");
+    let (boots, sent, handshakes) = dev.join().unwrap().expect("boot 2 ran");
     b.join().unwrap();
     assert_eq!((boots, sent), (2, 0), "boot 2 saw no acknowledgement");
+    assert_eq!(handshakes, 0, "boot 2 resumed the saved session");
 
     // Boot 3: the outbox goes out again with the same transaction id (deduplicated by the
     // homeserver), then the new boot's reading.
@@ -397,9 +402,9 @@ fn device_joins_posts_answers_and_survives_reboots() {
     }
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
-    let (boots, sent) = dev.join().unwrap().expect("boot 3 ran");
+    let (boots, sent, handshakes) = dev.join().unwrap().expect("boot 3 ran");
     b.join().unwrap();
-    assert_eq!(boots, 3);
+    assert_eq!((boots, handshakes), (3, 0), "boot 3 resumed the saved session");
     assert!(sent >= 2, "boot 3 sent the old and the new reading: {sent}");
 
     let history = device_messages(&mut nio, &room, &dev_user);
@@ -432,6 +437,9 @@ fn device_joins_posts_answers_and_survives_reboots() {
         .filter(|l| l.contains("device send") && l.contains("txn=d2."))
         .collect();
     assert!(puts.len() >= 2, "{puts:?}");
+    // One handshake for three boots: the reboots resumed the session serve still held.
+    let handshakes = log.lines().filter(|l| l.contains("serve: handshake ok")).count();
+    assert_eq!(handshakes, 1, "serve saw {handshakes} handshakes");
     let stats: Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("stats.json")).unwrap_or_default())
             .unwrap_or(Value::Null);

@@ -419,6 +419,9 @@ fn qemu_matrix_firmware_over_100_bps_serial_survives_kill() {
     line.attach(q.uart().expect("uart"));
     q.wait_diagnostic("led on", BOOT)
         .expect("LED setting restored");
+    // The session saved with the state resumes: no handshake on the 100 bit/s line.
+    q.wait_diagnostic("matrix: session resumed, no handshake", BOOT)
+        .expect("session resumed after the kill");
     wait_for("the reply queued before the kill", 240, &q, &|m| {
         m.iter()
             .any(|(b, _)| b.starts_with("boot 1 up ") && b.contains(" led on "))
@@ -479,6 +482,9 @@ fn qemu_matrix_firmware_over_100_bps_serial_survives_kill() {
             "{what} stack {peak} bytes: less than 512 of the {reserve}-byte reserve left"
         );
     }
+    let log = std::fs::read_to_string(d.join("serve.log")).unwrap_or_default();
+    let handshakes = log.lines().filter(|l| l.contains("serve: handshake ok")).count();
+    assert_eq!(handshakes, 1, "one handshake for both boots: {handshakes}");
     assert_clean(&q);
     q.kill();
     drop(slave);

@@ -34,6 +34,9 @@ fn main() -> ! {
         Dec::usize(stack_used()).as_str(),
         " bytes of stack",
     ]);
+    if app.runner().is_connected() {
+        log_parts(&["matrix: session resumed, no handshake"]);
+    }
     repaint_stack();
     let mut stack_peak = 0;
     loop {
