@@ -1,13 +1,24 @@
-//! `serve`'s side of the device profile ([`lowband_codec::lb::dev`]): compact sends and sync
-//! pushed with Observe.
+//! `serve`'s side of the device profile ([`lowband_codec::lb::dev`]): compact operations and
+//! sync pushed with Observe.
 //!
 //! ```text
-//!  device ──TEXT op──► send_text ──PUT /rooms/{alias}/send/m.room.message/d{boot}.{seq}──► HS
-//!         ◄── 2.04 (empty, no event id) ◄──────────────────────────────────────────────────┘
+//!  device ──TEXT op──► PUT /rooms/{slot k}/send/m.room.message/d{boot}.{seq}  {"msgtype":"m.text",..}
+//!  device ──JOIN op──► POST /join/{slot k}  {}
+//!  device ──LEAVE op─► POST /rooms/{slot k}/leave  {}
+//!  device ─TYPING op─► PUT /rooms/{slot k}/typing/{user id from /account/whoami}  {"typing":..}
+//!  device ──EVENT op─► PUT /rooms/{slot k}/send/{type}/d{boot}.{seq}  unpacked content
+//!         ◄── 2.04 (empty, no event id), or the homeserver's error status ───────────────┘
 //!  device ──SYNC op (Observe: 0)──► register: cursor (since kept here), poller task
 //!  poller ──GET /sync?since=..&timeout=30000──► HS ──► Batch ──► on_batch: items queued
 //!  pump (every loop turn): one CON notification in flight; acknowledged ──► next item
 //! ```
+//!
+//! No open proxy: every room comes from the session's alias list (defined by the device with
+//! [`opt::ALIAS`](lowband_codec::lb::opt::ALIAS)) and must look like a room id or alias;
+//! rooms, event types and user ids are percent-encoded into the path; event types are at most
+//! [`TYPE_MAX`] bytes and event contents at most [`EVENT_JSON_MAX`] bytes of JSON, an object.
+//! A homeserver error goes back as a tunnelled request's would (the code of
+//! [`lowband_codec::lb::status_to_code`], the body packed).
 //!
 //! The cursor of a device (keyed by its static key) outlives its sessions and registrations:
 //! the since token, the items not known to be saved by the device and the item numbering. An
@@ -17,17 +28,37 @@
 //! what it sees again it recognises by number ([`dev::next_seq`]). Nothing new costs nothing
 //! on the link.
 //!
-//! Not kept across a restart of `serve` (memory only): a device registering with a cursor
-//! `serve` does not hold starts from its since token if it never had a push, else from "now"
-//! (events of the outage are not pushed: never a replay of commands long handled).
+//! With a state directory (`serve --state-dir`), each cursor is also kept in a file
+//! (`<peer key, URL-safe base64>.device`, JSON, mode 0600, written to a temporary name and
+//! renamed; a file that group or others may read is refused at start): the since token, the
+//! item numbering, the items not known to be saved, the filter and the room and user numbers;
+//! never the access token (the device registers it again in every new session). A cursor is
+//! written whenever it changes, before any item it holds is pushed, so after a restart a
+//! device registering with its last item resumes right after it, and what arrived while
+//! `serve` was down is fetched from the saved since token and pushed once. Without a state
+//! directory cursors live in memory: after a restart a device starts from its since token if
+//! it never had a push, else from "now".
+//!
+//! A device registering without a since token that `serve` holds no cursor for starts from
+//! "now": the poller's first `/sync` (no since, timeout 0) only sets the since token; nothing
+//! of it is pushed.
 //!
 //! Events the device sent itself (their `unsigned.transaction_id` is set for the sending
-//! token) are not pushed: the 2.04 already confirmed them.
+//! token) are not pushed: the 2.04 already confirmed them. In a room the device joins, events
+//! up to its own join are not pushed (a newly joined room's timeline starts with history:
+//! never a replay of commands sent before the device was there). After a LEAVE that went
+//! through, items of that room not yet pushed are dropped and the room's `Left` item is not
+//! pushed (the 2.04 said so).
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -35,6 +66,7 @@ use hyper_util::client::legacy::Client as HttpClient;
 use lowband_codec::coap::{Code, IncomingRequest, Options, Responder};
 use lowband_codec::lb::dev::{self, Item, Kind, Op};
 use lowband_codec::lb::opt;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -51,23 +83,77 @@ const BODY_MAX: usize = 80;
 /// device saved them: a device acknowledges an item when it applied it in RAM and saves its
 /// state right after, so one would do; 16 leave room for devices that save lazily.
 const KEEP_ACKED: usize = 16;
+/// Items queued for a device that is away; beyond this the oldest go (the device sees the gap
+/// in the numbering, [`dev::Seq::Gap`]).
+pub const QUEUE_MAX: usize = 256;
+/// Longest event type a device may send (bytes).
+pub const TYPE_MAX: usize = 255;
+/// Largest event content a device may send, as JSON (Matrix limits a whole event to 65 536
+/// bytes).
+pub const EVENT_JSON_MAX: usize = 60_000;
+/// Longest room id or alias a slot may hold for a device operation.
+const ROOM_MAX: usize = 255;
+/// Access tokens whose user id is cached.
+const WHOAMI_MAX: usize = 1024;
+/// Rooms a device left by operation whose `Left` item is still expected.
+const OWN_LEAVES: usize = 16;
+/// Extension of cursor files in the state directory.
+const EXT: &str = "device";
+/// Largest cursor file read at start.
+const FILE_MAX: u64 = 1 << 20;
 
 /// One event for a device, before numbering and compression.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Pending {
+    #[serde(with = "kind_code")]
     kind: Kind,
     room: String,
     sender: String,
     body: String,
 }
 
-/// A sync response from a poller.
+/// [`Kind`] as its wire number in the cursor files.
+mod kind_code {
+    use lowband_codec::lb::dev::Kind;
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(k: &Kind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(match k {
+            Kind::Text => 0,
+            Kind::Notice => 1,
+            Kind::Invite => 2,
+            Kind::Left => 3,
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
+        match u8::deserialize(d)? {
+            0 => Ok(Kind::Text),
+            1 => Ok(Kind::Notice),
+            2 => Ok(Kind::Invite),
+            3 => Ok(Kind::Left),
+            _ => Err(serde::de::Error::custom("unknown item kind")),
+        }
+    }
+}
+
+/// What a poller or an operation's task reports to the main loop.
 #[derive(Debug)]
 pub struct Batch {
     peer: [u8; 32],
-    since: Option<String>,
-    next: String,
-    items: Vec<Pending>,
+    report: Report,
+}
+
+#[derive(Debug)]
+enum Report {
+    /// A sync response continuing the chain at `since`.
+    Sync {
+        since: Option<String>,
+        next: String,
+        items: Vec<Pending>,
+    },
+    /// A LEAVE went through.
+    Left(String),
 }
 
 /// A device's cursor.
@@ -92,6 +178,132 @@ struct Cursor {
     /// (user id, last use, definition acknowledged) by number.
     users: Vec<(String, u64, bool)>,
     uses: u64,
+    /// Rooms left by a LEAVE whose `Left` item is not pushed (oldest first).
+    own_leaves: VecDeque<String>,
+    /// The file contents last written (nothing written when unchanged).
+    written: Vec<u8>,
+}
+
+/// What a cursor file holds (format 1).
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    v: u8,
+    since: Option<String>,
+    filter: String,
+    last_queued: u32,
+    queue: Vec<(u32, Pending)>,
+    rooms: Vec<(String, bool)>,
+    users: Vec<(String, u64, bool)>,
+    uses: u64,
+}
+
+impl Cursor {
+    fn saved(&self) -> Saved {
+        Saved {
+            v: 1,
+            since: self.since.clone(),
+            filter: self.filter.clone(),
+            last_queued: self.last_queued,
+            queue: self.queue.iter().cloned().collect(),
+            rooms: self.rooms.clone(),
+            users: self.users.clone(),
+            uses: self.uses,
+        }
+    }
+
+    fn from_saved(s: Saved) -> Cursor {
+        Cursor {
+            since: s.since,
+            filter: s.filter,
+            last_queued: s.last_queued,
+            queue: s.queue.into_iter().collect(),
+            rooms: s.rooms.into_iter().take(dev::ROOMS).collect(),
+            users: s.users.into_iter().take(dev::USERS).collect(),
+            uses: s.uses,
+            ..Cursor::default()
+        }
+    }
+}
+
+/// Cursor files in `serve`'s state directory (see the module docs).
+#[derive(Debug, Clone)]
+struct CursorStore {
+    dir: PathBuf,
+}
+
+impl CursorStore {
+    fn file(&self, peer: &[u8; 32]) -> PathBuf {
+        let name = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(peer);
+        self.dir.join(format!("{name}.{EXT}"))
+    }
+
+    /// Writes `bytes` for `peer` atomically (temporary file, fsync, rename), mode 0600.
+    fn save(&self, peer: &[u8; 32], bytes: &[u8]) -> std::io::Result<()> {
+        let path = self.file(peer);
+        let tmp = path.with_extension("device-tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        drop(f);
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Every readable cursor file; files group or others may access, or that do not parse,
+    /// are skipped with a warning.
+    fn load(&self) -> Vec<([u8; 32], Cursor)> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut paths: Vec<PathBuf> = rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == EXT))
+            .collect();
+        paths.sort();
+        let mut out = Vec::new();
+        for p in paths {
+            match Self::read(&p) {
+                Ok(c) => out.push(c),
+                Err(why) => {
+                    tracing::warn!(file = %p.display(), why, "serve: device cursor refused")
+                }
+            }
+        }
+        out
+    }
+
+    fn read(p: &Path) -> Result<([u8; 32], Cursor), &'static str> {
+        let peer: [u8; 32] = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(s)
+                    .ok()
+            })
+            .and_then(|b| b.try_into().ok())
+            .ok_or("not named by a key")?;
+        let meta = std::fs::metadata(p).map_err(|_| "unreadable")?;
+        if meta.mode() & 0o077 != 0 {
+            return Err("accessible by group or others (chmod 600)");
+        }
+        if meta.len() > FILE_MAX {
+            return Err("too large");
+        }
+        let bytes = std::fs::read(p).map_err(|_| "unreadable")?;
+        let saved: Saved = serde_json::from_slice(&bytes).map_err(|_| "malformed")?;
+        if saved.v != 1 {
+            return Err("unknown format");
+        }
+        let mut c = Cursor::from_saved(saved);
+        c.written = bytes;
+        Ok((peer, c))
+    }
 }
 
 /// Every device's cursor, and the channel pollers report on.
@@ -99,7 +311,12 @@ struct Cursor {
 pub struct Devices {
     cursors: BTreeMap<[u8; 32], Cursor>,
     tx: mpsc::UnboundedSender<Batch>,
+    store: Option<CursorStore>,
+    /// User ids by access token ([`whoami`]).
+    whoami: Whoami,
 }
+
+type Whoami = Arc<Mutex<BTreeMap<String, String>>>;
 
 /// What a device request needs from `serve`.
 #[derive(Debug)]
@@ -124,8 +341,34 @@ pub enum Answer {
     /// Registered: respond through [`Devices::accept`].
     Registered,
     /// Answered later: `serve` sends the HTTP result back on its done channel, as a response
-    /// to this request ([`HttpResponse`] status 204 for a send that went through).
+    /// to this request ([`HttpResponse`] status 204 for an operation that went through).
     Later(tokio::task::JoinHandle<HttpResponse>),
+}
+
+/// The room of alias slot `slot`: 4.12 (define the alias again) when the slot is not
+/// defined, 4.00 when it does not hold a room id or alias.
+fn room_of(aliases: &[String], slot: u8) -> Result<String, Code> {
+    let r = aliases
+        .get(usize::from(slot))
+        .filter(|r| !r.contains('\0'))
+        .ok_or(lowband_codec::lb::AUTH_UNKNOWN)?;
+    if !(r.starts_with('!') || r.starts_with('#')) || r.len() > ROOM_MAX {
+        return Err(Code::BAD_REQUEST);
+    }
+    Ok(r.clone())
+}
+
+/// The response of an operation: 2.04 with nothing for any 2xx (the device needs no event
+/// or room id), else the homeserver's answer as is.
+fn changed_or(r: HttpResponse) -> HttpResponse {
+    if (200..300).contains(&r.status) {
+        HttpResponse {
+            status: 204,
+            ..HttpResponse::default()
+        }
+    } else {
+        r
+    }
 }
 
 impl Devices {
@@ -137,9 +380,56 @@ impl Devices {
             Devices {
                 cursors: BTreeMap::new(),
                 tx,
+                store: None,
+                whoami: Arc::default(),
             },
             rx,
         )
+    }
+
+    /// Cursors kept in the state directory `dir` (created 0700 if needed, as for sessions):
+    /// those saved there are loaded (waiting for their devices to register), and every change
+    /// is written.
+    ///
+    /// # Errors
+    /// The directory cannot be created.
+    pub fn with_state_dir(dir: &Path) -> std::io::Result<(Self, mpsc::UnboundedReceiver<Batch>)> {
+        crate::persist::Store::open(dir)?;
+        let store = CursorStore {
+            dir: dir.to_owned(),
+        };
+        let (mut d, rx) = Self::new();
+        d.cursors = store.load().into_iter().collect();
+        tracing::info!(devices = d.cursors.len(), "serve: device cursors restored");
+        d.store = Some(store);
+        Ok((d, rx))
+    }
+
+    /// Number of device cursors held.
+    pub fn len(&self) -> usize {
+        self.cursors.len()
+    }
+
+    /// Whether no device has a cursor.
+    pub fn is_empty(&self) -> bool {
+        self.cursors.is_empty()
+    }
+
+    /// Writes `peer`'s cursor if it changed since it was last written.
+    fn save(&mut self, peer: &[u8; 32]) {
+        let (Some(store), Some(c)) = (&self.store, self.cursors.get_mut(peer)) else {
+            return;
+        };
+        let Ok(bytes) = serde_json::to_vec(&c.saved()) else {
+            return;
+        };
+        if bytes == c.written {
+            return;
+        }
+        match store.save(peer, &bytes) {
+            Ok(()) => c.written = bytes,
+            Err(e) => tracing::warn!(%e, "serve: device cursor not written"),
+        }
     }
 
     /// Whether `req` is a device-profile request: one carrying the [`opt::DEVICE`] option
@@ -167,86 +457,141 @@ impl Devices {
         let Some(token) = ctx.token.clone() else {
             return Answer::Now(Code::UNAUTHORIZED);
         };
+        if let Op::Sync { last, keep } = op {
+            return self.register(ctx, token, last, keep, payload);
+        }
+        let room = match op.slot().map(|s| room_of(ctx.aliases, s)) {
+            Some(Ok(r)) => r,
+            Some(Err(c)) => return Answer::Now(c),
+            None => return Answer::Now(Code::BAD_REQUEST),
+        };
+        let (hs, http) = (ctx.homeserver.to_owned(), ctx.http.clone());
+        let room_path = format!("{hs}/_matrix/client/v3/rooms/{}", percent(&room));
         match op {
-            Op::Text { slot, boot, seq } => {
-                let Some(room) = ctx
-                    .aliases
-                    .get(usize::from(slot))
-                    .filter(|r| !r.contains('\0'))
-                else {
-                    return Answer::Now(lowband_codec::lb::AUTH_UNKNOWN);
-                };
+            Op::Sync { .. } => Answer::Now(Code::BAD_REQUEST),
+            Op::Text { boot, seq, .. } => {
                 let Ok(body) = core::str::from_utf8(payload) else {
                     return Answer::Now(Code::BAD_REQUEST);
                 };
-                let url = format!(
-                    "{}/_matrix/client/v3/rooms/{}/send/m.room.message/d{boot}.{seq}",
-                    ctx.homeserver,
-                    percent(room)
-                );
+                let url = format!("{room_path}/send/m.room.message/d{boot}.{seq}");
                 let json = serde_json::json!({"msgtype": "m.text", "body": body}).to_string();
                 tracing::debug!(
                     txn = %format!("d{boot}.{seq}"),
                     link_body = payload.len(),
                     "serve: device send"
                 );
-                let http = ctx.http.clone();
                 Answer::Later(tokio::spawn(async move {
-                    let r = call(&http, "PUT", &url, &token, Some(json)).await;
-                    if r.status == 200 {
-                        HttpResponse {
-                            status: 204,
-                            ..HttpResponse::default()
-                        }
-                    } else {
-                        r
-                    }
+                    changed_or(call(&http, "PUT", &url, &token, Some(json)).await)
                 }))
             }
-            Op::Sync { last, keep } => {
-                let Ok((since, filter)) = dev::parse_register(payload) else {
-                    return Answer::Now(Code::BAD_REQUEST);
-                };
-                let c = self.cursors.entry(ctx.peer).or_default();
-                if c.since.is_none() && !since.is_empty() {
-                    c.since = Some(since.to_owned());
-                }
-                c.filter = filter.to_owned();
-                c.token = token;
-                // Items the device saved are done; the rest (acknowledged but maybe lost in
-                // a reboot before the device saved them) go again; numbering continues.
-                while c.queue.front().is_some_and(|(n, _)| *n <= last) {
-                    c.queue.pop_front();
-                }
-                c.last_queued = c.last_queued.max(last);
-                c.acked = last;
-                c.inflight = None;
-                c.registered = true;
-                if !keep {
-                    c.rooms.clear();
-                    c.users.clear();
-                }
-                let generation = c.generation.fetch_add(1, Ordering::SeqCst) + 1;
-                tracing::info!(
-                    last,
-                    queued = c.queue.len(),
-                    "serve: device registered for pushed sync"
-                );
-                spawn_poller(
-                    ctx.http.clone(),
-                    ctx.homeserver.to_owned(),
-                    ctx.peer,
-                    c,
-                    generation,
-                    self.tx.clone(),
-                );
-                Answer::Registered
+            Op::Join { .. } | Op::Leave { .. } | Op::Typing { .. } if !payload.is_empty() => {
+                Answer::Now(Code::BAD_REQUEST)
             }
-            // Not served yet: 5.01 Not Implemented.
-            Op::Join { .. } | Op::Leave { .. } | Op::Typing { .. } | Op::Event { .. } => {
-                Answer::Now(Code::new(5, 1))
+            Op::Join { .. } => {
+                let url = format!("{hs}/_matrix/client/v3/join/{}", percent(&room));
+                tracing::debug!("serve: device join");
+                Answer::Later(tokio::spawn(async move {
+                    changed_or(call(&http, "POST", &url, &token, Some("{}".into())).await)
+                }))
+            }
+            Op::Leave { .. } => {
+                let url = format!("{room_path}/leave");
+                let (tx, peer) = (self.tx.clone(), ctx.peer);
+                tracing::debug!("serve: device leave");
+                Answer::Later(tokio::spawn(async move {
+                    let r = call(&http, "POST", &url, &token, Some("{}".into())).await;
+                    if (200..300).contains(&r.status) {
+                        let _ = tx.send(Batch {
+                            peer,
+                            report: Report::Left(room),
+                        });
+                    }
+                    changed_or(r)
+                }))
+            }
+            Op::Typing { timeout_ms, .. } => {
+                let json = if timeout_ms == 0 {
+                    serde_json::json!({"typing": false})
+                } else {
+                    serde_json::json!({"typing": true, "timeout": timeout_ms})
+                }
+                .to_string();
+                let cache = Arc::clone(&self.whoami);
+                Answer::Later(tokio::spawn(async move {
+                    let user = match whoami(&http, &hs, &token, &cache).await {
+                        Ok(u) => u,
+                        Err(r) => return r,
+                    };
+                    let url = format!("{room_path}/typing/{}", percent(&user));
+                    changed_or(call(&http, "PUT", &url, &token, Some(json)).await)
+                }))
+            }
+            Op::Event { boot, seq, .. } => {
+                let (kind, json) = match event_body(payload) {
+                    Ok(v) => v,
+                    Err(c) => return Answer::Now(c),
+                };
+                let url = format!("{room_path}/send/{}/d{boot}.{seq}", percent(kind));
+                tracing::debug!(
+                    txn = %format!("d{boot}.{seq}"),
+                    link_body = payload.len(),
+                    http_body = json.len(),
+                    "serve: device event"
+                );
+                Answer::Later(tokio::spawn(async move {
+                    changed_or(call(&http, "PUT", &url, &token, Some(json)).await)
+                }))
             }
         }
+    }
+
+    fn register(
+        &mut self,
+        ctx: &Ctx<'_>,
+        token: String,
+        last: u32,
+        keep: bool,
+        payload: &[u8],
+    ) -> Answer {
+        let Ok((since, filter)) = dev::parse_register(payload) else {
+            return Answer::Now(Code::BAD_REQUEST);
+        };
+        let c = self.cursors.entry(ctx.peer).or_default();
+        if c.since.is_none() && !since.is_empty() {
+            c.since = Some(since.to_owned());
+        }
+        c.filter = filter.to_owned();
+        c.token = token;
+        // Items the device saved are done; the rest (acknowledged but maybe lost in
+        // a reboot before the device saved them) go again; numbering continues.
+        while c.queue.front().is_some_and(|(n, _)| *n <= last) {
+            c.queue.pop_front();
+        }
+        c.last_queued = c.last_queued.max(last);
+        c.acked = last;
+        c.inflight = None;
+        c.registered = true;
+        if !keep {
+            c.rooms.clear();
+            c.users.clear();
+        }
+        let generation = c.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        tracing::info!(
+            last,
+            queued = c.queue.len(),
+            "serve: device registered for pushed sync"
+        );
+        spawn_poller(
+            ctx.http.clone(),
+            ctx.homeserver.to_owned(),
+            ctx.peer,
+            c,
+            generation,
+            self.tx.clone(),
+            Arc::clone(&self.whoami),
+        );
+        self.save(&ctx.peer);
+        Answer::Registered
     }
 
     /// Answers a registration: the observer is (re)placed and acknowledged with 2.05.
@@ -263,24 +608,50 @@ impl Devices {
         }
     }
 
-    /// A poller's batch: queue its items if it continues the cursor's chain.
+    /// A poller's batch (queued if it continues the cursor's chain) or an operation's report.
     pub fn on_batch(&mut self, b: Batch) {
         let Some(c) = self.cursors.get_mut(&b.peer) else {
             return;
         };
-        if c.since != b.since {
-            // A stale poller (an older registration) or a replay: the current one fetches it.
-            return;
+        match b.report {
+            Report::Sync { since, next, items } => {
+                if c.since != since {
+                    // A stale poller (an older registration) or a replay: the current one
+                    // fetches it.
+                    return;
+                }
+                c.since = Some(next);
+                for it in items {
+                    if it.kind == Kind::Left {
+                        if let Some(i) = c.own_leaves.iter().position(|r| *r == it.room) {
+                            c.own_leaves.remove(i);
+                            continue;
+                        }
+                    }
+                    c.last_queued = c.last_queued.wrapping_add(1);
+                    c.queue.push_back((c.last_queued, it));
+                }
+                // A device away for long: the oldest items not yet pushed go.
+                while c.queue.len() > QUEUE_MAX {
+                    c.queue.pop_front();
+                }
+            }
+            Report::Left(room) => {
+                // Items of the room not yet pushed are moot; its Left item is not pushed.
+                let sent = c.inflight.map_or(c.acked, |(n, _, _)| n.max(c.acked));
+                c.queue.retain(|(n, p)| *n <= sent || p.room != room);
+                if c.own_leaves.len() >= OWN_LEAVES {
+                    c.own_leaves.pop_front();
+                }
+                c.own_leaves.push_back(room);
+            }
         }
-        c.since = Some(b.next);
-        for it in b.items {
-            c.last_queued = c.last_queued.wrapping_add(1);
-            c.queue.push_back((c.last_queued, it));
-        }
+        self.save(&b.peer);
     }
 
     /// Sends the next item of every device whose previous one was acknowledged.
     pub fn pump(&mut self, now: u64, table: &mut SessionTable) {
+        let mut changed = Vec::new();
         for (peer, c) in &mut self.cursors {
             let waiting = c.queue.back().is_some_and(|(n, _)| *n > c.acked);
             if !c.registered || (c.inflight.is_none() && !waiting) {
@@ -314,6 +685,7 @@ impl Devices {
                     {
                         c.queue.pop_front();
                     }
+                    changed.push(*peer);
                 }
             }
             if !observed {
@@ -345,7 +717,8 @@ impl Devices {
             let mut buf = [0u8; 1024];
             let Ok(len) = item.write(&mut buf) else {
                 tracing::warn!("serve: device item not encodable; dropped");
-                c.queue.pop_front();
+                c.queue.retain(|(m, _)| *m != n);
+                changed.push(*peer);
                 continue;
             };
             match ep.notify(
@@ -363,7 +736,69 @@ impl Devices {
                 Err(e) => tracing::debug!(?e, "serve: device push deferred"),
             }
         }
+        for peer in changed {
+            self.save(&peer);
+        }
     }
+}
+
+/// An EVENT payload's type and its content as JSON (an empty content is `{}`), checked: a
+/// type of at most [`TYPE_MAX`] bytes, a content that unpacks to a JSON object of at most
+/// [`EVENT_JSON_MAX`] bytes.
+fn event_body(payload: &[u8]) -> Result<(&str, String), Code> {
+    let (kind, packed) = dev::parse_event(payload).map_err(|_| Code::BAD_REQUEST)?;
+    if kind.len() > TYPE_MAX {
+        return Err(Code::BAD_REQUEST);
+    }
+    if packed.is_empty() {
+        return Ok((kind, "{}".to_owned()));
+    }
+    let json = lowband_codec::pack::unpack_vec(packed).map_err(|_| Code::BAD_REQUEST)?;
+    if json.len() > EVENT_JSON_MAX {
+        return Err(Code::REQUEST_ENTITY_TOO_LARGE);
+    }
+    match serde_json::from_slice::<Value>(&json) {
+        Ok(v) if v.is_object() => {}
+        _ => return Err(Code::BAD_REQUEST),
+    }
+    let json = String::from_utf8(json).map_err(|_| Code::BAD_REQUEST)?;
+    Ok((kind, json))
+}
+
+/// The user id of `token` (`GET /account/whoami`), cached per token.
+///
+/// # Errors
+/// The homeserver's answer when it is not a user id.
+async fn whoami(
+    http: &HttpClient<HttpConnector, Full<Bytes>>,
+    base: &str,
+    token: &str,
+    cache: &Whoami,
+) -> Result<String, HttpResponse> {
+    if let Some(u) = cache.lock().ok().and_then(|c| c.get(token).cloned()) {
+        return Ok(u);
+    }
+    let url = format!("{base}/_matrix/client/v3/account/whoami");
+    let r = call(http, "GET", &url, token, None).await;
+    let user = (r.status == 200)
+        .then(|| serde_json::from_slice::<Value>(&r.body).ok())
+        .flatten()
+        .and_then(|v| v["user_id"].as_str().map(str::to_owned))
+        .filter(|u| u.starts_with('@'));
+    let Some(user) = user else {
+        return Err(if r.status == 200 {
+            HttpResponse::matrix_error(502, "M_UNKNOWN", "lowband: whoami without a user id")
+        } else {
+            r
+        });
+    };
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= WHOAMI_MAX {
+            c.clear();
+        }
+        c.insert(token.to_owned(), user.clone());
+    }
+    Ok(user)
 }
 
 /// The number of `id` in `table` (at most `max` entries, the oldest reused), and whether it
@@ -458,6 +893,7 @@ fn spawn_poller(
     c: &Cursor,
     generation: u64,
     tx: mpsc::UnboundedSender<Batch>,
+    cache: Whoami,
 ) {
     let current = Arc::clone(&c.generation);
     let mut since = c.since.clone();
@@ -494,15 +930,20 @@ fn spawn_poller(
             };
             // Without a since token (a device that never synced), start from now.
             let items = if since.is_some() {
-                items_of(&v)
+                // The device's user id tells its own joins (history before them is not
+                // pushed); without it, every timeline event counts.
+                let own = whoami(&http, &base, &token, &cache).await.ok();
+                items_of(&v, own.as_deref())
             } else {
                 Vec::new()
             };
             let b = Batch {
                 peer,
-                since: since.clone(),
-                next: next.clone(),
-                items,
+                report: Report::Sync {
+                    since: since.clone(),
+                    next: next.clone(),
+                    items,
+                },
             };
             if tx.send(b).is_err() {
                 return;
@@ -512,8 +953,17 @@ fn spawn_poller(
     });
 }
 
-/// The items a device gets from a `/sync` response, in order.
-fn items_of(v: &Value) -> Vec<Pending> {
+/// Whether `e` is `own`'s join to its room (not a profile change of a member).
+fn is_own_join(e: &Value, own: &str) -> bool {
+    e["type"] == "m.room.member"
+        && e["state_key"] == own
+        && e["content"]["membership"] == "join"
+        && e["unsigned"]["prev_content"]["membership"] != "join"
+}
+
+/// The items a device gets from a `/sync` response, in order. `own` is the device's user id:
+/// in a room it joined in this response, only events after its join count.
+fn items_of(v: &Value, own: Option<&str>) -> Vec<Pending> {
     let mut out = Vec::new();
     let rooms = &v["rooms"];
     if let Some(join) = rooms["join"].as_object() {
@@ -521,7 +971,10 @@ fn items_of(v: &Value) -> Vec<Pending> {
             let Some(events) = r["timeline"]["events"].as_array() else {
                 continue;
             };
-            for e in events {
+            let from = own
+                .and_then(|own| events.iter().rposition(|e| is_own_join(e, own)))
+                .map_or(0, |i| i + 1);
+            for e in &events[from..] {
                 if e["type"] != "m.room.message" || !e["unsigned"]["transaction_id"].is_null() {
                     continue;
                 }
@@ -589,7 +1042,7 @@ mod tests {
             {"type": "m.room.message", "sender": "@b:x", "content": {"msgtype": "m.notice", "body": "n"}}
         ]}}}, "invite": {"!i:x": {"invite_state": {"events": [
             {"type": "m.room.member", "sender": "@a:x"}]}}}}});
-        let items = items_of(&v);
+        let items = items_of(&v, None);
         let got: Vec<_> = items
             .iter()
             .map(|p| (p.kind, p.room.as_str(), p.sender.as_str(), p.body.as_str()))
@@ -602,6 +1055,197 @@ mod tests {
                 (Kind::Invite, "!i:x", "@a:x", ""),
             ]
         );
+    }
+
+    #[test]
+    fn history_before_the_devices_own_join_is_not_pushed() {
+        let msg = |s: &str, b: &str| {
+            serde_json::json!({"type": "m.room.message", "sender": s,
+            "content": {"msgtype": "m.text", "body": b}})
+        };
+        let member = |who: &str, m: &str, prev: Option<&str>| {
+            let mut e = serde_json::json!({"type": "m.room.member", "sender": who,
+                "state_key": who, "content": {"membership": m}});
+            if let Some(p) = prev {
+                e["unsigned"] = serde_json::json!({"prev_content": {"membership": p}});
+            }
+            e
+        };
+        let v = serde_json::json!({"next_batch": "s2", "rooms": {"join": {
+            "!new:x": {"timeline": {"events": [
+                msg("@a:x", "!led on"), member("@d:x", "join", Some("invite")),
+                msg("@a:x", "!status"), member("@d:x", "join", Some("join")),
+                msg("@a:x", "after rename")]}},
+            "!old:x": {"timeline": {"events": [
+                msg("@a:x", "hello"), member("@b:x", "join", None), msg("@b:x", "hi")]}}}}});
+        let bodies = |own| -> Vec<String> {
+            items_of(&v, own)
+                .into_iter()
+                .map(|p| format!("{} {}", p.room, p.body))
+                .collect()
+        };
+        assert_eq!(
+            bodies(Some("@d:x")),
+            [
+                "!new:x !status",
+                "!new:x after rename",
+                "!old:x hello",
+                "!old:x hi"
+            ]
+        );
+        // Without the user id every message counts.
+        assert_eq!(bodies(None).len(), 5);
+    }
+
+    #[test]
+    fn event_payloads_are_checked_and_unpacked() {
+        let content = br#"{"v":21.5,"unit":"C"}"#;
+        let packed = lowband_codec::pack::pack_vec(content).unwrap();
+        let mut b = vec![0u8; 64];
+        let n = dev::write_event("org.x.reading", &packed, &mut b).unwrap();
+        let (kind, json) = event_body(&b[..n]).unwrap();
+        assert_eq!(kind, "org.x.reading");
+        assert_eq!(
+            serde_json::from_str::<Value>(&json).unwrap(),
+            serde_json::json!({"v": 21.5, "unit": "C"})
+        );
+        // Empty content: {}.
+        assert_eq!(event_body(b"\x01t"), Ok(("t", "{}".to_owned())));
+        // Not an object, not packed, no type, a type too long.
+        let arr = lowband_codec::pack::pack_vec(b"[1]").unwrap();
+        let n = dev::write_event("t", &arr, &mut b).unwrap();
+        assert_eq!(event_body(&b[..n]), Err(Code::BAD_REQUEST));
+        assert_eq!(event_body(b"\x01t\xff"), Err(Code::BAD_REQUEST));
+        assert_eq!(event_body(b"\x00"), Err(Code::BAD_REQUEST));
+        let long = "t".repeat(TYPE_MAX + 1);
+        let mut big = vec![0u8; 400];
+        let n = dev::write_event(&long, b"", &mut big).unwrap();
+        assert_eq!(event_body(&big[..n]), Err(Code::BAD_REQUEST));
+        // Large after unpacking: refused.
+        let huge = format!(r#"{{"a":"{}"}}"#, "x".repeat(EVENT_JSON_MAX));
+        let packed = lowband_codec::pack::pack_vec(huge.as_bytes()).unwrap();
+        let mut big = vec![0u8; packed.len() + 8];
+        let n = dev::write_event("t", &packed, &mut big).unwrap();
+        assert_eq!(event_body(&big[..n]), Err(Code::REQUEST_ENTITY_TOO_LARGE));
+    }
+
+    #[test]
+    fn rooms_come_only_from_defined_slots() {
+        let aliases = vec![
+            "!r:x".to_owned(),
+            "#a:x".to_owned(),
+            "@u:x".to_owned(),
+            "\0slot".to_owned(),
+        ];
+        assert_eq!(room_of(&aliases, 0), Ok("!r:x".to_owned()));
+        assert_eq!(room_of(&aliases, 1), Ok("#a:x".to_owned()));
+        assert_eq!(room_of(&aliases, 2), Err(Code::BAD_REQUEST));
+        assert_eq!(room_of(&aliases, 3), Err(lowband_codec::lb::AUTH_UNKNOWN));
+        assert_eq!(room_of(&aliases, 9), Err(lowband_codec::lb::AUTH_UNKNOWN));
+        assert_eq!(percent("!r/../x:y"), "%21r%2F..%2Fx%3Ay");
+    }
+
+    fn pending(room: &str, body: &str, kind: Kind) -> Pending {
+        Pending {
+            kind,
+            room: room.into(),
+            sender: "@a:x".into(),
+            body: body.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn cursors_are_written_0600_and_loaded_and_open_files_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("lowband-devcur-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let peer = [7u8; 32];
+        {
+            let (mut d, _rx) = Devices::with_state_dir(&dir).unwrap();
+            d.cursors.insert(peer, Cursor::default());
+            d.on_batch(Batch {
+                peer,
+                report: Report::Sync {
+                    since: None,
+                    next: "s1".into(),
+                    items: vec![pending("!r:x", "one", Kind::Text)],
+                },
+            });
+        }
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(text.contains("\"s1\"") && text.contains("one"), "{text}");
+        let (d, _rx) = Devices::with_state_dir(&dir).unwrap();
+        let c = &d.cursors[&peer];
+        assert_eq!(
+            (c.since.as_deref(), c.last_queued, c.queue.len()),
+            (Some("s1"), 1, 1)
+        );
+        assert_eq!(c.queue[0].1, pending("!r:x", "one", Kind::Text));
+        assert!(c.token.is_empty() && !c.registered);
+        // A file group or others may read is refused.
+        std::fs::set_permissions(&files[0], std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (d, _rx) = Devices::with_state_dir(&dir).unwrap();
+        assert!(d.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_leave_drops_the_rooms_unpushed_items_and_its_left_item() {
+        let (mut d, _rx) = Devices::new();
+        let peer = [1u8; 32];
+        d.cursors.insert(
+            peer,
+            Cursor {
+                since: Some("s0".into()),
+                ..Cursor::default()
+            },
+        );
+        let sync = |since: &str, next: &str, items| Batch {
+            peer,
+            report: Report::Sync {
+                since: Some(since.into()),
+                next: next.into(),
+                items,
+            },
+        };
+        d.on_batch(sync(
+            "s0",
+            "s1",
+            vec![
+                pending("!a:x", "a1", Kind::Text),
+                pending("!b:x", "b1", Kind::Text),
+            ],
+        ));
+        d.on_batch(Batch {
+            peer,
+            report: Report::Left("!a:x".into()),
+        });
+        d.on_batch(sync(
+            "s1",
+            "s2",
+            vec![
+                pending("!a:x", "", Kind::Left),
+                pending("!b:x", "", Kind::Left),
+            ],
+        ));
+        let c = &d.cursors[&peer];
+        let got: Vec<_> = c
+            .queue
+            .iter()
+            .map(|(n, p)| (*n, p.room.as_str(), p.kind))
+            .collect();
+        assert_eq!(got, [(2, "!b:x", Kind::Text), (3, "!b:x", Kind::Left)]);
+        assert!(c.own_leaves.is_empty());
+        // A stale batch (not continuing the chain) is ignored.
+        d.on_batch(sync("s1", "s9", vec![pending("!b:x", "x", Kind::Text)]));
+        assert_eq!(d.cursors[&peer].since.as_deref(), Some("s2"));
     }
 
     #[test]
