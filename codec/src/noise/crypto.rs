@@ -52,7 +52,7 @@ impl Keypair {
     /// Builds a key pair from 32 secret bytes (clamped by X25519 as RFC 7748 §5 says).
     pub fn from_secret(secret: [u8; DHLEN]) -> Self {
         let secret = StaticSecret::from(secret);
-        let public = PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes());
+        let public = derive_public(&secret);
         Keypair { secret, public }
     }
 
@@ -86,6 +86,33 @@ impl Keypair {
         }
         Ok(shared.to_bytes())
     }
+}
+
+/// `secret * 9`, the X25519 public key, with the Montgomery ladder (RFC 7748 §5: the
+/// function X25519 applied to the base point u = 9).
+///
+/// Same bytes as x25519-dalek's `PublicKey::from(&StaticSecret)`, which multiplies on the
+/// Edwards curve instead: that pulls curve25519-dalek's Edwards arithmetic (point models,
+/// lookup tables, a few KB of flash) into an image that already needs the ladder for DH.
+#[cfg_attr(feature = "std", allow(dead_code))]
+fn public_by_ladder(secret: &StaticSecret) -> PublicKey {
+    let base = x25519_dalek::PublicKey::from(x25519_dalek::X25519_BASEPOINT_BYTES);
+    PublicKey(secret.diffie_hellman(&base).to_bytes())
+}
+
+/// The public key of `secret`. With `std` (a gateway, where x25519-dalek's precomputed
+/// base-point tables are compiled in) the fixed-base Edwards multiplication, about three times
+/// faster than the ladder: a responder draws ~64 ephemeral keys per accepted handshake (see
+/// [`super::link`]). Without `std` (a device) the ladder, for flash. Same bytes either way.
+#[cfg(feature = "std")]
+fn derive_public(secret: &StaticSecret) -> PublicKey {
+    PublicKey(x25519_dalek::PublicKey::from(secret).to_bytes())
+}
+
+/// The public key of `secret` (see the `std` variant): the ladder, for flash.
+#[cfg(not(feature = "std"))]
+fn derive_public(secret: &StaticSecret) -> PublicKey {
+    public_by_ladder(secret)
 }
 
 /// Derives the public key of a secret (same clamping as [`Keypair::from_secret`]).
@@ -472,6 +499,35 @@ mod tests {
             0xaa, 0x9b, 0x4e, 0x6a,
         ];
         assert_eq!(public_key(&sk).0, pk);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// The ladder gives the Edwards path's public key (the one before it replaced it on
+        /// devices) for any secret, clamping included.
+        #[test]
+        fn ladder_public_key_equals_edwards(secret in proptest::prelude::any::<[u8; 32]>()) {
+            let s = StaticSecret::from(secret);
+            let edwards = x25519_dalek::PublicKey::from(&s).to_bytes();
+            proptest::prop_assert_eq!(public_by_ladder(&s).0, edwards);
+            proptest::prop_assert_eq!(Keypair::from_secret(secret).public().0, edwards);
+        }
+    }
+
+    #[test]
+    fn ladder_public_key_rfc7748_bob() {
+        // RFC 7748 §6.1 Bob's key pair, through the ladder whatever the features.
+        let sk = [
+            0x5d, 0xab, 0x08, 0x7e, 0x62, 0x4a, 0x8a, 0x4b, 0x79, 0xe1, 0x7f, 0x8b, 0x83, 0x80,
+            0x0e, 0xe6, 0x6f, 0x3b, 0xb1, 0x29, 0x26, 0x18, 0xb6, 0xfd, 0x1c, 0x2f, 0x8b, 0x27,
+            0xff, 0x88, 0xe0, 0xeb,
+        ];
+        let pk = [
+            0xde, 0x9e, 0xdb, 0x7d, 0x7b, 0x7d, 0xc1, 0xb4, 0xd3, 0x5b, 0x61, 0xc2, 0xec, 0xe4,
+            0x35, 0x37, 0x3f, 0x83, 0x43, 0xc8, 0x5b, 0x78, 0x67, 0x4d, 0xad, 0xfc, 0x7e, 0x14,
+            0x6f, 0x88, 0x2b, 0x4f,
+        ];
+        assert_eq!(public_by_ladder(&StaticSecret::from(sk)).0, pk);
     }
 
     #[test]
