@@ -1104,6 +1104,8 @@ impl<
 mod tests {
     use super::*;
 
+    extern crate std;
+
     #[test]
     fn device_session_size() {
         let n = core::mem::size_of::<DeviceClient<()>>();

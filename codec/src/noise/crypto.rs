@@ -52,7 +52,7 @@ impl Keypair {
     /// Builds a key pair from 32 secret bytes (clamped by X25519 as RFC 7748 §5 says).
     pub fn from_secret(secret: [u8; DHLEN]) -> Self {
         let secret = StaticSecret::from(secret);
-        let public = PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes());
+        let public = derive_public(&secret);
         Keypair { secret, public }
     }
 
@@ -88,6 +88,33 @@ impl Keypair {
     }
 }
 
+/// `secret * 9`, the X25519 public key, with the Montgomery ladder (RFC 7748 §5: the
+/// function X25519 applied to the base point u = 9).
+///
+/// Same bytes as x25519-dalek's `PublicKey::from(&StaticSecret)`, which multiplies on the
+/// Edwards curve instead: that pulls curve25519-dalek's Edwards arithmetic (point models,
+/// lookup tables, a few KB of flash) into an image that already needs the ladder for DH.
+#[cfg_attr(feature = "std", allow(dead_code))]
+fn public_by_ladder(secret: &StaticSecret) -> PublicKey {
+    let base = x25519_dalek::PublicKey::from(x25519_dalek::X25519_BASEPOINT_BYTES);
+    PublicKey(secret.diffie_hellman(&base).to_bytes())
+}
+
+/// The public key of `secret`. With `std` (a gateway, where x25519-dalek's precomputed
+/// base-point tables are compiled in) the fixed-base Edwards multiplication, about three times
+/// faster than the ladder: a responder draws ~64 ephemeral keys per accepted handshake (see
+/// [`super::link`]). Without `std` (a device) the ladder, for flash. Same bytes either way.
+#[cfg(feature = "std")]
+fn derive_public(secret: &StaticSecret) -> PublicKey {
+    PublicKey(x25519_dalek::PublicKey::from(secret).to_bytes())
+}
+
+/// The public key of `secret` (see the `std` variant): the ladder, for flash.
+#[cfg(not(feature = "std"))]
+fn derive_public(secret: &StaticSecret) -> PublicKey {
+    public_by_ladder(secret)
+}
+
 /// Derives the public key of a secret (same clamping as [`Keypair::from_secret`]).
 pub fn public_key(secret: &[u8; DHLEN]) -> PublicKey {
     Keypair::from_secret(*secret).public()
@@ -108,13 +135,148 @@ pub enum Blake2s {}
 impl NoiseHash for Blake2s {
     const NAME: &'static str = "BLAKE2s";
     fn hash(parts: &[&[u8]]) -> [u8; HASHLEN] {
-        use blake2::Digest;
-        let mut d = blake2::Blake2s256::new();
+        let mut d = Blake2sState::new();
         for p in parts {
             d.update(p);
         }
-        d.finalize().into()
+        d.finalize()
     }
+}
+
+/// BLAKE2s initialisation vector (RFC 7693 §2.6: SHA-256's).
+const BLAKE2S_IV: [u32; 8] = [
+    0x6A09_E667,
+    0xBB67_AE85,
+    0x3C6E_F372,
+    0xA54F_F53A,
+    0x510E_527F,
+    0x9B05_688C,
+    0x1F83_D9AB,
+    0x5BE0_CD19,
+];
+
+/// Message word schedule of the 10 rounds (RFC 7693 §2.7).
+const BLAKE2S_SIGMA: [[u8; 16]; 10] = [
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+    [14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3],
+    [11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4],
+    [7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8],
+    [9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13],
+    [2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9],
+    [12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11],
+    [13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10],
+    [6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5],
+    [10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0],
+];
+
+/// The working-vector indices `(a, b, c, d)` of the 8 `G` steps of a round, packed one per
+/// nibble: four columns, then four diagonals (RFC 7693 §3.2).
+const BLAKE2S_STEPS: [u16; 8] = [
+    0x048C, 0x159D, 0x26AE, 0x37BF, 0x05AF, 0x16BC, 0x278D, 0x349E,
+];
+
+/// An incremental BLAKE2s-256 without a key (RFC 7693), written for size: one loop over the
+/// rounds and the 8 `G` steps of each, where the `blake2` crate unrolls everything (4.4 KB
+/// of Thumb-2). Slower, which the handshakes hardly notice next to their X25519
+/// multiplications.
+///
+/// Call protocol: [`update`](Self::update) any number of times, then
+/// [`finalize`](Self::finalize) once.
+#[derive(Clone)]
+struct Blake2sState {
+    h: [u32; 8],
+    /// Bytes compressed so far (the counter `t`).
+    t: u64,
+    buf: [u8; BLOCKLEN],
+    /// Bytes waiting in `buf`: the last block is compressed only by `finalize`, with the
+    /// final flag, so a full buffer waits until more data comes.
+    len: usize,
+}
+
+impl Drop for Blake2sState {
+    fn drop(&mut self) {
+        self.h.zeroize();
+        self.buf.zeroize();
+    }
+}
+
+impl Blake2sState {
+    fn new() -> Self {
+        let mut h = BLAKE2S_IV;
+        // Parameter block word 0: digest length 32, key length 0, fanout 1, depth 1.
+        h[0] ^= 0x0101_0000 ^ HASHLEN as u32;
+        Blake2sState {
+            h,
+            t: 0,
+            buf: [0; BLOCKLEN],
+            len: 0,
+        }
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.len == BLOCKLEN {
+                self.t += BLOCKLEN as u64;
+                compress(&mut self.h, &self.buf, self.t, false);
+                self.len = 0;
+            }
+            let take = (BLOCKLEN - self.len).min(data.len());
+            let (head, rest) = data.split_at(take);
+            self.buf[self.len..self.len + take].copy_from_slice(head);
+            self.len += take;
+            data = rest;
+        }
+    }
+
+    fn finalize(mut self) -> [u8; HASHLEN] {
+        self.t += self.len as u64;
+        self.buf[self.len..].fill(0);
+        let buf = self.buf;
+        compress(&mut self.h, &buf, self.t, true);
+        let mut out = [0u8; HASHLEN];
+        for (o, w) in out.chunks_exact_mut(4).zip(self.h) {
+            o.copy_from_slice(&w.to_le_bytes());
+        }
+        out
+    }
+}
+
+/// The compression function `F` (RFC 7693 §3.2) of one block, `t` bytes in so far.
+#[inline(never)]
+fn compress(h: &mut [u32; 8], block: &[u8; BLOCKLEN], t: u64, last: bool) {
+    let mut m = [0u32; 16];
+    for (w, b) in m.iter_mut().zip(block.chunks_exact(4)) {
+        *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    let mut v = [0u32; 16];
+    v[..8].copy_from_slice(h);
+    v[8..].copy_from_slice(&BLAKE2S_IV);
+    v[12] ^= t as u32;
+    v[13] ^= (t >> 32) as u32;
+    if last {
+        v[14] = !v[14];
+    }
+    for s in &BLAKE2S_SIGMA {
+        for (i, &step) in BLAKE2S_STEPS.iter().enumerate() {
+            let [a, b, c, d] = [12, 8, 4, 0].map(|sh| usize::from(step >> sh) & 15);
+            let x = m[usize::from(s[2 * i]) & 15];
+            let y = m[usize::from(s[2 * i + 1]) & 15];
+            // The mixing function G (RFC 7693 §3.1), rotations 16, 12, 8, 7.
+            v[a] = v[a].wrapping_add(v[b]).wrapping_add(x);
+            v[d] = (v[d] ^ v[a]).rotate_right(16);
+            v[c] = v[c].wrapping_add(v[d]);
+            v[b] = (v[b] ^ v[c]).rotate_right(12);
+            v[a] = v[a].wrapping_add(v[b]).wrapping_add(y);
+            v[d] = (v[d] ^ v[a]).rotate_right(8);
+            v[c] = v[c].wrapping_add(v[d]);
+            v[b] = (v[b] ^ v[c]).rotate_right(7);
+        }
+    }
+    for i in 0..8 {
+        h[i] ^= v[i] ^ v[i + 8];
+    }
+    m.zeroize();
+    v.zeroize();
 }
 
 /// SHA-256 (Noise §12.4).
@@ -472,6 +634,35 @@ mod tests {
             0xaa, 0x9b, 0x4e, 0x6a,
         ];
         assert_eq!(public_key(&sk).0, pk);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// The ladder gives the Edwards path's public key (the one before it replaced it on
+        /// devices) for any secret, clamping included.
+        #[test]
+        fn ladder_public_key_equals_edwards(secret in proptest::prelude::any::<[u8; 32]>()) {
+            let s = StaticSecret::from(secret);
+            let edwards = x25519_dalek::PublicKey::from(&s).to_bytes();
+            proptest::prop_assert_eq!(public_by_ladder(&s).0, edwards);
+            proptest::prop_assert_eq!(Keypair::from_secret(secret).public().0, edwards);
+        }
+    }
+
+    #[test]
+    fn ladder_public_key_rfc7748_bob() {
+        // RFC 7748 §6.1 Bob's key pair, through the ladder whatever the features.
+        let sk = [
+            0x5d, 0xab, 0x08, 0x7e, 0x62, 0x4a, 0x8a, 0x4b, 0x79, 0xe1, 0x7f, 0x8b, 0x83, 0x80,
+            0x0e, 0xe6, 0x6f, 0x3b, 0xb1, 0x29, 0x26, 0x18, 0xb6, 0xfd, 0x1c, 0x2f, 0x8b, 0x27,
+            0xff, 0x88, 0xe0, 0xeb,
+        ];
+        let pk = [
+            0xde, 0x9e, 0xdb, 0x7d, 0x7b, 0x7d, 0xc1, 0xb4, 0xd3, 0x5b, 0x61, 0xc2, 0xec, 0xe4,
+            0x35, 0x37, 0x3f, 0x83, 0x43, 0xc8, 0x5b, 0x78, 0x67, 0x4d, 0xad, 0xfc, 0x7e, 0x14,
+            0x6f, 0x88, 0x2b, 0x4f,
+        ];
+        assert_eq!(public_by_ladder(&StaticSecret::from(sk)).0, pk);
     }
 
     #[test]

@@ -1082,3 +1082,61 @@ proptest::proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// BLAKE2s (our compact implementation against the `blake2` crate)
+
+fn blake2_crate(data: &[u8]) -> [u8; 32] {
+    use blake2::Digest;
+    blake2::Blake2s256::digest(data).into()
+}
+
+#[test]
+fn blake2s_rfc7693_appendix_b_abc() {
+    let want: [u8; 32] = [
+        0x50, 0x8C, 0x5E, 0x8C, 0x32, 0x7C, 0x14, 0xE2, 0xE1, 0xA7, 0x2B, 0xA3, 0x4E, 0xEB, 0x45,
+        0x2F, 0x37, 0x45, 0x8B, 0x20, 0x9E, 0xD6, 0x3A, 0x29, 0x4D, 0x99, 0x9B, 0x4C, 0x86, 0x67,
+        0x59, 0x82,
+    ];
+    assert_eq!(Blake2s::hash(&[b"abc"]), want);
+    assert_eq!(Blake2s::hash(&[b"a", b"", b"bc"]), want);
+}
+
+#[test]
+fn blake2s_every_length_around_block_boundaries() {
+    // Lengths 0..=300 (0, 1, 2, 3, 4 and 5 blocks and the bytes around them), whole and split
+    // at every block-relevant point.
+    let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+    for len in 0..=data.len() {
+        let msg = &data[..len];
+        let want = blake2_crate(msg);
+        assert_eq!(Blake2s::hash(&[msg]), want, "len {len}");
+        for cut in [1, 63, 64, 65, 127, 128, 129] {
+            if cut <= len {
+                let (a, b) = msg.split_at(cut);
+                assert_eq!(Blake2s::hash(&[a, b]), want, "len {len} cut {cut}");
+            }
+        }
+    }
+}
+
+proptest::proptest! {
+    /// Random inputs of 0..300 bytes fed in random pieces hash as the `blake2` crate hashes them
+    /// whole.
+    #[test]
+    fn blake2s_matches_the_blake2_crate(
+        data in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        cuts in proptest::collection::vec(0usize..300, 0..6),
+    ) {
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+        cuts.sort_unstable();
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut at = 0;
+        for c in cuts {
+            parts.push(&data[at..c]);
+            at = c;
+        }
+        parts.push(&data[at..]);
+        proptest::prop_assert_eq!(Blake2s::hash(&parts), blake2_crate(&data));
+    }
+}
