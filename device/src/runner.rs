@@ -4,29 +4,42 @@
 //! ```text
 //!  link bytes ──► SerialLink (packet framing) ──► packet ──► DeviceClient (Noise + CoAP)
 //!                                                                   │
-//!   SyncState ◄── SyncUpdate ◄── pushed item (lb::dev::Item) ◄───────┤ notification (Observe)
-//!   SyncState ◄── SyncUpdate ◄── /sync body (first boot only) ◄──────┘ response
-//!   SyncState.outbox ──► PUT [TEXT op ‖ text] (texts) / POST join, leave, custom ──► link
-//!   since known ──► GET Observe:0 [SYNC op] once, refreshed every PUSH_REFRESH_MS
+//!   SyncState ◄── SyncUpdate ◄── pushed item (lb::dev::Item) ◄───────┘ notification (Observe)
+//!   SyncState.outbox ──► PUT [TEXT | EVENT | JOIN | LEAVE | TYPING op ‖ argument] ──► link
+//!   at boot ──► GET Observe:0 [SYNC op, last item applied] once, refreshed every PUSH_REFRESH_MS
+//!   link session ──► SyncState (saved with it) ──► next boot resumes it, no handshake
 //! ```
 //!
 //! # Two profiles
 //!
-//! - **Device profile** (the default, [`lowband_codec::lb::dev`]): after one full `/sync` on
-//!   a device's first boot, the runner registers for sync pushed by `serve` with Observe
-//!   (RFC 7641) and stays registered: nothing new costs no byte on the link, a new text in a
-//!   room arrives as one confirmable notification of a few bytes plus the text, applied in
-//!   order and exactly once (the number of the last item applied is persisted in the state
-//!   and sent with each registration). Texts go out as a `PUT` whose payload is the operation
-//!   (room alias slot, transaction id as two varints) and the text; `serve` answers an empty
-//!   2.04. With the device link version ([`lowband_codec::lb::dev::LINK_VERSION`], 4-byte
-//!   transport tags) a 32-character post with its acknowledgement costs 62 bytes on a serial
-//!   line, a pushed 32-character command 63 (see `lb::dev` for the accounting).
-//! - **Polling profile** ([`Runner::set_push`]`(None)`): every request is the gateway's HTTP
-//!   mapping ([`lowband_codec::lb`]): the target in one option ([`route::encode_target`]), the
-//!   JSON body packed, the access token as `[n, token]` until the first response, then `[n]`;
-//!   `/sync` is polled; responses bigger than one block come block-wise (the gateway keeps the
-//!   body under a [`opt::BODY`] id) and are reassembled into a bounded buffer.
+//! - **Device profile** (the default, and the only one without the `http` feature,
+//!   [`lowband_codec::lb::dev`]): the runner registers for sync pushed by `serve` with
+//!   Observe (RFC 7641) at boot and stays registered: nothing new costs no byte on the link,
+//!   a new text in a room arrives as one confirmable notification of a few bytes plus the
+//!   text, applied in order and exactly once (the number of the last item applied is
+//!   persisted in the state and sent with each registration). Every outbox command is one
+//!   `PUT` whose payload is an operation (room alias slot, transaction id as two varints where
+//!   the homeserver needs one) and its argument: a text, a custom event (type and packed
+//!   content), a join, a leave, typing; `serve` answers an empty 2.04. An acknowledged join
+//!   makes the room joined in the state, a leave forgets it. With the device link version
+//!   ([`lowband_codec::lb::dev::LINK_VERSION`], 4-byte transport tags) a 32-character post
+//!   with its acknowledgement costs 62 bytes on a serial line, a pushed 32-character command
+//!   63 (see `lb::dev` for the accounting). No route, JSON or sync-body code is linked.
+//! - **Polling profile** (feature `http`, [`Runner::set_push`]`(None)`): every request is the
+//!   gateway's HTTP mapping ([`lowband_codec::lb`]): the target in one option
+//!   (`route::encode_target`), the JSON body packed, the access token as `[n, token]` until
+//!   the first response, then `[n]`; `/sync` is polled; responses bigger than one block come
+//!   block-wise (the gateway keeps the body under a [`opt::BODY`] id) and are reassembled
+//!   into a bounded buffer.
+//!
+//! # Reboots
+//!
+//! The link session is exported into the state ([`DefaultSyncState::session`]) whenever the
+//! state changes and at every new key epoch, before any packet of that epoch is sent (the
+//! caller saves the state when [`Progress::changed`], before polling again). A runner built
+//! on a restored state resumes that session ([`DeviceClient::resume`]): a reboot costs no
+//! handshake while the gateway holds the session (if it does not, its "unknown session"
+//! reject starts one).
 //!
 //! Packets cross the link as `serve` sends them: serial frames of the packet framing
 //! ([`frame::encode_packet`]: no FCS on AEAD-protected packets), and behind the fragmentation
@@ -367,8 +380,6 @@ pub struct Runner<R> {
 pub const RUNNER_SIZE: usize = core::mem::size_of::<Runner<crate::EphemeralRng>>();
 const _: () = assert!(RUNNER_SIZE <= 16 * 1024);
 #[cfg(all(target_arch = "arm", target_pointer_width = "32"))]
-const _: () = assert!(SMALL || RUNNER_SIZE == 13_240);
-#[cfg(all(target_arch = "arm", target_pointer_width = "32"))]
 const _: () = assert!(SMALL || core::mem::size_of::<SerialLink<()>>() == 1536);
 
 impl<R: RngCore + CryptoRng> Runner<R> {
@@ -645,10 +656,7 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         // polling again): a resumed session never reuses a nonce (Client::export).
         let epoch = self.client.tx_epoch();
         if epoch.is_some() && (progress.changed || epoch != self.saved_epoch) {
-            let mut export = [0u8; CLIENT_EXPORT_LEN];
-            if self.client.export(&mut export) {
-                self.state.set_session(&export);
-            }
+            self.export_session();
             let new_epoch = epoch != self.saved_epoch;
             self.saved_epoch = epoch;
             progress.changed = true;
@@ -668,6 +676,16 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             link.send(now, p)?;
         }
         Ok(progress)
+    }
+
+    /// The session's export into the state (not inlined: the export buffer stays out of the
+    /// poll loop's frame).
+    #[inline(never)]
+    fn export_session(&mut self) {
+        let mut export = [0u8; CLIENT_EXPORT_LEN];
+        if self.client.export(&mut export) {
+            self.state.set_session(&export);
+        }
     }
 
     fn drain_events(&mut self, now: u64) {
@@ -816,6 +834,8 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     }
 
     /// A response or notification of the pushed-sync registration; `true` if the state changed.
+    // Not inlined: its buffers are not part of the poll loop's frame (stack, see README).
+    #[inline(never)]
     fn on_push(&mut self, now: u64, r: &Resp, pending: Pending) -> bool {
         let retry_at = now + self.sync_interval_ms.max(1000);
         if r.code.class() != 2 || r.observe.is_none() {
@@ -931,6 +951,8 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     /// applied. The since token goes along only before the first item: a gateway that lost
     /// the device's cursor then starts from "now" rather than replaying commands handled
     /// long ago.
+    // Not inlined: its buffers are not part of the poll loop's frame (stack, see README).
+    #[inline(never)]
     fn queue_register(&mut self, now: u64) -> Result<(), ()> {
         let since = if self.state.push_seq() == 0 {
             self.state.since().unwrap_or("")
@@ -1049,6 +1071,8 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     /// a `PUT` whose payload is the operation (room alias slot, transaction id as two varints
     /// where the homeserver needs one) and its argument (the text, or the event type and the
     /// packed content); no path, no JSON, the token implied by the session once registered.
+    // Not inlined: its buffers are not part of the poll loop's frame (stack, see README).
+    #[inline(never)]
     fn queue_send_op(&mut self, now: u64, slot: u8) {
         let Some(out) = self.state.next_outgoing() else {
             return;

@@ -28,7 +28,13 @@ const _: () = assert!(size_of::<MatrixApp<Lm3s6965>>() == 8_240);
 
 #[entry]
 fn main() -> ! {
-    let app = boot(init());
+    run(boot(init()))
+}
+
+/// The main loop. Not inlined into `main`: its frame (the runner's poll inlined) is not on
+/// the stack while `boot` runs, and boot's frames are gone while it runs.
+#[inline(never)]
+fn run(app: &'static mut MatrixApp<Lm3s6965>) -> ! {
     log_parts(&[
         "matrix: up, boot used ",
         Dec::usize(stack_used()).as_str(),
