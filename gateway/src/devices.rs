@@ -154,6 +154,8 @@ enum Report {
     },
     /// A LEAVE went through.
     Left(String),
+    /// A LEAVE failed.
+    LeaveFailed(String),
 }
 
 /// A device's cursor.
@@ -497,15 +499,22 @@ impl Devices {
             Op::Leave { .. } => {
                 let url = format!("{room_path}/leave");
                 let (tx, peer) = (self.tx.clone(), ctx.peer);
+                // Marked now: the poller may see the leave before this task its answer.
+                if let Some(c) = self.cursors.get_mut(&peer) {
+                    if c.own_leaves.len() >= OWN_LEAVES {
+                        c.own_leaves.pop_front();
+                    }
+                    c.own_leaves.push_back(room.clone());
+                }
                 tracing::debug!("serve: device leave");
                 Answer::Later(tokio::spawn(async move {
                     let r = call(&http, "POST", &url, &token, Some("{}".into())).await;
-                    if (200..300).contains(&r.status) {
-                        let _ = tx.send(Batch {
-                            peer,
-                            report: Report::Left(room),
-                        });
-                    }
+                    let report = if (200..300).contains(&r.status) {
+                        Report::Left(room)
+                    } else {
+                        Report::LeaveFailed(room)
+                    };
+                    let _ = tx.send(Batch { peer, report });
                     changed_or(r)
                 }))
             }
@@ -637,13 +646,15 @@ impl Devices {
                 }
             }
             Report::Left(room) => {
-                // Items of the room not yet pushed are moot; its Left item is not pushed.
+                // Items of the room not yet pushed are moot (its Left item is not pushed
+                // either: marked when the LEAVE came).
                 let sent = c.inflight.map_or(c.acked, |(n, _, _)| n.max(c.acked));
                 c.queue.retain(|(n, p)| *n <= sent || p.room != room);
-                if c.own_leaves.len() >= OWN_LEAVES {
-                    c.own_leaves.pop_front();
+            }
+            Report::LeaveFailed(room) => {
+                if let Some(i) = c.own_leaves.iter().position(|r| *r == room) {
+                    c.own_leaves.remove(i);
                 }
-                c.own_leaves.push_back(room);
             }
         }
         self.save(&b.peer);
@@ -1223,9 +1234,17 @@ mod tests {
                 pending("!b:x", "b1", Kind::Text),
             ],
         ));
+        // As a LEAVE of !a:x and !c:x marks them; the one of !c:x fails.
+        let c = d.cursors.get_mut(&peer).unwrap();
+        c.own_leaves.push_back("!a:x".into());
+        c.own_leaves.push_back("!c:x".into());
         d.on_batch(Batch {
             peer,
             report: Report::Left("!a:x".into()),
+        });
+        d.on_batch(Batch {
+            peer,
+            report: Report::LeaveFailed("!c:x".into()),
         });
         d.on_batch(sync(
             "s1",
@@ -1233,6 +1252,7 @@ mod tests {
             vec![
                 pending("!a:x", "", Kind::Left),
                 pending("!b:x", "", Kind::Left),
+                pending("!c:x", "", Kind::Left),
             ],
         ));
         let c = &d.cursors[&peer];
@@ -1241,7 +1261,14 @@ mod tests {
             .iter()
             .map(|(n, p)| (*n, p.room.as_str(), p.kind))
             .collect();
-        assert_eq!(got, [(2, "!b:x", Kind::Text), (3, "!b:x", Kind::Left)]);
+        assert_eq!(
+            got,
+            [
+                (2, "!b:x", Kind::Text),
+                (3, "!b:x", Kind::Left),
+                (4, "!c:x", Kind::Left)
+            ]
+        );
         assert!(c.own_leaves.is_empty());
         // A stale batch (not continuing the chain) is ignored.
         d.on_batch(sync("s1", "s9", vec![pending("!b:x", "x", Kind::Text)]));
