@@ -84,7 +84,7 @@ pub struct ServeConfig {
     pub link: LinkParams,
     /// Where to write per-session byte counters (JSON), for tests and operators.
     pub stats_file: Option<PathBuf>,
-    /// Where sessions are persisted across restarts, if anywhere.
+    /// Where sessions and device cursors are persisted across restarts, if anywhere.
     pub state_dir: Option<PathBuf>,
     /// Counters for the metrics endpoint.
     pub metrics: Metrics,
