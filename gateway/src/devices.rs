@@ -17,8 +17,8 @@
 //! [`opt::ALIAS`](lowband_codec::lb::opt::ALIAS)) and must look like a room id or alias;
 //! rooms, event types and user ids are percent-encoded into the path; event types are at most
 //! [`TYPE_MAX`] bytes and event contents at most [`EVENT_JSON_MAX`] bytes of JSON, an object.
-//! A homeserver error goes back as a tunnelled request's would (the code of
-//! [`lowband_codec::lb::status_to_code`], the body packed).
+//! A homeserver error goes back with the code a tunnelled request's would get
+//! ([`lowband_codec::lb::status_to_code`]) and its Retry-After, without the body (airtime).
 //!
 //! The cursor of a device (keyed by its static key) outlives its sessions and registrations:
 //! the since token, the items not known to be saved by the device and the item numbering. An
@@ -361,15 +361,31 @@ fn room_of(aliases: &[String], slot: u8) -> Result<String, Code> {
 }
 
 /// The response of an operation: 2.04 with nothing for any 2xx (the device needs no event
-/// or room id), else the homeserver's answer as is.
+/// or room id), else the homeserver's status and Retry-After (from the header, or from a
+/// Matrix error's `retry_after_ms`, in whole seconds) without the body: the status is what a
+/// device acts on, and an error text would cost seconds of airtime on a slow link.
 fn changed_or(r: HttpResponse) -> HttpResponse {
     if (200..300).contains(&r.status) {
-        HttpResponse {
+        return HttpResponse {
             status: 204,
             ..HttpResponse::default()
-        }
-    } else {
-        r
+        };
+    }
+    tracing::debug!(
+        status = r.status,
+        error = %String::from_utf8_lossy(&r.body),
+        "serve: device operation refused by the homeserver"
+    );
+    let retry_after = r.retry_after.or_else(|| {
+        serde_json::from_slice::<Value>(&r.body)
+            .ok()
+            .and_then(|v| v["retry_after_ms"].as_u64())
+            .map(|ms| ms.div_ceil(1000).to_string())
+    });
+    HttpResponse {
+        status: r.status,
+        retry_after,
+        ..HttpResponse::default()
     }
 }
 
@@ -1138,6 +1154,27 @@ mod tests {
         let mut big = vec![0u8; packed.len() + 8];
         let n = dev::write_event("t", &packed, &mut big).unwrap();
         assert_eq!(event_body(&big[..n]), Err(Code::REQUEST_ENTITY_TOO_LARGE));
+    }
+
+    #[test]
+    fn answers_are_empty_and_errors_keep_status_and_retry_after() {
+        let ok = changed_or(HttpResponse {
+            status: 200,
+            body: br#"{"event_id":"$e"}"#.to_vec(),
+            ..HttpResponse::default()
+        });
+        assert_eq!((ok.status, ok.body.len()), (204, 0));
+        let busy = changed_or(HttpResponse::matrix_error(429, "M_LIMIT_EXCEEDED", "slow"));
+        assert_eq!(
+            (busy.status, busy.body.len(), busy.retry_after),
+            (429, 0, None)
+        );
+        let mut r = HttpResponse::matrix_error(429, "M_LIMIT_EXCEEDED", "slow");
+        r.body = br#"{"errcode":"M_LIMIT_EXCEEDED","retry_after_ms":1200}"#.to_vec();
+        assert_eq!(changed_or(r).retry_after.as_deref(), Some("2"));
+        let mut r = HttpResponse::matrix_error(429, "M_LIMIT_EXCEEDED", "slow");
+        r.retry_after = Some("7".into());
+        assert_eq!(changed_or(r).retry_after.as_deref(), Some("7"));
     }
 
     #[test]

@@ -32,7 +32,9 @@
 //! Every operation but SYNC is answered 2.04 with no payload on success (no event id: the
 //! device does not need it), and on a homeserver error with the code a tunnelled request
 //! gets ([`super::status_to_code`]: 4.03, 4.04, 4.29, 5.02, ..., or 2.05 with
-//! [`opt::STATUS`](super::opt::STATUS); [`super::code_to_status`] gives the HTTP status back).
+//! [`opt::STATUS`](super::opt::STATUS); [`super::code_to_status`] gives the HTTP status back),
+//! [`opt::RETRY_AFTER`](super::opt::RETRY_AFTER) when the homeserver said when to retry, and
+//! no payload (the error text stays at the gateway: airtime).
 //! 4.12 with no payload: the slot is not defined in this session (define the alias again).
 //! A successful JOIN makes the room's events part of the device's pushed sync from then on;
 //! a LEAVE stops them.

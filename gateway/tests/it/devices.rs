@@ -291,6 +291,7 @@ struct Got {
     handle: RequestHandle,
     code: Code,
     status: Option<u32>,
+    retry_after: Option<String>,
     payload: Vec<u8>,
     observe: Option<u32>,
 }
@@ -385,6 +386,11 @@ impl Device {
                     handle: r.handle,
                     code: r.code,
                     status: r.options.uint(opt::STATUS),
+                    retry_after: r
+                        .options
+                        .first(opt::RETRY_AFTER)
+                        .and_then(|o| o.as_bytes())
+                        .map(|b| String::from_utf8_lossy(b).into_owned()),
                     payload: r.payload.to_vec(),
                     observe: r.observe,
                 });
@@ -690,6 +696,7 @@ async fn device_op_errors_map_to_codes_and_bad_ops_stay_local() {
         .op(Op::Join { slot: 1 }, &[], Some((1, "!forbidden:x")))
         .await;
     assert_eq!((r.code, status(&r)), (Code::new(4, 3), 403), "{r:?}");
+    assert!(r.payload.is_empty(), "{r:?}");
     let n = {
         let mut ev = vec![0u8; 16];
         let n = dev::write_event("t", b"", &mut ev).unwrap();
@@ -708,6 +715,9 @@ async fn device_op_errors_map_to_codes_and_bad_ops_stay_local() {
         )
         .await;
     assert_eq!(status(&r), 429, "{r:?}");
+    // The error's text stays at the gateway; when to retry goes along.
+    assert!(r.payload.is_empty(), "{r:?}");
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
     let r = d
         .op(Op::Leave { slot: 3 }, &[], Some((3, "!legal:x")))
         .await;
