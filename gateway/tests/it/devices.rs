@@ -596,6 +596,18 @@ async fn device_ops_become_matrix_requests() {
         )
         .await;
     assert_eq!(r.code, Code::CHANGED);
+    let r = d
+        .op(
+            Op::Text {
+                slot: 0,
+                boot: 3,
+                seq: 200,
+            },
+            b"t=21.5",
+            Some((0, "!r:x")),
+        )
+        .await;
+    assert_eq!((r.code, r.payload.len()), (Code::CHANGED, 0), "{r:?}");
     let r = d.op(Op::Leave { slot: 0 }, &[], Some((0, "!r:x"))).await;
     assert_eq!((r.code, r.payload.len()), (Code::CHANGED, 0), "{r:?}");
 
@@ -677,6 +689,11 @@ async fn device_ops_become_matrix_requests() {
             "PUT".into(),
             format!("{p}/rooms/%21r%3Ax/send/a%2Fb%20c%3F/d3.10"),
             json!({}),
+        ),
+        (
+            "PUT".into(),
+            format!("{p}/rooms/%21r%3Ax/send/m.room.message/d3.200"),
+            json!({"msgtype": "m.text", "body": "t=21.5"}),
         ),
         (
             "POST".into(),
