@@ -423,6 +423,19 @@ impl Devices {
         Ok((d, rx))
     }
 
+    /// Forgets the cursors (and their files) of keys `keep` refuses: a key no longer
+    /// allowed, as `serve` does with persisted sessions.
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8; 32]) -> bool) {
+        let gone: Vec<[u8; 32]> = self.cursors.keys().filter(|p| !keep(p)).copied().collect();
+        for peer in gone {
+            self.cursors.remove(&peer);
+            if let Some(store) = &self.store {
+                let _ = std::fs::remove_file(store.file(&peer));
+            }
+            tracing::info!("serve: device cursor of a key no longer allowed; dropped");
+        }
+    }
+
     /// Number of device cursors held.
     pub fn len(&self) -> usize {
         self.cursors.len()
@@ -1229,7 +1242,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let text = std::fs::read_to_string(&files[0]).unwrap();
         assert!(text.contains("\"s1\"") && text.contains("one"), "{text}");
-        let (d, _rx) = Devices::with_state_dir(&dir).unwrap();
+        let (mut d, _rx) = Devices::with_state_dir(&dir).unwrap();
         let c = &d.cursors[&peer];
         assert_eq!(
             (c.since.as_deref(), c.last_queued, c.queue.len()),
@@ -1237,10 +1250,19 @@ mod tests {
         );
         assert_eq!(c.queue[0].1, pending("!r:x", "one", Kind::Text));
         assert!(c.token.is_empty() && !c.registered);
+        // Kept for an allowed key.
+        d.retain(|p| *p == peer);
+        assert_eq!(d.len(), 1);
         // A file group or others may read is refused.
         std::fs::set_permissions(&files[0], std::fs::Permissions::from_mode(0o644)).unwrap();
         let (d, _rx) = Devices::with_state_dir(&dir).unwrap();
         assert!(d.is_empty());
+        // A key no longer allowed: cursor and file go.
+        std::fs::set_permissions(&files[0], std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (mut d, _rx) = Devices::with_state_dir(&dir).unwrap();
+        assert_eq!(d.len(), 1);
+        d.retain(|_| false);
+        assert!(d.is_empty() && !files[0].exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

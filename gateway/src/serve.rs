@@ -251,10 +251,11 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     cfg.metrics.set_sessions(server.len());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     // Device cursors live next to the sessions when there is a state directory.
-    let (devices, mut dev_rx) = match &cfg.state_dir {
+    let (mut devices, mut dev_rx) = match &cfg.state_dir {
         Some(d) => crate::devices::Devices::with_state_dir(d)?,
         None => crate::devices::Devices::new(),
     };
+    devices.retain(|peer| cfg.allowed.contains(peer));
     let (cycle_tx, mut cycle_rx) = mpsc::unbounded_channel();
     let mut st = State {
         server,
