@@ -165,7 +165,7 @@ pub struct ServeOptions {
     /// Address to serve Prometheus metrics on (GET /metrics).
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
-    /// Directory where sessions are persisted across restarts.
+    /// Directory where sessions and device cursors are persisted across restarts.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Link parameters.
@@ -223,7 +223,7 @@ pub struct ServeConfig {
     pub allow_keys: Vec<[u8; 32]>,
     /// Metrics listener, if any.
     pub metrics: Option<SocketAddr>,
-    /// Session persistence directory, if any.
+    /// Persistence directory (sessions, device cursors), if any.
     pub state_dir: Option<PathBuf>,
     /// Link parameters.
     pub link: LinkParams,

@@ -17,8 +17,8 @@
 //! [`opt::ALIAS`](lowband_codec::lb::opt::ALIAS)) and must look like a room id or alias;
 //! rooms, event types and user ids are percent-encoded into the path; event types are at most
 //! [`TYPE_MAX`] bytes and event contents at most [`EVENT_JSON_MAX`] bytes of JSON, an object.
-//! A homeserver error goes back as a tunnelled request's would (the code of
-//! [`lowband_codec::lb::status_to_code`], the body packed).
+//! A homeserver error goes back with the code a tunnelled request's would get
+//! ([`lowband_codec::lb::status_to_code`]) and its Retry-After, without the body (airtime).
 //!
 //! The cursor of a device (keyed by its static key) outlives its sessions and registrations:
 //! the since token, the items not known to be saved by the device and the item numbering. An
@@ -154,6 +154,8 @@ enum Report {
     },
     /// A LEAVE went through.
     Left(String),
+    /// A LEAVE failed.
+    LeaveFailed(String),
 }
 
 /// A device's cursor.
@@ -359,15 +361,31 @@ fn room_of(aliases: &[String], slot: u8) -> Result<String, Code> {
 }
 
 /// The response of an operation: 2.04 with nothing for any 2xx (the device needs no event
-/// or room id), else the homeserver's answer as is.
+/// or room id), else the homeserver's status and Retry-After (from the header, or from a
+/// Matrix error's `retry_after_ms`, in whole seconds) without the body: the status is what a
+/// device acts on, and an error text would cost seconds of airtime on a slow link.
 fn changed_or(r: HttpResponse) -> HttpResponse {
     if (200..300).contains(&r.status) {
-        HttpResponse {
+        return HttpResponse {
             status: 204,
             ..HttpResponse::default()
-        }
-    } else {
-        r
+        };
+    }
+    tracing::debug!(
+        status = r.status,
+        error = %String::from_utf8_lossy(&r.body),
+        "serve: device operation refused by the homeserver"
+    );
+    let retry_after = r.retry_after.or_else(|| {
+        serde_json::from_slice::<Value>(&r.body)
+            .ok()
+            .and_then(|v| v["retry_after_ms"].as_u64())
+            .map(|ms| ms.div_ceil(1000).to_string())
+    });
+    HttpResponse {
+        status: r.status,
+        retry_after,
+        ..HttpResponse::default()
     }
 }
 
@@ -403,6 +421,19 @@ impl Devices {
         tracing::info!(devices = d.cursors.len(), "serve: device cursors restored");
         d.store = Some(store);
         Ok((d, rx))
+    }
+
+    /// Forgets the cursors (and their files) of keys `keep` refuses: a key no longer
+    /// allowed, as `serve` does with persisted sessions.
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8; 32]) -> bool) {
+        let gone: Vec<[u8; 32]> = self.cursors.keys().filter(|p| !keep(p)).copied().collect();
+        for peer in gone {
+            self.cursors.remove(&peer);
+            if let Some(store) = &self.store {
+                let _ = std::fs::remove_file(store.file(&peer));
+            }
+            tracing::info!("serve: device cursor of a key no longer allowed; dropped");
+        }
     }
 
     /// Number of device cursors held.
@@ -497,15 +528,22 @@ impl Devices {
             Op::Leave { .. } => {
                 let url = format!("{room_path}/leave");
                 let (tx, peer) = (self.tx.clone(), ctx.peer);
+                // Marked now: the poller may see the leave before this task its answer.
+                if let Some(c) = self.cursors.get_mut(&peer) {
+                    if c.own_leaves.len() >= OWN_LEAVES {
+                        c.own_leaves.pop_front();
+                    }
+                    c.own_leaves.push_back(room.clone());
+                }
                 tracing::debug!("serve: device leave");
                 Answer::Later(tokio::spawn(async move {
                     let r = call(&http, "POST", &url, &token, Some("{}".into())).await;
-                    if (200..300).contains(&r.status) {
-                        let _ = tx.send(Batch {
-                            peer,
-                            report: Report::Left(room),
-                        });
-                    }
+                    let report = if (200..300).contains(&r.status) {
+                        Report::Left(room)
+                    } else {
+                        Report::LeaveFailed(room)
+                    };
+                    let _ = tx.send(Batch { peer, report });
                     changed_or(r)
                 }))
             }
@@ -637,13 +675,15 @@ impl Devices {
                 }
             }
             Report::Left(room) => {
-                // Items of the room not yet pushed are moot; its Left item is not pushed.
+                // Items of the room not yet pushed are moot (its Left item is not pushed
+                // either: marked when the LEAVE came).
                 let sent = c.inflight.map_or(c.acked, |(n, _, _)| n.max(c.acked));
                 c.queue.retain(|(n, p)| *n <= sent || p.room != room);
-                if c.own_leaves.len() >= OWN_LEAVES {
-                    c.own_leaves.pop_front();
+            }
+            Report::LeaveFailed(room) => {
+                if let Some(i) = c.own_leaves.iter().position(|r| *r == room) {
+                    c.own_leaves.remove(i);
                 }
-                c.own_leaves.push_back(room);
             }
         }
         self.save(&b.peer);
@@ -1130,6 +1170,27 @@ mod tests {
     }
 
     #[test]
+    fn answers_are_empty_and_errors_keep_status_and_retry_after() {
+        let ok = changed_or(HttpResponse {
+            status: 200,
+            body: br#"{"event_id":"$e"}"#.to_vec(),
+            ..HttpResponse::default()
+        });
+        assert_eq!((ok.status, ok.body.len()), (204, 0));
+        let busy = changed_or(HttpResponse::matrix_error(429, "M_LIMIT_EXCEEDED", "slow"));
+        assert_eq!(
+            (busy.status, busy.body.len(), busy.retry_after),
+            (429, 0, None)
+        );
+        let mut r = HttpResponse::matrix_error(429, "M_LIMIT_EXCEEDED", "slow");
+        r.body = br#"{"errcode":"M_LIMIT_EXCEEDED","retry_after_ms":1200}"#.to_vec();
+        assert_eq!(changed_or(r).retry_after.as_deref(), Some("2"));
+        let mut r = HttpResponse::matrix_error(429, "M_LIMIT_EXCEEDED", "slow");
+        r.retry_after = Some("7".into());
+        assert_eq!(changed_or(r).retry_after.as_deref(), Some("7"));
+    }
+
+    #[test]
     fn rooms_come_only_from_defined_slots() {
         let aliases = vec![
             "!r:x".to_owned(),
@@ -1181,7 +1242,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let text = std::fs::read_to_string(&files[0]).unwrap();
         assert!(text.contains("\"s1\"") && text.contains("one"), "{text}");
-        let (d, _rx) = Devices::with_state_dir(&dir).unwrap();
+        let (mut d, _rx) = Devices::with_state_dir(&dir).unwrap();
         let c = &d.cursors[&peer];
         assert_eq!(
             (c.since.as_deref(), c.last_queued, c.queue.len()),
@@ -1189,10 +1250,19 @@ mod tests {
         );
         assert_eq!(c.queue[0].1, pending("!r:x", "one", Kind::Text));
         assert!(c.token.is_empty() && !c.registered);
+        // Kept for an allowed key.
+        d.retain(|p| *p == peer);
+        assert_eq!(d.len(), 1);
         // A file group or others may read is refused.
         std::fs::set_permissions(&files[0], std::fs::Permissions::from_mode(0o644)).unwrap();
         let (d, _rx) = Devices::with_state_dir(&dir).unwrap();
         assert!(d.is_empty());
+        // A key no longer allowed: cursor and file go.
+        std::fs::set_permissions(&files[0], std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (mut d, _rx) = Devices::with_state_dir(&dir).unwrap();
+        assert_eq!(d.len(), 1);
+        d.retain(|_| false);
+        assert!(d.is_empty() && !files[0].exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1223,9 +1293,17 @@ mod tests {
                 pending("!b:x", "b1", Kind::Text),
             ],
         ));
+        // As a LEAVE of !a:x and !c:x marks them; the one of !c:x fails.
+        let c = d.cursors.get_mut(&peer).unwrap();
+        c.own_leaves.push_back("!a:x".into());
+        c.own_leaves.push_back("!c:x".into());
         d.on_batch(Batch {
             peer,
             report: Report::Left("!a:x".into()),
+        });
+        d.on_batch(Batch {
+            peer,
+            report: Report::LeaveFailed("!c:x".into()),
         });
         d.on_batch(sync(
             "s1",
@@ -1233,6 +1311,7 @@ mod tests {
             vec![
                 pending("!a:x", "", Kind::Left),
                 pending("!b:x", "", Kind::Left),
+                pending("!c:x", "", Kind::Left),
             ],
         ));
         let c = &d.cursors[&peer];
@@ -1241,7 +1320,14 @@ mod tests {
             .iter()
             .map(|(n, p)| (*n, p.room.as_str(), p.kind))
             .collect();
-        assert_eq!(got, [(2, "!b:x", Kind::Text), (3, "!b:x", Kind::Left)]);
+        assert_eq!(
+            got,
+            [
+                (2, "!b:x", Kind::Text),
+                (3, "!b:x", Kind::Left),
+                (4, "!c:x", Kind::Left)
+            ]
+        );
         assert!(c.own_leaves.is_empty());
         // A stale batch (not continuing the chain) is ignored.
         d.on_batch(sync("s1", "s9", vec![pending("!b:x", "x", Kind::Text)]));

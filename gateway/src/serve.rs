@@ -84,7 +84,7 @@ pub struct ServeConfig {
     pub link: LinkParams,
     /// Where to write per-session byte counters (JSON), for tests and operators.
     pub stats_file: Option<PathBuf>,
-    /// Where sessions are persisted across restarts, if anywhere.
+    /// Where sessions and device cursors are persisted across restarts, if anywhere.
     pub state_dir: Option<PathBuf>,
     /// Counters for the metrics endpoint.
     pub metrics: Metrics,
@@ -251,10 +251,11 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     cfg.metrics.set_sessions(server.len());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     // Device cursors live next to the sessions when there is a state directory.
-    let (devices, mut dev_rx) = match &cfg.state_dir {
+    let (mut devices, mut dev_rx) = match &cfg.state_dir {
         Some(d) => crate::devices::Devices::with_state_dir(d)?,
         None => crate::devices::Devices::new(),
     };
+    devices.retain(|peer| cfg.allowed.contains(peer));
     let (cycle_tx, mut cycle_rx) = mpsc::unbounded_channel();
     let mut st = State {
         server,

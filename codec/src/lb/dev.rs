@@ -1,5 +1,5 @@
-//! The device profile: a compact request for "send this text to room k" and sync pushed as
-//! compact Observe notifications, for endpoints that count every byte (issue 5's budgets: a
+//! The device profile: compact one-byte operations ("send this text to room k", join, leave,
+//! typing, a custom event) and sync pushed as compact Observe notifications, for endpoints that count every byte (issue 5's budgets: a
 //! post with its acknowledgement <= 64 bytes, a sync bringing one command <= 96, nothing new
 //! <= 24).
 //!
@@ -32,8 +32,11 @@
 //! Every operation but SYNC is answered 2.04 with no payload on success (no event id: the
 //! device does not need it), and on a homeserver error with the code a tunnelled request
 //! gets ([`super::status_to_code`]: 4.03, 4.04, 4.29, 5.02, ..., or 2.05 with
-//! [`opt::STATUS`](super::opt::STATUS); [`super::code_to_status`] gives the HTTP status back).
-//! 4.12 with no payload: the slot is not defined in this session (define the alias again).
+//! [`opt::STATUS`](super::opt::STATUS); [`super::code_to_status`] gives the HTTP status back),
+//! [`opt::RETRY_AFTER`](super::opt::RETRY_AFTER) when the homeserver said when to retry, and
+//! no payload (the error text stays at the gateway: airtime).
+//! 4.12 with an empty [`opt::ALIAS`](super::opt::ALIAS): the slot is not defined in this
+//! session (define the alias again).
 //! A successful JOIN makes the room's events part of the device's pushed sync from then on;
 //! a LEAVE stops them.
 //!

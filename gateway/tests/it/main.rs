@@ -1,6 +1,7 @@
 //! Integration tests of the gateway: one binary.
 mod coap_interop;
 mod dedup_window;
+mod devices;
 mod federation;
 mod idle_memory;
 mod lossy_metrics;
