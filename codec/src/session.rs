@@ -405,10 +405,7 @@ impl<
     pub fn resume(&mut self, export: &[u8]) -> Result<(), TransportError> {
         let mut fp = [0u8; 8];
         self.fingerprint(&mut fp);
-        if export.len() != CLIENT_EXPORT_LEN
-            || export[..8] != fp
-            || self.stats.packets_out != 0
-        {
+        if export.len() != CLIENT_EXPORT_LEN || export[..8] != fp || self.stats.packets_out != 0 {
             return Err(TransportError::Malformed);
         }
         let session = Session::import(&export[10..])?;
@@ -1284,13 +1281,19 @@ mod tests {
         let mut b = client(&key, 3);
         b.resume(&ex).unwrap();
         assert!(b.is_established());
-        assert!(b.tx_epoch().unwrap() > epoch, "a fresh key epoch: no nonce reused");
+        assert!(
+            b.tx_epoch().unwrap() > epoch,
+            "a fresh key epoch: no nonce reused"
+        );
         assert_eq!(b.coap().next_mid(), mid.wrapping_add(RESUME_MID_SKIP));
         b.request(0, Request::con(Code::GET, Options::NONE, &[]))
             .unwrap();
         let mut out = [0u8; max_packet_len(64)];
         let n = b.poll_transmit(0, &mut out).unwrap();
-        assert!(matches!(classify(&out[..n]), Some(PacketKind::Transport(_))));
+        assert!(matches!(
+            classify(&out[..n]),
+            Some(PacketKind::Transport(_))
+        ));
         let mut scratch = [0u8; max_packet_len(64)];
         assert!(matches!(
             srv.handle_packet(0, &cfg, &mut rng, 1, &out[..n], &mut scratch),
@@ -1302,7 +1305,10 @@ mod tests {
         let mut c = client(&other, 4);
         assert_eq!(c.resume(&ex), Err(TransportError::Malformed));
         let mut d = client(&key, 5);
-        assert_eq!(d.resume(&ex[..ex.len() - 1]), Err(TransportError::Malformed));
+        assert_eq!(
+            d.resume(&ex[..ex.len() - 1]),
+            Err(TransportError::Malformed)
+        );
         let _ = d.poll_transmit(0, &mut out);
         assert_eq!(d.resume(&ex), Err(TransportError::Malformed));
         // A server that lost the session rejects the resumed client, which handshakes anew.

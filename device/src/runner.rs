@@ -67,14 +67,12 @@
 
 use core::fmt::Write as _;
 
-use lowband_codec::coap::{
-    Code, IncomingResponse, Opt, Options, Received, Request, RequestHandle,
-};
+use lowband_codec::coap::{Code, IncomingResponse, Opt, Options, Received, Request, RequestHandle};
 use lowband_codec::frame::{self, Deframer};
 use lowband_codec::lb::dev::{self, Item as DevItem, Kind as DevKind, Op, Seq};
 use lowband_codec::lb::{self, opt, Auth};
-use lowband_codec::session::{max_packet_len, DeviceClient, SessionEvent, CLIENT_EXPORT_LEN};
 use lowband_codec::pack;
+use lowband_codec::session::{max_packet_len, DeviceClient, SessionEvent, CLIENT_EXPORT_LEN};
 use rand_core::{CryptoRng, RngCore};
 
 use crate::outbox::{Command, OutContent, TxnId};
@@ -529,11 +527,11 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             saved_epoch: _,
             users: _,
             #[cfg(feature = "http")]
-            body_len: _,
+                body_len: _,
             rx: _,
             scratch: _,
             #[cfg(feature = "http")]
-            body: _,
+                body: _,
             tx: _,
             stats: _,
         } = self;
@@ -805,7 +803,13 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     /// device's own membership changes are what it asked for).
     fn acknowledge_done(&mut self, txn: TxnId) -> bool {
         let mut room: Text<ROOM_ID_LEN> = Text::new();
-        let join = match self.state.outgoing().iter().find(|o| o.txn == txn).map(|o| &o.cmd) {
+        let join = match self
+            .state
+            .outgoing()
+            .iter()
+            .find(|o| o.txn == txn)
+            .map(|o| &o.cmd)
+        {
             Some(Command::Join { room: r }) => {
                 room = *r;
                 Some(true)
@@ -1176,7 +1180,6 @@ impl<R: RngCore + CryptoRng> Runner<R> {
         self.stats.refused += 1;
         self.state.acknowledge(txn);
     }
-
 }
 
 /// A response reduced to what outlives the receive scratch: offsets into it.

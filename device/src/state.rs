@@ -60,8 +60,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::outbox::{Command, OutContent, Outgoing, SendError, TxnId, OUT_BODY_LEN};
 use crate::persist::{Out, PersistError};
-use lowband_codec::session::CLIENT_EXPORT_LEN;
 use crate::text::{Bytes, Text};
+use lowband_codec::session::CLIENT_EXPORT_LEN;
 
 /// Capacity of a room id (`!opaque:server`), bytes.
 pub const ROOM_ID_LEN: usize = 48;

@@ -404,7 +404,11 @@ fn device_joins_posts_answers_and_survives_reboots() {
     stop.store(true, Ordering::Relaxed);
     let (boots, sent, handshakes) = dev.join().unwrap().expect("boot 3 ran");
     b.join().unwrap();
-    assert_eq!((boots, handshakes), (3, 0), "boot 3 resumed the saved session");
+    assert_eq!(
+        (boots, handshakes),
+        (3, 0),
+        "boot 3 resumed the saved session"
+    );
     assert!(sent >= 2, "boot 3 sent the old and the new reading: {sent}");
 
     let history = device_messages(&mut nio, &room, &dev_user);
@@ -438,7 +442,10 @@ fn device_joins_posts_answers_and_survives_reboots() {
         .collect();
     assert!(puts.len() >= 2, "{puts:?}");
     // One handshake for three boots: the reboots resumed the session serve still held.
-    let handshakes = log.lines().filter(|l| l.contains("serve: handshake ok")).count();
+    let handshakes = log
+        .lines()
+        .filter(|l| l.contains("serve: handshake ok"))
+        .count();
     assert_eq!(handshakes, 1, "serve saw {handshakes} handshakes");
     let stats: Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("stats.json")).unwrap_or_default())

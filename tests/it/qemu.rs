@@ -483,7 +483,10 @@ fn qemu_matrix_firmware_over_100_bps_serial_survives_kill() {
         );
     }
     let log = std::fs::read_to_string(d.join("serve.log")).unwrap_or_default();
-    let handshakes = log.lines().filter(|l| l.contains("serve: handshake ok")).count();
+    let handshakes = log
+        .lines()
+        .filter(|l| l.contains("serve: handshake ok"))
+        .count();
     assert_eq!(handshakes, 1, "one handshake for both boots: {handshakes}");
     assert_clean(&q);
     q.kill();

@@ -9,63 +9,69 @@ use lowband_codec::route;
 
 impl<R: RngCore + CryptoRng> Runner<R> {
     /// A response to a polled `/sync` (or one of its blocks); `true` if the state changed.
-    pub(super) fn on_sync_response(&mut self, now: u64, r: &Resp, pending: Pending, inflate: &mut [u8]) -> bool {
+    pub(super) fn on_sync_response(
+        &mut self,
+        now: u64,
+        r: &Resp,
+        pending: Pending,
+        inflate: &mut [u8],
+    ) -> bool {
         let retry_at = now + self.sync_interval_ms.max(1000);
         let status = lb::code_to_status(r.code, r.status);
         let (Pending::Sync { initial, .. } | Pending::Block { initial, .. }) = pending else {
             return false;
         };
         {
-                if !(200..300).contains(&status) {
+            if !(200..300).contains(&status) {
+                self.stats.failures += 1;
+                self.sync_due = retry_at;
+                return false;
+            }
+            let offset = match pending {
+                Pending::Block { .. } => self.body_len,
+                _ => 0,
+            };
+            let end = offset + r.payload_len;
+            let src = self
+                .scratch
+                .get(r.payload_off..r.payload_off + r.payload_len);
+            match (src, self.body.get_mut(offset..end)) {
+                (Some(src), Some(dst)) => dst.copy_from_slice(src),
+                _ => {
                     self.stats.failures += 1;
                     self.sync_due = retry_at;
                     return false;
                 }
-                let offset = match pending {
-                    Pending::Block { .. } => self.body_len,
-                    _ => 0,
-                };
-                let end = offset + r.payload_len;
-                let src = self
-                    .scratch
-                    .get(r.payload_off..r.payload_off + r.payload_len);
-                match (src, self.body.get_mut(offset..end)) {
-                    (Some(src), Some(dst)) => dst.copy_from_slice(src),
-                    _ => {
+            }
+            self.body_len = end;
+            let id = match pending {
+                Pending::Block { id, .. } => Some(id),
+                _ => r.body_id,
+            };
+            if let (Some(id), Some(b)) = (id, r.block2) {
+                if b.more {
+                    let next = BlockOpt::new(b.num + 1, false, b.szx);
+                    if self.request_block(now, id, next, initial).is_err() {
                         self.stats.failures += 1;
                         self.sync_due = retry_at;
-                        return false;
                     }
+                    return false;
                 }
-                self.body_len = end;
-                let id = match pending {
-                    Pending::Block { id, .. } => Some(id),
-                    _ => r.body_id,
-                };
-                if let (Some(id), Some(b)) = (id, r.block2) {
-                    if b.more {
-                        let next = BlockOpt::new(b.num + 1, false, b.szx);
-                        if self.request_block(now, id, next, initial).is_err() {
-                            self.stats.failures += 1;
-                            self.sync_due = retry_at;
-                        }
-                        return false;
-                    }
-                }
-                let (ok, stored) = self.apply_sync_body(initial, inflate);
-                self.sync_due = if ok {
-                    self.since_advanced = true;
-                    if self.push_refresh_ms.is_some() {
-                        // Pushed sync from here on: register right away.
-                        now
-                    } else {
-                        now + self.sync_interval_ms
-                    }
-                } else {
-                    retry_at
-                };
-                stored
             }
+            let (ok, stored) = self.apply_sync_body(initial, inflate);
+            self.sync_due = if ok {
+                self.since_advanced = true;
+                if self.push_refresh_ms.is_some() {
+                    // Pushed sync from here on: register right away.
+                    now
+                } else {
+                    now + self.sync_interval_ms
+                }
+            } else {
+                retry_at
+            };
+            stored
+        }
     }
 
     /// Sends the next outbox entry through the HTTP mapping.
@@ -596,10 +602,6 @@ fn read_event(
 #[cfg(test)]
 mod tests {
     use super::*;
-use crate::state::Applied;
-use lowband_codec::cbor::{Item, Reader};
-use lowband_codec::coap::BlockOpt;
-use lowband_codec::route;
 
     extern crate alloc;
     extern crate std;

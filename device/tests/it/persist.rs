@@ -8,8 +8,9 @@ use lowband_device::state::{
 };
 use lowband_device::Page;
 use lowband_device::{
-    AbStore, Body, BootCounter, BootError, EventIn, PersistError, RoomRef,
-    SendError, StoreError, SyncState, SyncUpdate, TxnId, };
+    AbStore, Body, BootCounter, BootError, EventIn, PersistError, RoomRef, SendError, StoreError,
+    SyncState, SyncUpdate, TxnId,
+};
 
 /// The capacities these tests exercise (the crate's default is smaller: 2 rooms, 3 events).
 type State4 = lowband_device::SyncState<4, 4, 2, 4, 16>;
@@ -309,9 +310,7 @@ fn write_size_must_divide_the_chunk() {
         Err(StoreError::Persist(PersistError::WriteSize))
     );
     let mut store = AbStore::new(RamFlash::<64>::new());
-    State4::new(1)
-        .save_to(&mut store)
-        .expect("64 divides 64");
+    State4::new(1).save_to(&mut store).expect("64 divides 64");
     assert_eq!(
         store.store_stream(KIND_SYNC_STATE, 3, |w| w.push(b"ab")),
         Err(StoreError::Persist(PersistError::BufferTooSmall)),

@@ -3,8 +3,7 @@
 
 use std::collections::HashSet;
 
-use lowband_device::{
-    Applied, Body, EventIn, RoomRef, SyncUpdate, TxnId, };
+use lowband_device::{Applied, Body, EventIn, RoomRef, SyncUpdate, TxnId};
 use proptest::prelude::*;
 
 /// The capacities these tests exercise (the crate's default is smaller: 2 rooms, 3 events).

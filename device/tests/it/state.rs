@@ -2,8 +2,7 @@
 
 use lowband_device::state::{flags, fnv1a64, BODY_LEN, EVENT_ID_LEN, ROOM_ID_LEN, SINCE_LEN};
 use lowband_device::{
-    Applied, Body, Command, EventIn, Ignored, OutContent, RoomRef, SendError,
-    SyncUpdate, TxnId,
+    Applied, Body, Command, EventIn, Ignored, OutContent, RoomRef, SendError, SyncUpdate, TxnId,
 };
 
 /// The capacities these tests exercise (the crate's default is smaller: 2 rooms, 3 events).
@@ -493,7 +492,8 @@ fn default_sizes_stay_in_budget() {
     assert_eq!(size_of::<Invite>(), 92);
     // State + one save/restore scratch buffer still leave room in a 16 KiB budget.
     assert!(
-        size_of::<lowband_device::DefaultSyncState>() + lowband_device::DEFAULT_RECORD_MAX <= 6 * 1024
+        size_of::<lowband_device::DefaultSyncState>() + lowband_device::DEFAULT_RECORD_MAX
+            <= 6 * 1024
     );
 }
 
