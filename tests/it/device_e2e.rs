@@ -178,6 +178,7 @@ struct Setup {
     /// pty B's master (serve has B's slave open) and B's slave, kept open.
     gw_line: Option<(TTYPort, TTYPort)>,
     alice: String,
+    alice_token: String,
     nio: Nio,
     room: String,
     dev_user: String,
@@ -199,7 +200,7 @@ fn setup(venv: &lowband_tests::Venv, label: &str) -> Setup {
     let dir = TempDir::new(label).expect("tmp");
     let d = dir.path().to_path_buf();
     let (dev_user, dev_token) = hs.register_user("sensor", "sensor-pass").expect("register");
-    let (alice, _) = hs
+    let (alice, alice_token) = hs
         .register_user("alice", "alice-pass")
         .expect("register alice");
     // The device's sync filter, defined once for its account (the id is tiny on the link).
@@ -272,6 +273,7 @@ fn setup(venv: &lowband_tests::Venv, label: &str) -> Setup {
         serve,
         gw_line: Some((gw_master, gw_slave)),
         alice,
+        alice_token,
         nio,
         room,
         dev_user,
@@ -292,6 +294,7 @@ fn device_joins_posts_answers_and_survives_reboots() {
         serve,
         gw_line,
         alice: _,
+        alice_token: _,
         mut nio,
         room,
         dev_user,
@@ -458,7 +461,9 @@ fn device_joins_posts_answers_and_survives_reboots() {
 /// real `lowband serve --listen-serial` and Synapse: the serial bytes on the line, both
 /// directions, trailing ACKs and idle-lead delimiters included; texts of 32 characters.
 /// Issue 5's budgets: post + acknowledgement <= 64, one command <= 96, nothing new <= 24
-/// (`lowband_codec::lb::dev` says where the bytes go).
+/// (`lowband_codec::lb::dev` says where the bytes go). Then reboots from saved and unsaved
+/// state (nothing lost, nothing doubled, no handshake), and the rest of the device API at
+/// Synapse: a custom event, typing, an invite accepted, a leave.
 #[test]
 fn device_link_bytes_with_real_serve() {
     use lowband_codec::noise::link::{
@@ -632,6 +637,7 @@ fn device_link_bytes_with_real_serve() {
     // with the older item number and gets the command again (nothing lost); from the state
     // saved after it, the command does not come again (nothing doubled).
     let saved = runner.state().clone();
+    let mut last = None;
     for (label, mut st, again) in [("unsaved", unsaved, true), ("saved", saved, false)] {
         let boot = lowband_device::BootCounter::advance(&mut pages, st.boot()).unwrap();
         st.begin_boot(boot.get()).unwrap();
@@ -650,7 +656,86 @@ fn device_link_bytes_with_real_serve() {
             }
         }
         assert_eq!(got, usize::from(again), "{label}: {:?}", r2.stats());
+        last = Some(r2);
     }
+
+    // The rest of the device API, each as one device-profile operation, seen at Synapse:
+    // a custom event, typing, an invite accepted (a join), a leave.
+    let mut r = last.expect("rebooted runner");
+    let mut content = [0u8; 64];
+    let n = lowband_codec::pack::pack(br#"{"celsius":21,"unit":"C"}"#, &mut content).unwrap();
+    r.state_mut()
+        .send_custom(&s.room, "org.lowband.reading", &content[..n])
+        .unwrap();
+    let sent = r.stats().sent;
+    run_until(&mut r, "custom event", &|r| r.stats().sent > sent);
+    let ev = s
+        .nio
+        .step_ok(
+            &json!({"op": "wait_event", "client": "alice", "room_id": s.room,
+                         "type": "org.lowband.reading", "sender": s.dev_user, "timeout_s": 30}),
+        )
+        .expect("custom event at alice");
+    assert_eq!(
+        ev["event"]["content"],
+        json!({"celsius": 21, "unit": "C"}),
+        "{ev}"
+    );
+    r.state_mut().set_typing(&s.room, true).unwrap();
+    let sent = r.stats().sent;
+    run_until(&mut r, "typing", &|r| r.stats().sent > sent);
+    let ev = s
+        .nio
+        .step_ok(
+            &json!({"op": "wait_ephemeral", "client": "alice", "room_id": s.room,
+                         "type": "m.typing", "user_id": s.dev_user, "timeout_s": 30}),
+        )
+        .expect("typing at alice");
+    assert!(ev["event"].to_string().contains(&s.dev_user), "{ev}");
+    let room2 = s
+        .nio
+        .step_ok(&json!({"op": "create_room", "client": "alice", "name": "second"}))
+        .expect("create room")["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.nio
+        .step_ok(&json!({"op": "invite", "client": "alice", "room_id": room2,
+                         "user_id": s.dev_user}))
+        .expect("invite");
+    run_until(&mut r, "invite pushed", &|r| {
+        r.state().invites().iter().any(|v| v.room() == room2)
+    });
+    r.state_mut().accept_invite(&room2).unwrap();
+    run_until(&mut r, "invite accepted", &|r| {
+        r.state().room(&room2).is_some()
+    });
+    s.nio
+        .step_ok(
+            &json!({"op": "wait_event", "client": "alice", "room_id": room2,
+                         "type": "m.room.member", "sender": s.dev_user, "timeout_s": 30}),
+        )
+        .expect("the device joined at alice");
+    r.state_mut().leave(&room2).unwrap();
+    run_until(&mut r, "left", &|r| r.state().room(&room2).is_none());
+    let members = http::get_json(
+        &format!(
+            "{}/_matrix/client/v3/rooms/{}/joined_members?access_token={}",
+            s._hs.client_url(),
+            room2,
+            s.alice_token
+        ),
+        Duration::from_secs(10),
+    )
+    .expect("joined members");
+    assert!(
+        members["joined"].get(&s.dev_user).is_none(),
+        "the device left room 2: {members}"
+    );
+    eprintln!(
+        "device ops at Synapse: custom event, typing, invite accepted, leave: ok; {:?}",
+        r.stats()
+    );
     stop.store(true, Ordering::Relaxed);
     b.join().unwrap();
     eprintln!(
