@@ -160,18 +160,31 @@ impl<H: NoiseHash> Drop for SymmetricState<H> {
 impl<H: NoiseHash> SymmetricState<H> {
     /// `InitializeSymmetric(protocol_name)`.
     pub fn new(protocol_name: &[u8]) -> Self {
-        let mut h = [0u8; HASHLEN];
-        if protocol_name.len() <= HASHLEN {
-            h[..protocol_name.len()].copy_from_slice(protocol_name);
-        } else {
-            h = H::hash(&[protocol_name]);
-        }
+        let mut s = Self::blank();
+        s.initialize(protocol_name);
+        s
+    }
+
+    /// A state with all-zero `ck` and `h`, to be [`initialize`](Self::initialize)d.
+    const fn blank() -> Self {
         SymmetricState {
-            ck: h,
-            h,
+            ck: [0; HASHLEN],
+            h: [0; HASHLEN],
             cipher: CipherState::empty(),
             _hash: core::marker::PhantomData,
         }
+    }
+
+    /// `InitializeSymmetric(protocol_name)` in place, whatever the state was.
+    fn initialize(&mut self, protocol_name: &[u8]) {
+        if protocol_name.len() <= HASHLEN {
+            self.h = [0; HASHLEN];
+            self.h[..protocol_name.len()].copy_from_slice(protocol_name);
+        } else {
+            self.h = H::hash(&[protocol_name]);
+        }
+        self.ck = self.h;
+        self.cipher = CipherState::empty();
     }
 
     /// `MixKey(input_key_material)`.
@@ -334,38 +347,55 @@ fn protocol_name<H: NoiseHash>(pattern: Pattern, psk: Option<u8>, buf: &mut [u8;
 impl<H: NoiseHash> HandshakeState<H> {
     /// `Initialize(...)`: protocol name, prologue and pre-messages.
     pub fn new(cfg: HandshakeConfig<'_>) -> Result<Self, NoiseError> {
+        let mut hs = Self::blank(cfg.pattern, cfg.initiator);
+        hs.initialize(cfg)?;
+        Ok(hs)
+    }
+
+    /// A state with no keys and nothing mixed, to be [`initialize`](Self::initialize)d in
+    /// place (the link's initiator is built where it lives, not on the stack).
+    pub(crate) const fn blank(pattern: Pattern, initiator: bool) -> Self {
+        HandshakeState {
+            sym: SymmetricState::blank(),
+            s: None,
+            e: None,
+            rs: None,
+            re: None,
+            psk: None,
+            pattern,
+            initiator,
+            msg: 0,
+        }
+    }
+
+    /// `Initialize(...)` in place, whatever the state was: [`new`](Self::new) without a
+    /// second copy of the state. On error the state is unusable (as after any error).
+    pub(crate) fn initialize(&mut self, cfg: HandshakeConfig<'_>) -> Result<(), NoiseError> {
         let mut name = [0u8; 64];
         let len = protocol_name::<H>(cfg.pattern, cfg.psk.map(|(n, _)| n), &mut name);
-        let mut sym = SymmetricState::<H>::new(&name[..len]);
-        sym.mix_hash(cfg.prologue);
-        let p = cfg.pattern;
-        if p.initiator_static_premessage() {
-            let key = if cfg.initiator {
-                cfg.s.as_ref().map(Keypair::public)
-            } else {
-                cfg.rs
-            };
-            sym.mix_hash(&key.ok_or(NoiseError::MissingKey)?.0);
+        self.sym.initialize(&name[..len]);
+        self.sym.mix_hash(cfg.prologue);
+        self.s = cfg.s;
+        self.e = cfg.e;
+        self.rs = cfg.rs;
+        self.re = None;
+        self.psk = cfg.psk;
+        self.pattern = cfg.pattern;
+        self.initiator = cfg.initiator;
+        self.msg = 0;
+        let local = self.s.as_ref().map(Keypair::public);
+        let (first, second) = if self.initiator {
+            (local, self.rs)
+        } else {
+            (self.rs, local)
+        };
+        if self.pattern.initiator_static_premessage() {
+            self.sym.mix_hash(&first.ok_or(NoiseError::MissingKey)?.0);
         }
-        if p.responder_static_premessage() {
-            let key = if cfg.initiator {
-                cfg.rs
-            } else {
-                cfg.s.as_ref().map(Keypair::public)
-            };
-            sym.mix_hash(&key.ok_or(NoiseError::MissingKey)?.0);
+        if self.pattern.responder_static_premessage() {
+            self.sym.mix_hash(&second.ok_or(NoiseError::MissingKey)?.0);
         }
-        Ok(HandshakeState {
-            sym,
-            s: cfg.s,
-            e: cfg.e,
-            rs: cfg.rs,
-            re: None,
-            psk: cfg.psk,
-            pattern: p,
-            initiator: cfg.initiator,
-            msg: 0,
-        })
+        Ok(())
     }
 
     /// Sets (or replaces) the local ephemeral key pair before the message that sends `e`.

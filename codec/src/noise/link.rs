@@ -165,7 +165,7 @@ pub enum LinkPattern {
 }
 
 impl LinkPattern {
-    fn pattern(self) -> Pattern {
+    const fn pattern(self) -> Pattern {
         match self {
             LinkPattern::IK => Pattern::IK,
             LinkPattern::KK => Pattern::KK,
@@ -400,6 +400,38 @@ impl Initiator {
         early: Option<Idempotent<'_>>,
         rng: &mut R,
     ) -> Result<Self, InitiatorError> {
+        let mut init = Initiator::blank(&cfg);
+        init.restart(&cfg, early, rng)?;
+        Ok(init)
+    }
+
+    /// An initiator with no handshake (nothing to send, every response refused) for
+    /// [`restart`](Self::restart) to start in place.
+    pub(crate) const fn blank(cfg: &InitiatorConfig) -> Self {
+        Initiator {
+            hs: HandshakeState::blank(cfg.pattern.pattern(), true),
+            msg1: Vec::new(),
+            version: cfg.version,
+            retransmit: cfg.retransmit,
+            transport: cfg.transport,
+            next_send_ms: None,
+            rto_ms: 0,
+            sends: 0,
+        }
+    }
+
+    /// [`new`](Self::new) in place, forgetting the handshake this initiator had: a fresh
+    /// ephemeral key and msg1, timers reset. The state and msg1 are written where they live,
+    /// never copied through the stack (a device's boot stack). On error the initiator is
+    /// [`blank`](Self::blank)-like: it sends nothing and accepts no response.
+    pub(crate) fn restart<R: RngCore + CryptoRng>(
+        &mut self,
+        cfg: &InitiatorConfig,
+        early: Option<Idempotent<'_>>,
+        rng: &mut R,
+    ) -> Result<(), InitiatorError> {
+        self.next_send_ms = None;
+        self.msg1.clear();
         let early = early.map_or(&[][..], |i| i.0);
         if early.len() > MAX_EARLY_DATA {
             return Err(InitiatorError::EarlyDataTooLong);
@@ -407,26 +439,28 @@ impl Initiator {
         let prologue = cfg.version.prologue();
         let mut hc = HandshakeConfig::new(cfg.pattern.pattern(), true);
         hc.prologue = &prologue;
-        hc.s = Some(cfg.local);
-        hc.e = Some(Keypair::generate(rng));
+        hc.s = Some(cfg.local.clone());
         hc.rs = Some(cfg.remote);
-        let mut hs = HandshakeState::new(hc)?;
-        let mut buf = [0u8; MAX_MSG1];
-        let n = hs.write_message(early, &mut buf)?;
-        rotate_out(&mut buf[..n]);
-        let mut msg1 = Vec::new();
-        // INVARIANT: n <= MAX_MSG1 because write_message wrote into a MAX_MSG1 buffer.
-        msg1.extend_from_slice(&buf[..n]).expect("msg1 fits");
-        Ok(Initiator {
-            hs,
-            msg1,
-            version: cfg.version,
-            retransmit: cfg.retransmit,
-            transport: cfg.transport,
-            next_send_ms: Some(0),
-            rto_ms: cfg.retransmit.initial_rto_ms,
-            sends: 0,
-        })
+        self.hs.initialize(hc)?;
+        self.hs.set_ephemeral(Keypair::generate(rng));
+        // INVARIANT: MAX_MSG1 is msg1's capacity.
+        self.msg1.resize(MAX_MSG1, 0).expect("msg1 capacity");
+        let n = match self.hs.write_message(early, &mut self.msg1[..]) {
+            Ok(n) => n,
+            Err(e) => {
+                self.msg1.clear();
+                return Err(e.into());
+            }
+        };
+        self.msg1.truncate(n);
+        rotate_out(&mut self.msg1);
+        self.version = cfg.version;
+        self.retransmit = cfg.retransmit;
+        self.transport = cfg.transport;
+        self.next_send_ms = Some(0);
+        self.rto_ms = cfg.retransmit.initial_rto_ms;
+        self.sends = 0;
+        Ok(())
     }
 
     /// The msg1 bytes (as sent every time).
