@@ -519,13 +519,29 @@ impl<H: NoiseHash> HandshakeState<H> {
         message: &[u8],
         payload_out: &mut [u8],
     ) -> Result<usize, NoiseError> {
+        self.read_message_split(None, message, payload_out)
+    }
+
+    /// [`read_message`](Self::read_message) of the message `e ‖ rest` whose leading ephemeral
+    /// key `e` is held apart (the link layer rotates it on the wire), so that the message need
+    /// not be copied to be rejoined. With `e`, the message must start with the `e` token.
+    pub(crate) fn read_message_split(
+        &mut self,
+        mut e: Option<[u8; DHLEN]>,
+        message: &[u8],
+        payload_out: &mut [u8],
+    ) -> Result<usize, NoiseError> {
         if self.is_finished() || self.is_my_turn() {
             return Err(NoiseError::WrongState);
         }
-        if message.len() > MAX_MESSAGE_LEN {
+        let len = message.len() + if e.is_some() { DHLEN } else { 0 };
+        if len > MAX_MESSAGE_LEN {
             return Err(NoiseError::MessageTooLong);
         }
         let tokens = self.pattern.messages()[self.message_index()];
+        if e.is_some() && tokens.first() != Some(&E) {
+            return Err(NoiseError::WrongState);
+        }
         let mut rest = message;
         if self.msg == 0 {
             if let Some(psk) = self.psk_at(0) {
@@ -535,8 +551,15 @@ impl<H: NoiseHash> HandshakeState<H> {
         for &t in tokens {
             match t {
                 E => {
-                    let (re, tail) = split_array(rest).ok_or(NoiseError::MessageTooShort)?;
-                    rest = tail;
+                    let re = match e.take() {
+                        Some(re) => re,
+                        None => {
+                            let (re, tail) =
+                                split_array(rest).ok_or(NoiseError::MessageTooShort)?;
+                            rest = tail;
+                            re
+                        }
+                    };
                     self.re = Some(PublicKey(re));
                     self.sym.mix_hash(&re);
                     if self.psk.is_some() {
