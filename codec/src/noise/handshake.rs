@@ -161,7 +161,7 @@ impl<H: NoiseHash> SymmetricState<H> {
     /// `InitializeSymmetric(protocol_name)`.
     pub fn new(protocol_name: &[u8]) -> Self {
         let mut s = Self::blank();
-        s.initialize(protocol_name);
+        s.initialize(&Self::initial_hash(protocol_name));
         s
     }
 
@@ -175,15 +175,22 @@ impl<H: NoiseHash> SymmetricState<H> {
         }
     }
 
-    /// `InitializeSymmetric(protocol_name)` in place, whatever the state was.
-    fn initialize(&mut self, protocol_name: &[u8]) {
-        if protocol_name.len() <= HASHLEN {
-            self.h = [0; HASHLEN];
-            self.h[..protocol_name.len()].copy_from_slice(protocol_name);
-        } else {
-            self.h = H::hash(&[protocol_name]);
+    /// The `h` of `InitializeSymmetric(protocol_name)`: the name zero-padded, or its hash when
+    /// longer than HASHLEN (Noise §5.2).
+    fn initial_hash(protocol_name: &[u8]) -> [u8; HASHLEN] {
+        let mut h = [0u8; HASHLEN];
+        match h.get_mut(..protocol_name.len()) {
+            Some(head) => head.copy_from_slice(protocol_name),
+            None => h = H::hash(&[protocol_name]),
         }
-        self.ck = self.h;
+        h
+    }
+
+    /// `InitializeSymmetric` in place, whatever the state was, from its `h`
+    /// ([`initial_hash`](Self::initial_hash)).
+    fn initialize(&mut self, h: &[u8; HASHLEN]) {
+        self.h = *h;
+        self.ck = *h;
         self.cipher = CipherState::empty();
     }
 
@@ -373,7 +380,19 @@ impl<H: NoiseHash> HandshakeState<H> {
     pub(crate) fn initialize(&mut self, cfg: HandshakeConfig<'_>) -> Result<(), NoiseError> {
         let mut name = [0u8; 64];
         let len = protocol_name::<H>(cfg.pattern, cfg.psk.map(|(n, _)| n), &mut name);
-        self.sym.initialize(&name[..len]);
+        let h = SymmetricState::<H>::initial_hash(&name[..len]);
+        self.initialize_from(&h, cfg)
+    }
+
+    /// [`initialize`](Self::initialize) given the `h` that `InitializeSymmetric` derives from
+    /// the protocol name of `cfg` (the name padded or hashed, Noise §5.2), which the caller
+    /// knows as a constant: the link's patterns ([`super::link`]) need no protocol-name code.
+    pub(crate) fn initialize_from(
+        &mut self,
+        h: &[u8; HASHLEN],
+        cfg: HandshakeConfig<'_>,
+    ) -> Result<(), NoiseError> {
+        self.sym.initialize(h);
         self.sym.mix_hash(cfg.prologue);
         self.s = cfg.s;
         self.e = cfg.e;

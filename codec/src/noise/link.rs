@@ -171,6 +171,34 @@ impl LinkPattern {
             LinkPattern::KK => Pattern::KK,
         }
     }
+
+    /// `h` (and `ck`) after `InitializeSymmetric` of the pattern's protocol name: the name is
+    /// longer than 32 bytes, so it is `BLAKE2s(name)` (Noise §5.2). Constants, so that a device
+    /// links no protocol-name code; `initial_hashes_are_the_protocol_names_hashes` checks them.
+    const fn initial_hash(self) -> &'static [u8; HASHLEN] {
+        match self {
+            // BLAKE2s("Noise_IK_25519_ChaChaPoly_BLAKE2s")
+            LinkPattern::IK => &[
+                0xbb, 0xea, 0x02, 0x2b, 0x94, 0x8c, 0xf3, 0xbc, 0x58, 0x57, 0xd7, 0x08, 0x04, 0x22,
+                0x91, 0x79, 0xe1, 0x11, 0x6b, 0xc4, 0x0c, 0xb8, 0xcc, 0x07, 0x48, 0x35, 0x34, 0x9c,
+                0x46, 0x4b, 0xca, 0x36,
+            ],
+            // BLAKE2s("Noise_KK_25519_ChaChaPoly_BLAKE2s")
+            LinkPattern::KK => &[
+                0x72, 0x1f, 0x5c, 0x9c, 0x77, 0x0d, 0x76, 0x22, 0xa8, 0x79, 0x63, 0x0f, 0x6c, 0x47,
+                0x4e, 0x91, 0xe1, 0x6a, 0x75, 0x37, 0x17, 0x46, 0xc8, 0xbb, 0xae, 0x78, 0xbe, 0xc0,
+                0xeb, 0xe7, 0xae, 0x11,
+            ],
+        }
+    }
+
+    /// A handshake state of this pattern for one side, initialised from `hc` (whose pattern
+    /// must be this one and have no psk: the link uses none).
+    fn handshake(self, hc: HandshakeConfig<'_>) -> Result<HandshakeState, NoiseError> {
+        let mut hs = HandshakeState::blank(self.pattern(), hc.initiator);
+        hs.initialize_from(self.initial_hash(), hc)?;
+        Ok(hs)
+    }
 }
 
 /// Why a responder refused (sent in a reject packet or an authenticated msg2).
@@ -438,7 +466,7 @@ impl Initiator {
         hc.prologue = &prologue;
         hc.s = Some(cfg.local.clone());
         hc.rs = Some(cfg.remote);
-        self.hs.initialize(hc)?;
+        self.hs.initialize_from(cfg.pattern.initial_hash(), hc)?;
         self.hs.set_ephemeral(Keypair::generate(rng));
         // INVARIANT: MAX_MSG1 is msg1's capacity.
         self.msg1.resize(MAX_MSG1, 0).expect("msg1 capacity");
@@ -692,7 +720,7 @@ impl ResponderConfig<'_> {
         hc.prologue = prologue;
         hc.s = Some(self.local.clone());
         hc.rs = rs;
-        let mut hs = HandshakeState::new(hc).ok()?;
+        let mut hs = pattern.handshake(hc).ok()?;
         let n = hs.read_message_split(Some(e), rest, early_out).ok()?;
         Some((hs, n, pattern))
     }
@@ -1336,6 +1364,38 @@ mod tests {
             classify(&[0x80 | 0x40 | 5, 0]),
             Some(PacketKind::Transport(SessionId(5)))
         );
+    }
+
+    #[test]
+    fn initial_hashes_are_the_protocol_names_hashes() {
+        use crate::noise::{Blake2s, NoiseHash};
+        for (p, name) in [
+            (LinkPattern::IK, &b"Noise_IK_25519_ChaChaPoly_BLAKE2s"[..]),
+            (LinkPattern::KK, b"Noise_KK_25519_ChaChaPoly_BLAKE2s"),
+        ] {
+            assert_eq!(*p.initial_hash(), Blake2s::hash(&[name]));
+            // And the state built from it is the state Initialize builds from the name.
+            let cfg = || {
+                let mut hc = HandshakeConfig::new(p.pattern(), true);
+                hc.prologue = b"lowband\x02\x00\x01";
+                hc.s = Some(Keypair::from_secret([1; 32]));
+                hc.rs = Some(Keypair::from_secret([2; 32]).public());
+                hc
+            };
+            let want = HandshakeState::<Blake2s>::new(cfg()).unwrap();
+            let got = p.handshake(cfg()).unwrap();
+            assert_eq!(got.handshake_hash(), want.handshake_hash());
+            assert_eq!(got.handshake_hash(), {
+                let mut s = crate::noise::SymmetricState::<Blake2s>::new(name);
+                s.mix_hash(b"lowband\x02\x00\x01");
+                // Pre-messages: KK `-> s` and `<- s`, IK `<- s` only.
+                if p == LinkPattern::KK {
+                    s.mix_hash(&Keypair::from_secret([1; 32]).public().0);
+                }
+                s.mix_hash(&Keypair::from_secret([2; 32]).public().0);
+                s.handshake_hash()
+            });
+        }
     }
 
     #[test]
