@@ -40,6 +40,8 @@
 //! ```
 
 use core::marker::PhantomData;
+use core::mem::MaybeUninit;
+use core::ptr::addr_of_mut;
 
 use heapless::{Deque, Vec};
 
@@ -154,26 +156,94 @@ impl<
     > Client<R, SLOTS, DEDUP, OBS, MTU>
 {
     /// Starts a session: builds msg1 (sent by the first [`poll_transmit`](Self::poll_transmit)).
+    /// The client is returned by value: on a small device use [`new_in`](Self::new_in).
     ///
     /// # Errors
     /// The Noise errors of building msg1 (for example an invalid pinned key).
-    pub fn new(
+    pub fn new(cfg: InitiatorConfig, coap: coap::Config, rng: R) -> Result<Self, InitiatorError> {
+        let mut slot = MaybeUninit::uninit();
+        Self::new_in(&mut slot, cfg, coap, rng)?;
+        // SAFETY: new_in returned Ok: the slot is initialised.
+        Ok(unsafe { slot.assume_init() })
+    }
+
+    /// [`new`](Self::new) in place (e.g. into a `static` or a field of a bigger state): the
+    /// client (about 2.6 KiB for a [`DeviceClient`]), its Noise handshake state and msg1 are
+    /// written where they live and never pass through the stack by value.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new); the slot is then not initialised (what was written is dropped).
+    pub fn new_in(
+        out: &mut MaybeUninit<Self>,
         cfg: InitiatorConfig,
         coap: coap::Config,
-        mut rng: R,
-    ) -> Result<Self, InitiatorError> {
-        let init = Initiator::new(cfg.clone(), None, &mut rng)?;
-        Ok(Client {
-            cfg,
-            rng,
-            state: ClientState::Handshaking(init),
-            coap: Endpoint::new(coap),
-            events: Deque::new(),
-            stats: SessionStats {
+        rng: R,
+    ) -> Result<&mut Self, InitiatorError> {
+        Self::write_fields(out, cfg, rng);
+        // SAFETY: the field's memory, uninitialised, as a MaybeUninit of its type.
+        Self::write_coap(
+            unsafe { &mut *addr_of_mut!((*out.as_mut_ptr()).coap).cast() },
+            coap,
+        );
+        // SAFETY: write_fields wrote every field.
+        let me = unsafe { out.assume_init_mut() };
+        let ClientState::Handshaking(init) = &mut me.state else {
+            unreachable!("written as Handshaking above")
+        };
+        match init.restart(&me.cfg, None, &mut me.rng) {
+            Ok(()) => {
+                // SAFETY: initialised above.
+                Ok(unsafe { out.assume_init_mut() })
+            }
+            Err(e) => {
+                // SAFETY: initialised above; the caller gets the slot back uninitialised.
+                unsafe { out.assume_init_drop() };
+                Err(e)
+            }
+        }
+    }
+
+    /// The first half of [`new_in`](Self::new_in): every field written, the initiator blank.
+    /// Not inlined, so that the temporaries it may need (the CoAP endpoint is built by value)
+    /// are off the stack before the handshake's X25519 and hashing run.
+    #[inline(never)]
+    fn write_fields(out: &mut MaybeUninit<Self>, cfg: InitiatorConfig, rng: R) {
+        let p = out.as_mut_ptr();
+        // SAFETY: `p` points to the slot's (uninitialised) memory; each field is written once
+        // through its own pointer, all of them (`fields_check` below keeps this list
+        // complete), before new_in uses the slot as a `Client`.
+        unsafe {
+            addr_of_mut!((*p).state).write(ClientState::Handshaking(Initiator::blank(&cfg)));
+            addr_of_mut!((*p).cfg).write(cfg);
+            addr_of_mut!((*p).rng).write(rng);
+            addr_of_mut!((*p).events).write(Deque::new());
+            addr_of_mut!((*p).stats).write(SessionStats {
                 handshakes: 1,
                 ..SessionStats::default()
-            },
-        })
+            });
+        }
+        // Never called: a compile error here when a field is added that is not written above.
+        #[allow(dead_code)]
+        fn fields_check<R, const S: usize, const D: usize, const O: usize, const M: usize>(
+            c: Client<R, S, D, O, M>,
+        ) {
+            let Client {
+                cfg: _,
+                rng: _,
+                state: _,
+                coap: _,
+                events: _,
+                stats: _,
+            } = c;
+        }
+    }
+
+    /// Writes the CoAP endpoint. Its temporaries live in this frame only: `Endpoint::new`
+    /// returns by value and builds its arrays by value (two copies of the endpoint, about
+    /// 3 KiB for a [`DeviceClient`]), off the stack before the handshake runs.
+    #[inline(never)]
+    fn write_coap(slot: &mut MaybeUninit<Endpoint<SLOTS, DEDUP, OBS, MTU>>, coap: coap::Config) {
+        slot.write(Endpoint::new(coap));
     }
 
     /// Whether the handshake has completed.
@@ -211,9 +281,16 @@ impl<
     }
 
     fn restart_handshake(&mut self, why: SessionEvent) {
-        match Initiator::new(self.cfg.clone(), None, &mut self.rng) {
-            Ok(init) => {
-                self.state = ClientState::Handshaking(init);
+        // The new initiator is built in place: only its blank start passes through the stack,
+        // in a frame of its own that is gone before the handshake's X25519 runs.
+        if !matches!(self.state, ClientState::Handshaking(_)) {
+            self.set_blank_initiator();
+        }
+        let ClientState::Handshaking(init) = &mut self.state else {
+            unreachable!("set just above")
+        };
+        match init.restart(&self.cfg, None, &mut self.rng) {
+            Ok(()) => {
                 self.stats.handshakes += 1;
                 self.push(why);
             }
@@ -222,6 +299,11 @@ impl<
                 self.push(SessionEvent::Refused(e));
             }
         }
+    }
+
+    #[inline(never)]
+    fn set_blank_initiator(&mut self) {
+        self.state = ClientState::Handshaking(Initiator::blank(&self.cfg));
     }
 
     fn push(&mut self, e: SessionEvent) {

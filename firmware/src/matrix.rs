@@ -163,7 +163,8 @@ fn new_client(
         token_len: 1,
         extra_options: &[],
     };
-    out.write(DeviceClient::new(init, coap_cfg, rng).map_err(|_| ())?);
+    // In place: the ~2.6 KiB client never sits on the stack by value.
+    DeviceClient::new_in(out, init, coap_cfg, rng).map_err(|_| ())?;
     Ok(())
 }
 

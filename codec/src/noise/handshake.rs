@@ -160,18 +160,38 @@ impl<H: NoiseHash> Drop for SymmetricState<H> {
 impl<H: NoiseHash> SymmetricState<H> {
     /// `InitializeSymmetric(protocol_name)`.
     pub fn new(protocol_name: &[u8]) -> Self {
-        let mut h = [0u8; HASHLEN];
-        if protocol_name.len() <= HASHLEN {
-            h[..protocol_name.len()].copy_from_slice(protocol_name);
-        } else {
-            h = H::hash(&[protocol_name]);
-        }
+        let mut s = Self::blank();
+        s.initialize(&Self::initial_hash(protocol_name));
+        s
+    }
+
+    /// A state with all-zero `ck` and `h`, to be [`initialize`](Self::initialize)d.
+    const fn blank() -> Self {
         SymmetricState {
-            ck: h,
-            h,
+            ck: [0; HASHLEN],
+            h: [0; HASHLEN],
             cipher: CipherState::empty(),
             _hash: core::marker::PhantomData,
         }
+    }
+
+    /// The `h` of `InitializeSymmetric(protocol_name)`: the name zero-padded, or its hash when
+    /// longer than HASHLEN (Noise §5.2).
+    fn initial_hash(protocol_name: &[u8]) -> [u8; HASHLEN] {
+        let mut h = [0u8; HASHLEN];
+        match h.get_mut(..protocol_name.len()) {
+            Some(head) => head.copy_from_slice(protocol_name),
+            None => h = H::hash(&[protocol_name]),
+        }
+        h
+    }
+
+    /// `InitializeSymmetric` in place, whatever the state was, from its `h`
+    /// ([`initial_hash`](Self::initial_hash)).
+    fn initialize(&mut self, h: &[u8; HASHLEN]) {
+        self.h = *h;
+        self.ck = *h;
+        self.cipher = CipherState::empty();
     }
 
     /// `MixKey(input_key_material)`.
@@ -334,38 +354,67 @@ fn protocol_name<H: NoiseHash>(pattern: Pattern, psk: Option<u8>, buf: &mut [u8;
 impl<H: NoiseHash> HandshakeState<H> {
     /// `Initialize(...)`: protocol name, prologue and pre-messages.
     pub fn new(cfg: HandshakeConfig<'_>) -> Result<Self, NoiseError> {
+        let mut hs = Self::blank(cfg.pattern, cfg.initiator);
+        hs.initialize(cfg)?;
+        Ok(hs)
+    }
+
+    /// A state with no keys and nothing mixed, to be [`initialize`](Self::initialize)d in
+    /// place (the link's initiator is built where it lives, not on the stack).
+    pub(crate) const fn blank(pattern: Pattern, initiator: bool) -> Self {
+        HandshakeState {
+            sym: SymmetricState::blank(),
+            s: None,
+            e: None,
+            rs: None,
+            re: None,
+            psk: None,
+            pattern,
+            initiator,
+            msg: 0,
+        }
+    }
+
+    /// `Initialize(...)` in place, whatever the state was: [`new`](Self::new) without a
+    /// second copy of the state. On error the state is unusable (as after any error).
+    pub(crate) fn initialize(&mut self, cfg: HandshakeConfig<'_>) -> Result<(), NoiseError> {
         let mut name = [0u8; 64];
         let len = protocol_name::<H>(cfg.pattern, cfg.psk.map(|(n, _)| n), &mut name);
-        let mut sym = SymmetricState::<H>::new(&name[..len]);
-        sym.mix_hash(cfg.prologue);
-        let p = cfg.pattern;
-        if p.initiator_static_premessage() {
-            let key = if cfg.initiator {
-                cfg.s.as_ref().map(Keypair::public)
-            } else {
-                cfg.rs
-            };
-            sym.mix_hash(&key.ok_or(NoiseError::MissingKey)?.0);
+        let h = SymmetricState::<H>::initial_hash(&name[..len]);
+        self.initialize_from(&h, cfg)
+    }
+
+    /// [`initialize`](Self::initialize) given the `h` that `InitializeSymmetric` derives from
+    /// the protocol name of `cfg` (the name padded or hashed, Noise §5.2), which the caller
+    /// knows as a constant: the link's patterns ([`super::link`]) need no protocol-name code.
+    pub(crate) fn initialize_from(
+        &mut self,
+        h: &[u8; HASHLEN],
+        cfg: HandshakeConfig<'_>,
+    ) -> Result<(), NoiseError> {
+        self.sym.initialize(h);
+        self.sym.mix_hash(cfg.prologue);
+        self.s = cfg.s;
+        self.e = cfg.e;
+        self.rs = cfg.rs;
+        self.re = None;
+        self.psk = cfg.psk;
+        self.pattern = cfg.pattern;
+        self.initiator = cfg.initiator;
+        self.msg = 0;
+        let local = self.s.as_ref().map(Keypair::public);
+        let (first, second) = if self.initiator {
+            (local, self.rs)
+        } else {
+            (self.rs, local)
+        };
+        if self.pattern.initiator_static_premessage() {
+            self.sym.mix_hash(&first.ok_or(NoiseError::MissingKey)?.0);
         }
-        if p.responder_static_premessage() {
-            let key = if cfg.initiator {
-                cfg.rs
-            } else {
-                cfg.s.as_ref().map(Keypair::public)
-            };
-            sym.mix_hash(&key.ok_or(NoiseError::MissingKey)?.0);
+        if self.pattern.responder_static_premessage() {
+            self.sym.mix_hash(&second.ok_or(NoiseError::MissingKey)?.0);
         }
-        Ok(HandshakeState {
-            sym,
-            s: cfg.s,
-            e: cfg.e,
-            rs: cfg.rs,
-            re: None,
-            psk: cfg.psk,
-            pattern: p,
-            initiator: cfg.initiator,
-            msg: 0,
-        })
+        Ok(())
     }
 
     /// Sets (or replaces) the local ephemeral key pair before the message that sends `e`.
@@ -489,13 +538,29 @@ impl<H: NoiseHash> HandshakeState<H> {
         message: &[u8],
         payload_out: &mut [u8],
     ) -> Result<usize, NoiseError> {
+        self.read_message_split(None, message, payload_out)
+    }
+
+    /// [`read_message`](Self::read_message) of the message `e ‖ rest` whose leading ephemeral
+    /// key `e` is held apart (the link layer rotates it on the wire), so that the message need
+    /// not be copied to be rejoined. With `e`, the message must start with the `e` token.
+    pub(crate) fn read_message_split(
+        &mut self,
+        mut e: Option<[u8; DHLEN]>,
+        message: &[u8],
+        payload_out: &mut [u8],
+    ) -> Result<usize, NoiseError> {
         if self.is_finished() || self.is_my_turn() {
             return Err(NoiseError::WrongState);
         }
-        if message.len() > MAX_MESSAGE_LEN {
+        let len = message.len() + if e.is_some() { DHLEN } else { 0 };
+        if len > MAX_MESSAGE_LEN {
             return Err(NoiseError::MessageTooLong);
         }
         let tokens = self.pattern.messages()[self.message_index()];
+        if e.is_some() && tokens.first() != Some(&E) {
+            return Err(NoiseError::WrongState);
+        }
         let mut rest = message;
         if self.msg == 0 {
             if let Some(psk) = self.psk_at(0) {
@@ -505,8 +570,15 @@ impl<H: NoiseHash> HandshakeState<H> {
         for &t in tokens {
             match t {
                 E => {
-                    let (re, tail) = split_array(rest).ok_or(NoiseError::MessageTooShort)?;
-                    rest = tail;
+                    let re = match e.take() {
+                        Some(re) => re,
+                        None => {
+                            let (re, tail) =
+                                split_array(rest).ok_or(NoiseError::MessageTooShort)?;
+                            rest = tail;
+                            re
+                        }
+                    };
                     self.re = Some(PublicKey(re));
                     self.sym.mix_hash(&re);
                     if self.psk.is_some() {

@@ -165,11 +165,39 @@ pub enum LinkPattern {
 }
 
 impl LinkPattern {
-    fn pattern(self) -> Pattern {
+    const fn pattern(self) -> Pattern {
         match self {
             LinkPattern::IK => Pattern::IK,
             LinkPattern::KK => Pattern::KK,
         }
+    }
+
+    /// `h` (and `ck`) after `InitializeSymmetric` of the pattern's protocol name: the name is
+    /// longer than 32 bytes, so it is `BLAKE2s(name)` (Noise §5.2). Constants, so that a device
+    /// links no protocol-name code; `initial_hashes_are_the_protocol_names_hashes` checks them.
+    const fn initial_hash(self) -> &'static [u8; HASHLEN] {
+        match self {
+            // BLAKE2s("Noise_IK_25519_ChaChaPoly_BLAKE2s")
+            LinkPattern::IK => &[
+                0xbb, 0xea, 0x02, 0x2b, 0x94, 0x8c, 0xf3, 0xbc, 0x58, 0x57, 0xd7, 0x08, 0x04, 0x22,
+                0x91, 0x79, 0xe1, 0x11, 0x6b, 0xc4, 0x0c, 0xb8, 0xcc, 0x07, 0x48, 0x35, 0x34, 0x9c,
+                0x46, 0x4b, 0xca, 0x36,
+            ],
+            // BLAKE2s("Noise_KK_25519_ChaChaPoly_BLAKE2s")
+            LinkPattern::KK => &[
+                0x72, 0x1f, 0x5c, 0x9c, 0x77, 0x0d, 0x76, 0x22, 0xa8, 0x79, 0x63, 0x0f, 0x6c, 0x47,
+                0x4e, 0x91, 0xe1, 0x6a, 0x75, 0x37, 0x17, 0x46, 0xc8, 0xbb, 0xae, 0x78, 0xbe, 0xc0,
+                0xeb, 0xe7, 0xae, 0x11,
+            ],
+        }
+    }
+
+    /// A handshake state of this pattern for one side, initialised from `hc` (whose pattern
+    /// must be this one and have no psk: the link uses none).
+    fn handshake(self, hc: HandshakeConfig<'_>) -> Result<HandshakeState, NoiseError> {
+        let mut hs = HandshakeState::blank(self.pattern(), hc.initiator);
+        hs.initialize_from(self.initial_hash(), hc)?;
+        Ok(hs)
     }
 }
 
@@ -251,14 +279,11 @@ fn rotate_out(msg: &mut [u8]) {
     }
 }
 
-/// Wire -> Noise message into `buf`; returns the message slice.
-fn rotate_in<'b>(wire: &[u8], buf: &'b mut [u8]) -> Option<&'b [u8]> {
-    let out = buf.get_mut(..wire.len())?;
-    out.copy_from_slice(wire);
-    if out.len() >= DHLEN {
-        out[..DHLEN].rotate_left(1);
-    }
-    Some(out)
+/// Wire -> the Noise message's leading ephemeral key (rotated back) and the bytes after it,
+/// which are the message's rest unchanged ([`HandshakeState::read_message_split`]).
+fn split_wire(wire: &[u8]) -> Option<([u8; DHLEN], &[u8])> {
+    let e = msg1_ephemeral(wire)?;
+    Some((e.0, &wire[DHLEN..]))
 }
 
 /// A request whose replay is harmless, the only kind allowed as 0-RTT early data.
@@ -400,6 +425,38 @@ impl Initiator {
         early: Option<Idempotent<'_>>,
         rng: &mut R,
     ) -> Result<Self, InitiatorError> {
+        let mut init = Initiator::blank(&cfg);
+        init.restart(&cfg, early, rng)?;
+        Ok(init)
+    }
+
+    /// An initiator with no handshake (nothing to send, every response refused) for
+    /// [`restart`](Self::restart) to start in place.
+    pub(crate) const fn blank(cfg: &InitiatorConfig) -> Self {
+        Initiator {
+            hs: HandshakeState::blank(cfg.pattern.pattern(), true),
+            msg1: Vec::new(),
+            version: cfg.version,
+            retransmit: cfg.retransmit,
+            transport: cfg.transport,
+            next_send_ms: None,
+            rto_ms: 0,
+            sends: 0,
+        }
+    }
+
+    /// [`new`](Self::new) in place, forgetting the handshake this initiator had: a fresh
+    /// ephemeral key and msg1, timers reset. The state and msg1 are written where they live,
+    /// never copied through the stack (a device's boot stack). On error the initiator is
+    /// [`blank`](Self::blank)-like: it sends nothing and accepts no response.
+    pub(crate) fn restart<R: RngCore + CryptoRng>(
+        &mut self,
+        cfg: &InitiatorConfig,
+        early: Option<Idempotent<'_>>,
+        rng: &mut R,
+    ) -> Result<(), InitiatorError> {
+        self.next_send_ms = None;
+        self.msg1.clear();
         let early = early.map_or(&[][..], |i| i.0);
         if early.len() > MAX_EARLY_DATA {
             return Err(InitiatorError::EarlyDataTooLong);
@@ -407,26 +464,28 @@ impl Initiator {
         let prologue = cfg.version.prologue();
         let mut hc = HandshakeConfig::new(cfg.pattern.pattern(), true);
         hc.prologue = &prologue;
-        hc.s = Some(cfg.local);
-        hc.e = Some(Keypair::generate(rng));
+        hc.s = Some(cfg.local.clone());
         hc.rs = Some(cfg.remote);
-        let mut hs = HandshakeState::new(hc)?;
-        let mut buf = [0u8; MAX_MSG1];
-        let n = hs.write_message(early, &mut buf)?;
-        rotate_out(&mut buf[..n]);
-        let mut msg1 = Vec::new();
-        // INVARIANT: n <= MAX_MSG1 because write_message wrote into a MAX_MSG1 buffer.
-        msg1.extend_from_slice(&buf[..n]).expect("msg1 fits");
-        Ok(Initiator {
-            hs,
-            msg1,
-            version: cfg.version,
-            retransmit: cfg.retransmit,
-            transport: cfg.transport,
-            next_send_ms: Some(0),
-            rto_ms: cfg.retransmit.initial_rto_ms,
-            sends: 0,
-        })
+        self.hs.initialize_from(cfg.pattern.initial_hash(), hc)?;
+        self.hs.set_ephemeral(Keypair::generate(rng));
+        // INVARIANT: MAX_MSG1 is msg1's capacity.
+        self.msg1.resize(MAX_MSG1, 0).expect("msg1 capacity");
+        let n = match self.hs.write_message(early, &mut self.msg1[..]) {
+            Ok(n) => n,
+            Err(e) => {
+                self.msg1.clear();
+                return Err(e.into());
+            }
+        };
+        self.msg1.truncate(n);
+        rotate_out(&mut self.msg1);
+        self.version = cfg.version;
+        self.retransmit = cfg.retransmit;
+        self.transport = cfg.transport;
+        self.next_send_ms = Some(0);
+        self.rto_ms = cfg.retransmit.initial_rto_ms;
+        self.sends = 0;
+        Ok(())
     }
 
     /// The msg1 bytes (as sent every time).
@@ -472,6 +531,9 @@ impl Initiator {
 
     /// Processes a handshake packet from the responder. On a valid msg2 returns the session and
     /// the length of the 0-RTT response written to `response_out`.
+    // Not inlined: inlined into a device's session client it costs ~1.1 KB of flash more (the
+    // QEMU `matrix` firmware), for a call made once per handshake.
+    #[inline(never)]
     pub fn handle_response(
         &self,
         packet: &[u8],
@@ -500,11 +562,14 @@ impl Initiator {
                 authenticated: false,
             });
         }
-        let mut buf = [0u8; MAX_MSG2];
-        let msg = rotate_in(packet, &mut buf).ok_or(NoiseError::MessageTooLong)?;
+        if packet.len() > MAX_MSG2 {
+            return Err(NoiseError::MessageTooLong.into());
+        }
+        let (e, rest) = split_wire(packet).ok_or(NoiseError::MessageTooShort)?;
         let mut hs = self.hs.clone();
-        let mut payload = [0u8; MAX_MSG2];
-        let n = hs.read_message(msg, &mut payload)?;
+        // A msg2 holds at least `e` and the payload's tag (MIN_MSG2) besides the payload.
+        let mut payload = [0u8; MAX_MSG2 - MIN_MSG2];
+        let n = hs.read_message_split(Some(e), rest, &mut payload)?;
         let response = match payload[..n] {
             [] => &[][..],
             [0, ref rest @ ..] => rest,
@@ -616,13 +681,16 @@ impl ResponderConfig<'_> {
         if classify(packet) != Some(PacketKind::Handshake) {
             return Err(ResponderError::NotHandshake);
         }
-        let mut buf = [0u8; MAX_MSG1];
-        let msg = rotate_in(packet, &mut buf).ok_or(ResponderError::Undecryptable)?;
+        if packet.len() > MAX_MSG1 {
+            return Err(ResponderError::Undecryptable);
+        }
+        let (e, rest) = split_wire(packet).ok_or(ResponderError::Undecryptable)?;
+        let msg = (e, rest);
         let accepted = self.versions.iter().map(|v| (*v, true));
         let known = self.known_versions.iter().map(|v| (*v, false));
         for (version, ok) in accepted.chain(known) {
             let prologue = version.prologue();
-            if self.accept_ik && msg.len() >= 96 {
+            if self.accept_ik && packet.len() >= 96 {
                 if let Some(m) = self.try_msg1(LinkPattern::IK, &prologue, None, msg, early_out) {
                     return self.admit(m, version, ok, early_out);
                 }
@@ -645,15 +713,15 @@ impl ResponderConfig<'_> {
         pattern: LinkPattern,
         prologue: &[u8],
         rs: Option<PublicKey>,
-        msg: &[u8],
+        (e, rest): ([u8; DHLEN], &[u8]),
         early_out: &mut [u8],
     ) -> Option<(HandshakeState, usize, LinkPattern)> {
         let mut hc = HandshakeConfig::new(pattern.pattern(), false);
         hc.prologue = prologue;
         hc.s = Some(self.local.clone());
         hc.rs = rs;
-        let mut hs = HandshakeState::new(hc).ok()?;
-        let n = hs.read_message(msg, early_out).ok()?;
+        let mut hs = pattern.handshake(hc).ok()?;
+        let n = hs.read_message_split(Some(e), rest, early_out).ok()?;
         Some((hs, n, pattern))
     }
 
@@ -1264,8 +1332,9 @@ mod tests {
             msg1_ephemeral(&m).map(|e| e.0.to_vec()),
             Some(orig[..32].to_vec())
         );
-        let mut back = [0u8; 40];
-        assert_eq!(rotate_in(&m, &mut back), Some(&orig[..]));
+        let (e, rest) = split_wire(&m).unwrap();
+        assert_eq!((&e[..], rest), (&orig[..32], &orig[32..]));
+        assert_eq!(split_wire(&m[..31]), None);
     }
 
     #[test]
@@ -1295,6 +1364,38 @@ mod tests {
             classify(&[0x80 | 0x40 | 5, 0]),
             Some(PacketKind::Transport(SessionId(5)))
         );
+    }
+
+    #[test]
+    fn initial_hashes_are_the_protocol_names_hashes() {
+        use crate::noise::{Blake2s, NoiseHash};
+        for (p, name) in [
+            (LinkPattern::IK, &b"Noise_IK_25519_ChaChaPoly_BLAKE2s"[..]),
+            (LinkPattern::KK, b"Noise_KK_25519_ChaChaPoly_BLAKE2s"),
+        ] {
+            assert_eq!(*p.initial_hash(), Blake2s::hash(&[name]));
+            // And the state built from it is the state Initialize builds from the name.
+            let cfg = || {
+                let mut hc = HandshakeConfig::new(p.pattern(), true);
+                hc.prologue = b"lowband\x02\x00\x01";
+                hc.s = Some(Keypair::from_secret([1; 32]));
+                hc.rs = Some(Keypair::from_secret([2; 32]).public());
+                hc
+            };
+            let want = HandshakeState::<Blake2s>::new(cfg()).unwrap();
+            let got = p.handshake(cfg()).unwrap();
+            assert_eq!(got.handshake_hash(), want.handshake_hash());
+            assert_eq!(got.handshake_hash(), {
+                let mut s = crate::noise::SymmetricState::<Blake2s>::new(name);
+                s.mix_hash(b"lowband\x02\x00\x01");
+                // Pre-messages: KK `-> s` and `<- s`, IK `<- s` only.
+                if p == LinkPattern::KK {
+                    s.mix_hash(&Keypair::from_secret([1; 32]).public().0);
+                }
+                s.mix_hash(&Keypair::from_secret([2; 32]).public().0);
+                s.handshake_hash()
+            });
+        }
     }
 
     #[test]
