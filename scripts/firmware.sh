@@ -10,8 +10,9 @@
 # memory-*.x). Prints a table per binary and the largest symbols; exits 1 on any overflow.
 # Boards and binaries: qemu-lm3s6965 `firmware` (the platform loopback) and `matrix` (the Matrix
 # application, MatrixApp over the device Runner; tests/it/qemu.rs runs both), stm32f103
-# `firmware` (build only).
-# Needs cargo, the nightly toolchain with rust-src for `matrix` (boards/qemu-lm3s6965/matrix.toml:
+# `firmware` (loopback, STM32F103C8) and `matrix` (the same application on an STM32F103CB; build
+# only, no hardware here).
+# Needs cargo, the nightly toolchain with rust-src for `matrix` (boards/<board>/matrix.toml:
 # core rebuilt with panic=immediate-abort), and binutils' readelf (reads ARM ELFs on any host).
 #   BOARDS="qemu-lm3s6965 stm32f103"   which boards
 #   FLASH_LIMIT, RAM_LIMIT             limits in bytes
@@ -41,12 +42,9 @@ TOP=${TOP:-10}
 command -v readelf >/dev/null || { echo "firmware.sh: readelf missing (apt-get install binutils)" >&2; exit 2; }
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   rustup target list --installed | grep -q "^$TARGET\$" || rustup target add "$TARGET" >&2
-  case " $BOARDS " in
-    *" qemu-lm3s6965 "*)
-      rustup component list --toolchain nightly --installed | grep -q '^rust-src' ||
-        rustup component add rust-src --toolchain nightly >&2
-      ;;
-  esac
+  # Every board's `matrix` is built with nightly and core's source.
+  rustup component list --toolchain nightly --installed | grep -q '^rust-src' ||
+    rustup component add rust-src --toolchain nightly >&2
 fi
 
 status=0
@@ -54,7 +52,7 @@ status=0
 # The QEMU board builds into <target>/firmware, shared with tests/it/qemu.rs.
 target_dir() { if [ "$1" = qemu-lm3s6965 ]; then echo "$BASE/firmware"; else echo "$BASE/firmware-$1"; fi; }
 
-bins_of() { if [ "$1" = qemu-lm3s6965 ]; then echo "firmware matrix"; else echo firmware; fi; }
+bins_of() { case "$1" in qemu-lm3s6965 | stm32f103) echo "firmware matrix" ;; *) echo firmware ;; esac; }
 
 check_board() {
   local board=$1 dir bin
@@ -66,8 +64,8 @@ check_board() {
   fi
   for bin in $(bins_of "$board"); do
     if [ "${SKIP_BUILD:-0}" != 1 ]; then
-      if [ "$board" = qemu-lm3s6965 ] && [ "$bin" = matrix ]; then
-        # Nightly: core rebuilt with panic=immediate-abort (boards/qemu-lm3s6965/matrix.toml).
+      if [ "$bin" = matrix ]; then
+        # Nightly: core rebuilt with panic=immediate-abort (boards/<board>/matrix.toml).
         rustup run nightly cargo build -q --release --target "$TARGET" --bin "$bin" \
           --manifest-path "$ROOT/boards/$board/Cargo.toml" --target-dir "$dir" \
           --config "$ROOT/boards/$board/matrix.toml" >&2
