@@ -16,13 +16,6 @@
 # core rebuilt with panic=immediate-abort), and binutils' readelf (reads ARM ELFs on any host).
 #   BOARDS="qemu-lm3s6965 stm32f103"   which boards
 #   FLASH_LIMIT, RAM_LIMIT             limits in bytes
-#   MATRIX_STRICT=1                    fail when `matrix` is over budget too (it does not fit
-#                                      yet: README's device section; its figures are printed
-#                                      and marked OVER either way). Without it `matrix` must
-#                                      stay within MATRIX_FLASH_CEILING / MATRIX_RAM_CEILING
-#                                      (default 98 / 25 KiB: just above today's 98 288 B
-#                                      and 24 736 B, a ratchet against growth, to be lowered
-#                                      as it shrinks)
 #   TOP=n                              largest symbols to list (default 10, 0 = none)
 #   SKIP_BUILD=1                       check existing builds
 #   LINT=1                             also cargo fmt --check and clippy -D warnings on the
@@ -35,8 +28,6 @@ BASE=${CARGO_TARGET_DIR:-$ROOT/target}
 BOARDS=${BOARDS:-qemu-lm3s6965 stm32f103}
 FLASH_LIMIT=${FLASH_LIMIT:-65536}
 RAM_LIMIT=${RAM_LIMIT:-16384}
-MATRIX_FLASH_CEILING=${MATRIX_FLASH_CEILING:-100352}
-MATRIX_RAM_CEILING=${MATRIX_RAM_CEILING:-25600}
 TOP=${TOP:-10}
 
 command -v readelf >/dev/null || { echo "firmware.sh: readelf missing (apt-get install binutils)" >&2; exit 2; }
@@ -79,8 +70,7 @@ check_board() {
 }
 
 check_elf() {
-  local board=$1 bin=$2 elf=$3 sections symbols strict=1
-  if [ "$bin" = matrix ] && [ "${MATRIX_STRICT:-0}" != 1 ]; then strict=0; fi
+  local board=$1 bin=$2 elf=$3 sections symbols
   [ -f "$elf" ] || { echo "firmware.sh: no ELF at $elf" >&2; status=2; return; }
 
   sections=$(readelf -S -W "$elf")
@@ -110,7 +100,7 @@ check_elf() {
     local verdict=ok
     if [ "$2" -gt "$3" ]; then
       verdict=OVER
-      if [ "$strict" = 1 ]; then status=1; else verdict="OVER (not enforced: MATRIX_STRICT=1)"; fi
+      status=1
     fi
     printf '  %-28s %8d B of %d B  %s\n' "$1" "$2" "$3" "$verdict"
   }
@@ -124,11 +114,6 @@ check_elf() {
   row "stack reserve" "$stack"
   check "flash (vt+text+rodata+data)" "$flash" "$FLASH_LIMIT"
   check "RAM (data+bss+uninit+stack)" "$ram" "$RAM_LIMIT"
-  if [ "$strict" = 0 ]; then
-    strict=1
-    check "flash ceiling (no growth)" "$flash" "$MATRIX_FLASH_CEILING"
-    check "RAM ceiling (no growth)" "$ram" "$MATRIX_RAM_CEILING"
-  fi
   heap=$(awk '$8 ~ /^(__rust_alloc|__rust_alloc_zeroed|__rust_realloc|__rg_alloc|__rdl_alloc|__rust_alloc_error_handler)$/ { print $8 }' <<<"$symbols" | sort -u | tr '\n' ' ')
   if [ -n "$heap" ]; then
     echo "  heap                         allocator linked: $heap OVER"

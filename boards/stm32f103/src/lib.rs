@@ -29,9 +29,9 @@
 //! | `0x0801_E000` | 2 × 1 KiB | boot counter A/B |
 //! | `0x0801_E800` | 2 × 3 KiB | sync state A/B (a record is at most [`lowband_device::DEFAULT_RECORD_MAX`] bytes) |
 //!
-//! RAM (20 KiB at `0x2000_0000`): an 8 KiB stack reserve at the bottom, growing down toward
+//! RAM (20 KiB at `0x2000_0000`): a 7.5 KiB stack reserve at the bottom, growing down toward
 //! `0x2000_0000` (an overflow runs off the start of SRAM into a BusFault instead of over the
-//! statics), then 12 KiB for the statics, the application among them (booted in place).
+//! statics), then 12.5 KiB for the statics, the application among them (booted in place).
 //!
 //! Build (nightly: core rebuilt with `panic=immediate-abort`, see `matrix.toml`), flash the
 //! image, then provision: the text is written as-is to its sector, and ends at the first erased
