@@ -1240,25 +1240,23 @@ impl Session {
             if epoch > self.rx_epoch.saturating_add(MAX_EPOCHS_AHEAD) {
                 continue;
             }
-            let t = self.tag_len();
-            let opened = if epoch == self.rx_epoch {
-                self.rx.open_truncated_at(n, header, body, t, out).is_ok()
-            } else if epoch + 1 == self.rx_epoch {
-                self.rx_prev
-                    .as_ref()
-                    .is_some_and(|k| k.open_truncated_at(n, header, body, t, out).is_ok())
-            } else {
-                let (prev, key) = self.derive_rx(epoch);
-                if key.open_truncated_at(n, header, body, t, out).is_ok() {
+            // The key of that epoch: current, previous, or derived (adopted if it opens).
+            let derived = (epoch > self.rx_epoch).then(|| self.derive_rx(epoch));
+            let key = match &derived {
+                Some((_, key)) => Some(key),
+                None if epoch == self.rx_epoch => Some(&self.rx),
+                None => self.rx_prev.as_ref(),
+            };
+            let opened = key.is_some_and(|k| {
+                k.open_truncated_at(n, header, body, self.tag_len(), out)
+                    .is_ok()
+            });
+            if opened {
+                if let Some((prev, key)) = derived {
                     self.rx_prev = Some(prev);
                     self.rx = key;
                     self.rx_epoch = epoch;
-                    true
-                } else {
-                    false
                 }
-            };
-            if opened {
                 self.window.commit(n);
                 return Ok(body.len() - self.tag_len());
             }
