@@ -1185,18 +1185,20 @@ impl Session {
     /// nonces of the next two epochs (on-demand rekeys skip nonces).
     fn nonce_candidates(&self, low: u8) -> [Option<u64>; 6] {
         let base = self.window.reconstruct(low);
-        let epoch_start = |k: u64| {
-            let s = (self.window.next_expected() / self.rekey_interval + k)
-                .checked_mul(self.rekey_interval)?;
-            s.checked_add(u64::from(low.wrapping_sub(s as u8)))
-        };
+        // The starts of the next two epochs (one division), then the first nonce at or after
+        // each whose low byte is `low`.
+        let next = (self.window.next_expected() / self.rekey_interval)
+            .checked_add(1)
+            .and_then(|e| e.checked_mul(self.rekey_interval));
+        let after = next.and_then(|s| s.checked_add(self.rekey_interval));
+        let at_low = |s: Option<u64>| s?.checked_add(u64::from(low.wrapping_sub(s? as u8)));
         [
             Some(base),
             base.checked_add(256),
             base.checked_add(512),
             base.checked_add(768),
-            epoch_start(1),
-            epoch_start(2),
+            at_low(next),
+            at_low(after),
         ]
     }
 
