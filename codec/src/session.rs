@@ -176,10 +176,11 @@ impl<
             unsafe { &mut *addr_of_mut!((*out.as_mut_ptr()).coap).cast() },
             coap,
         );
-        // SAFETY: write_fields wrote every field.
+        // SAFETY: write_fields and write_coap wrote every field.
         let me = unsafe { out.assume_init_mut() };
         let ClientState::Handshaking(init) = &mut me.state else {
-            unreachable!("written as Handshaking above")
+            // INVARIANT: write_fields writes the state as Handshaking.
+            unreachable!("written as Handshaking")
         };
         match init.restart(&me.cfg, None, &mut me.rng) {
             Ok(()) => {
@@ -194,15 +195,15 @@ impl<
         }
     }
 
-    /// The first half of [`new_in`](Self::new_in): every field written, the initiator blank.
-    /// Not inlined, so that the temporaries it may need (the CoAP endpoint is built by value)
-    /// are off the stack before the handshake's X25519 and hashing run.
+    /// The first part of [`new_in`](Self::new_in): every field but the CoAP endpoint
+    /// ([`write_coap`](Self::write_coap)) written, the initiator blank. Not inlined, so that
+    /// its temporaries are off the stack before the handshake's X25519 and hashing run.
     #[inline(never)]
     fn write_fields(out: &mut MaybeUninit<Self>, cfg: InitiatorConfig, rng: R) {
         let p = out.as_mut_ptr();
         // SAFETY: `p` points to the slot's (uninitialised) memory; each field is written once
-        // through its own pointer, all of them (`fields_check` below keeps this list
-        // complete), before new_in uses the slot as a `Client`.
+        // through its own pointer, all of them with `coap` (write_coap; `fields_check` below
+        // keeps this list complete), before new_in uses the slot as a `Client`.
         unsafe {
             addr_of_mut!((*p).state).write(ClientState::Handshaking(Initiator::blank(&cfg)));
             addr_of_mut!((*p).cfg).write(cfg);
@@ -213,7 +214,8 @@ impl<
                 ..SessionStats::default()
             });
         }
-        // Never called: a compile error here when a field is added that is not written above.
+        // Never called: a compile error here when a field is added that is not written above
+        // (or, `coap`, by write_coap).
         #[allow(dead_code)]
         fn fields_check<R, const S: usize, const D: usize, const O: usize, const M: usize>(
             c: Client<R, S, D, O, M>,
@@ -278,6 +280,7 @@ impl<
             self.set_blank_initiator();
         }
         let ClientState::Handshaking(init) = &mut self.state else {
+            // INVARIANT: made Handshaking just above.
             unreachable!("set just above")
         };
         match init.restart(&self.cfg, None, &mut self.rng) {
