@@ -51,7 +51,7 @@ use crate::coap::{self, Endpoint, MsgBuf, Received, Request, RequestHandle, Send
 use crate::noise::link::{
     classify, Initiator, InitiatorConfig, InitiatorError, LinkVersion, Msg1, PacketKind,
     RejectCode, ResponderConfig, ResponderError, ResponderSession, Session, SessionId,
-    TransportError, REJECT_LEN, RESPONDER_EXPORT_LEN, TRANSPORT_OVERHEAD,
+    TransportError, REJECT_LEN, RESPONDER_EXPORT_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD,
 };
 use crate::noise::PublicKey;
 
@@ -397,9 +397,14 @@ impl<
                 Err(_) => return None,
             },
             ClientState::Established(session) => {
-                let mut buf = [0u8; MTU];
-                let m = self.coap.poll_transmit(now, &mut buf)?;
-                match session.seal(&buf[..m], out) {
+                // The CoAP message is written where the transport packet carries it and
+                // sealed there. Too small an `out` sends nothing (and loses nothing).
+                if out.len() < MTU + TRANSPORT_OVERHEAD {
+                    return None;
+                }
+                let body = out.get_mut(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + MTU)?;
+                let m = self.coap.poll_transmit(now, body)?;
+                match session.seal_in_place(out, m) {
                     Ok(n) => n,
                     Err(TransportError::NonceExhausted) => {
                         self.restart_handshake(SessionEvent::Rehandshake);

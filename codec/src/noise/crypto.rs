@@ -416,30 +416,38 @@ impl CipherState {
         plaintext: &[u8],
         out: &mut [u8],
     ) -> Result<usize, NoiseError> {
-        match &self.k {
-            None => {
-                let dst = out
-                    .get_mut(..plaintext.len())
-                    .ok_or(NoiseError::BufferTooSmall)?;
-                dst.copy_from_slice(plaintext);
-                Ok(plaintext.len())
-            }
-            Some(k) => {
-                if n == u64::MAX {
-                    return Err(NoiseError::NonceExhausted);
-                }
-                let len = plaintext.len() + TAGLEN;
-                let dst = out.get_mut(..len).ok_or(NoiseError::BufferTooSmall)?;
-                let (body, tag_out) = dst.split_at_mut(plaintext.len());
-                body.copy_from_slice(plaintext);
-                let cipher = ChaCha20Poly1305::new(Key::from_slice(k));
-                let tag = cipher
-                    .encrypt_in_place_detached(&chacha_nonce(n), ad, body)
-                    .map_err(|_| NoiseError::BufferTooSmall)?;
-                tag_out.copy_from_slice(&tag);
-                Ok(len)
-            }
+        let dst = out
+            .get_mut(..plaintext.len())
+            .ok_or(NoiseError::BufferTooSmall)?;
+        dst.copy_from_slice(plaintext);
+        self.seal_in_place_at(n, ad, out, plaintext.len())
+    }
+
+    /// [`seal_at`](Self::seal_at) of the plaintext already in `buf[..len]`, encrypted where it
+    /// is, the tag written after it (no copy of the message).
+    pub(crate) fn seal_in_place_at(
+        &self,
+        n: u64,
+        ad: &[u8],
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<usize, NoiseError> {
+        let Some(k) = &self.k else {
+            return Ok(len);
+        };
+        if n == u64::MAX {
+            return Err(NoiseError::NonceExhausted);
         }
+        let dst = buf
+            .get_mut(..len + TAGLEN)
+            .ok_or(NoiseError::BufferTooSmall)?;
+        let (body, tag_out) = dst.split_at_mut(len);
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(k));
+        let tag = cipher
+            .encrypt_in_place_detached(&chacha_nonce(n), ad, body)
+            .map_err(|_| NoiseError::BufferTooSmall)?;
+        tag_out.copy_from_slice(&tag);
+        Ok(len + TAGLEN)
     }
 
     /// Decrypts `ciphertext` (body || tag) with nonce `n` into `out`; returns the plaintext length.

@@ -1158,26 +1158,43 @@ impl Session {
     }
 
     /// Encrypts `payload` into a transport packet in `out`; returns its length
-    /// (`payload.len() + 18`).
+    /// (`payload.len() + 18`, or `+ 6` with [`SHORT_TAG_LEN`]-byte tags). `out` needs room for
+    /// `payload.len() + 18` bytes either way.
     pub fn seal(&mut self, payload: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        let dst = out
+            .get_mut(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + payload.len())
+            .ok_or(TransportError::BufferTooSmall)?;
+        dst.copy_from_slice(payload);
+        self.seal_in_place(out, payload.len())
+    }
+
+    /// [`seal`](Self::seal) of the `len`-byte payload already in `packet`, after the
+    /// [`TRANSPORT_HEADER_LEN`] header bytes: encrypted where it is (no copy of the payload).
+    /// `packet` needs room for `len + 18` bytes.
+    pub fn seal_in_place(
+        &mut self,
+        packet: &mut [u8],
+        len: usize,
+    ) -> Result<usize, TransportError> {
         let n = self.tx.nonce();
         if n >= u64::MAX - 1 {
             return Err(TransportError::NonceExhausted);
         }
-        if out.len() < payload.len() + TRANSPORT_OVERHEAD {
+        if packet.len() < len + TRANSPORT_OVERHEAD {
             return Err(TransportError::BufferTooSmall);
         }
         self.advance_tx();
         let epoch_bit = (self.tx_epoch & 1) as u8;
         let header = [0x80 | (epoch_bit << 6) | self.id.0, n as u8];
-        out[..2].copy_from_slice(&header);
-        let len = self
+        let (head, body) = packet.split_at_mut(TRANSPORT_HEADER_LEN);
+        head.copy_from_slice(&header);
+        let sealed = self
             .tx
-            .seal_at(n, &header, payload, &mut out[2..])
+            .seal_in_place_at(n, &header, body, len)
             .map_err(|_| TransportError::BufferTooSmall)?;
         self.tx.set_nonce(n + 1);
         // A short tag is the full tag's first bytes.
-        Ok(2 + len - (TAGLEN - self.tag_len()))
+        Ok(TRANSPORT_HEADER_LEN + sealed - (TAGLEN - self.tag_len()))
     }
 
     /// Candidate full nonces for the truncated `low`, most likely first: the nearest to the
