@@ -51,7 +51,8 @@ use crate::coap::{self, Endpoint, MsgBuf, Received, Request, RequestHandle, Send
 use crate::noise::link::{
     classify, Initiator, InitiatorConfig, InitiatorError, LinkVersion, Msg1, PacketKind,
     RejectCode, ResponderConfig, ResponderError, ResponderSession, Session, SessionId,
-    TransportError, REJECT_LEN, RESPONDER_EXPORT_LEN, SESSION_EXPORT_LEN, TRANSPORT_OVERHEAD,
+    TransportError, REJECT_LEN, RESPONDER_EXPORT_LEN, SESSION_EXPORT_LEN, TRANSPORT_HEADER_LEN,
+    TRANSPORT_OVERHEAD,
 };
 use crate::noise::PublicKey;
 
@@ -185,10 +186,11 @@ impl<
             unsafe { &mut *addr_of_mut!((*out.as_mut_ptr()).coap).cast() },
             coap,
         );
-        // SAFETY: write_fields wrote every field.
+        // SAFETY: write_fields and write_coap wrote every field.
         let me = unsafe { out.assume_init_mut() };
         let ClientState::Handshaking(init) = &mut me.state else {
-            unreachable!("written as Handshaking above")
+            // INVARIANT: write_fields writes the state as Handshaking.
+            unreachable!("written as Handshaking")
         };
         match init.restart(&me.cfg, None, &mut me.rng) {
             Ok(()) => {
@@ -203,15 +205,15 @@ impl<
         }
     }
 
-    /// The first half of [`new_in`](Self::new_in): every field written, the initiator blank.
-    /// Not inlined, so that the temporaries it may need (the CoAP endpoint is built by value)
-    /// are off the stack before the handshake's X25519 and hashing run.
+    /// The first part of [`new_in`](Self::new_in): every field but the CoAP endpoint
+    /// ([`write_coap`](Self::write_coap)) written, the initiator blank. Not inlined, so that
+    /// its temporaries are off the stack before the handshake's X25519 and hashing run.
     #[inline(never)]
     fn write_fields(out: &mut MaybeUninit<Self>, cfg: InitiatorConfig, rng: R) {
         let p = out.as_mut_ptr();
         // SAFETY: `p` points to the slot's (uninitialised) memory; each field is written once
-        // through its own pointer, all of them (`fields_check` below keeps this list
-        // complete), before new_in uses the slot as a `Client`.
+        // through its own pointer, all of them with `coap` (write_coap; `fields_check` below
+        // keeps this list complete), before new_in uses the slot as a `Client`.
         unsafe {
             addr_of_mut!((*p).state).write(ClientState::Handshaking(Initiator::blank(&cfg)));
             addr_of_mut!((*p).cfg).write(cfg);
@@ -222,7 +224,8 @@ impl<
                 ..SessionStats::default()
             });
         }
-        // Never called: a compile error here when a field is added that is not written above.
+        // Never called: a compile error here when a field is added that is not written above
+        // (or, `coap`, by write_coap).
         #[allow(dead_code)]
         fn fields_check<R, const S: usize, const D: usize, const O: usize, const M: usize>(
             c: Client<R, S, D, O, M>,
@@ -287,6 +290,7 @@ impl<
             self.set_blank_initiator();
         }
         let ClientState::Handshaking(init) = &mut self.state else {
+            // INVARIANT: made Handshaking just above.
             unreachable!("set just above")
         };
         match init.restart(&self.cfg, None, &mut self.rng) {
@@ -403,9 +407,14 @@ impl<
                 Err(_) => return None,
             },
             ClientState::Established(session) => {
-                let mut buf = [0u8; MTU];
-                let m = self.coap.poll_transmit(now, &mut buf)?;
-                match session.seal(&buf[..m], out) {
+                // The CoAP message is written where the transport packet carries it and
+                // sealed there. Too small an `out` sends nothing (and loses nothing).
+                if out.len() < MTU + TRANSPORT_OVERHEAD {
+                    return None;
+                }
+                let body = out.get_mut(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + MTU)?;
+                let m = self.coap.poll_transmit(now, body)?;
+                match session.seal_in_place(out, m) {
                     Ok(n) => n,
                     Err(TransportError::NonceExhausted) => {
                         self.restart_handshake(SessionEvent::Rehandshake);

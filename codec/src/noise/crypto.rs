@@ -416,30 +416,38 @@ impl CipherState {
         plaintext: &[u8],
         out: &mut [u8],
     ) -> Result<usize, NoiseError> {
-        match &self.k {
-            None => {
-                let dst = out
-                    .get_mut(..plaintext.len())
-                    .ok_or(NoiseError::BufferTooSmall)?;
-                dst.copy_from_slice(plaintext);
-                Ok(plaintext.len())
-            }
-            Some(k) => {
-                if n == u64::MAX {
-                    return Err(NoiseError::NonceExhausted);
-                }
-                let len = plaintext.len() + TAGLEN;
-                let dst = out.get_mut(..len).ok_or(NoiseError::BufferTooSmall)?;
-                let (body, tag_out) = dst.split_at_mut(plaintext.len());
-                body.copy_from_slice(plaintext);
-                let cipher = ChaCha20Poly1305::new(Key::from_slice(k));
-                let tag = cipher
-                    .encrypt_in_place_detached(&chacha_nonce(n), ad, body)
-                    .map_err(|_| NoiseError::BufferTooSmall)?;
-                tag_out.copy_from_slice(&tag);
-                Ok(len)
-            }
+        let dst = out
+            .get_mut(..plaintext.len())
+            .ok_or(NoiseError::BufferTooSmall)?;
+        dst.copy_from_slice(plaintext);
+        self.seal_in_place_at(n, ad, out, plaintext.len())
+    }
+
+    /// [`seal_at`](Self::seal_at) of the plaintext already in `buf[..len]`, encrypted where it
+    /// is, the tag written after it (no copy of the message).
+    pub(crate) fn seal_in_place_at(
+        &self,
+        n: u64,
+        ad: &[u8],
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<usize, NoiseError> {
+        let Some(k) = &self.k else {
+            return Ok(len);
+        };
+        if n == u64::MAX {
+            return Err(NoiseError::NonceExhausted);
         }
+        let dst = buf
+            .get_mut(..len + TAGLEN)
+            .ok_or(NoiseError::BufferTooSmall)?;
+        let (body, tag_out) = dst.split_at_mut(len);
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(k));
+        let tag = cipher
+            .encrypt_in_place_detached(&chacha_nonce(n), ad, body)
+            .map_err(|_| NoiseError::BufferTooSmall)?;
+        tag_out.copy_from_slice(&tag);
+        Ok(len + TAGLEN)
     }
 
     /// Decrypts `ciphertext` (body || tag) with nonce `n` into `out`; returns the plaintext length.
@@ -451,36 +459,7 @@ impl CipherState {
         ciphertext: &[u8],
         out: &mut [u8],
     ) -> Result<usize, NoiseError> {
-        match &self.k {
-            None => {
-                let dst = out
-                    .get_mut(..ciphertext.len())
-                    .ok_or(NoiseError::BufferTooSmall)?;
-                dst.copy_from_slice(ciphertext);
-                Ok(ciphertext.len())
-            }
-            Some(k) => {
-                if n == u64::MAX {
-                    return Err(NoiseError::NonceExhausted);
-                }
-                let len = ciphertext
-                    .len()
-                    .checked_sub(TAGLEN)
-                    .ok_or(NoiseError::MessageTooShort)?;
-                let dst = out.get_mut(..len).ok_or(NoiseError::BufferTooSmall)?;
-                dst.copy_from_slice(&ciphertext[..len]);
-                let tag = Tag::from_slice(&ciphertext[len..]);
-                let cipher = ChaCha20Poly1305::new(Key::from_slice(k));
-                if cipher
-                    .decrypt_in_place_detached(&chacha_nonce(n), ad, dst, tag)
-                    .is_err()
-                {
-                    dst.fill(0);
-                    return Err(NoiseError::Decrypt);
-                }
-                Ok(len)
-            }
-        }
+        self.open_tagged(n, ad, ciphertext, TAGLEN, out)
     }
 
     /// Opens `ciphertext ‖ tag[..tag_len]` sealed by [`seal_at`](Self::seal_at) whose tag was
@@ -504,11 +483,26 @@ impl CipherState {
         tag_len: usize,
         out: &mut [u8],
     ) -> Result<usize, NoiseError> {
-        if tag_len >= TAGLEN {
-            return self.open_at(n, ad, ciphertext, out);
-        }
+        self.open_tagged(n, ad, ciphertext, tag_len.min(TAGLEN), out)
+    }
+
+    /// [`open_at`](Self::open_at) and [`open_truncated_at`](Self::open_truncated_at) in one
+    /// body (a device links both): a whole tag is checked by the AEAD in one pass, a truncated
+    /// one by re-sealing.
+    fn open_tagged(
+        &self,
+        n: u64,
+        ad: &[u8],
+        ciphertext: &[u8],
+        tag_len: usize,
+        out: &mut [u8],
+    ) -> Result<usize, NoiseError> {
         let Some(k) = &self.k else {
-            return self.open_at(n, ad, ciphertext, out);
+            let dst = out
+                .get_mut(..ciphertext.len())
+                .ok_or(NoiseError::BufferTooSmall)?;
+            dst.copy_from_slice(ciphertext);
+            return Ok(ciphertext.len());
         };
         if n == u64::MAX {
             return Err(NoiseError::NonceExhausted);
@@ -519,28 +513,28 @@ impl CipherState {
             .ok_or(NoiseError::MessageTooShort)?;
         let dst = out.get_mut(..len).ok_or(NoiseError::BufferTooSmall)?;
         dst.copy_from_slice(&ciphertext[..len]);
+        let tag = &ciphertext[len..];
         let cipher = ChaCha20Poly1305::new(Key::from_slice(k));
         let nonce = chacha_nonce(n);
-        // c -> p (the tag of this pass is over p: ignored).
-        cipher
-            .encrypt_in_place_detached(&nonce, ad, dst)
-            .map_err(|_| NoiseError::BufferTooSmall)?;
-        // p -> c, with the real tag over c.
-        let tag = cipher
-            .encrypt_in_place_detached(&nonce, ad, dst)
-            .map_err(|_| NoiseError::BufferTooSmall)?;
-        let diff = tag[..tag_len]
-            .iter()
-            .zip(&ciphertext[len..])
-            .fold(0u8, |d, (a, b)| d | (a ^ b));
-        if diff != 0 {
+        let ok = if tag_len == TAGLEN {
+            cipher
+                .decrypt_in_place_detached(&nonce, ad, dst, Tag::from_slice(tag))
+                .is_ok()
+        } else {
+            // c -> p (the tag of this pass is over p: ignored), p -> c with the real tag over
+            // c, compared in constant time, then c -> p. ChaCha20Poly1305 fails encryption
+            // only for inputs over 2^38 bytes.
+            let _ = cipher.encrypt_in_place_detached(&nonce, ad, dst);
+            let diff = match cipher.encrypt_in_place_detached(&nonce, ad, dst) {
+                Ok(want) => want.iter().zip(tag).fold(0u8, |d, (a, b)| d | (a ^ b)),
+                Err(_) => 1,
+            };
+            diff == 0 && cipher.encrypt_in_place_detached(&nonce, ad, dst).is_ok()
+        };
+        if !ok {
             dst.fill(0);
             return Err(NoiseError::Decrypt);
         }
-        // c -> p.
-        cipher
-            .encrypt_in_place_detached(&nonce, ad, dst)
-            .map_err(|_| NoiseError::BufferTooSmall)?;
         Ok(len)
     }
 

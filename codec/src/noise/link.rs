@@ -1158,26 +1158,43 @@ impl Session {
     }
 
     /// Encrypts `payload` into a transport packet in `out`; returns its length
-    /// (`payload.len() + 18`).
+    /// (`payload.len() + 18`, or `+ 6` with [`SHORT_TAG_LEN`]-byte tags). `out` needs room for
+    /// `payload.len() + 18` bytes either way.
     pub fn seal(&mut self, payload: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        let dst = out
+            .get_mut(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + payload.len())
+            .ok_or(TransportError::BufferTooSmall)?;
+        dst.copy_from_slice(payload);
+        self.seal_in_place(out, payload.len())
+    }
+
+    /// [`seal`](Self::seal) of the `len`-byte payload already in `packet`, after the
+    /// [`TRANSPORT_HEADER_LEN`] header bytes: encrypted where it is (no copy of the payload).
+    /// `packet` needs room for `len + 18` bytes.
+    pub fn seal_in_place(
+        &mut self,
+        packet: &mut [u8],
+        len: usize,
+    ) -> Result<usize, TransportError> {
         let n = self.tx.nonce();
         if n >= u64::MAX - 1 {
             return Err(TransportError::NonceExhausted);
         }
-        if out.len() < payload.len() + TRANSPORT_OVERHEAD {
+        if packet.len() < len + TRANSPORT_OVERHEAD {
             return Err(TransportError::BufferTooSmall);
         }
         self.advance_tx();
         let epoch_bit = (self.tx_epoch & 1) as u8;
         let header = [0x80 | (epoch_bit << 6) | self.id.0, n as u8];
-        out[..2].copy_from_slice(&header);
-        let len = self
+        let (head, body) = packet.split_at_mut(TRANSPORT_HEADER_LEN);
+        head.copy_from_slice(&header);
+        let sealed = self
             .tx
-            .seal_at(n, &header, payload, &mut out[2..])
+            .seal_in_place_at(n, &header, body, len)
             .map_err(|_| TransportError::BufferTooSmall)?;
         self.tx.set_nonce(n + 1);
         // A short tag is the full tag's first bytes.
-        Ok(2 + len - (TAGLEN - self.tag_len()))
+        Ok(TRANSPORT_HEADER_LEN + sealed - (TAGLEN - self.tag_len()))
     }
 
     /// Candidate full nonces for the truncated `low`, most likely first: the nearest to the
@@ -1185,18 +1202,20 @@ impl Session {
     /// nonces of the next two epochs (on-demand rekeys skip nonces).
     fn nonce_candidates(&self, low: u8) -> [Option<u64>; 6] {
         let base = self.window.reconstruct(low);
-        let epoch_start = |k: u64| {
-            let s = (self.window.next_expected() / self.rekey_interval + k)
-                .checked_mul(self.rekey_interval)?;
-            s.checked_add(u64::from(low.wrapping_sub(s as u8)))
-        };
+        // The starts of the next two epochs (one division), then the first nonce at or after
+        // each whose low byte is `low`.
+        let next = (self.window.next_expected() / self.rekey_interval)
+            .checked_add(1)
+            .and_then(|e| e.checked_mul(self.rekey_interval));
+        let after = next.and_then(|s| s.checked_add(self.rekey_interval));
+        let at_low = |s: Option<u64>| s?.checked_add(u64::from(low.wrapping_sub(s? as u8)));
         [
             Some(base),
             base.checked_add(256),
             base.checked_add(512),
             base.checked_add(768),
-            epoch_start(1),
-            epoch_start(2),
+            at_low(next),
+            at_low(after),
         ]
     }
 
@@ -1240,25 +1259,23 @@ impl Session {
             if epoch > self.rx_epoch.saturating_add(MAX_EPOCHS_AHEAD) {
                 continue;
             }
-            let t = self.tag_len();
-            let opened = if epoch == self.rx_epoch {
-                self.rx.open_truncated_at(n, header, body, t, out).is_ok()
-            } else if epoch + 1 == self.rx_epoch {
-                self.rx_prev
-                    .as_ref()
-                    .is_some_and(|k| k.open_truncated_at(n, header, body, t, out).is_ok())
-            } else {
-                let (prev, key) = self.derive_rx(epoch);
-                if key.open_truncated_at(n, header, body, t, out).is_ok() {
+            // The key of that epoch: current, previous, or derived (adopted if it opens).
+            let derived = (epoch > self.rx_epoch).then(|| self.derive_rx(epoch));
+            let key = match &derived {
+                Some((_, key)) => Some(key),
+                None if epoch == self.rx_epoch => Some(&self.rx),
+                None => self.rx_prev.as_ref(),
+            };
+            let opened = key.is_some_and(|k| {
+                k.open_truncated_at(n, header, body, self.tag_len(), out)
+                    .is_ok()
+            });
+            if opened {
+                if let Some((prev, key)) = derived {
                     self.rx_prev = Some(prev);
                     self.rx = key;
                     self.rx_epoch = epoch;
-                    true
-                } else {
-                    false
                 }
-            };
-            if opened {
                 self.window.commit(n);
                 return Ok(body.len() - self.tag_len());
             }
