@@ -1313,6 +1313,45 @@ mod tests {
         (served, to)
     }
 
+    const V1: [LinkVersion; 1] = [LinkVersion {
+        protocol: 1,
+        dict: 1,
+    }];
+
+    /// A responder configuration for these tests: gateway key `gw`, peers `allowed`, IK.
+    fn responder<'a>(
+        gw: &'a Keypair,
+        allowed: &'a [PublicKey],
+        transport: TransportConfig,
+    ) -> ResponderConfig<'a> {
+        ResponderConfig {
+            local: gw,
+            versions: &V1,
+            known_versions: &[],
+            allowed,
+            accept_ik: true,
+            accept_kk: false,
+            transport,
+        }
+    }
+
+    /// A client with key `k` towards `gw` (IK, protocol 1), CoAP and RNG seeded by `seed`.
+    fn test_client(k: &Keypair, gw: &Keypair, seed: u64, transport: TransportConfig) -> TestClient {
+        let init = InitiatorConfig {
+            pattern: LinkPattern::IK,
+            version: V1[0],
+            local: k.clone(),
+            remote: gw.public(),
+            retransmit: RetransmitConfig::for_link_rate(1_000_000, 0),
+            transport,
+        };
+        let coap = coap::Config {
+            seed,
+            ..coap::Config::default()
+        };
+        Client::new(init, coap, StdRng::seed_from_u64(seed)).unwrap()
+    }
+
     #[test]
     fn an_exported_session_resumes_without_a_handshake() {
         let mut rng = StdRng::seed_from_u64(7);
@@ -1320,34 +1359,9 @@ mod tests {
         let key = Keypair::generate(&mut rng);
         let other = Keypair::generate(&mut rng);
         let allowed = [key.public()];
-        let versions = [LinkVersion {
-            protocol: 1,
-            dict: 1,
-        }];
-        let cfg = ResponderConfig {
-            local: &gw,
-            versions: &versions,
-            known_versions: &[],
-            allowed: &allowed,
-            accept_ik: true,
-            accept_kk: false,
-            transport: TransportConfig { rekey_interval: 16 },
-        };
-        let client = |k: &Keypair, seed: u64| -> TestClient {
-            let init = InitiatorConfig {
-                pattern: LinkPattern::IK,
-                version: versions[0],
-                local: k.clone(),
-                remote: gw.public(),
-                retransmit: RetransmitConfig::for_link_rate(1_000_000, 0),
-                transport: TransportConfig { rekey_interval: 16 },
-            };
-            let coap = coap::Config {
-                seed,
-                ..coap::Config::default()
-            };
-            Client::new(init, coap, StdRng::seed_from_u64(seed)).unwrap()
-        };
+        let t16 = TransportConfig { rekey_interval: 16 };
+        let cfg = responder(&gw, &allowed, t16);
+        let client = |k: &Keypair, seed: u64| test_client(k, &gw, seed, t16);
         let mut srv: ServerWith<u8, Spy, 2, 4, 1, 64> =
             ServerWith::with_store(Spy::default(), coap::Config::default());
         let mut a = client(&key, 2);
@@ -1426,30 +1440,8 @@ mod tests {
         let gw = Keypair::generate(&mut rng);
         let keys = [Keypair::generate(&mut rng), Keypair::generate(&mut rng)];
         let allowed = [keys[0].public(), keys[1].public()];
-        let versions = [LinkVersion {
-            protocol: 1,
-            dict: 1,
-        }];
-        let cfg = ResponderConfig {
-            local: &gw,
-            versions: &versions,
-            known_versions: &[],
-            allowed: &allowed,
-            accept_ik: true,
-            accept_kk: false,
-            transport: TransportConfig::default(),
-        };
-        let client = |k: &Keypair, seed: u64| -> TestClient {
-            let init = InitiatorConfig {
-                pattern: LinkPattern::IK,
-                version: versions[0],
-                local: k.clone(),
-                remote: gw.public(),
-                retransmit: RetransmitConfig::for_link_rate(1_000_000, 0),
-                transport: TransportConfig::default(),
-            };
-            Client::new(init, coap::Config::default(), StdRng::seed_from_u64(seed)).unwrap()
-        };
+        let cfg = responder(&gw, &allowed, TransportConfig::default());
+        let client = |k: &Keypair, seed: u64| test_client(k, &gw, seed, TransportConfig::default());
         let mut srv: ServerWith<u8, Spy, 2, 4, 1, 64> =
             ServerWith::with_store(Spy::default(), coap::Config::default());
         let (mut a, mut b) = (client(&keys[0], 2), client(&keys[1], 3));
