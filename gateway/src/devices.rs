@@ -499,7 +499,7 @@ impl Devices {
         let (hs, http) = (ctx.homeserver.to_owned(), ctx.http.clone());
         let room_path = format!("{hs}/_matrix/client/v3/rooms/{}", percent(&room));
         match op {
-            Op::Sync { .. } => Answer::Now(Code::BAD_REQUEST),
+            Op::Sync { .. } | Op::Wake => Answer::Now(Code::BAD_REQUEST),
             Op::Text { boot, seq, .. } => {
                 let Ok(body) = core::str::from_utf8(payload) else {
                     return Answer::Now(Code::BAD_REQUEST);

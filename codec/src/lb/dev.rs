@@ -27,6 +27,8 @@
 //!  EVENT  0x5k  [varint boot][varint seq] ‖ varint type_len ‖ event type ‖ content: send a
 //!               custom event to room k ([`write_event`]); content is the event content in
 //!               lowband's packed form ([`crate::pack`]); transaction id `d{boot}.{seq}`
+//!  WAKE   0x60  serve to device, no payload: register again now (see "Waking a device
+//!               after a restart" below)
 //! ```
 //!
 //! Every operation but SYNC is answered 2.04 with no payload on success (no event id: the
@@ -92,6 +94,28 @@
 //! link; the registration is refreshed periodically (the device's choice), which is the only
 //! idle cost.
 //!
+//! # Waking a device after a restart
+//!
+//! `serve` keeps a device's link session and cursor across its own restart (with a state
+//! directory) but neither the observation nor the access token: until the device registers
+//! again nothing can be pushed. So a restarted `serve` sends each device it restored both
+//! for one confirmable **POST** carrying the [`opt::DEVICE`](super::opt::DEVICE) option with
+//! the `WAKE` operation (`0x60`) and no payload, its only request to a device; the device
+//! answers an empty 2.04 (piggybacked) and registers at once with `k = 0` (a `serve` that
+//! restarted has no room or user numbers) and its token (`serve` lost the token number).
+//! Anything else `serve`-initiated is answered 4.04. The wake is not retried beyond CoAP's
+//! retransmissions: if it fails, the device's periodic refresh recovers as before.
+//!
+//! ```text
+//!  wake     COBS 1 + delimiter 1 + Noise header 2 + CoAP header 4 + token 1 + DEVICE
+//!           option 3 (number 13: a delta extension byte) + tag 4              = 16
+//!  ack      COBS 1 + delimiter 1 + Noise header 2 + CoAP 2.04 piggybacked 4 + token 1
+//!           + tag 4                                                          = 13
+//! ```
+//!
+//! 29 bytes (31 with idle leads), once per device and restart, plus the registration it
+//! triggers (a refresh's bytes, plus the token).
+//!
 //! # Items (notification payload)
 //!
 //! ```text
@@ -138,6 +162,9 @@ pub const OP_LEAVE: u8 = 0x3;
 pub const OP_TYPING: u8 = 0x4;
 /// Operation: send a custom event (type and packed content, [`write_event`]) to room k.
 pub const OP_EVENT: u8 = 0x5;
+/// Operation (`serve` to device): register for pushed sync again now, with the token
+/// (`serve` restarted and lost the observation and the token number).
+pub const OP_WAKE: u8 = 0x6;
 
 /// Why a device-profile value did not parse or encode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,6 +264,9 @@ pub enum Op {
         /// Sequence number of the transaction id.
         seq: u32,
     },
+    /// From `serve` to the device: register for pushed sync again now (`keep = false`, with
+    /// the token); see "Waking a device after a restart" in the module docs.
+    Wake,
 }
 
 impl Op {
@@ -279,6 +309,7 @@ impl Op {
                 boot: read_varint(&mut p)?,
                 seq: read_varint(&mut p)?,
             },
+            OP_WAKE if b & 0x0f == 0 => Op::Wake,
             _ => return Err(DevError::Malformed),
         };
         Ok((op, p))
@@ -327,13 +358,17 @@ impl Op {
                 *first = with_slot(OP_EVENT, slot)?;
                 Ok(1 + txn(rest, boot, seq)?)
             }
+            Op::Wake => {
+                *first = OP_WAKE << 4;
+                Ok(1)
+            }
         }
     }
 
-    /// The room slot the operation addresses (`None` for [`Op::Sync`]).
+    /// The room slot the operation addresses (`None` for [`Op::Sync`] and [`Op::Wake`]).
     pub fn slot(&self) -> Option<u8> {
         match *self {
-            Op::Sync { .. } => None,
+            Op::Sync { .. } | Op::Wake => None,
             Op::Text { slot, .. }
             | Op::Join { slot }
             | Op::Leave { slot }
@@ -693,7 +728,8 @@ mod tests {
         assert_eq!(Op::parse(&[0x41]), Err(DevError::Malformed));
         assert_eq!(Op::parse(&[0x41, 0x80]), Err(DevError::Malformed));
         assert_eq!(Op::parse(&[0x50, 0x01]), Err(DevError::Malformed));
-        assert_eq!(Op::parse(&[0x60]), Err(DevError::Malformed));
+        assert_eq!(Op::parse(&[0x61]), Err(DevError::Malformed));
+        assert_eq!(Op::parse(&[0x60, 0x00]), Err(DevError::Malformed));
         assert_eq!(Op::parse(&[0xf0]), Err(DevError::Malformed));
         // Slots above 15 do not encode.
         for bad in [
@@ -725,6 +761,22 @@ mod tests {
         };
         assert_eq!(t.write(&mut b[..3]), Err(DevError::BufferTooSmall));
         assert_eq!(t.write(&mut []), Err(DevError::BufferTooSmall));
+    }
+
+    #[test]
+    fn wake() {
+        let mut b = [0u8; 11];
+        assert_eq!(OP_WAKE, 0x6);
+        assert_eq!(Op::Wake.write(&mut b), Ok(1));
+        assert_eq!(b[0], 0x60);
+        assert_eq!(Op::parse(&[0x60]), Ok(Op::Wake));
+        assert_eq!(Op::parse_prefix(&[0x60, 0xaa]), Ok((Op::Wake, &[0xaa][..])));
+        assert_eq!(Op::Wake.slot(), None);
+        // The low nibble is reserved (no slot): anything but 0 is malformed.
+        for bad in [0x61u8, 0x6f] {
+            assert_eq!(Op::parse(&[bad]), Err(DevError::Malformed));
+        }
+        assert_eq!(Op::Wake.write(&mut []), Err(DevError::BufferTooSmall));
     }
 
     #[test]
