@@ -7,6 +7,7 @@
 //!   SyncState ◄── SyncUpdate ◄── pushed item (lb::dev::Item) ◄───────┘ notification (Observe)
 //!   SyncState.outbox ──► PUT [TEXT | EVENT | JOIN | LEAVE | TYPING op ‖ argument] ──► link
 //!   at boot ──► GET Observe:0 [SYNC op, last item applied] once, refreshed every PUSH_REFRESH_MS
+//!   serve's POST [WAKE op] (after its restart) ──► 2.04, and the registration at once
 //!   link session ──► SyncState (saved with it) ──► next boot resumes it, no handshake
 //! ```
 //!
@@ -634,11 +635,21 @@ impl<R: RngCore + CryptoRng> Runner<R> {
             let received = self
                 .client
                 .handle_packet(now, &self.rx[start..n], &mut self.scratch);
-            if let Some(Received::Response(r)) = received {
-                let r = Resp::copy(&r, base);
-                if self.on_response(now, &r, inflate) {
-                    progress.changed = true;
+            match received {
+                Some(Received::Response(r)) => {
+                    let r = Resp::copy(&r, base);
+                    if self.on_response(now, &r, inflate) {
+                        progress.changed = true;
+                    }
                 }
+                Some(Received::Request(req)) => {
+                    // A wake is a POST whose payload is the one byte of `Op::Wake` (compared
+                    // as bytes: no operation parser is linked).
+                    let wake = req.code == Code::POST && req.payload == [dev::OP_WAKE << 4];
+                    let to = req.responder;
+                    self.on_request(now, &to, wake);
+                }
+                None => {}
             }
             self.drain_events(now);
         }
@@ -716,6 +727,27 @@ impl<R: RngCore + CryptoRng> Runner<R> {
                 _ => {}
             }
         }
+    }
+
+    /// A request from the gateway: only a wake ([`Op::Wake`]: `serve` restarted and lost
+    /// the observation and the token number) is one, answered 2.04; the registration is
+    /// dropped and made again at once with the token and fresh room and user numbers
+    /// (`keep = false`: the tables are forgotten when it is acknowledged), the aliases are
+    /// defined again. Anything else is answered 4.04. Duplicates are answered by CoAP.
+    fn on_request(&mut self, now: u64, to: &lowband_codec::coap::Responder, wake: bool) {
+        let code = if wake { Code::CHANGED } else { Code::NOT_FOUND };
+        let _ = self.client.coap().respond(now, to, code, Options::NONE, &[]);
+        if !wake {
+            return;
+        }
+        if let Some((h, Pending::Register(_) | Pending::Observing)) = self.sync {
+            self.client.coap().cancel(h);
+            self.sync = None;
+        }
+        self.token_acked = false;
+        self.push_tables = false;
+        self.forget_aliases();
+        self.sync_due = now;
     }
 
     /// Handles one response (copied out of the scratch as offsets); `true` if the state

@@ -39,6 +39,17 @@
 //! directory cursors live in memory: after a restart a device starts from its since token if
 //! it never had a push, else from "now".
 //!
+//! A restart loses what only lives in memory: the device's observation, its access token
+//! and token number. So right after restoring, `serve` wakes every device it holds both a
+//! session and a cursor for ([`Devices::wake_restored`]: one confirmable request carrying
+//! [`Op::Wake`], 15 bytes on a serial line, answered by an empty 2.04 of 13), and the device
+//! registers again at once with its token: what arrived during the outage is pushed within
+//! seconds instead of at the device's next periodic refresh (up to 15 minutes). The cursor
+//! file also keeps the address the device was last heard from, where its restored session
+//! sends first (over UDP; a serial line has one peer). A wake that goes unanswered is not
+//! repeated: the periodic refresh still recovers. A device that registers on its own first
+//! is not woken (the wake is cancelled).
+//!
 //! A device registering without a since token that `serve` holds no cursor for starts from
 //! "now": the poller's first `/sync` (no since, timeout 0) only sets the since token; nothing
 //! of it is pushed.
@@ -52,6 +63,7 @@
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
+use core::net::SocketAddr;
 use core::time::Duration;
 use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
@@ -63,7 +75,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HttpClient;
-use lowband_codec::coap::{Code, IncomingRequest, Options, Responder};
+use lowband_codec::coap::{
+    Code, IncomingRequest, Options, Request, RequestError, RequestHandle, Responder,
+};
 use lowband_codec::lb::dev::{self, Item, Kind, Op};
 use lowband_codec::lb::opt;
 use serde::{Deserialize, Serialize};
@@ -184,6 +198,11 @@ struct Cursor {
     own_leaves: VecDeque<String>,
     /// The file contents last written (nothing written when unchanged).
     written: Vec<u8>,
+    /// The link address the device was last heard from (a restored session's first
+    /// destination after a restart: where the wake goes).
+    addr: Option<SocketAddr>,
+    /// The wake request in flight after a restart ([`Devices::wake_restored`]).
+    wake: Option<RequestHandle>,
 }
 
 /// What a cursor file holds (format 1).
@@ -197,6 +216,9 @@ struct Saved {
     rooms: Vec<(String, bool)>,
     users: Vec<(String, u64, bool)>,
     uses: u64,
+    /// Added later within format 1 (absent in older files).
+    #[serde(default)]
+    addr: Option<SocketAddr>,
 }
 
 impl Cursor {
@@ -210,6 +232,7 @@ impl Cursor {
             rooms: self.rooms.clone(),
             users: self.users.clone(),
             uses: self.uses,
+            addr: self.addr,
         }
     }
 
@@ -222,6 +245,7 @@ impl Cursor {
             rooms: s.rooms.into_iter().take(dev::ROOMS).collect(),
             users: s.users.into_iter().take(dev::USERS).collect(),
             uses: s.uses,
+            addr: s.addr,
             ..Cursor::default()
         }
     }
@@ -634,16 +658,100 @@ impl Devices {
 
     /// Answers a registration: the observer is (re)placed and acknowledged with 2.05.
     pub fn accept(&mut self, now: u64, table: &mut SessionTable, i: usize, to: &Responder) {
+        let wake = table
+            .peer(i)
+            .and_then(|p| self.cursors.get_mut(&p))
+            .and_then(|c| c.wake.take());
         let Some(s) = table.session(i) else {
             return;
         };
         let ep = s.coap();
+        // Registered on its own since the restart: the wake is moot.
+        if let Some(h) = wake {
+            ep.cancel(h);
+        }
         ep.drop_observers(dev::RESOURCE);
         if let Err(e) =
             ep.respond_observe(now, to, dev::RESOURCE, Code::CONTENT, Options::NONE, &[])
         {
             tracing::warn!(?e, "serve: device registration not accepted");
         }
+    }
+
+    /// Where `peer` was last heard from (kept in its cursor file), if it has a cursor.
+    pub fn address(&self, peer: &[u8; 32]) -> Option<SocketAddr> {
+        self.cursors.get(peer).and_then(|c| c.addr)
+    }
+
+    /// Notes that `peer` was heard from at `addr` (written with its cursor when it changed;
+    /// nothing for a key without a cursor).
+    pub fn heard_from(&mut self, peer: &[u8; 32], addr: SocketAddr) {
+        match self.cursors.get_mut(peer) {
+            Some(c) if c.addr != Some(addr) => c.addr = Some(addr),
+            _ => return,
+        }
+        self.save(peer);
+    }
+
+    /// Right after a restart: asks every device that has both a restored session in `table`
+    /// and a cursor, and has not registered since, to register again now (a confirmable
+    /// `POST` whose payload is the [`Op::Wake`] operation, [`dev`]'s "Waking a device after a
+    /// restart"):
+    /// the restart lost its observation and its token, so nothing could be polled or pushed
+    /// until its next periodic refresh. Sent once (CoAP retransmits it); returns how many.
+    pub fn wake_restored(&mut self, now: u64, table: &mut SessionTable) -> usize {
+        let mut op = [0u8; 1];
+        let Ok(n) = Op::Wake.write(&mut op) else {
+            return 0;
+        };
+        let mut woken = 0;
+        for (peer, c) in &mut self.cursors {
+            if c.registered || c.wake.is_some() {
+                continue;
+            }
+            let Some(s) = table.find_peer(peer).and_then(|i| table.session(i)) else {
+                continue;
+            };
+            match s
+                .coap()
+                .request(now, Request::con(Code::POST, Options::NONE, &op[..n]))
+            {
+                Ok(h) => {
+                    c.wake = Some(h);
+                    woken += 1;
+                }
+                Err(e) => tracing::info!(?e, "serve: device wake not sent"),
+            }
+        }
+        if woken > 0 {
+            tracing::info!(devices = woken, "serve: waking restored devices");
+        }
+        woken
+    }
+
+    /// The outcome of a request of ours to `peer` (a response, or a CoAP failure): logged if
+    /// it was a wake; `true` if it was one.
+    pub fn wake_done(
+        &mut self,
+        peer: &[u8; 32],
+        h: RequestHandle,
+        outcome: Result<Code, RequestError>,
+    ) -> bool {
+        let Some(c) = self.cursors.get_mut(peer) else {
+            return false;
+        };
+        if c.wake != Some(h) {
+            return false;
+        }
+        c.wake = None;
+        match outcome {
+            Ok(code) => tracing::info!(?code, "serve: device answered the wake"),
+            Err(e) => tracing::info!(
+                ?e,
+                "serve: device wake unanswered; its periodic refresh registers it"
+            ),
+        }
+        true
     }
 
     /// A poller's batch (queued if it continues the cursor's chain) or an operation's report.

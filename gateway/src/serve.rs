@@ -229,6 +229,18 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     } else {
         RESTORED_ADDR
     };
+    // Device cursors live next to the sessions when there is a state directory; loaded first:
+    // a device's restored session sends first where the device was last heard from.
+    let (mut devices, mut dev_rx) = match &cfg.state_dir {
+        Some(d) => crate::devices::Devices::with_state_dir(d)?,
+        None => crate::devices::Devices::new(),
+    };
+    devices.retain(|peer| cfg.allowed.contains(peer));
+    let first_to = |peer: &[u8; 32]| match devices.address(peer) {
+        Some(a) if a == SERIAL_ADDR && serial.is_some() => a,
+        Some(a) if !a.ip().is_unspecified() && socket.is_some() => a,
+        _ => restored_to,
+    };
     if let Some(store) = &store {
         for e in store.load() {
             match ServerSession::import(&e, link.coap(seed ^ server.len() as u64)) {
@@ -239,7 +251,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                             "serve: persisted session of a key no longer allowed; dropped"
                         );
                         store.remove(&peer.0);
-                    } else if server.insert(restored_to, Box::new(s)).is_err() {
+                    } else if server.insert(first_to(&peer.0), Box::new(s)).is_err() {
                         tracing::warn!("serve: session table full; persisted session dropped");
                     }
                 }
@@ -250,12 +262,6 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     cfg.metrics.set_sessions(server.len());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    // Device cursors live next to the sessions when there is a state directory.
-    let (mut devices, mut dev_rx) = match &cfg.state_dir {
-        Some(d) => crate::devices::Devices::with_state_dir(d)?,
-        None => crate::devices::Devices::new(),
-    };
-    devices.retain(|peer| cfg.allowed.contains(peer));
     let (cycle_tx, mut cycle_rx) = mpsc::unbounded_channel();
     let mut st = State {
         server,
@@ -282,6 +288,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut last_stats = Instant::now();
     // Restored sessions count as written.
     st.persist(0, false);
+    // Restored devices lost their observation and token here: they register again at once.
+    st.devices.wake_restored(now_ms(start), &mut st.server);
     st.server.release_memory();
     loop {
         let now = now_ms(start);
@@ -439,8 +447,21 @@ impl State {
         }
         self.metrics.set_sessions(self.server.len());
         self.stats_dirty = true;
-        if let Some((i, Some(Received::Request(req)))) = got {
-            self.on_request(now, i, req);
+        let Some((i, got)) = got else {
+            return;
+        };
+        let peer = self.server.peer(i);
+        match got {
+            Some(Received::Request(req)) => self.on_request(now, i, req),
+            Some(Received::Response(r)) => {
+                if let Some(p) = &peer {
+                    self.devices.wake_done(p, r.handle, Ok(r.code));
+                }
+            }
+            None => {}
+        }
+        if let Some(p) = &peer {
+            self.devices.heard_from(p, from);
         }
     }
 
@@ -912,8 +933,16 @@ impl State {
         }
         while let Some((i, e)) = self.server.poll_event() {
             tracing::debug!(?e, "serve: session event");
-            if let lowband_codec::coap::Event::ObserverGone { token, .. } = e {
-                self.observer_gone(i, &token);
+            match e {
+                lowband_codec::coap::Event::ObserverGone { token, .. } => {
+                    self.observer_gone(i, &token);
+                }
+                lowband_codec::coap::Event::Failed { handle, error } => {
+                    if let Some(p) = self.server.peer(i) {
+                        self.devices.wake_done(&p, handle, Err(error));
+                    }
+                }
+                _ => {}
             }
         }
     }

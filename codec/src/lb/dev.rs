@@ -27,8 +27,8 @@
 //!  EVENT  0x5k  [varint boot][varint seq] ‖ varint type_len ‖ event type ‖ content: send a
 //!               custom event to room k ([`write_event`]); content is the event content in
 //!               lowband's packed form ([`crate::pack`]); transaction id `d{boot}.{seq}`
-//!  WAKE   0x60  serve to device, no payload: register again now (see "Waking a device
-//!               after a restart" below)
+//!  WAKE   0x60  serve to device (a POST's payload): register again now (see "Waking a
+//!               device after a restart" below)
 //! ```
 //!
 //! Every operation but SYNC is answered 2.04 with no payload on success (no event id: the
@@ -99,22 +99,24 @@
 //! `serve` keeps a device's link session and cursor across its own restart (with a state
 //! directory) but neither the observation nor the access token: until the device registers
 //! again nothing can be pushed. So a restarted `serve` sends each device it restored both
-//! for one confirmable **POST** carrying the [`opt::DEVICE`](super::opt::DEVICE) option with
-//! the `WAKE` operation (`0x60`) and no payload, its only request to a device; the device
+//! for one confirmable **POST** (its only request to a device) whose payload is the `WAKE`
+//! operation alone (`0x60`), no option: a payload byte costs one byte less than the
+//! [`opt::DEVICE`](super::opt::DEVICE) option (number 13 needs a delta extension byte after
+//! no other option), and a device's endpoint need not list that critical option. The device
 //! answers an empty 2.04 (piggybacked) and registers at once with `k = 0` (a `serve` that
-//! restarted has no room or user numbers) and its token (`serve` lost the token number).
-//! Anything else `serve`-initiated is answered 4.04. The wake is not retried beyond CoAP's
+//! restarted has no room or user numbers) and its token (`serve` lost the token number too).
+//! Any other request is answered 4.04. The wake is not retried beyond CoAP's
 //! retransmissions: if it fails, the device's periodic refresh recovers as before.
 //!
 //! ```text
-//!  wake     COBS 1 + delimiter 1 + Noise header 2 + CoAP header 4 + token 1 + DEVICE
-//!           option 3 (number 13: a delta extension byte) + tag 4              = 16
+//!  wake     COBS 1 + delimiter 1 + Noise header 2 + CoAP header 4 + token 1 + payload
+//!           marker 1 + op 1 + tag 4                                          = 15
 //!  ack      COBS 1 + delimiter 1 + Noise header 2 + CoAP 2.04 piggybacked 4 + token 1
 //!           + tag 4                                                          = 13
 //! ```
 //!
-//! 29 bytes (31 with idle leads), once per device and restart, plus the registration it
-//! triggers (a refresh's bytes, plus the token).
+//! 28 bytes (30 with idle leads), once per device and restart, plus the registration it
+//! triggers (a refresh's bytes plus the token's registration).
 //!
 //! # Items (notification payload)
 //!
@@ -264,8 +266,9 @@ pub enum Op {
         /// Sequence number of the transaction id.
         seq: u32,
     },
-    /// From `serve` to the device: register for pushed sync again now (`keep = false`, with
-    /// the token); see "Waking a device after a restart" in the module docs.
+    /// From `serve` to the device, the whole payload of a POST: register for pushed sync
+    /// again now (`keep = false`, with the token); see "Waking a device after a restart" in
+    /// the module docs.
     Wake,
 }
 
