@@ -736,7 +736,10 @@ impl<R: RngCore + CryptoRng> Runner<R> {
     /// defined again. Anything else is answered 4.04. Duplicates are answered by CoAP.
     fn on_request(&mut self, now: u64, to: &lowband_codec::coap::Responder, wake: bool) {
         let code = if wake { Code::CHANGED } else { Code::NOT_FOUND };
-        let _ = self.client.coap().respond(now, to, code, Options::NONE, &[]);
+        let _ = self
+            .client
+            .coap()
+            .respond(now, to, code, Options::NONE, &[]);
         if !wake {
             return;
         }

@@ -6,7 +6,10 @@ extern crate alloc;
 
 use alloc::collections::VecDeque;
 
-use lowband_codec::coap::{self, BlockOpt, Code, Opt, Options, Received, TransmissionParams};
+use lowband_codec::coap::{
+    self, BlockOpt, Code, Opt, Options, Received, Request, TransmissionParams,
+};
+use lowband_codec::lb::dev::{self, Op};
 use lowband_codec::lb::{opt, Auth};
 use lowband_codec::noise::link::{
     InitiatorConfig, LinkPattern, LinkVersion, ResponderConfig, RetransmitConfig, TransportConfig,
@@ -14,7 +17,9 @@ use lowband_codec::noise::link::{
 use lowband_codec::noise::Keypair;
 use lowband_codec::session::{DeviceClient, Server};
 use lowband_codec::{frame, pack, route};
-use lowband_device::runner::{Runner, RunnerConfig, SerialLink, INFLATE_DICT_LEN, RUNNER_SIZE};
+use lowband_device::runner::{
+    Runner, RunnerConfig, SerialLink, INFLATE_DICT_LEN, PUSH_REFRESH_MS, RUNNER_SIZE,
+};
 use lowband_device::{DefaultSyncState, EphemeralRng};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -92,6 +97,11 @@ struct Gateway {
     kept: Vec<(u32, Vec<u8>)>,
     /// Session aliases the device defined (slot = index).
     aliases: Vec<String>,
+    /// Pushed-sync registrations (device profile): the DEVICE option's operation, the AUTH
+    /// option, framed bytes on the line.
+    registrations: Vec<(Vec<u8>, Option<Vec<u8>>, usize)>,
+    /// Responses to the gateway's own requests (wakes): code, payload, framed bytes.
+    responses: Vec<(Code, Vec<u8>, usize)>,
 }
 
 fn coap_cfg(seed: u64) -> coap::Config {
@@ -107,7 +117,11 @@ impl Gateway {
     fn new(device: &Keypair) -> Self {
         let keys = Keypair::from_secret([9; 32]);
         Gateway {
-            server: Server::new(coap_cfg(7)),
+            server: Server::new(coap::Config {
+                // The device profile's operation option, as serve's endpoint knows it.
+                extra_options: &[opt::DEVICE],
+                ..coap_cfg(7)
+            }),
             keys,
             allowed: [device.public()],
             rng: ChaCha20Rng::seed_from_u64(3),
@@ -120,7 +134,18 @@ impl Gateway {
             next_batch: 1,
             kept: Vec::new(),
             aliases: Vec::new(),
+            registrations: Vec::new(),
+            responses: Vec::new(),
         }
+    }
+
+    /// Sends a request of its own to the device (`serve` restarted: a wake); the framed
+    /// bytes it takes on the line are counted in `sent_bytes`.
+    fn request(&mut self, now: u64, code: Code, opts: &[Opt<'_>], payload: &[u8]) {
+        let s = self.server.session(0).unwrap();
+        s.coap()
+            .request(now, Request::con(code, Options::List(opts), payload))
+            .unwrap();
     }
 
     /// Takes what the device wrote, answers, writes the answers back.
@@ -175,6 +200,11 @@ impl Gateway {
         let got = self
             .server
             .handle_packet(now, &cfg, &mut self.rng, 0, packet, &mut scratch);
+        if let Some((_, Some(Received::Response(r)))) = &got {
+            self.responses
+                .push((r.code, r.payload.to_vec(), wire_bytes));
+            return;
+        }
         let Some((i, Some(Received::Request(req)))) = got else {
             if std::env::var_os("RUNNER_DEBUG").is_some() {
                 let what = format!("{:?}", got.map(|g| g.0));
@@ -199,6 +229,27 @@ impl Gateway {
             s.coap()
                 .respond(now, &responder, Code::CONTENT, Options::List(&o), &slice)
                 .unwrap();
+            return;
+        }
+        // A registration for pushed sync (device profile): accepted as an observation.
+        if let Some(op) = req.options.first(opt::DEVICE).and_then(|o| o.as_bytes()) {
+            let auth = req
+                .options
+                .first(opt::AUTH)
+                .and_then(|o| o.as_bytes())
+                .map(<[u8]>::to_vec);
+            self.registrations.push((op.to_vec(), auth, wire_bytes));
+            let ep = self.server.session(i).unwrap().coap();
+            ep.drop_observers(dev::RESOURCE);
+            ep.respond_observe(
+                now,
+                &responder,
+                dev::RESOURCE,
+                Code::CONTENT,
+                Options::NONE,
+                &[],
+            )
+            .unwrap();
             return;
         }
         let target = req.options.first(opt::TARGET).unwrap().as_bytes().unwrap();
@@ -613,4 +664,81 @@ fn link_bytes_of_a_post_and_of_syncs() {
     assert!(empty <= 90, "empty sync {empty}");
     assert!(post <= 120, "post {post}");
     assert!(cmd_sync <= 140, "command sync {cmd_sync}");
+}
+
+#[test]
+fn a_wake_is_answered_2_04_and_the_device_registers_again_with_its_token() {
+    let dev_keys = Keypair::from_secret([5; 32]);
+    let gw_keys = Keypair::from_secret([9; 32]);
+    let mut gw = Gateway::new(&dev_keys);
+    let mut state = DefaultSyncState::new(0);
+    state.begin_boot(1).unwrap();
+    let mut dev = device(&dev_keys, &gw_keys, state, 1);
+    // The device profile: registered for pushed sync at boot, with the token.
+    dev.runner.set_push(Some(PUSH_REFRESH_MS));
+    let mut now = 0;
+    assert!(run(&mut dev, &mut gw, &mut now, 20_000, |d, _| d
+        .runner
+        .push_registered()));
+    let mut auth = [0u8; 64];
+    let an = Auth::Register(0, TOKEN).write(&mut auth).unwrap();
+    let mut op = [0u8; 11];
+    let on = Op::Sync {
+        last: 0,
+        keep: false,
+    }
+    .write(&mut op)
+    .unwrap();
+    assert_eq!(gw.registrations.len(), 1);
+    assert_eq!(gw.registrations[0].0, &op[..on]);
+    assert_eq!(gw.registrations[0].1.as_deref(), Some(&auth[..an]));
+
+    // Idle: the device sends nothing (a wake-capable device is not chattier).
+    let wire_idle = dev.link.io_mut().to_gw.len();
+    let sent_idle = dev.runner.stats().packets_out;
+    assert!(!run(&mut dev, &mut gw, &mut now, 60_000, |_, _| false));
+    assert_eq!(dev.runner.stats().packets_out, sent_idle);
+    assert_eq!(dev.link.io_mut().to_gw.len(), wire_idle);
+
+    // serve restarted: it wakes the device (POST, the WAKE op as the whole payload).
+    let mut wake = [0u8; 1];
+    assert_eq!(Op::Wake.write(&mut wake), Ok(1));
+    let sent0 = gw.sent_bytes;
+    gw.request(now, Code::POST, &[], &wake);
+    gw.step(now, dev.link.io_mut());
+    let wake_bytes = gw.sent_bytes - sent0;
+    assert!(run(&mut dev, &mut gw, &mut now, 10_000, |_, g| g
+        .registrations
+        .len()
+        >= 2
+        && !g.responses.is_empty()));
+    let (code, payload, ack_bytes) = gw.responses[0].clone();
+    assert_eq!(code, Code::CHANGED);
+    assert!(payload.is_empty());
+    // Link protocol 1 here (16-byte tags): 12 more each way than the device link version's
+    // 15 + 13 (lb::dev); the ACK has the leading delimiter of an idle line.
+    eprintln!("wake: {wake_bytes} B request + {ack_bytes} B ack");
+    assert_eq!((wake_bytes, ack_bytes), (15 + 12, 13 + 12 + 1));
+    // Registered again at once: with the token (serve lost its number), no kept numbers.
+    assert_eq!(gw.registrations[1].0, &op[..on]);
+    assert_eq!(gw.registrations[1].1.as_deref(), Some(&auth[..an]));
+    assert!(run(&mut dev, &mut gw, &mut now, 5_000, |d, _| d
+        .runner
+        .push_registered()));
+    assert_eq!(gw.registrations.len(), 2, "one registration per wake");
+
+    // Anything else the gateway asks is answered 4.04 and changes nothing.
+    gw.request(now, Code::GET, &[], &[]);
+    gw.request(now, Code::POST, &[], &[0x61]);
+    assert!(run(&mut dev, &mut gw, &mut now, 10_000, |_, g| g
+        .responses
+        .len()
+        >= 3));
+    assert_eq!(gw.responses[1].0, Code::NOT_FOUND);
+    assert_eq!(gw.responses[2].0, Code::NOT_FOUND);
+    assert!(!run(&mut dev, &mut gw, &mut now, 5_000, |_, g| g
+        .registrations
+        .len()
+        > 2));
+    assert!(dev.runner.push_registered());
 }
