@@ -312,6 +312,8 @@ struct Device {
     /// Lengths of the link packets sent and received.
     sent: Vec<usize>,
     received: Vec<usize>,
+    /// Wakes from serve ([`Op::Wake`]) answered 2.04, and the index in `received` of each.
+    wakes: Vec<usize>,
 }
 
 impl Device {
@@ -340,6 +342,7 @@ impl Device {
             defined: BTreeMap::new(),
             sent: Vec::new(),
             received: Vec::new(),
+            wakes: Vec::new(),
         }
     }
 
@@ -349,6 +352,13 @@ impl Device {
 
     /// Runs the link until `done` holds or `secs` pass; returns whether it held.
     async fn drive(&mut self, secs: u64, mut done: impl FnMut(&[Got]) -> bool) -> bool {
+        self.drive_with(secs, |d| done(&d.got)).await
+    }
+
+    /// [`Device::drive`] with the whole device in view. A request from serve is answered as
+    /// a device does: a wake ([`Op::Wake`], the whole payload of a POST) 2.04, anything else
+    /// 4.04 (re-registering is the test's move).
+    async fn drive_with(&mut self, secs: u64, mut done: impl FnMut(&Device) -> bool) -> bool {
         let end = Instant::now() + Duration::from_secs(secs);
         let mut out = vec![0u8; 2048];
         let mut buf = vec![0u8; 2048];
@@ -363,7 +373,7 @@ impl Device {
             while let Some(d) = self.link.out.pop_front() {
                 let _ = self.sock.send(&d).await;
             }
-            if done(&self.got) {
+            if done(self) {
                 return true;
             }
             if Instant::now() >= end {
@@ -379,9 +389,22 @@ impl Device {
                 continue;
             };
             self.received.push(packet.len());
-            if let Some(Received::Response(r)) =
-                self.client.handle_packet(now, &packet, &mut scratch)
-            {
+            let got = self.client.handle_packet(now, &packet, &mut scratch);
+            if let Some(Received::Request(req)) = got {
+                let mut wake = [0u8; 1];
+                let n = Op::Wake.write(&mut wake).unwrap();
+                let code = if req.code == Code::POST && req.payload == &wake[..n] {
+                    self.wakes.push(self.received.len() - 1);
+                    Code::CHANGED
+                } else {
+                    Code::NOT_FOUND
+                };
+                let to = req.responder;
+                self.client
+                    .coap()
+                    .respond(now, &to, code, Options::NONE, &[])
+                    .unwrap();
+            } else if let Some(Received::Response(r)) = got {
                 self.got.push(Got {
                     handle: r.handle,
                     code: r.code,
@@ -470,6 +493,10 @@ impl Device {
             Opt::bytes(opt::DEVICE, &op[..on]),
         ];
         let now = self.now();
+        // The previous observation is over (as the device runner does).
+        if let Some(old) = self.registration.take() {
+            self.client.coap().cancel(old);
+        }
         let mut req = Request::con(Code::GET, Options::List(&opts), &payload[..pn]);
         req.timeout = Some(120_000);
         let h = self.client.request(now, req).unwrap();
@@ -854,6 +881,54 @@ async fn device_cursor_survives_a_serve_restart_and_pushes_the_outage_once() {
         .find(|s| s.path.ends_with("/sync"))
         .unwrap();
     assert!(resumed.query.contains("since=s2"), "{resumed:?}");
+    hs.post(HOME, text("@a:x", "after"));
+    assert_eq!(d.item(10).await, Some((3, Kind::Text, "after".into())));
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_serve_wakes_the_device_which_registers_and_gets_the_outage_at_once() {
+    let state = tmp_dir("wake");
+    let (hs, mut d, cfg) = setup(15, Some(state.clone())).await;
+    let first = tokio::spawn(serve::run(cfg()));
+    d.register(0, "").await;
+    hs.wait_poll().await;
+    hs.post(HOME, text("@a:x", "one"));
+    assert_eq!(d.item(10).await, Some((1, Kind::Text, "one".into())));
+    // Let serve see the acknowledgement and write the cursor (with where the device is).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        d.wakes.is_empty(),
+        "a serve that did not restart wakes nobody"
+    );
+    first.abort();
+    let _ = first.await;
+    hs.post(HOME, text("@a:x", "during the outage"));
+    let (sent0, received0) = (d.sent.len(), d.received.len());
+    let restarted = Instant::now();
+    tokio::spawn(serve::run(cfg()));
+    // The device sends nothing on its own: serve wakes it.
+    assert!(
+        d.drive_with(10, |d| !d.wakes.is_empty()).await,
+        "serve did not wake the device"
+    );
+    // Bytes of the wake exchange (link packets; a serial line adds COBS and a delimiter, 2
+    // each way): POST = Noise header 2 + CoAP 4 + token 1 + marker 1 + WAKE 1 + tag 4 = 13,
+    // its piggybacked 2.04 = 2 + 4 + 1 + 4 = 11.
+    assert_eq!(d.wakes, vec![received0]);
+    assert_eq!(d.received[received0], 13);
+    assert_eq!(d.sent[sent0], 11);
+    // The device registers again at once, with its token: the outage's event is pushed
+    // without waiting for a refresh.
+    d.register(1, "").await;
+    assert_eq!(
+        d.item(10).await,
+        Some((2, Kind::Text, "during the outage".into()))
+    );
+    let took = restarted.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(d.item(2).await, None, "pushed once");
+    assert_eq!(d.wakes.len(), 1, "woken once");
     hs.post(HOME, text("@a:x", "after"));
     assert_eq!(d.item(10).await, Some((3, Kind::Text, "after".into())));
     let _ = std::fs::remove_dir_all(&state);
