@@ -31,7 +31,8 @@
 //! With a state directory (`serve --state-dir`), each cursor is also kept in a file
 //! (`<peer key, URL-safe base64>.device`, JSON, mode 0600, written to a temporary name and
 //! renamed; a file that group or others may read is refused at start): the since token, the
-//! item numbering, the items not known to be saved, the filter and the room and user numbers;
+//! item numbering, the items not known to be saved, the filter, the room and user numbers and
+//! the address the device was last heard from;
 //! never the access token (the device registers it again in every new session). A cursor is
 //! written whenever it changes, before any item it holds is pushed, so after a restart a
 //! device registering with its last item resumes right after it, and what arrived while
