@@ -4,13 +4,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lowband_codec::lb::dev::{parse_event, parse_register, write_event, Item, Op};
+use lowband_codec::lb::dev::{parse_event, parse_register, write_event, Item, Op, OP_WAKE};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(op) = Op::parse(data) {
         let mut out = [0u8; 16];
         let n = op.write(&mut out).expect("a parsed op writes");
         assert_eq!(Op::parse(&out[..n]), Ok(op));
+        // The device recognises a wake by its one byte, without the parser: they agree.
+        assert_eq!(op == Op::Wake, data == [OP_WAKE << 4]);
     }
     if let Ok((op, rest)) = Op::parse_prefix(data) {
         assert!(rest.len() < data.len());
