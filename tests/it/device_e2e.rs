@@ -803,3 +803,168 @@ impl lowband_device::Flash for RamPages {
         Ok(())
     }
 }
+
+/// A restart of `serve` (same `--state-dir`) while the device keeps running idle and
+/// registered: the restarted `serve` wakes the device, which registers again with its token, so
+/// a command alice sent during the outage is pushed (and answered) within seconds of the
+/// restart rather than at the device's next 15-minute registration refresh.
+#[test]
+fn device_is_woken_after_a_serve_restart_and_gets_the_outage_command() {
+    let Some(venv) =
+        require_peers("device_is_woken_after_a_serve_restart_and_gets_the_outage_command")
+    else {
+        return;
+    };
+    let Setup {
+        _hs,
+        dir,
+        serve,
+        gw_line,
+        alice: _,
+        alice_token: _,
+        mut nio,
+        room,
+        dev_user,
+        dev_token,
+        filter_id,
+        prov,
+    } = setup(&venv, "device-wake");
+    let hs_url = _hs.client_url();
+    // This test's serve keeps its state: the one setup started goes.
+    drop(serve);
+    let (gw_master, gw_slave) = gw_line.expect("serve's line");
+    let gw_path = gw_slave.name().expect("pty name");
+    let d = dir.path().to_path_buf();
+    let state = d.join("state");
+    let dev_pub = Keypair::from_secret(prov.static_key).public();
+    let spawn_serve = |log: &str| {
+        let mut c = lowband().unwrap();
+        c.args([
+            "serve",
+            "--listen-serial",
+            &gw_path,
+            "--baud",
+            "115200",
+            "--homeserver",
+            &hs_url,
+            "--key",
+        ])
+        .arg(d.join("gateway.key"))
+        .args(["--allow-key", &b64(&dev_pub.0), "--state-dir"])
+        .arg(&state)
+        .args(["--link-rate", "115200", "--link-mtu", "1400"])
+        .env("LOWBAND_LOG", "info,lowband_gateway=debug");
+        let g = Gateway::spawn("serve", c, &d.join(log)).expect("serve");
+        std::thread::sleep(Duration::from_millis(500));
+        g
+    };
+    let serve = spawn_serve("serve-1.log");
+
+    let cfg = Arc::new((room.clone(), dev_token.clone(), filter_id));
+    let (master, slave) = TTYPort::pair().expect("pty");
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let b = bridge(
+        master,
+        gw_master.try_clone_native().expect("clone pty"),
+        Arc::new(AtomicU8::new(PASS)),
+        Arc::clone(&stop),
+        Arc::clone(&counters),
+    );
+    let dev = boot_device(
+        slave,
+        d.join("flash.bin"),
+        prov.clone(),
+        Arc::clone(&cfg),
+        21_000,
+        Arc::clone(&stop),
+    );
+    let wait_answer = |nio: &mut Nio, pred: &dyn Fn(&str) -> bool, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if device_messages(nio, &room, &dev_user)
+                .iter()
+                .any(|m| pred(m))
+            {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert!(
+        wait_answer(&mut nio, &|m| m == "t=21.0C", 60),
+        "no reading\n{}",
+        serve.log_tail(40)
+    );
+    // A pushed command and its answer: the device is registered and serve's cursor holds an
+    // acknowledged item.
+    nio.step_ok(&json!({"op": "send", "client": "alice", "room_id": room, "body": "!led on"}))
+        .expect("send !led on");
+    assert!(
+        wait_answer(&mut nio, &|m| m == "led on", 60),
+        "no answer to !led on\n{}",
+        serve.log_tail(40)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    // serve goes down (killed); alice commands the device meanwhile.
+    drop(serve);
+    nio.step_ok(&json!({"op": "send", "client": "alice", "room_id": room, "body": "!status"}))
+        .expect("send !status");
+    std::thread::sleep(Duration::from_secs(1));
+    let line0 = [
+        counters[0].load(Ordering::Relaxed),
+        counters[1].load(Ordering::Relaxed),
+    ];
+    let restarted = Instant::now();
+    let serve = spawn_serve("serve-2.log");
+    let answered = wait_answer(&mut nio, &|m| m.starts_with("boot 1 up "), 30);
+    let took = restarted.elapsed();
+    let line1 = [
+        counters[0].load(Ordering::Relaxed),
+        counters[1].load(Ordering::Relaxed),
+    ];
+    assert!(
+        answered,
+        "the outage's command was not pushed within 30 s of the restart\n{}",
+        serve.log_tail(60)
+    );
+    eprintln!(
+        "restart to answer: {took:?}; serial bytes since the restart (wake, registration, \
+         push, answer): up {} down {}",
+        line1[0] - line0[0],
+        line1[1] - line0[1]
+    );
+    let log = std::fs::read_to_string(d.join("serve-2.log")).unwrap_or_default();
+    assert!(
+        log.contains("waking restored devices"),
+        "{}",
+        serve.log_tail(60)
+    );
+    assert!(
+        log.contains("device answered the wake"),
+        "{}",
+        serve.log_tail(60)
+    );
+    assert!(
+        !log.contains("serve: handshake ok"),
+        "the device resumed its session: no handshake"
+    );
+    assert!(!log.contains(&dev_token), "the token is never logged");
+    stop.store(true, Ordering::Relaxed);
+    let (boots, _, handshakes) = dev.join().unwrap().expect("device ran");
+    b.join().unwrap();
+    assert_eq!((boots, handshakes), (1, 1), "one boot, one handshake");
+    let history = device_messages(&mut nio, &room, &dev_user);
+    assert_eq!(
+        history
+            .iter()
+            .filter(|m| m.starts_with("boot 1 up "))
+            .count(),
+        1,
+        "answered once: {history:?}"
+    );
+    nio.finish();
+}
