@@ -315,7 +315,8 @@ struct RegisterKind {
 }
 
 /// How often the runner registers for pushed sync again while registered (a gateway that
-/// restarted without its state, or lost the observation, pushes again from then on). Costs
+/// restarted without its state, or lost the observation, pushes again from then on; one that
+/// restarted with its state wakes the device at once instead, [`dev::Op::Wake`]). Costs
 /// one registration and its answer per period, 37 bytes on a serial line (measured in
 /// `tests/it/device_e2e.rs`): 0.04 B/s at the default, the only cost of an idle device.
 pub const PUSH_REFRESH_MS: u64 = 15 * 60 * 1000;
