@@ -10,13 +10,14 @@
 //!
 //! # Memory
 //!
-//! [`DefaultSyncState`] (4 rooms x 4 events, 2 invites, 4 outbox entries, 16 dedupe digests) is
-//! 5032 bytes on Cortex-M (thumbv7m) and 5040 on 64-bit hosts
-//! ([`DEFAULT_SYNC_STATE_SIZE`] on the target at hand): 16 events of 224 bytes, room headers,
-//! 4 outbox entries of 180 bytes, 2 invites of 92 bytes, the since token and 128 bytes of
-//! dedupe digests. Compile-time assertions keep it at most 5120 bytes (5 KiB) on every target,
-//! within the firmware's 16 KiB static RAM budget. Its postcard record is at most
-//! [`DEFAULT_RECORD_MAX`] (5042) bytes; a state with every slot and string full measured 4912.
+//! [`DefaultSyncState`] (2 rooms x 3 events, 2 invites, 4 outbox entries, 16 dedupe digests, the
+//! saved link session) is 2856 bytes on Cortex-M (thumbv7m) and 2864 on 64-bit hosts
+//! ([`DEFAULT_SYNC_STATE_SIZE`] on the target at hand): 6 events of 224 bytes, room headers,
+//! 4 outbox entries of 180 bytes, 2 invites of 92 bytes, the since token, 128 bytes of dedupe
+//! digests and the 207-byte session export. Sized so that the `matrix` firmware (state, runner,
+//! application and stack) fits a 16 KiB static RAM budget; a board with more RAM instantiates
+//! [`SyncState`] with its own capacities. Its postcard record is at most [`DEFAULT_RECORD_MAX`]
+//! bytes (2884 on 64-bit hosts).
 //!
 //! Stack, estimated from thumbv7m assembly at opt-level "s" (`stack-probe/`): restoring in place
 //! ([`SyncState::restore_into`], [`SyncState::load_into`]) about 0.6 KiB, applying an event

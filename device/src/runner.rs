@@ -328,14 +328,14 @@ pub use http::{read_sync, SyncReadError};
 
 /// The device endpoint: owns the session, the sync state and the link buffers.
 ///
-/// Memory: [`RUNNER_SIZE`] bytes for `Runner<R>` with `R` = [`crate::EphemeralRng`]: 13 240 on
-/// thumbv7m in the full build (the sync state 5 KiB, the session ~3.5 KiB, the receive
-/// packet, CoAP scratch and body buffers 1152 + 1152 + 2048 bytes). [`SerialLink`] adds 1536
-/// bytes on thumbv7m (deframer and frame buffers) plus the stream. A deflated response body
-/// needs the `inflate` buffer of [`Runner::poll`] ([`INFLATE_DICT_LEN`] = 14 392 bytes of
-/// dictionary plus the body) and ~11 KiB of stack for the inflater: more than a 16 KiB device
-/// has, so small devices need a gateway that sends them plain bodies: built without the codec's
-/// `inflate` ([`SMALL`]), the runner announces [`opt::SMALL`] and is 10 464 bytes on thumbv7m.
+/// Memory: [`RUNNER_SIZE`] bytes for `Runner<R>` with `R` = [`crate::EphemeralRng`]: 7 280 on
+/// thumbv7m in a device build (the sync state 2.8 KiB, the session ~2.9 KiB, the receive packet
+/// and CoAP scratch 320 + 320 bytes, the pushed-sync user table); the `http` feature adds the
+/// polling profile's body buffer. [`SerialLink`] adds its deframer and frame buffers plus the
+/// stream. A deflated response body (polling profile only) needs the `inflate` buffer of
+/// [`Runner::poll`] ([`INFLATE_DICT_LEN`] = 14 392 bytes of dictionary plus the body) and
+/// ~11 KiB of stack for the inflater: more than a 16 KiB device has, so small devices use a
+/// codec without `inflate` ([`SMALL`]).
 // repr(C), the state first: the rest of the runner is one piece that [`Runner::new_in`] can
 // lend as a record scratch while the state is restored.
 #[derive(Debug)]
