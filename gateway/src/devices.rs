@@ -66,8 +66,7 @@ use alloc::sync::Arc;
 use core::net::SocketAddr;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
-use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -266,18 +265,7 @@ impl CursorStore {
 
     /// Writes `bytes` for `peer` atomically (temporary file, fsync, rename), mode 0600.
     fn save(&self, peer: &[u8; 32], bytes: &[u8]) -> std::io::Result<()> {
-        let path = self.file(peer);
-        let tmp = path.with_extension("device-tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_data()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)
+        crate::persist::write_private(&self.file(peer), "device-tmp", bytes)
     }
 
     /// Every readable cursor file; files group or others may access, or that do not parse,

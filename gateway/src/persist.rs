@@ -55,18 +55,7 @@ impl Store {
     /// # Errors
     /// File system errors.
     pub fn save(&self, peer: &[u8; 32], export: &[u8]) -> std::io::Result<()> {
-        let path = self.file(peer);
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(export)?;
-        f.sync_data()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)
+        write_private(&self.file(peer), "tmp", export)
     }
 
     /// Forgets `peer`'s session (a missing file is fine).
@@ -109,6 +98,25 @@ pub fn tx_epoch(export: &[u8]) -> Option<u64> {
     let rekey = u64::from_be_bytes(export.get(REKEY_AT..REKEY_AT + 8)?.try_into().ok()?);
     let nonce = u64::from_be_bytes(export.get(TX_NONCE_AT..TX_NONCE_AT + 8)?.try_into().ok()?);
     nonce.checked_div(rekey)
+}
+
+/// Writes `bytes` to `path` atomically (a temporary file with extension `tmp_ext`, fsync,
+/// rename), mode 0600: key material and state readable by the owner only.
+///
+/// # Errors
+/// File system errors.
+pub fn write_private(path: &Path, tmp_ext: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(tmp_ext);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 #[derive(Debug, Clone, Copy)]
